@@ -1,0 +1,7 @@
+//! Plain image types, no I/O: the image config with Docker's extensions (ordered maps so digests are
+//! stable), image references with Docker's naming rules, platforms and media types.
+
+pub mod config;
+pub mod media_types;
+pub mod platform;
+pub mod reference;

@@ -1,0 +1,1 @@
+//! Media types of OCI and Docker manifests, indexes, configs and layers.

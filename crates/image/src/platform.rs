@@ -1,0 +1,1 @@
+//! Platforms (`os/arch[/variant]`): parsing, normalising, the host default.

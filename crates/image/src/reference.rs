@@ -1,0 +1,1 @@
+//! Image references with Docker's rules: `docker.io` and `library/` defaults, tags, digests, ports.

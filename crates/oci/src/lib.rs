@@ -1,0 +1,2 @@
+//! Formats: layer diff and apply (tar with whiteouts), compression, OCI image layout and docker-archive
+//! export and import.
