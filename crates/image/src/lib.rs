@@ -2,6 +2,8 @@
 //! stable), image references with Docker's naming rules, platforms and media types.
 
 pub mod config;
+pub mod digest;
 pub mod media_types;
 pub mod platform;
 pub mod reference;
+pub use digest::{Digest, DigestError};
