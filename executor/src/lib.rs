@@ -1,2 +1,24 @@
-//! Sandboxes: an overlay snapshot mounted as the root, new namespaces, /proc /dev /etc/hosts, users and
-//! groups resolved from the image, and the process itself. Used by RUN and by `kiln run`.
+//! Sandboxes: a snapshot mounted as the root, new namespaces, /proc /dev /etc/hosts, users and groups
+//! resolved from the image, and the process itself. Used by RUN and by `kiln run`.
+//!
+//! - [`snapshot`]: snapshotters (overlay, native copying) that describe a writable root over extracted
+//!   layers and hand back the changes in overlay upper-dir form. They never mount.
+//! - [`sandbox`]: [`run`] mounts that root inside new namespaces and runs one command as PID 1.
+//! - [`syscall`]: every syscall of the child's setup behind a trait, with a recording fake; [`plan`] is
+//!   that setup as data, built before `clone`.
+//! - [`cgroup`]: optional cgroup v2 limits, detected and skipped where v2 is absent.
+//!
+//! Paths in, paths out: this crate does not know the store; callers pass layer dirs and scratch dirs.
+
+pub mod cgroup;
+mod fsutil;
+pub mod plan;
+pub mod sandbox;
+pub mod snapshot;
+pub mod syscall;
+
+pub use cgroup::ResourceLimits;
+pub use sandbox::{
+    ExitStatus, ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo, SandboxSpec, mount_stubs, run,
+};
+pub use snapshot::{MountStub, NativeSnapshotter, OverlaySnapshotter, RootMount, Snapshot, SnapshotError, Snapshotter};

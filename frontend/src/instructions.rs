@@ -242,3 +242,426 @@ pub enum CacheSharing {
     Private,
     Locked,
 }
+
+/// Why a `RUN --mount=` value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountError {
+    #[error("invalid mount {value:?}: unterminated quote")]
+    UnterminatedQuote { value: String },
+    #[error("unsupported mount type {0:?} (expected bind, cache, tmpfs, secret or ssh)")]
+    UnknownType(String),
+    #[error("unexpected key '{key}' in '{field}'{}", did_you_mean_key(.suggestion))]
+    UnknownKey {
+        key: String,
+        field: String,
+        suggestion: Option<String>,
+    },
+    #[error("invalid field '{0}' must be a key=value pair")]
+    MissingValue(String),
+    #[error("invalid value for {key}: {value:?} ({expected})")]
+    InvalidValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("unexpected key '{key}' for mount type '{kind}'")]
+    KeyNotForType { key: String, kind: &'static str },
+    #[error("invalid secret mount: one of target, id or env is required")]
+    SecretWithoutId,
+    #[error("{kind} mounts cannot come from another stage or image (from={from})")]
+    FromNotAllowed { kind: &'static str, from: String },
+}
+
+fn did_you_mean_key(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(key) => format!(" (did you mean {key}?)"),
+        None => String::new(),
+    }
+}
+
+impl MountKind {
+    /// The name used in `type=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::Bind => "bind",
+            MountKind::Cache => "cache",
+            MountKind::Tmpfs => "tmpfs",
+            MountKind::Secret => "secret",
+            MountKind::Ssh => "ssh",
+        }
+    }
+}
+
+/// Splits a mount value into CSV fields (Go's `encoding/csv` on one record): commas separate
+/// fields; a field that starts with `"` is quoted, `""` inside it is a literal quote.
+fn mount_fields(value: &str) -> Result<Vec<String>, MountError> {
+    let mut fields = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(MountError::UnterminatedQuote {
+                            value: value.to_string(),
+                        });
+                    }
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            // Text between the closing quote and the next comma is kept, leniently.
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        }
+        fields.push(field);
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    Ok(fields)
+}
+
+/// Parses a boolean the way Go's `strconv.ParseBool` does.
+fn parse_go_bool(key: &str, value: &str) -> Result<bool, MountError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(MountError::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Parses a size with an optional binary unit as Docker's `units.RAMInBytes` does: `1024`,
+/// `64k`, `64m`, `1.5g`, `1GiB`, `512MB` (k/m/g/t/p are powers of 1024).
+fn parse_ram_size(key: &str, value: &str) -> Result<u64, MountError> {
+    let bad = || MountError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: "a size such as 64m or 1g",
+    };
+    let number_len = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(number_len);
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.strip_prefix(' ').unwrap_or(unit).to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let multiplier: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0f64.powi(4),
+        "p" => 1024.0f64.powi(5),
+        _ => return Err(bad()),
+    };
+    let bytes = number * multiplier;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_u32(key: &str, value: &str, radix: u32, expected: &'static str) -> Result<u32, MountError> {
+    u32::from_str_radix(value, radix).map_err(|_| MountError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    })
+}
+
+/// Parses an (already expanded) `RUN --mount=` value: comma-separated `key=value` fields as
+/// BuildKit reads them. `type` is `bind` unless given; keys are case-insensitive.
+///
+/// Defaults filled in: bind and secret/ssh mounts are read-only unless `rw`; cache mounts get
+/// `sharing=shared` and mode 0755; secrets get `id` = base name of `target` (or the reverse:
+/// `target=/run/secrets/<id>` unless only `env=` is asked for) and mode 0400; ssh mounts get
+/// `id=default` and mode 0600 (their target depends on how many ssh mounts the RUN has, so it
+/// is left to lowering).
+///
+/// Fails on unknown keys or types, a field without `=` (other than `ro`/`rw`/`required`),
+/// values that do not parse (`uid`, `gid`, octal `mode`, tmpfs `size`, booleans, `sharing`),
+/// keys that do not belong to the mount type, a secret with neither target, id nor env, and
+/// `from=` on secret/ssh mounts.
+pub fn parse_mount(value: &str) -> Result<Mount, MountError> {
+    const KEYS: &[&str] = &[
+        "type",
+        "from",
+        "source",
+        "src",
+        "target",
+        "dst",
+        "destination",
+        "dest",
+        "readonly",
+        "ro",
+        "readwrite",
+        "rw",
+        "id",
+        "sharing",
+        "required",
+        "size",
+        "mode",
+        "uid",
+        "gid",
+        "env",
+    ];
+    let fields = mount_fields(value)?;
+    // The type decides which keys are allowed and the defaults, so read it first.
+    let mut kind = MountKind::Bind;
+    for field in &fields {
+        if let Some((key, kind_value)) = field.split_once('=')
+            && key.trim().eq_ignore_ascii_case("type")
+        {
+            kind = match kind_value.to_ascii_lowercase().as_str() {
+                "bind" => MountKind::Bind,
+                "cache" => MountKind::Cache,
+                "tmpfs" => MountKind::Tmpfs,
+                "secret" => MountKind::Secret,
+                "ssh" => MountKind::Ssh,
+                _ => return Err(MountError::UnknownType(kind_value.to_string())),
+            };
+        }
+    }
+    let mut mount = Mount {
+        kind,
+        target: None,
+        source: None,
+        from: None,
+        read_only: false,
+        id: None,
+        sharing: None,
+        uid: None,
+        gid: None,
+        mode: None,
+        size: None,
+        required: false,
+        env: None,
+    };
+    let mut read_only: Option<bool> = None;
+    let secret_or_ssh = matches!(kind, MountKind::Secret | MountKind::Ssh);
+    let not_for_type = |key: &str| MountError::KeyNotForType {
+        key: key.to_string(),
+        kind: kind.as_str(),
+    };
+    for field in &fields {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        let Some((key, val)) = field.split_once('=') else {
+            match field.to_ascii_lowercase().as_str() {
+                "readonly" | "ro" => read_only = Some(true),
+                "readwrite" | "rw" => read_only = Some(false),
+                "required" if secret_or_ssh => mount.required = true,
+                "required" => return Err(not_for_type("required")),
+                _ => return Err(MountError::MissingValue(field.to_string())),
+            }
+            continue;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        match key.as_str() {
+            "type" => {}
+            "target" | "dst" | "destination" | "dest" => mount.target = Some(val.to_string()),
+            "source" | "src" => mount.source = Some(val.to_string()),
+            "from" => mount.from = Some(val.to_string()),
+            "readonly" | "ro" => read_only = Some(parse_go_bool(&key, val)?),
+            "readwrite" | "rw" => read_only = Some(!parse_go_bool(&key, val)?),
+            "required" if secret_or_ssh => mount.required = parse_go_bool(&key, val)?,
+            "required" => return Err(not_for_type("required")),
+            "id" => mount.id = Some(val.to_string()),
+            "sharing" if kind == MountKind::Cache => {
+                mount.sharing = Some(match val.to_ascii_lowercase().as_str() {
+                    "shared" => CacheSharing::Shared,
+                    "private" => CacheSharing::Private,
+                    "locked" => CacheSharing::Locked,
+                    _ => {
+                        return Err(MountError::InvalidValue {
+                            key,
+                            value: val.to_string(),
+                            expected: "shared, private or locked",
+                        });
+                    }
+                })
+            }
+            "sharing" => return Err(not_for_type("sharing")),
+            "mode" | "uid" | "gid" if matches!(kind, MountKind::Bind | MountKind::Tmpfs) => {
+                return Err(not_for_type(&key));
+            }
+            "mode" => mount.mode = Some(parse_u32(&key, val, 8, "an octal mode such as 0755")?),
+            "uid" => mount.uid = Some(parse_u32(&key, val, 10, "a numeric user id")?),
+            "gid" => mount.gid = Some(parse_u32(&key, val, 10, "a numeric group id")?),
+            "size" if kind == MountKind::Tmpfs => mount.size = Some(parse_ram_size(&key, val)?),
+            "size" => return Err(not_for_type("size")),
+            "env" if kind == MountKind::Secret => mount.env = Some(val.to_string()),
+            "env" => return Err(not_for_type("env")),
+            _ => {
+                let suggestion =
+                    crate::parser::suggest::suggest(&key, KEYS).map(|k| k.to_ascii_lowercase());
+                return Err(MountError::UnknownKey {
+                    key,
+                    field: field.to_string(),
+                    suggestion,
+                });
+            }
+        }
+    }
+    mount.read_only =
+        read_only.unwrap_or(!matches!(kind, MountKind::Cache | MountKind::Tmpfs));
+    match kind {
+        MountKind::Cache => {
+            mount.sharing.get_or_insert(CacheSharing::Shared);
+            mount.mode.get_or_insert(0o755);
+        }
+        MountKind::Secret => {
+            if let Some(from) = &mount.from {
+                return Err(MountError::FromNotAllowed {
+                    kind: "secret",
+                    from: from.clone(),
+                });
+            }
+            if mount.id.is_none() {
+                let base = mount
+                    .target
+                    .as_deref()
+                    .and_then(|t| t.rsplit('/').find(|part| !part.is_empty()))
+                    .map(str::to_string);
+                mount.id = base;
+            }
+            match (&mount.id, &mount.target, &mount.env) {
+                (None, _, None) => return Err(MountError::SecretWithoutId),
+                (Some(id), None, None) => mount.target = Some(format!("/run/secrets/{id}")),
+                _ => {}
+            }
+            mount.mode.get_or_insert(0o400);
+        }
+        MountKind::Ssh => {
+            if let Some(from) = &mount.from {
+                return Err(MountError::FromNotAllowed {
+                    kind: "ssh",
+                    from: from.clone(),
+                });
+            }
+            mount.id.get_or_insert_with(|| "default".to_string());
+            mount.mode.get_or_insert(0o600);
+        }
+        MountKind::Bind | MountKind::Tmpfs => {}
+    }
+    Ok(mount)
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn bind_is_default_and_read_only() {
+        let m = parse_mount("target=/src,source=.,from=build").unwrap();
+        assert_eq!(m.kind, MountKind::Bind);
+        assert!(m.read_only);
+        assert_eq!(m.target.as_deref(), Some("/src"));
+        assert_eq!(m.source.as_deref(), Some("."));
+        assert_eq!(m.from.as_deref(), Some("build"));
+        let m = parse_mount("type=bind,dst=/x,rw").unwrap();
+        assert!(!m.read_only);
+        let m = parse_mount("type=bind,destination=/x,readwrite=true").unwrap();
+        assert!(!m.read_only);
+    }
+
+    #[test]
+    fn cache_defaults_and_options() {
+        let m = parse_mount("type=cache,target=/root/.cache").unwrap();
+        assert_eq!(m.sharing, Some(CacheSharing::Shared));
+        assert_eq!(m.mode, Some(0o755));
+        assert!(!m.read_only);
+        let m = parse_mount("type=cache,id=go,target=/go,sharing=locked,uid=1000,gid=1000,mode=0700,ro")
+            .unwrap();
+        assert_eq!(m.id.as_deref(), Some("go"));
+        assert_eq!(m.sharing, Some(CacheSharing::Locked));
+        assert_eq!((m.uid, m.gid, m.mode), (Some(1000), Some(1000), Some(0o700)));
+        assert!(m.read_only);
+    }
+
+    #[test]
+    fn tmpfs_size_units() {
+        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size, Some(64 << 20));
+        assert_eq!(parse_mount("type=tmpfs,target=/t,size=1GiB").unwrap().size, Some(1 << 30));
+        assert_eq!(parse_mount("type=tmpfs,target=/t,size=4096").unwrap().size, Some(4096));
+        assert!(parse_mount("type=tmpfs,target=/t,size=lots").is_err());
+        assert!(parse_mount("type=bind,target=/t,size=1m").is_err());
+    }
+
+    #[test]
+    fn secret_defaults() {
+        let m = parse_mount("type=secret,id=aws").unwrap();
+        assert_eq!(m.target.as_deref(), Some("/run/secrets/aws"));
+        assert_eq!(m.mode, Some(0o400));
+        assert!(m.read_only);
+        let m = parse_mount("type=secret,target=/root/.npmrc,required").unwrap();
+        assert_eq!(m.id.as_deref(), Some(".npmrc"));
+        assert!(m.required);
+        let m = parse_mount("type=secret,id=tok,env=TOKEN").unwrap();
+        assert_eq!(m.env.as_deref(), Some("TOKEN"));
+        assert_eq!(m.target, None);
+        assert_eq!(parse_mount("type=secret"), Err(MountError::SecretWithoutId));
+        assert!(parse_mount("type=secret,id=a,from=x").is_err());
+    }
+
+    #[test]
+    fn ssh_defaults() {
+        let m = parse_mount("type=ssh,required=true").unwrap();
+        assert_eq!(m.id.as_deref(), Some("default"));
+        assert_eq!(m.mode, Some(0o600));
+        assert!(m.required);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(parse_mount("type=nfs"), Err(MountError::UnknownType(_))));
+        let err = parse_mount("type=cache,taget=/x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected key 'taget' in 'taget=/x' (did you mean target?)"
+        );
+        assert!(matches!(parse_mount("target"), Err(MountError::MissingValue(_))));
+        assert!(parse_mount("type=cache,target=/x,mode=999").is_err());
+        assert!(parse_mount("type=cache,target=/x,uid=-1").is_err());
+        assert!(parse_mount("type=cache,target=/x,sharing=everyone").is_err());
+        assert!(parse_mount("type=bind,target=/x,required").is_err());
+        assert!(parse_mount("type=bind,target=/x,ro=maybe").is_err());
+        assert!(parse_mount("\"type=cache").is_err());
+    }
+
+    #[test]
+    fn csv_quoting() {
+        let m = parse_mount("type=bind,\"target=/a,b\",src=x").unwrap();
+        assert_eq!(m.target.as_deref(), Some("/a,b"));
+    }
+}

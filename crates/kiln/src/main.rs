@@ -1,12 +1,42 @@
 //! The `kiln` command line: parses arguments, wires the library crates together and reports errors
-//! with their context (file:line, the failing step, a hint).
+//! with their context (file:line, the failing step, a hint). Exit codes: 0 success, 1 a failed
+//! command, 2 a usage error (clap's), and a container's own code for `kiln run`.
+
+mod cli;
+mod commands;
+mod output_spec;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-#[derive(Parser)]
-#[command(name = "kiln", version, about = "A daemonless container image builder")]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.debug);
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() {
-    let _cli = Cli::parse();
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
+
+/// Prints an error and its causes, one per line, the way users read them: what failed, then why.
+fn report(error: &anyhow::Error) {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
 }

@@ -1,0 +1,449 @@
+//! The context walk: every entry under a root that the `.dockerignore` patterns let through, in a
+//! deterministic order (names sorted bytewise within each directory, parents before children),
+//! with its metadata. Symlinks are reported, never followed.
+//!
+//! Excluded directories are skipped without being opened unless an exception (`!pattern`) could
+//! re-include something inside them ([`IgnorePatterns::may_reinclude_below`]); such a directory is
+//! reported only if something inside it is, and a permission error while reading it is ignored —
+//! BuildKit's context filter behaves the same, so an unreadable excluded directory never breaks a
+//! build.
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dockerignore::IgnorePatterns;
+
+/// Why a walk failed.
+#[derive(Debug, Error)]
+pub enum WalkError {
+    /// An I/O error on a path (the path is absolute, as on disk).
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done (`lstat`, `read directory`, `read link`).
+        action: &'static str,
+        /// The path on disk.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file name that is not UTF-8 (paths are matched as text).
+    #[error("file name is not valid UTF-8: {path}")]
+    NonUtf8Name {
+        /// The path on disk.
+        path: PathBuf,
+    },
+}
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (never followed).
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind of a `lstat` result.
+    pub fn of(metadata: &Metadata) -> Self {
+        let file_type = metadata.file_type();
+        if file_type.is_symlink() {
+            Self::Symlink
+        } else if file_type.is_dir() {
+            Self::Dir
+        } else if file_type.is_fifo() {
+            Self::Fifo
+        } else if file_type.is_socket() {
+            Self::Socket
+        } else if file_type.is_char_device() {
+            Self::CharDevice
+        } else if file_type.is_block_device() {
+            Self::BlockDevice
+        } else {
+            Self::File
+        }
+    }
+
+    /// A short stable name, used in checksums and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "dir",
+            Self::Symlink => "symlink",
+            Self::Fifo => "fifo",
+            Self::Socket => "socket",
+            Self::CharDevice => "chardev",
+            Self::BlockDevice => "blockdev",
+        }
+    }
+}
+
+/// One file system entry found by a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the walk root, `/`-separated, no leading `./`.
+    pub path: String,
+    /// File type.
+    pub kind: FileKind,
+    /// Permission and special bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Size in bytes (meaningful for regular files; symlinks report the target length).
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Symlink target as stored, for symlinks.
+    pub link_target: Option<String>,
+    /// Device of the file system holding the entry.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number, for device nodes.
+    pub rdev: u64,
+    /// Hard link count.
+    pub nlink: u64,
+}
+
+impl Entry {
+    /// Builds an entry from a `lstat` result, reading the link target of symlinks.
+    ///
+    /// # Errors
+    /// [`WalkError::Io`] when the link target cannot be read, [`WalkError::NonUtf8Name`] when it
+    /// is not UTF-8.
+    pub fn from_metadata(
+        path: String,
+        absolute: &Path,
+        metadata: &Metadata,
+    ) -> Result<Self, WalkError> {
+        let kind = FileKind::of(metadata);
+        let link_target = if kind == FileKind::Symlink {
+            let target = fs::read_link(absolute).map_err(|source| WalkError::Io {
+                action: "read link",
+                path: absolute.to_owned(),
+                source,
+            })?;
+            Some(
+                target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| WalkError::NonUtf8Name {
+                        path: absolute.to_owned(),
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            path,
+            kind,
+            mode: metadata.mode() & 0o7777,
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            size: metadata.size(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+            link_target,
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            rdev: metadata.rdev(),
+            nlink: metadata.nlink(),
+        })
+    }
+}
+
+/// Joins a relative path onto another (`""` is the root).
+pub(crate) fn join_rel(base: &str, name: &str) -> String {
+    if base.is_empty() || base == "." {
+        name.to_owned()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// `lstat` with the error naming the path.
+pub(crate) fn lstat(path: &Path) -> Result<Metadata, WalkError> {
+    fs::symlink_metadata(path).map_err(|source| WalkError::Io {
+        action: "lstat",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Walks the whole context under `root`, applying `.dockerignore` patterns. The root itself is
+/// not reported.
+///
+/// # Errors
+/// [`WalkError`] when an entry that is part of the context cannot be read.
+pub fn walk_context(root: &Path, ignore: &IgnorePatterns) -> Result<Vec<Entry>, WalkError> {
+    let mut entries = Vec::new();
+    walk_dir(root, "", &[ignore], &mut entries)?;
+    Ok(entries)
+}
+
+/// Walks below the directory `start` (relative to `root`) with several pattern lists (e.g. the
+/// `.dockerignore` and `COPY --exclude`); an entry is kept only if no list excludes it. Each
+/// filter is a list of patterns and the prefix its paths are relative to. `start` itself is not
+/// reported.
+///
+/// # Errors
+/// [`WalkError`] when an entry that is kept cannot be read.
+pub(crate) fn walk_filtered(
+    root: &Path,
+    start: &str,
+    filters: &[PrefixedFilter<'_>],
+    out: &mut Vec<Entry>,
+) -> Result<(), WalkError> {
+    walk_dir(root, start, filters, out)
+}
+
+/// A pattern list whose paths are relative to `prefix` (a directory under the walk root).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrefixedFilter<'a> {
+    pub patterns: &'a IgnorePatterns,
+    pub prefix: &'a str,
+}
+
+/// Something that decides per path whether it is excluded and whether to look inside anyway.
+pub(crate) trait Filter {
+    /// Is the root-relative path excluded?
+    fn excludes(&self, path: &str) -> bool;
+    /// For an excluded directory: could something inside be re-included?
+    fn may_reinclude_below(&self, dir: &str) -> bool;
+}
+
+impl Filter for &IgnorePatterns {
+    fn excludes(&self, path: &str) -> bool {
+        self.matches(path)
+    }
+    fn may_reinclude_below(&self, dir: &str) -> bool {
+        IgnorePatterns::may_reinclude_below(self, dir)
+    }
+}
+
+impl PrefixedFilter<'_> {
+    /// The path relative to the prefix, or `None` when it is not below it (then never excluded).
+    fn relative<'p>(&self, path: &'p str) -> Option<&'p str> {
+        if self.prefix.is_empty() {
+            return Some(path);
+        }
+        path.strip_prefix(self.prefix)?.strip_prefix('/')
+    }
+}
+
+impl Filter for PrefixedFilter<'_> {
+    fn excludes(&self, path: &str) -> bool {
+        self.relative(path).is_some_and(|rel| self.patterns.matches(rel))
+    }
+    fn may_reinclude_below(&self, dir: &str) -> bool {
+        self.relative(dir)
+            .is_some_and(|rel| self.patterns.may_reinclude_below(rel))
+    }
+}
+
+/// Whether the walk would report anything below the excluded directory `dir` (used to decide if
+/// such a directory is part of the filtered context).
+///
+/// # Errors
+/// [`WalkError`] when a re-included entry inside cannot be read.
+pub(crate) fn has_visible_descendant(
+    root: &Path,
+    dir: &str,
+    ignore: &IgnorePatterns,
+) -> Result<bool, WalkError> {
+    let mut found = Vec::new();
+    walk_dir_inner(root, dir, &[ignore], true, &mut found)?;
+    Ok(!found.is_empty())
+}
+
+/// Reads a directory's entry names, sorted bytewise.
+fn sorted_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names = fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn walk_dir<F: Filter>(
+    root: &Path,
+    dir_rel: &str,
+    filters: &[F],
+    out: &mut Vec<Entry>,
+) -> Result<(), WalkError> {
+    walk_dir_inner(root, dir_rel, filters, false, out)
+}
+
+/// Walks one directory. `dir_excluded` says the directory itself is excluded and is only being
+/// searched for re-included entries: then permission errors are ignored, as BuildKit does.
+fn walk_dir_inner<F: Filter>(
+    root: &Path,
+    dir_rel: &str,
+    filters: &[F],
+    dir_excluded: bool,
+    out: &mut Vec<Entry>,
+) -> Result<(), WalkError> {
+    let dir_abs = root.join(dir_rel);
+    let names = match sorted_names(&dir_abs) {
+        Ok(names) => names,
+        Err(err) if dir_excluded && err.kind() == io::ErrorKind::PermissionDenied => {
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(WalkError::Io {
+                action: "read directory",
+                path: dir_abs,
+                source,
+            });
+        }
+    };
+    for name in names {
+        let absolute = dir_abs.join(&name);
+        let name = name
+            .into_string()
+            .map_err(|_| WalkError::NonUtf8Name {
+                path: absolute.clone(),
+            })?;
+        let rel = join_rel(dir_rel, &name);
+        let excluded = filters.iter().any(|f| f.excludes(&rel));
+        let metadata = match fs::symlink_metadata(&absolute) {
+            Ok(metadata) => metadata,
+            // Removed while we walk: nothing to report.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                if excluded {
+                    continue;
+                }
+                return Err(WalkError::Io {
+                    action: "lstat",
+                    path: absolute,
+                    source,
+                });
+            }
+        };
+        let is_dir = metadata.file_type().is_dir();
+        if !excluded {
+            out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
+            if is_dir {
+                walk_dir_inner(root, &rel, filters, false, out)?;
+            }
+            continue;
+        }
+        // Excluded: only a directory that may hold re-included entries is looked into, and it is
+        // reported only if one of them is found.
+        let excluding: Vec<&F> = filters.iter().filter(|f| f.excludes(&rel)).collect();
+        if is_dir && excluding.iter().all(|f| f.may_reinclude_below(&rel)) {
+            let placeholder = out.len();
+            out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
+            walk_dir_inner(root, &rel, filters, true, out)?;
+            if out.len() == placeholder + 1 {
+                out.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn paths(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn order_is_bytewise_per_directory_parents_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["a", "a/b", "B"] {
+            fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        for f in ["a-b", "a/b/z", "a/c", "B/x", "_"] {
+            fs::write(dir.path().join(f), f).expect("write");
+        }
+        let entries = walk_context(dir.path(), &IgnorePatterns::empty()).expect("walk");
+        assert_eq!(
+            paths(&entries),
+            vec!["B", "B/x", "_", "a", "a/b", "a/b/z", "a/c", "a-b"]
+        );
+    }
+
+    #[test]
+    fn symlinks_are_reported_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        fs::write(outside.path().join("secret"), "x").expect("write");
+        symlink(outside.path(), dir.path().join("link")).expect("symlink");
+        symlink("missing", dir.path().join("dangling")).expect("symlink");
+        let entries = walk_context(dir.path(), &IgnorePatterns::empty()).expect("walk");
+        assert_eq!(paths(&entries), vec!["dangling", "link"]);
+        assert!(entries.iter().all(|e| e.kind == FileKind::Symlink));
+        assert_eq!(entries[0].link_target.as_deref(), Some("missing"));
+        assert_eq!(
+            entries[1].link_target.as_deref(),
+            outside.path().to_str()
+        );
+    }
+
+    #[test]
+    fn reincluded_file_below_excluded_dir_brings_its_parents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("sub/deep")).expect("mkdir");
+        fs::create_dir_all(dir.path().join("other")).expect("mkdir");
+        fs::write(dir.path().join("sub/deep/keep"), "k").expect("write");
+        fs::write(dir.path().join("sub/deep/drop"), "d").expect("write");
+        fs::write(dir.path().join("other/x"), "x").expect("write");
+        let ignore = IgnorePatterns::parse("*\n!sub/deep/keep\n").expect("patterns");
+        let entries = walk_context(dir.path(), &ignore).expect("walk");
+        assert_eq!(paths(&entries), vec!["sub", "sub/deep", "sub/deep/keep"]);
+    }
+
+    #[test]
+    fn excluded_dir_without_reinclusion_is_dropped_even_with_wildcard_exception() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("build")).expect("mkdir");
+        fs::write(dir.path().join("build/out.o"), "o").expect("write");
+        fs::write(dir.path().join("README.md"), "r").expect("write");
+        let ignore = IgnorePatterns::parse("*\n!*.md\n").expect("patterns");
+        let entries = walk_context(dir.path(), &ignore).expect("walk");
+        assert_eq!(paths(&entries), vec!["README.md"]);
+    }
+
+    #[test]
+    fn metadata_is_recorded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        fs::write(&file, "hello").expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o4751)).expect("chmod");
+        let entries = walk_context(dir.path(), &IgnorePatterns::empty()).expect("walk");
+        let entry = &entries[0];
+        assert_eq!(entry.kind, FileKind::File);
+        assert_eq!(entry.mode, 0o4751);
+        assert_eq!(entry.size, 5);
+        assert!(entry.ino != 0 && entry.mtime_ns > 0);
+    }
+}

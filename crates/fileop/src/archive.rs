@@ -1,0 +1,374 @@
+//! `ADD` of a local archive: detection by content (gzip, bzip2, xz and zstd magic bytes, then a
+//! valid tar header — never by file name) and extraction into the destination directory.
+//!
+//! As in BuildKit, a file that is not a tar (after decompression) is copied as-is, a leading `/` in
+//! entry names is dropped, entries keep their archive owner and mode unless `--chown` is given, and
+//! an entry replaces whatever was at its path. Extraction resolves every path with
+//! `openat2(RESOLVE_BENEATH)` from the destination directory, so an entry that climbs out with
+//! `../`, or that is written through a symlink leading outside the destination (an absolute one, or
+//! a relative one that climbs out) — whether the archive planted it or the image had it — is
+//! refused with [`FileOpError::ArchiveEscape`] instead of being written.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, futimens, mkdirat, mknodat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchown, linkat, symlinkat};
+
+use crate::error::{FileOpError, Result, io_err, sys_err};
+use crate::ops::remove_all_at;
+use crate::root::{Root, display, file_type, set_metadata_at};
+
+/// The compression an archive's leading bytes announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+/// Tells the compression from the first bytes of a file.
+pub fn detect_compression(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// A reader of the decompressed content of `file`.
+fn decompressed(file: File) -> io::Result<Box<dyn Read>> {
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let head = reader.fill_buf()?;
+    Ok(match detect_compression(head) {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(reader)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+    })
+}
+
+/// Whether a 512-byte block is a valid tar header (its checksum matches; all-zero is the end).
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 || block.iter().all(|b| *b == 0) {
+        return false;
+    }
+    let field = &block[148..156];
+    let text: String = field.iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
+    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else { return false };
+    let unsigned: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { u32::from(b' ') } else { u32::from(*b) })
+        .sum();
+    let signed: i64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { i64::from(b' ') } else { i64::from(*b as i8) })
+        .sum();
+    expected == unsigned || i64::from(expected) == signed
+}
+
+/// If source `rel` (symlinks followed, as BuildKit does) is a regular file holding a tar archive,
+/// returns its real path in the source root.
+pub(crate) fn detect(src: &Root, op: &str, rel: &str) -> Result<Option<String>> {
+    let real = match src.resolve_follow(rel) {
+        Ok(real) => real,
+        Err(_) => return Ok(None),
+    };
+    let fd = match src.open_in(&real, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(None),
+    };
+    let st = fstat(fd.as_fd()).map_err(|e| sys_err(op, "stat", rel, e))?;
+    if file_type(&st) != SFlag::S_IFREG {
+        return Ok(None);
+    }
+    let mut reader = match decompressed(File::from(fd)) {
+        Ok(reader) => reader,
+        Err(_) => return Ok(None),
+    };
+    let mut block = [0u8; 512];
+    let mut filled = 0;
+    while filled < block.len() {
+        match reader.read(&mut block[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    Ok(if filled == block.len() && is_tar_header(&block) { Some(real) } else { None })
+}
+
+/// Resolution flags for everything below the extraction directory.
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+    let path = if path.is_empty() { b".".as_slice() } else { path };
+    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(beneath());
+    loop {
+        match openat2(dir, OsStr::from_bytes(path), how) {
+            Err(Errno::EAGAIN) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Cleans an entry name: leading `/` dropped, `.` ignored, `..` applied; `None` when it climbs
+/// above the extraction directory.
+fn clean_entry_name(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for component in raw.split(|b| *b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other.to_vec()),
+        }
+    }
+    Some(parts)
+}
+
+/// State of one extraction.
+struct Extractor<'a> {
+    op: &'a str,
+    archive: &'a str,
+    dest_shown: String,
+    dest: OwnedFd,
+    owner: Option<(u32, u32)>,
+    /// Directories extracted, with their times, applied at the end so later entries do not bump them.
+    dir_times: Vec<(Vec<u8>, TimeSpec)>,
+}
+
+impl Extractor<'_> {
+    fn escape(&self, entry: &[u8]) -> FileOpError {
+        FileOpError::ArchiveEscape {
+            op: self.op.to_string(),
+            archive: self.archive.to_string(),
+            entry: String::from_utf8_lossy(entry).into_owned(),
+            dest: self.dest_shown.clone(),
+        }
+    }
+
+    fn fail(&self, entry: &[u8], reason: impl std::fmt::Display) -> FileOpError {
+        FileOpError::Archive {
+            op: self.op.to_string(),
+            archive: self.archive.to_string(),
+            entry: String::from_utf8_lossy(entry).into_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Maps a resolution error: leaving the destination is an escape, the rest a failure.
+    fn resolve_err(&self, entry: &[u8], errno: Errno) -> FileOpError {
+        match errno {
+            Errno::EXDEV | Errno::ELOOP => self.escape(entry),
+            other => self.fail(entry, io::Error::from(other)),
+        }
+    }
+
+    /// Opens (creating as needed, 0755 root-owned like BuildKit's implied parents) the directory
+    /// holding an entry.
+    fn parent_dir(&self, entry: &[u8], parents: &[Vec<u8>]) -> Result<OwnedFd> {
+        let joined = parents.join(&b'/');
+        match open_beneath(self.dest.as_fd(), &joined, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(self.resolve_err(entry, e)),
+        }
+        let mut prefix: Vec<u8> = Vec::new();
+        let mut current = open_beneath(self.dest.as_fd(), b"", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|e| self.resolve_err(entry, e))?;
+        for component in parents {
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(component);
+            current = match open_beneath(self.dest.as_fd(), &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    let name = OsStr::from_bytes(component);
+                    match mkdirat(current.as_fd(), name, Mode::from_bits_truncate(0o700)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(self.fail(entry, io::Error::from(e))),
+                    }
+                    set_metadata_at(self.op, current.as_fd(), name, &String::from_utf8_lossy(&prefix), Some((0, 0)), Some(0o755), None, false)?;
+                    open_beneath(self.dest.as_fd(), &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                        .map_err(|e| self.resolve_err(entry, e))?
+                }
+                Err(e) => return Err(self.resolve_err(entry, e)),
+            };
+        }
+        Ok(current)
+    }
+
+    fn extract<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw = entry.path_bytes().into_owned();
+        let Some(mut parts) = clean_entry_name(&raw) else { return Err(self.escape(&raw)) };
+        let Some(name) = parts.pop() else { return Ok(()) };
+        let header = entry.header();
+        let kind = header.entry_type();
+        // Global PAX headers carry no file; the tar crate folds per-entry ones in already.
+        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            return Ok(());
+        }
+        let mode = header.mode().map_err(|e| self.fail(&raw, e))? & 0o7777;
+        let owner = match self.owner {
+            Some(owner) => owner,
+            None => (
+                header.uid().map_err(|e| self.fail(&raw, e))? as u32,
+                header.gid().map_err(|e| self.fail(&raw, e))? as u32,
+            ),
+        };
+        let mtime = TimeSpec::new(header.mtime().unwrap_or(0) as libc::time_t, 0);
+        let parent = self.parent_dir(&raw, &parts)?;
+        let name_os = OsStr::from_bytes(&name);
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+
+        // Whatever is in the way goes, except a directory that a directory entry merges into.
+        match fstatat(parent.as_fd(), name_os, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_type(&st) == SFlag::S_IFDIR && kind.is_dir() => {}
+            Ok(_) => remove_all_at(self.op, parent.as_fd(), name_os, &shown)?,
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(self.fail(&raw, io::Error::from(e))),
+        }
+
+        match kind {
+            tar::EntryType::Directory => {
+                match mkdirat(parent.as_fd(), name_os, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(self.fail(&raw, io::Error::from(e))),
+                }
+                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), Some(mode), None, false)?;
+                parts.push(name);
+                self.dir_times.push((parts.join(&b'/'), mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let fd = openat(
+                    parent.as_fd(),
+                    name_os,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                let mut file = File::from(fd);
+                io::copy(&mut entry, &mut file).map_err(|e| self.fail(&raw, e))?;
+                fchown(file.as_fd(), Some(Uid::from_raw(owner.0)), Some(Gid::from_raw(owner.1)))
+                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                futimens(file.as_fd(), &mtime, &mtime).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| self.fail(&raw, "symlink without a target"))?;
+                symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name_os).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), None, Some(mtime), true)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().ok_or_else(|| self.fail(&raw, "hardlink without a target"))?;
+                let Some(mut target_parts) = clean_entry_name(&target) else { return Err(self.escape(&raw)) };
+                let Some(target_name) = target_parts.pop() else {
+                    return Err(self.fail(&raw, "hardlink to the extraction directory itself"));
+                };
+                let target_parent =
+                    open_beneath(self.dest.as_fd(), &target_parts.join(&b'/'), OFlag::O_PATH | OFlag::O_DIRECTORY)
+                        .map_err(|e| self.resolve_err(&raw, e))?;
+                linkat(target_parent.as_fd(), OsStr::from_bytes(&target_name), parent.as_fd(), name_os, AtFlags::empty())
+                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let flag = match kind {
+                    tar::EntryType::Char => SFlag::S_IFCHR,
+                    tar::EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                mknodat(parent.as_fd(), name_os, flag, Mode::from_bits_truncate(0o600), libc::makedev(major, minor))
+                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), Some(mode), Some(mtime), false)?;
+            }
+            other => return Err(self.fail(&raw, format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+        }
+        Ok(())
+    }
+}
+
+/// Extracts source archive `archive_rel` (`shown` as the user named it) into destination directory
+/// `dest_fd` (at `dest_rel`). `owner` (from `--chown`) replaces the archive's owners.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn unpack(
+    src: &Root,
+    archive_rel: &str,
+    shown: &str,
+    _dst: &Root,
+    dest_fd: OwnedFd,
+    dest_rel: &str,
+    op: &str,
+    owner: Option<(u32, u32)>,
+    _mtime: Option<TimeSpec>,
+) -> Result<()> {
+    let fd = src.open_in(archive_rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW).map_err(|e| sys_err(op, "open", shown, e))?;
+    let reader = decompressed(File::from(fd)).map_err(|e| io_err(op, "read archive", shown, e))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut extractor = Extractor { op, archive: shown, dest_shown: display(dest_rel), dest: dest_fd, owner, dir_times: Vec::new() };
+    let entries = archive.entries().map_err(|e| extractor.fail(b"", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| extractor.fail(b"", e))?;
+        extractor.extract(entry)?;
+    }
+    for (path, time) in std::mem::take(&mut extractor.dir_times).into_iter().rev() {
+        let fd = open_beneath(extractor.dest.as_fd(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| extractor.resolve_err(&path, e))?;
+        futimens(fd.as_fd(), &time, &time).map_err(|e| extractor.fail(&path, io::Error::from(e)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_told_by_magic_bytes() {
+        assert_eq!(detect_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(detect_compression(b"BZh91AY"), Compression::Bzip2);
+        assert_eq!(detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Compression::Xz);
+        assert_eq!(detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
+        assert_eq!(detect_compression(b"hello"), Compression::None);
+    }
+
+    #[test]
+    fn entry_names_are_cleaned_and_escapes_caught() {
+        assert_eq!(clean_entry_name(b"/abs/file"), Some(vec![b"abs".to_vec(), b"file".to_vec()]));
+        assert_eq!(clean_entry_name(b"./a/../b"), Some(vec![b"b".to_vec()]));
+        assert_eq!(clean_entry_name(b"../x"), None);
+        assert_eq!(clean_entry_name(b"a/../../x"), None);
+    }
+
+    #[test]
+    fn zero_block_is_not_a_tar_header() {
+        assert!(!is_tar_header(&[0u8; 512]));
+        let mut header = tar::Header::new_gnu();
+        header.set_path("x").unwrap();
+        header.set_size(0);
+        header.set_cksum();
+        assert!(is_tar_header(header.as_bytes()));
+    }
+}

@@ -1,0 +1,342 @@
+//! The sandbox child's setup as data: a list of [`Step`]s built in the parent (every path already a
+//! `CString`, every pointer array built) and executed in the child through a [`Syscall`]. Building
+//! before `clone` is what makes the child safe in a multi-threaded parent — it only walks this list and
+//! makes raw syscalls, never allocating — and it lets tests run the same list against the recording
+//! fake. `docs/sandbox.md` explains the order.
+
+use std::ffi::{CString, c_char};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+
+use crate::snapshot::RootMount;
+use crate::snapshot::OVERLAY_OPTIONS;
+use crate::syscall::Syscall;
+
+/// Mount option strings longer than this do not fit mount(2)'s one-page copy; such overlays use the
+/// new mount API with one `lowerdir+` per layer instead.
+pub const MAX_MOUNT_DATA: usize = 4095;
+
+/// The last argument vector and environment, with their NULL-terminated pointer arrays.
+#[derive(Debug)]
+pub struct ExecArgs {
+    /// Paths to try in order (PATH lookup happens here, against the container's PATH).
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    /// Owns the strings `envp_ptrs` points at.
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+impl ExecArgs {
+    /// Prepares `args` (argv[0] searched in `path_var` unless it contains '/') and `env` (KEY=VALUE).
+    ///
+    /// # Errors
+    /// A string contains a NUL byte (the error says which).
+    pub fn new(args: &[String], env: &[String], path_var: &str) -> Result<ExecArgs, String> {
+        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+        let program = args.first().ok_or_else(|| "empty command".to_string())?;
+        let candidates = if program.contains('/') {
+            vec![cstring(program)?]
+        } else {
+            path_var
+                .split(':')
+                .filter(|dir| !dir.is_empty())
+                .map(|dir| cstring(&format!("{}/{program}", dir.trim_end_matches('/'))))
+                .collect::<Result<_, _>>()?
+        };
+        let argv: Vec<CString> = args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
+        // The CStrings' heap buffers do not move when the Vecs move, so the pointers stay valid.
+        let pointers = |strings: &[CString]| -> Vec<*const c_char> {
+            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+        };
+        let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+        Ok(ExecArgs { candidates, argv, _envp: envp, argv_ptrs, envp_ptrs })
+    }
+
+    /// The program name as given.
+    pub fn program(&self) -> String {
+        self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// One setup action of the child.
+#[derive(Debug)]
+pub enum Step {
+    SetParentDeathSignal,
+    ResetSignals,
+    Setsid,
+    Dup2 { from: RawFd, to: RawFd },
+    /// Writes "0" to an open `cgroup.procs` (joins the cgroup).
+    JoinCgroup { procs_fd: RawFd },
+    Mount { source: Option<CString>, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    /// overlayfs through fsopen/fsconfig(`lowerdir+`)/fsmount/move_mount: no option-size limit.
+    MountOverlayNewApi { target: CString, lower_dirs: Vec<CString>, options: Vec<(CString, CString)> },
+    /// Clones the mount at `source` (still resolvable on the host side) into fd slot `slot`.
+    OpenTree { source: CString, slot: usize },
+    Chdir(CString),
+    /// `pivot_root(".", ".")`: the old root ends up stacked on the new one...
+    PivotRoot,
+    /// ...and is lazily detached here, so nothing of the host stays reachable.
+    DetachOldRoot,
+    Mkdir { path: CString, mode: u32 },
+    /// Creates each missing prefix and chowns what it created.
+    MkdirAll { prefixes: Vec<CString>, mode: u32, uid: u32, gid: u32 },
+    Mknod { path: CString, mode: u32, dev: u64 },
+    Symlink { target: CString, link: CString },
+    /// Attaches the mount in fd slot `slot` at `target` (resolved inside the new root).
+    MoveMount { slot: usize, target: CString },
+    SetHostname(CString),
+    LoopbackUp,
+    /// Opens a pty from the container's devpts, sends the master to the parent over `socket`, makes the
+    /// slave the controlling terminal and stdin/stdout/stderr.
+    Pty { ptmx: CString, socket: RawFd },
+    SetGroups(Vec<libc::gid_t>),
+    SetGid(u32),
+    SetUid(u32),
+    CloexecFrom(RawFd),
+    Exec(ExecArgs),
+}
+
+/// A setup failure in the child: which step and the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepFailure {
+    pub index: usize,
+    pub errno: Errno,
+}
+
+/// Runs `steps` in order. Allocation-free for [`crate::syscall::LinuxSyscall`]; `slots` holds fds
+/// from `OpenTree` steps and must be long enough for every slot used.
+pub fn execute(steps: &[Step], sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(), StepFailure> {
+    for (index, step) in steps.iter().enumerate() {
+        execute_step(step, sys, slots).map_err(|errno| StepFailure { index, errno })?;
+    }
+    Ok(())
+}
+
+fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(), Errno> {
+    match step {
+        Step::SetParentDeathSignal => sys.set_parent_death_signal(),
+        Step::ResetSignals => sys.reset_signals(),
+        Step::Setsid => sys.setsid(),
+        Step::Dup2 { from, to } => sys.dup2(*from, *to),
+        Step::JoinCgroup { procs_fd } => sys.write_all(*procs_fd, b"0"),
+        Step::Mount { source, target, fstype, flags, data } => {
+            sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
+        }
+        Step::MountOverlayNewApi { target, lower_dirs, options } => {
+            let fs_fd = sys.fsopen(c"overlay")?;
+            let result = (|| {
+                for lower in lower_dirs {
+                    sys.fsconfig_string(fs_fd, c"lowerdir+", lower)?;
+                }
+                for (key, value) in options {
+                    sys.fsconfig_string(fs_fd, key, value)?;
+                }
+                sys.fsconfig_create(fs_fd)?;
+                let mount_fd = sys.fsmount(fs_fd)?;
+                let moved = sys.move_mount(mount_fd, target);
+                sys.close(mount_fd);
+                moved
+            })();
+            sys.close(fs_fd);
+            result
+        }
+        Step::OpenTree { source, slot } => {
+            let fd = sys.open_tree(source)?;
+            match slots.get_mut(*slot) {
+                Some(entry) => *entry = fd,
+                None => return Err(Errno::EBADF),
+            }
+            Ok(())
+        }
+        Step::Chdir(path) => sys.chdir(path),
+        Step::PivotRoot => sys.pivot_root(c".", c"."),
+        Step::DetachOldRoot => sys.umount_detach(c"."),
+        Step::Mkdir { path, mode } => match sys.mkdir(path, *mode) {
+            Err(Errno::EEXIST) => Ok(()),
+            other => other,
+        },
+        Step::MkdirAll { prefixes, mode, uid, gid } => {
+            for prefix in prefixes {
+                match sys.mkdir(prefix, *mode) {
+                    Ok(()) => sys.lchown(prefix, *uid, *gid)?,
+                    Err(Errno::EEXIST) => {}
+                    Err(errno) => return Err(errno),
+                }
+            }
+            Ok(())
+        }
+        Step::Mknod { path, mode, dev } => sys.mknod(path, *mode, *dev),
+        Step::Symlink { target, link } => sys.symlink(target, link),
+        Step::MoveMount { slot, target } => {
+            let fd = *slots.get(*slot).ok_or(Errno::EBADF)?;
+            let moved = sys.move_mount(fd, target);
+            sys.close(fd);
+            moved
+        }
+        Step::SetHostname(name) => sys.sethostname(name),
+        Step::LoopbackUp => sys.loopback_up(),
+        Step::Pty { ptmx, socket } => {
+            let (master, slave) = sys.open_pty(ptmx)?;
+            let sent = sys.send_fd(*socket, master);
+            sys.close(master);
+            sent?;
+            sys.set_controlling_tty(slave)?;
+            for to in 0..3 {
+                sys.dup2(slave, to)?;
+            }
+            if slave > 2 {
+                sys.close(slave);
+            }
+            Ok(())
+        }
+        Step::SetGroups(gids) => sys.setgroups(gids),
+        Step::SetGid(gid) => sys.setresgid(*gid),
+        Step::SetUid(uid) => sys.setresuid(*uid),
+        Step::CloexecFrom(first) => sys.cloexec_from(*first),
+        Step::Exec(args) => {
+            // Like execvp: keep looking after "not here" or "not allowed", report EACCES if that is
+            // all we found, ENOENT otherwise.
+            let mut saw_eacces = false;
+            for candidate in &args.candidates {
+                match sys.execve(candidate, &args.argv_ptrs, &args.envp_ptrs) {
+                    Errno::UnknownErrno => return Ok(()),
+                    Errno::ENOENT | Errno::ENOTDIR => {}
+                    Errno::EACCES => saw_eacces = true,
+                    errno => return Err(errno),
+                }
+            }
+            Err(if saw_eacces { Errno::EACCES } else { Errno::ENOENT })
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    /// A human description for error messages ("mount proc on /proc").
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |c: &CString| c.to_string_lossy().into_owned();
+        match self {
+            Step::SetParentDeathSignal => write!(f, "set the parent-death signal"),
+            Step::ResetSignals => write!(f, "reset signal dispositions"),
+            Step::Setsid => write!(f, "start a new session"),
+            Step::Dup2 { from, to } => write!(f, "dup fd {from} to {to}"),
+            Step::JoinCgroup { .. } => write!(f, "join the sandbox cgroup"),
+            Step::Mount { source, target, fstype, .. } => write!(
+                f,
+                "mount {} ({}) on {}",
+                source.as_ref().map_or("-".into(), s),
+                fstype.as_ref().map_or("-".into(), s),
+                s(target)
+            ),
+            Step::MountOverlayNewApi { target, lower_dirs, .. } => {
+                write!(f, "mount overlay with {} lower dirs on {} (fsopen API)", lower_dirs.len(), s(target))
+            }
+            Step::OpenTree { source, .. } => write!(f, "open mount source {}", s(source)),
+            Step::Chdir(path) => write!(f, "chdir to {}", s(path)),
+            Step::PivotRoot => write!(f, "pivot_root into the new root"),
+            Step::DetachOldRoot => write!(f, "detach the old root"),
+            Step::Mkdir { path, .. } => write!(f, "mkdir {}", s(path)),
+            Step::MkdirAll { prefixes, .. } => {
+                write!(f, "create working dir {}", prefixes.last().map_or("/".into(), s))
+            }
+            Step::Mknod { path, .. } => write!(f, "mknod {}", s(path)),
+            Step::Symlink { link, .. } => write!(f, "symlink {}", s(link)),
+            Step::MoveMount { target, .. } => write!(f, "mount onto {} (does the target exist?)", s(target)),
+            Step::SetHostname(name) => write!(f, "set hostname {}", s(name)),
+            Step::LoopbackUp => write!(f, "bring up lo"),
+            Step::Pty { .. } => write!(f, "open the terminal"),
+            Step::SetGroups(gids) => write!(f, "set supplementary groups {gids:?}"),
+            Step::SetGid(gid) => write!(f, "set gid {gid}"),
+            Step::SetUid(uid) => write!(f, "set uid {uid}"),
+            Step::CloexecFrom(_) => write!(f, "mark inherited fds close-on-exec"),
+            Step::Exec(args) => write!(f, "exec {}", args.program()),
+        }
+    }
+}
+
+/// "MS_BIND|MS_REC" for a flags word (unknown bits in hex), for the recording fake and logs.
+pub fn describe_mount_flags(flags: libc::c_ulong) -> String {
+    const NAMES: &[(libc::c_ulong, &str)] = &[
+        (libc::MS_RDONLY, "MS_RDONLY"),
+        (libc::MS_NOSUID, "MS_NOSUID"),
+        (libc::MS_NODEV, "MS_NODEV"),
+        (libc::MS_NOEXEC, "MS_NOEXEC"),
+        (libc::MS_REMOUNT, "MS_REMOUNT"),
+        (libc::MS_BIND, "MS_BIND"),
+        (libc::MS_REC, "MS_REC"),
+        (libc::MS_PRIVATE, "MS_PRIVATE"),
+        (libc::MS_STRICTATIME, "MS_STRICTATIME"),
+    ];
+    let mut rest = flags;
+    let mut parts: Vec<String> = Vec::new();
+    for (bit, name) in NAMES {
+        if flags & bit != 0 {
+            parts.push((*name).to_string());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        parts.push(format!("{rest:#x}"));
+    }
+    if parts.is_empty() { "0".to_string() } else { parts.join("|") }
+}
+
+pub(crate) fn cpath(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("path {} contains a NUL byte", path.display()))
+}
+
+pub(crate) fn cstr(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+/// The step that mounts `root` on `target`: one mount(2) when the option string fits a page and the
+/// paths need no escaping, else the new mount API.
+pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> {
+    let target = cpath(target)?;
+    match root {
+        RootMount::Bind { source } => Ok(Step::Mount {
+            source: Some(cpath(source)?),
+            target,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        }),
+        RootMount::Overlay { lower_dirs, upper_dir, work_dir } => {
+            if lower_dirs.is_empty() {
+                return Err("overlay root without lower dirs".to_string());
+            }
+            let strings: Vec<String> = lower_dirs
+                .iter()
+                .chain([upper_dir, work_dir])
+                .map(|p| p.to_str().map(str::to_string).ok_or_else(|| format!("non-UTF-8 path {}", p.display())))
+                .collect::<Result<_, _>>()?;
+            let (lowers, rest) = strings.split_at(lower_dirs.len());
+            let needs_escaping = strings.iter().any(|p| p.contains([',', ':', '\\']));
+            let legacy = format!("lowerdir={},upperdir={},workdir={},{}", lowers.join(":"), rest[0], rest[1], OVERLAY_OPTIONS);
+            if legacy.len() <= MAX_MOUNT_DATA && !needs_escaping {
+                return Ok(Step::Mount {
+                    source: Some(c"overlay".to_owned()),
+                    target,
+                    fstype: Some(c"overlay".to_owned()),
+                    flags: 0,
+                    data: Some(cstr(&legacy)?),
+                });
+            }
+            let mut options = vec![(c"upperdir".to_owned(), cstr(&rest[0])?), (c"workdir".to_owned(), cstr(&rest[1])?)];
+            for option in OVERLAY_OPTIONS.split(',') {
+                let (key, value) = option.split_once('=').unwrap_or((option, ""));
+                options.push((cstr(key)?, cstr(value)?));
+            }
+            Ok(Step::MountOverlayNewApi {
+                target,
+                lower_dirs: lowers.iter().map(|l| cstr(l)).collect::<Result<_, _>>()?,
+                options,
+            })
+        }
+    }
+}

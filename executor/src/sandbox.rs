@@ -1,0 +1,843 @@
+//! Running one command in a sandbox: [`run`] (RUN steps and `kiln run`).
+//!
+//! Process model: the parent prepares *everything* first — the user (resolved from the image's own
+//! `/etc/passwd` and `/etc/group` read through the layers), the environment, the generated
+//! `/etc/hosts`/`hostname`/`resolv.conf`, pipes, and the child's whole setup as a [`Step`] list of
+//! ready C strings (`plan.rs`) — then calls `clone(2)` with `CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS
+//! | CLONE_NEWIPC` (`| CLONE_NEWNET` for `--network none`). The child is PID 1 of its PID namespace
+//! from its first instruction and only walks the step list with raw syscalls until `execve`, so it is
+//! safe even though the parent (tests, tokio) is multi-threaded: no allocation, no lock. We chose this
+//! over re-executing our own binary because it costs no extra exec and keeps the library
+//! self-contained. Setup errors travel back over a close-on-exec pipe as (step index, errno); EOF on
+//! that pipe means the exec succeeded.
+//!
+//! The command is PID 1: when it exits the kernel kills every other process of the step, so a RUN that
+//! leaves a daemon behind cannot outlive the step. As PID 1 it also ignores signals it has no handler
+//! for (as in Docker without `--init`).
+//!
+//! With `tty`, the pty is opened by the child from the container's own fresh devpts (so `tty` prints
+//! `/dev/pts/0` inside) and the master is passed to the parent over a socketpair; the caller's
+//! terminal mode (raw or not) is the caller's business.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use kiln_image::user::{ExecUser, UserError, resolve_exec_user};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use thiserror::Error;
+
+use crate::cgroup::{self, CgroupError, CgroupSupport, ResourceLimits, SandboxCgroup};
+use crate::plan::{self, ExecArgs, Step, StepFailure, cpath, cstr};
+use crate::snapshot::{MountStub, RootMount, StubKind};
+use crate::syscall::LinuxSyscall;
+
+/// Docker's default PATH, used when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const CHILD_STACK_SIZE: usize = 1024 * 1024;
+const DEV_SIZE: &str = "65536k";
+
+/// Errors of [`run`]; each says what failed and where.
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox spec: {0}")]
+    InvalidSpec(String),
+    #[error("resolving user {user:?}: {source}")]
+    User { user: String, source: UserError },
+    #[error("reading {path} from the root filesystem: {source}")]
+    ReadRootFile { path: &'static str, source: io::Error },
+    #[error("sandbox: {action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("sandbox: {action}: {source}")]
+    Sys { action: &'static str, source: Errno },
+    #[error("sandbox setup failed: {step}: {errno}")]
+    Setup { step: String, errno: Errno },
+    #[error("exec {command:?}: executable file not found in $PATH")]
+    CommandNotFound { command: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+fn sys_err(action: &'static str) -> impl FnOnce(Errno) -> SandboxError {
+    move |source| SandboxError::Sys { action, source }
+}
+
+/// Network of the sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The host's network namespace (Docker's build default).
+    #[default]
+    Host,
+    /// A new network namespace with only `lo`, up.
+    None,
+}
+
+/// A mount besides the root, in the order given. Targets are absolute paths inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraMount {
+    /// A host file or dir bind-mounted (recursively).
+    Bind { source: PathBuf, target: PathBuf, read_only: bool },
+    /// A fresh tmpfs.
+    Tmpfs { target: PathBuf, size_bytes: Option<u64> },
+    /// A secret: a host file bind-mounted read-only.
+    Secret { source: PathBuf, target: PathBuf },
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The root, as a snapshotter described it.
+    pub rootfs: RootMount,
+    /// An empty or missing dir for this run's generated files and root mount point; the caller
+    /// removes it afterwards.
+    pub scratch_dir: PathBuf,
+    /// argv; `args[0]` is searched in the container's PATH unless it contains '/'.
+    pub args: Vec<String>,
+    /// KEY=VALUE. PATH and HOME get Docker's defaults when absent.
+    pub env: Vec<String>,
+    /// Working dir (absolute); created, owned by the user, when missing.
+    pub cwd: String,
+    /// Docker USER spec (`name`, `uid`, `name:group`, `uid:gid`...); empty = root.
+    pub user: String,
+    pub hostname: String,
+    pub network: NetworkMode,
+    pub mounts: Vec<ExtraMount>,
+    /// Extra `/etc/hosts` lines (`--add-host name:ip`), as (name, ip).
+    pub extra_hosts: Vec<(String, String)>,
+    /// Applied only on cgroup v2 hosts; skipped with a warning elsewhere.
+    pub limits: ResourceLimits,
+}
+
+impl SandboxSpec {
+    /// A spec with defaults: root user, cwd `/`, hostname `kiln`, host network, no extra mounts.
+    pub fn new(rootfs: RootMount, scratch_dir: impl Into<PathBuf>, args: Vec<String>) -> SandboxSpec {
+        SandboxSpec {
+            rootfs,
+            scratch_dir: scratch_dir.into(),
+            args,
+            env: Vec::new(),
+            cwd: "/".to_string(),
+            user: String::new(),
+            hostname: "kiln".to_string(),
+            network: NetworkMode::Host,
+            mounts: Vec::new(),
+            extra_hosts: Vec::new(),
+            limits: ResourceLimits::default(),
+        }
+    }
+}
+
+/// Where the command's stdin comes from.
+#[derive(Default)]
+pub enum Input {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// The caller's own stdin.
+    Inherit,
+    /// Copied from a reader by a background thread.
+    Reader(Box<dyn Read + Send>),
+}
+
+/// Where an output stream goes.
+#[derive(Default)]
+pub enum Output<'a> {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// The caller's own stdout/stderr.
+    Inherit,
+    /// Streamed into a writer as it arrives (see [`LineCallback`] for line-by-line callbacks).
+    Writer(&'a mut (dyn Write + Send)),
+}
+
+/// The sandbox's standard streams.
+#[derive(Default)]
+pub struct SandboxIo<'a> {
+    pub stdin: Input,
+    pub stdout: Output<'a>,
+    /// Ignored with `tty` (a terminal has one output stream, which goes to `stdout`).
+    pub stderr: Output<'a>,
+    /// Run on a pseudo-terminal (`-t`).
+    pub tty: bool,
+    /// Forward SIGINT, SIGTERM, SIGHUP and SIGQUIT received by this process to the command while it
+    /// runs (for `kiln run`; installs process-wide handlers for the duration, so one run at a time).
+    pub forward_signals: bool,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Exited(0)
+    }
+
+    /// The exit code, or 128 + signal as shells report it.
+    pub fn code(&self) -> i32 {
+        match *self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128 + signal,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signaled(signal) => {
+                let name = Signal::try_from(*signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
+                write!(f, "killed by signal {name}")
+            }
+        }
+    }
+}
+
+/// A writer that calls `callback` once per complete line (without the newline), and once more for a
+/// trailing partial line on flush.
+pub struct LineCallback<F: FnMut(&[u8])> {
+    callback: F,
+    pending: Vec<u8>,
+}
+
+impl<F: FnMut(&[u8])> LineCallback<F> {
+    pub fn new(callback: F) -> LineCallback<F> {
+        LineCallback { callback, pending: Vec::new() }
+    }
+}
+
+impl<F: FnMut(&[u8])> Write for LineCallback<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            (self.callback)(&self.pending[..end]);
+            self.pending.drain(..=end);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            (self.callback)(&self.pending);
+            self.pending.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Paths in the container that a sandbox mounts over: create them with the snapshot
+/// ([`crate::snapshot::Snapshotter::prepare`]) so that they exist without landing in the diff.
+pub fn mount_stubs(mounts: &[ExtraMount]) -> Vec<MountStub> {
+    let dir = |p: &str| MountStub { path: p.into(), kind: StubKind::Dir };
+    let file = |p: &str| MountStub { path: p.into(), kind: StubKind::File };
+    let mut stubs = vec![dir("/proc"), dir("/sys"), dir("/dev"), file("/etc/hosts"), file("/etc/hostname"), file("/etc/resolv.conf")];
+    for mount in mounts {
+        stubs.push(match mount {
+            ExtraMount::Bind { source, target, .. } => {
+                let kind = if fs::metadata(source).is_ok_and(|m| m.is_dir()) { StubKind::Dir } else { StubKind::File };
+                MountStub { path: target.clone(), kind }
+            }
+            ExtraMount::Tmpfs { target, .. } => MountStub { path: target.clone(), kind: StubKind::Dir },
+            ExtraMount::Secret { target, .. } => MountStub { path: target.clone(), kind: StubKind::File },
+        });
+    }
+    stubs
+}
+
+/// What the parent works out before building the plan.
+struct Prepared {
+    user: ExecUser,
+    env: Vec<String>,
+    path_var: String,
+    etc_dir: PathBuf,
+    root_dir: PathBuf,
+}
+
+/// The child's standard streams as fds to dup (None = leave as inherited), or a pty.
+enum ChildStdio {
+    Fds([Option<RawFd>; 3]),
+    Pty { socket: RawFd },
+}
+
+struct Plan {
+    steps: Vec<Step>,
+    slots: usize,
+}
+
+fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    if spec.args.is_empty() {
+        return Err(SandboxError::InvalidSpec("empty command".into()));
+    }
+    if !spec.cwd.starts_with('/') {
+        return Err(SandboxError::InvalidSpec(format!("working dir {:?} is not absolute", spec.cwd)));
+    }
+    for mount in &spec.mounts {
+        let target = match mount {
+            ExtraMount::Bind { target, .. } | ExtraMount::Tmpfs { target, .. } | ExtraMount::Secret { target, .. } => target,
+        };
+        if !target.is_absolute() {
+            return Err(SandboxError::InvalidSpec(format!("mount target {} is not absolute", target.display())));
+        }
+    }
+    Ok(())
+}
+
+fn read_root_text(rootfs: &RootMount, path: &'static str) -> Result<Option<String>, SandboxError> {
+    let bytes = rootfs.read_file(Path::new(path)).map_err(|source| SandboxError::ReadRootFile { path, source })?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+fn env_value<'e>(env: &'e [String], key: &str) -> Option<&'e str> {
+    env.iter().rev().find_map(|e| e.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), SandboxError> {
+    fs::write(path, contents).map_err(|source| SandboxError::Io { action: "write", path: path.to_path_buf(), source })
+}
+
+fn hosts_file(spec: &SandboxSpec) -> String {
+    let mut hosts = format!("127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n", spec.hostname);
+    for (name, ip) in &spec.extra_hosts {
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
+    hosts
+}
+
+/// The host's resolv.conf (systemd-resolved's upstream file when the stub resolver is in use, as
+/// Docker does); Google's servers when there is none, also as Docker does.
+fn resolv_conf() -> String {
+    let read = |p: &str| fs::read_to_string(p).ok();
+    let mut text = read("/etc/resolv.conf").unwrap_or_default();
+    if text.contains("127.0.0.53") {
+        if let Some(upstream) = read("/run/systemd/resolve/resolv.conf") {
+            text = upstream;
+        }
+    }
+    if !text.lines().any(|l| l.trim_start().starts_with("nameserver")) {
+        text.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    text
+}
+
+fn prepare(spec: &SandboxSpec, tty: bool) -> Result<Prepared, SandboxError> {
+    validate(spec)?;
+    let passwd = read_root_text(&spec.rootfs, "/etc/passwd")?;
+    let group = read_root_text(&spec.rootfs, "/etc/group")?;
+    let user = resolve_exec_user(&spec.user, passwd.as_deref(), group.as_deref())
+        .map_err(|source| SandboxError::User { user: spec.user.clone(), source })?;
+
+    let mut env = spec.env.clone();
+    if env_value(&env, "PATH").is_none() {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if env_value(&env, "HOME").is_none() {
+        env.push(format!("HOME={}", user.home));
+    }
+    if tty && env_value(&env, "TERM").is_none() {
+        env.push("TERM=xterm".to_string());
+    }
+    let path_var = env_value(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
+
+    let etc_dir = spec.scratch_dir.join("etc");
+    let root_dir = spec.scratch_dir.join("root");
+    for dir in [&etc_dir, &root_dir] {
+        fs::create_dir_all(dir).map_err(|source| SandboxError::Io { action: "create", path: dir.clone(), source })?;
+    }
+    write_file(&etc_dir.join("hosts"), &hosts_file(spec))?;
+    write_file(&etc_dir.join("hostname"), &format!("{}\n", spec.hostname))?;
+    write_file(&etc_dir.join("resolv.conf"), &resolv_conf())?;
+    Ok(Prepared { user, env, path_var, etc_dir, root_dir })
+}
+
+/// Every `/`-prefix of `path`, for a mkdir -p that chowns what it creates.
+fn path_prefixes(path: &str) -> Result<Vec<CString>, String> {
+    let mut prefixes = Vec::new();
+    let mut current = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err(format!("working dir {path:?} contains '..'"));
+        }
+        current.push('/');
+        current.push_str(part);
+        prefixes.push(cstr(&current)?);
+    }
+    Ok(prefixes)
+}
+
+/// Builds the child's whole setup. See `docs/sandbox.md` for the order and its reasons.
+fn build_plan(
+    spec: &SandboxSpec,
+    prepared: &Prepared,
+    stdio: &ChildStdio,
+    cgroup_procs: Option<RawFd>,
+) -> Result<Plan, SandboxError> {
+    build_plan_inner(spec, prepared, stdio, cgroup_procs).map_err(SandboxError::InvalidSpec)
+}
+
+fn build_plan_inner(
+    spec: &SandboxSpec,
+    prepared: &Prepared,
+    stdio: &ChildStdio,
+    cgroup_procs: Option<RawFd>,
+) -> Result<Plan, String> {
+    let mount = |source: Option<&str>, target: &str, fstype: Option<&str>, flags, data: Option<&str>| {
+        Ok::<_, String>(Step::Mount {
+            source: source.map(cstr).transpose()?,
+            target: cstr(target)?,
+            fstype: fstype.map(cstr).transpose()?,
+            flags,
+            data: data.map(cstr).transpose()?,
+        })
+    };
+    let mut steps = vec![Step::SetParentDeathSignal, Step::ResetSignals, Step::Setsid];
+    if let ChildStdio::Fds(fds) = stdio {
+        for (to, from) in fds.iter().enumerate() {
+            if let Some(from) = from {
+                steps.push(Step::Dup2 { from: *from, to: to as RawFd });
+            }
+        }
+    }
+    if let Some(procs_fd) = cgroup_procs {
+        steps.push(Step::JoinCgroup { procs_fd });
+    }
+
+    // 1. Nothing we mount may propagate back to the host.
+    steps.push(mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?);
+    // 2. The root.
+    steps.push(plan::root_mount_step(&spec.rootfs, &prepared.root_dir)?);
+
+    // 3. Bind sources are host paths: grab them as detached mounts while the host is still visible;
+    //    they are attached after pivot_root, so targets resolve inside the container (an image's
+    //    absolute symlink cannot point a mount at the host).
+    enum Attach {
+        Bind { slot: usize, target: PathBuf, read_only: bool },
+        Tmpfs { target: PathBuf, size_bytes: Option<u64> },
+    }
+    let mut attaches = Vec::new();
+    let mut slots = 0;
+    let mut bind = |steps: &mut Vec<Step>, source: &Path, target: PathBuf, read_only: bool| -> Result<Attach, String> {
+        steps.push(Step::OpenTree { source: cpath(source)?, slot: slots });
+        slots += 1;
+        Ok(Attach::Bind { slot: slots - 1, target, read_only })
+    };
+    for name in ["hosts", "hostname", "resolv.conf"] {
+        let attach = bind(&mut steps, &prepared.etc_dir.join(name), Path::new("/etc").join(name), false)?;
+        attaches.push(attach);
+    }
+    for extra in &spec.mounts {
+        let attach = match extra {
+            ExtraMount::Bind { source, target, read_only } => bind(&mut steps, source, target.clone(), *read_only)?,
+            ExtraMount::Secret { source, target } => bind(&mut steps, source, target.clone(), true)?,
+            ExtraMount::Tmpfs { target, size_bytes } => Attach::Tmpfs { target: target.clone(), size_bytes: *size_bytes },
+        };
+        attaches.push(attach);
+    }
+
+    // 4. Switch root; the old root is detached entirely.
+    steps.push(Step::Chdir(cpath(&prepared.root_dir)?));
+    steps.extend([Step::PivotRoot, Step::DetachOldRoot, Step::Chdir(c"/".to_owned())]);
+
+    // 5. Kernel filesystems and a minimal /dev.
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    steps.push(mount(Some("proc"), "/proc", Some("proc"), nosuid_nodev_noexec, None)?);
+    steps.push(mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | libc::MS_RDONLY, None)?);
+    steps.push(mount(
+        Some("tmpfs"),
+        "/dev",
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        Some(&format!("mode=755,size={DEV_SIZE}")),
+    )?);
+    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+        steps.push(Step::Mknod {
+            path: cstr(&format!("/dev/{name}"))?,
+            mode: libc::S_IFCHR | 0o666,
+            dev: libc::makedev(major, minor),
+        });
+    }
+    steps.push(Step::Mkdir { path: c"/dev/pts".to_owned(), mode: 0o755 });
+    steps.push(mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?);
+    steps.push(Step::Symlink { target: c"pts/ptmx".to_owned(), link: c"/dev/ptmx".to_owned() });
+    steps.push(Step::Mkdir { path: c"/dev/shm".to_owned(), mode: 0o1777 });
+    steps.push(mount(Some("shm"), "/dev/shm", Some("tmpfs"), nosuid_nodev_noexec, Some(&format!("mode=1777,size={DEV_SIZE}")))?);
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        steps.push(Step::Symlink { target: cstr(target)?, link: cstr(link)? });
+    }
+
+    // 6. /etc files and the caller's mounts, in order.
+    for attach in attaches {
+        match attach {
+            Attach::Bind { slot, target, read_only } => {
+                let target = cpath(&target)?;
+                steps.push(Step::MoveMount { slot, target: target.clone() });
+                if read_only {
+                    steps.push(Step::Mount {
+                        source: None,
+                        target,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        data: None,
+                    });
+                }
+            }
+            Attach::Tmpfs { target, size_bytes } => {
+                let data = size_bytes.map(|size| format!("size={size}"));
+                steps.push(Step::Mount {
+                    source: Some(c"tmpfs".to_owned()),
+                    target: cpath(&target)?,
+                    fstype: Some(c"tmpfs".to_owned()),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    data: data.as_deref().map(cstr).transpose()?,
+                });
+            }
+        }
+    }
+
+    // 7. Identity of the machine and the process.
+    steps.push(Step::SetHostname(cstr(&spec.hostname)?));
+    if spec.network == NetworkMode::None {
+        steps.push(Step::LoopbackUp);
+    }
+    if let ChildStdio::Pty { socket } = stdio {
+        steps.push(Step::Pty { ptmx: c"/dev/pts/ptmx".to_owned(), socket: *socket });
+    }
+    let user = &prepared.user;
+    steps.push(Step::MkdirAll { prefixes: path_prefixes(&spec.cwd)?, mode: 0o755, uid: user.uid, gid: user.gid });
+    steps.push(Step::Chdir(cstr(&spec.cwd)?));
+    steps.push(Step::SetGroups(user.additional_gids.clone()));
+    steps.push(Step::SetGid(user.gid));
+    steps.push(Step::SetUid(user.uid));
+    steps.push(Step::CloexecFrom(3));
+    steps.push(Step::Exec(ExecArgs::new(&spec.args, &prepared.env, &prepared.path_var)?));
+    Ok(Plan { steps, slots })
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(sys_err("create pipe"))
+}
+
+fn dev_null(write: bool) -> Result<OwnedFd, SandboxError> {
+    let file = fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")
+        .map_err(|source| SandboxError::Io { action: "open", path: "/dev/null".into(), source })?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The parent's side of one output stream.
+enum OutputRelay<'a> {
+    None,
+    Copy(fs::File, &'a mut (dyn Write + Send)),
+    ToStdout(fs::File),
+    /// Read and discard (a pty must be read or the command blocks).
+    Drain(fs::File),
+}
+
+/// Child-side fd and parent-side relay for one output.
+fn output_fds<'a>(output: Output<'a>) -> Result<(Option<OwnedFd>, OutputRelay<'a>), SandboxError> {
+    match output {
+        Output::Null => Ok((Some(dev_null(true)?), OutputRelay::None)),
+        Output::Inherit => Ok((None, OutputRelay::None)),
+        Output::Writer(writer) => {
+            let (read, write) = cloexec_pipe()?;
+            Ok((Some(write), OutputRelay::Copy(fs::File::from(read), writer)))
+        }
+    }
+}
+
+/// Copies until EOF (or EIO, which is how a pty master reports that the slave side closed).
+fn pump(mut from: fs::File, to: &mut dyn Write) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
+                    // The consumer is gone; keep draining so the command never blocks on a full pipe.
+                    continue;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = to.flush();
+}
+
+/// Feeds stdin from a background thread that is never joined: a reader may block forever (a terminal),
+/// and the command may exit without reading.
+fn feed(mut from: Box<dyn Read + Send>, to: fs::File) {
+    std::thread::spawn(move || {
+        let mut to = to;
+        let _ = io::copy(&mut from, &mut to);
+    });
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Installs the forwarding handlers; the returned actions restore the previous ones.
+fn install_forwarding(pid: Pid) -> Result<Vec<(Signal, SigAction)>, SandboxError> {
+    FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
+    let action = SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let mut previous = Vec::new();
+    for signal in FORWARDED {
+        // SAFETY: the handler only reads an atomic and calls kill.
+        let old = unsafe { sigaction(signal, &action) }.map_err(sys_err("install signal handler"))?;
+        previous.push((signal, old));
+    }
+    Ok(previous)
+}
+
+fn restore_signals(previous: Vec<(Signal, SigAction)>) {
+    for (signal, action) in previous {
+        // SAFETY: restoring what was installed before.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
+    FORWARD_TO.store(0, Ordering::SeqCst);
+}
+
+fn wait_for(pid: Pid) -> Result<ExitStatus, SandboxError> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Exited(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(ExitStatus::Signaled(signal as i32)),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(SandboxError::Sys { action: "wait for the sandbox", source: errno }),
+        }
+    }
+}
+
+/// Reads the child's setup report: `None` when the pipe closed without one (the exec succeeded).
+fn read_setup_failure(pipe: OwnedFd) -> Option<StepFailure> {
+    let mut file = fs::File::from(pipe);
+    let mut report = [0u8; 8];
+    let mut filled = 0;
+    while filled < report.len() {
+        match file.read(&mut report[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    (filled == report.len()).then(|| {
+        let index = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        StepFailure { index, errno: Errno::from_raw(errno) }
+    })
+}
+
+fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, SandboxError> {
+    let mut payload = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut control = nix::cmsg_space!(RawFd);
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(sys_err("receive the terminal"))?;
+    for cmsg in message.cmsgs().map_err(sys_err("read the terminal message"))? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err(SandboxError::Sys { action: "receive the terminal", source: Errno::EBADMSG })
+}
+
+/// Copies the caller's terminal size to the pty, when the caller has a terminal.
+fn copy_window_size(master: &OwnedFd) {
+    // SAFETY: ioctls with a stack winsize on fds we hold.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+        }
+    }
+}
+
+/// Runs `spec.args` in a sandbox and waits for it. Output streams to `io` while it runs.
+///
+/// # Errors
+/// An invalid spec, a user that does not resolve, a failed setup step (the message names it), a
+/// command not found in PATH, or a failing pipe/clone/wait. A command that runs and fails is *not* an
+/// error: see the returned [`ExitStatus`].
+pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxError> {
+    let SandboxIo { stdin, stdout, stderr, tty, forward_signals } = io;
+    let prepared = prepare(spec, tty)?;
+
+    // Keep every child-side fd alive until clone; they close in the parent right after.
+    let mut child_side: Vec<OwnedFd> = Vec::new();
+    let (error_read, error_write) = cloexec_pipe()?;
+    let mut pty_socket = None;
+    let mut stdin_feed = None;
+    let mut tty_output = None;
+    let mut tty_stdin = None;
+    let (stdio, out_relay, err_relay) = if tty {
+        let (parent, child) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(sys_err("create socketpair"))?;
+        let stdio = ChildStdio::Pty { socket: child.as_raw_fd() };
+        child_side.push(child);
+        pty_socket = Some(parent);
+        tty_output = Some(stdout);
+        tty_stdin = Some(stdin);
+        (stdio, OutputRelay::None, OutputRelay::None)
+    } else {
+        let stdin_fd = match stdin {
+            Input::Null => Some(dev_null(false)?),
+            Input::Inherit => None,
+            Input::Reader(reader) => {
+                let (read, write) = cloexec_pipe()?;
+                stdin_feed = Some((reader, fs::File::from(write)));
+                Some(read)
+            }
+        };
+        let (stdout_fd, out_relay) = output_fds(stdout)?;
+        let (stderr_fd, err_relay) = output_fds(stderr)?;
+        let raw = [&stdin_fd, &stdout_fd, &stderr_fd].map(|fd| fd.as_ref().map(AsRawFd::as_raw_fd));
+        child_side.extend([stdin_fd, stdout_fd, stderr_fd].into_iter().flatten());
+        (ChildStdio::Fds(raw), out_relay, err_relay)
+    };
+
+    let cgroup = if spec.limits.is_empty() {
+        None
+    } else {
+        match cgroup::detect() {
+            CgroupSupport::V2 => Some(SandboxCgroup::create(&spec.limits)?),
+            CgroupSupport::Unavailable(reason) => {
+                tracing::warn!(%reason, "resource limits skipped");
+                None
+            }
+        }
+    };
+
+    let plan = build_plan(spec, &prepared, &stdio, cgroup.as_ref().map(|c| c.procs_file().as_raw_fd()))?;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.network == NetworkMode::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let mut slots: Vec<RawFd> = vec![-1; plan.slots];
+    let mut stack = vec![0u8; CHILD_STACK_SIZE];
+    let error_fd = error_write.as_raw_fd();
+    let steps = &plan.steps;
+    let child_main = Box::new(move || -> isize {
+        // Only raw syscalls from here to execve: see the module doc.
+        if let Err(failure) = plan::execute(steps, &LinuxSyscall, &mut slots) {
+            let mut report = [0u8; 8];
+            report[..4].copy_from_slice(&(failure.index as u32).to_ne_bytes());
+            report[4..].copy_from_slice(&(failure.errno as i32).to_ne_bytes());
+            // SAFETY: write and _exit are async-signal-safe.
+            unsafe {
+                libc::write(error_fd, report.as_ptr().cast(), report.len());
+                libc::_exit(127);
+            }
+        }
+        // execute() only returns Ok after a successful exec, which does not return.
+        // SAFETY: as above.
+        unsafe { libc::_exit(127) }
+    });
+    // SAFETY: the child runs only the allocation-free plan executor (see the module doc).
+    let pid = unsafe { nix::sched::clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(sys_err("clone the sandbox process"))?;
+    drop(child_side);
+    drop(error_write);
+
+    if let Some(failure) = read_setup_failure(error_read) {
+        let _ = wait_for(pid);
+        let step = plan.steps.get(failure.index);
+        return Err(match step {
+            Some(Step::Exec(args)) if failure.errno == Errno::ENOENT => {
+                SandboxError::CommandNotFound { command: args.program() }
+            }
+            _ => SandboxError::Setup {
+                step: step.map_or_else(|| format!("step {}", failure.index), ToString::to_string),
+                errno: failure.errno,
+            },
+        });
+    }
+
+    let mut out_relay = out_relay;
+    if let Some(socket) = &pty_socket {
+        let master = receive_fd(socket)?;
+        copy_window_size(&master);
+        let master = fs::File::from(master);
+        let writer_side = master.try_clone().map_err(|source| SandboxError::Io {
+            action: "duplicate",
+            path: "pty master".into(),
+            source,
+        })?;
+        match tty_stdin {
+            Some(Input::Reader(reader)) => feed(reader, writer_side),
+            Some(Input::Inherit) => feed(Box::new(io::stdin()), writer_side),
+            _ => drop(writer_side),
+        }
+        out_relay = match tty_output.take() {
+            Some(Output::Writer(writer)) => OutputRelay::Copy(master, writer),
+            Some(Output::Inherit) => OutputRelay::ToStdout(master),
+            _ => OutputRelay::Drain(master),
+        };
+    }
+    if let Some((reader, pipe)) = stdin_feed {
+        feed(reader, pipe);
+    }
+
+    let previous_handlers = if forward_signals { Some(install_forwarding(pid)?) } else { None };
+    let status = std::thread::scope(|scope| {
+        for relay in [out_relay, err_relay] {
+            match relay {
+                OutputRelay::None => {}
+                OutputRelay::Copy(from, to) => {
+                    scope.spawn(move || pump(from, to));
+                }
+                OutputRelay::ToStdout(from) => {
+                    scope.spawn(move || pump(from, &mut io::stdout()));
+                }
+                OutputRelay::Drain(from) => {
+                    scope.spawn(move || pump(from, &mut io::sink()));
+                }
+            }
+        }
+        wait_for(pid)
+    });
+    if let Some(previous) = previous_handlers {
+        restore_signals(previous);
+    }
+    drop(cgroup);
+    status
+}

@@ -1,0 +1,573 @@
+//! Small value rules lowering needs: image reference normalisation (`alpine` →
+//! `docker.io/library/alpine:latest`), platform strings (`linux/arm/v7`), paths relative to the
+//! working directory, `--chown`/`--chmod` values, port specs and signals, and the Go formatting
+//! (`%q`, `%v`, durations) BuildKit uses in history entries.
+
+use std::time::Duration;
+
+use kiln_llb::{Chmod, Chown, Platform, UserSpec};
+
+/// Normalises an image reference the way Docker does: default registry `docker.io`, `library/`
+/// for official images, tag `latest` when neither tag nor digest is given.
+///
+/// # Errors
+/// A message when the reference is not a valid image name.
+pub fn normalize_reference(reference: &str) -> Result<String, String> {
+    if reference.is_empty() {
+        return Err("empty image reference".to_string());
+    }
+    let (name_and_tag, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        if !valid {
+            return Err(format!("invalid digest {digest:?}"));
+        }
+    }
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
+        Some(colon) => (
+            &name_and_tag[..last_slash + colon],
+            Some(&name_and_tag[last_slash + colon + 1..]),
+        ),
+        None => (name_and_tag, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(format!("invalid tag {tag:?}"));
+        }
+    }
+    let (domain, path) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_string(), rest.to_string())
+        }
+        _ => ("docker.io".to_string(), name.to_string()),
+    };
+    let domain = if domain == "index.docker.io" {
+        "docker.io".to_string()
+    } else {
+        domain
+    };
+    let path = if domain == "docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path
+    };
+    if path.split('/').any(|component| !valid_path_component(component)) {
+        return Err(format!(
+            "invalid reference format: repository name ({path}) must be lowercase and made of \
+             [a-z0-9] separated by '.', '_', '__' or '-'"
+        ));
+    }
+    let mut out = format!("{domain}/{path}");
+    match (tag, digest) {
+        (Some(tag), _) => {
+            out.push(':');
+            out.push_str(tag);
+        }
+        (None, None) => out.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(digest) = digest {
+        out.push('@');
+        out.push_str(digest);
+    }
+    Ok(out)
+}
+
+fn valid_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    if bytes.is_empty()
+        || !bytes[0].is_ascii_alphanumeric()
+        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    {
+        return false;
+    }
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses `os[/arch[/variant]]` (or a bare architecture) with containerd's normalisation
+/// (`x86_64` → `amd64`, `aarch64` → `arm64`, `arm` → `arm/v7`, …).
+///
+/// # Errors
+/// A message when the value has too many parts or an empty part.
+pub fn parse_platform(value: &str, host: &Platform) -> Result<Platform, String> {
+    let parts: Vec<&str> = value.split('/').collect();
+    if parts.iter().any(|part| part.is_empty()) || parts.len() > 3 {
+        return Err(format!(
+            "invalid platform {value:?}: expected os/arch[/variant]"
+        ));
+    }
+    let lower: Vec<String> = parts.iter().map(|part| part.to_lowercase()).collect();
+    let known_os = |os: &str| {
+        matches!(
+            os,
+            "linux"
+                | "windows"
+                | "darwin"
+                | "freebsd"
+                | "netbsd"
+                | "openbsd"
+                | "solaris"
+                | "illumos"
+                | "aix"
+                | "android"
+                | "ios"
+                | "plan9"
+                | "js"
+                | "wasip1"
+                | "dragonfly"
+        )
+    };
+    let (os, architecture, variant) = match lower.as_slice() {
+        [one] if known_os(one) => (one.clone(), host.architecture.clone(), host.variant.clone()),
+        [one] => (host.os.clone(), one.clone(), None),
+        [os, arch] => (os.clone(), arch.clone(), None),
+        [os, arch, variant] => (os.clone(), arch.clone(), Some(variant.clone())),
+        _ => unreachable!("split yields one to three parts here"),
+    };
+    Ok(normalize_platform(Platform {
+        os,
+        architecture,
+        variant,
+    }))
+}
+
+/// containerd's architecture and variant normalisation.
+pub fn normalize_platform(mut platform: Platform) -> Platform {
+    let variant = platform.variant.take();
+    let (architecture, variant) = match platform.architecture.as_str() {
+        "i386" | "i686" | "x86" => ("386".to_string(), None),
+        "x86_64" | "x86-64" | "amd64" => (
+            "amd64".to_string(),
+            variant.filter(|v| v != "v1"),
+        ),
+        "aarch64" | "arm64" => (
+            "arm64".to_string(),
+            variant.filter(|v| !matches!(v.as_str(), "8" | "v8" | "v8.0")),
+        ),
+        "armhf" => ("arm".to_string(), Some("v7".to_string())),
+        "armel" => ("arm".to_string(), Some("v6".to_string())),
+        "arm" => (
+            "arm".to_string(),
+            Some(match variant.as_deref() {
+                None | Some("7") | Some("v7") => "v7".to_string(),
+                Some("5") => "v5".to_string(),
+                Some("6") => "v6".to_string(),
+                Some("8") => "v8".to_string(),
+                Some(other) => other.to_string(),
+            }),
+        ),
+        other => (other.to_string(), variant),
+    };
+    platform.architecture = architecture;
+    platform.variant = variant;
+    platform
+}
+
+/// `os/arch[/variant]`.
+pub fn format_platform(platform: &Platform) -> String {
+    platform.to_string()
+}
+
+/// Cleans a slash path like Go's `path.Clean` (no trailing slash except for `/`).
+pub fn clean_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
+}
+
+/// The absolute working directory after `WORKDIR requested` in `current`.
+pub fn normalize_workdir(current: &str, requested: &str) -> String {
+    if requested.starts_with('/') {
+        clean_path(requested)
+    } else {
+        clean_path(&format!("/{current}/{requested}"))
+    }
+}
+
+/// A COPY/ADD destination made absolute against the working directory; a trailing `/` (or a
+/// destination of `.`) is kept because it means "into this directory".
+pub fn dest_relative_to_workdir(cwd: &str, dest: &str) -> String {
+    let dest = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
+    let keep_slash = dest.ends_with('/') || dest.ends_with("/.");
+    let joined = if dest.starts_with('/') {
+        clean_path(dest)
+    } else {
+        clean_path(&format!("{cwd}/{dest}"))
+    };
+    if keep_slash && joined != "/" {
+        format!("{joined}/")
+    } else {
+        joined
+    }
+}
+
+/// Parses `user[:group]` (names or numeric ids) as `--chown` and WORKDIR's owner take it.
+///
+/// # Errors
+/// A message when the user part is empty.
+pub fn parse_chown(value: &str) -> Result<Chown, String> {
+    let (user, group) = match value.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (value, None),
+    };
+    if user.is_empty() {
+        return Err(format!("invalid user {value:?}: the user part is empty"));
+    }
+    let spec = |text: &str| match text.parse::<u32>() {
+        Ok(id) => UserSpec::Id(id),
+        Err(_) => UserSpec::Name(text.to_string()),
+    };
+    Ok(Chown {
+        user: Some(spec(user)),
+        group: group.filter(|group| !group.is_empty()).map(spec),
+    })
+}
+
+/// Parses a `--chmod` value: octal up to `07777`, or a symbolic mode (`u+x,go-w`, `a=rX`).
+///
+/// # Errors
+/// A message saying what is wrong with the value.
+pub fn parse_chmod(value: &str) -> Result<Chmod, String> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return match u32::from_str_radix(value, 8) {
+            Ok(mode) if mode <= 0o7777 => Ok(Chmod::Octal(mode)),
+            _ => Err(format!(
+                "invalid chmod parameter: '{value}'. it should be octal string and between 0 and 07777"
+            )),
+        };
+    }
+    let clause_ok = |clause: &str| {
+        let who_end = clause
+            .find(|c: char| !matches!(c, 'u' | 'g' | 'o' | 'a'))
+            .unwrap_or(clause.len());
+        let rest = &clause[who_end..];
+        if rest.is_empty() {
+            return false;
+        }
+        // One or more `op perms` groups, perms from rwxXst or a single copy source (ugo).
+        let mut chars = rest.chars().peekable();
+        let mut groups = 0;
+        while let Some(op) = chars.next() {
+            if !matches!(op, '+' | '-' | '=') {
+                return false;
+            }
+            groups += 1;
+            while let Some(&c) = chars.peek() {
+                if matches!(c, 'r' | 'w' | 'x' | 'X' | 's' | 't' | 'u' | 'g' | 'o') {
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+        }
+        groups > 0
+    };
+    if !value.is_empty() && value.split(',').all(clause_ok) {
+        Ok(Chmod::Symbolic(value.to_string()))
+    } else {
+        Err(format!(
+            "invalid chmod parameter: '{value}'. it should be octal string and between 0 and \
+             07777, or a symbolic mode such as u+x"
+        ))
+    }
+}
+
+/// Expands an EXPOSE spec (`80`, `53/udp`, `8000-8002/tcp`, `127.0.0.1:80:80`) into
+/// `port/proto` entries.
+///
+/// # Errors
+/// A message for a bad protocol, port or range.
+pub fn parse_port_spec(raw: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let container = parts[parts.len() - 1];
+    let host_port = if parts.len() >= 2 {
+        Some(parts[parts.len() - 2])
+    } else {
+        None
+    };
+    let (port, proto) = match container.split_once('/') {
+        Some((port, proto)) => (port, proto.to_lowercase()),
+        None => (container, String::new()),
+    };
+    if port.is_empty() {
+        return Err(format!("no port specified: {raw}<empty>"));
+    }
+    let proto = match proto.as_str() {
+        "" => "tcp".to_string(),
+        "tcp" | "udp" | "sctp" => proto,
+        other => return Err(format!("invalid proto: {other}")),
+    };
+    let (start, end) =
+        parse_port_range(port).map_err(|_| format!("invalid containerPort: {port}"))?;
+    if let Some(host) = host_port.filter(|host| !host.is_empty()) {
+        let (host_start, host_end) =
+            parse_port_range(host).map_err(|_| format!("invalid hostPort: {host}"))?;
+        if end - start != host_end - host_start && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {port} and {host}"
+            ));
+        }
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn parse_port_range(ports: &str) -> Result<(u32, u32), ()> {
+    let parse = |text: &str| text.parse::<u16>().map(u32::from).map_err(|_| ());
+    match ports.split_once('-') {
+        None => parse(ports).map(|p| (p, p)),
+        Some((start, end)) => {
+            let (start, end) = (parse(start)?, parse(end)?);
+            if end < start { Err(()) } else { Ok((start, end)) }
+        }
+    }
+}
+
+/// Whether `value` is a signal Docker accepts for STOPSIGNAL: a number or a known name, with or
+/// without `SIG`.
+pub fn valid_signal(value: &str) -> bool {
+    if let Ok(number) = value.parse::<u32>() {
+        return number > 0;
+    }
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH",
+        "XCPU", "XFSZ",
+    ];
+    let upper = value.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if NAMES.contains(&name) {
+        return true;
+    }
+    // Real-time signals: RTMIN, RTMIN+n, RTMAX-n.
+    name == "RTMIN"
+        || name == "RTMAX"
+        || name
+            .strip_prefix("RTMIN+")
+            .or_else(|| name.strip_prefix("RTMAX-"))
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 15))
+}
+
+/// Go's `fmt.Sprintf("%q", []string)`: `["a" "b c"]`.
+pub fn go_quoted_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|item| crate::parser::go_quote(item))
+        .collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// Go's `fmt.Sprintf("%v", []string)`: `[a b c]`.
+pub fn go_plain_list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
+/// Go's `time.Duration.String()`: `0s`, `1.5s`, `1m30s`, `2h0m0s`, `250ms`.
+pub fn go_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    if nanos < 1_000_000_000 {
+        // Sub-second: the largest unit that keeps a non-zero integer part.
+        let (unit, scale) = if nanos < 1_000 {
+            ("ns", 1)
+        } else if nanos < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{}{unit}", decimal(nanos, scale));
+    }
+    let hours = nanos / 3_600_000_000_000;
+    let minutes = (nanos / 60_000_000_000) % 60;
+    let seconds = decimal(nanos % 60_000_000_000, 1_000_000_000);
+    if hours > 0 {
+        format!("{hours}h{minutes}m{seconds}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// `value / scale` with the fraction's trailing zeros removed.
+fn decimal(value: u128, scale: u128) -> String {
+    let whole = value / scale;
+    let fraction = value % scale;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = scale.to_string().len() - 1;
+    let fraction = format!("{fraction:0digits$}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Platform {
+        Platform {
+            os: "linux".to_string(),
+            architecture: "amd64".to_string(),
+            variant: None,
+        }
+    }
+
+    #[test]
+    fn references_get_docker_defaults() {
+        let cases = [
+            ("alpine", "docker.io/library/alpine:latest"),
+            ("alpine:3.20", "docker.io/library/alpine:3.20"),
+            ("user/app", "docker.io/user/app:latest"),
+            ("index.docker.io/library/busybox:1", "docker.io/library/busybox:1"),
+            ("localhost:5000/app", "localhost:5000/app:latest"),
+            ("localhost/app:v1", "localhost/app:v1"),
+            ("ghcr.io/o/r/app:1.0", "ghcr.io/o/r/app:1.0"),
+            (
+                "alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "docker.io/library/alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_reference(input).unwrap(), expected, "{input}");
+        }
+        assert!(normalize_reference("Alpine").is_err());
+        assert!(normalize_reference("alpine:").is_err());
+        assert!(normalize_reference("alpine@sha256:xyz").is_err());
+        assert!(normalize_reference("").is_err());
+    }
+
+    #[test]
+    fn platforms_are_normalised() {
+        let parse = |v: &str| format_platform(&parse_platform(v, &host()).unwrap());
+        assert_eq!(parse("linux/amd64"), "linux/amd64");
+        assert_eq!(parse("linux/x86_64"), "linux/amd64");
+        assert_eq!(parse("linux/aarch64"), "linux/arm64");
+        assert_eq!(parse("linux/arm64/v8"), "linux/arm64");
+        assert_eq!(parse("linux/arm"), "linux/arm/v7");
+        assert_eq!(parse("Linux/ARM/v6"), "linux/arm/v6");
+        assert_eq!(parse("arm64"), "linux/arm64");
+        assert_eq!(parse("windows"), "windows/amd64");
+        assert!(parse_platform("linux//amd64", &host()).is_err());
+        assert!(parse_platform("a/b/c/d", &host()).is_err());
+    }
+
+    #[test]
+    fn paths_resolve_against_the_workdir() {
+        assert_eq!(normalize_workdir("/", "app"), "/app");
+        assert_eq!(normalize_workdir("/app", "src/../lib"), "/app/lib");
+        assert_eq!(normalize_workdir("/app", "/srv/"), "/srv");
+        assert_eq!(dest_relative_to_workdir("/app", "."), "/app/");
+        assert_eq!(dest_relative_to_workdir("/app", "bin/"), "/app/bin/");
+        assert_eq!(dest_relative_to_workdir("/app", "x"), "/app/x");
+        assert_eq!(dest_relative_to_workdir("/", "/etc/conf"), "/etc/conf");
+        assert_eq!(dest_relative_to_workdir("/", "/"), "/");
+    }
+
+    #[test]
+    fn chown_and_chmod_values() {
+        assert_eq!(
+            parse_chown("app:10").unwrap(),
+            Chown {
+                user: Some(UserSpec::Name("app".to_string())),
+                group: Some(UserSpec::Id(10)),
+            }
+        );
+        assert!(parse_chown(":10").is_err());
+        assert_eq!(parse_chmod("755").unwrap(), Chmod::Octal(0o755));
+        assert_eq!(parse_chmod("0644").unwrap(), Chmod::Octal(0o644));
+        assert_eq!(
+            parse_chmod("u+x,go-w").unwrap(),
+            Chmod::Symbolic("u+x,go-w".to_string())
+        );
+        assert!(parse_chmod("99999").is_err());
+        assert!(parse_chmod("888").is_err());
+        assert!(parse_chmod("rwx").is_err());
+        assert!(parse_chmod("").is_err());
+    }
+
+    #[test]
+    fn port_specs_expand() {
+        assert_eq!(parse_port_spec("80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(parse_port_spec("53/UDP").unwrap(), vec!["53/udp"]);
+        assert_eq!(
+            parse_port_spec("8000-8002/tcp").unwrap(),
+            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        assert_eq!(parse_port_spec("127.0.0.1:8080:80").unwrap(), vec!["80/tcp"]);
+        assert!(parse_port_spec("80/icmp").is_err());
+        assert!(parse_port_spec("http").is_err());
+        assert!(parse_port_spec("90-80").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert!(valid_signal("SIGTERM"));
+        assert!(valid_signal("quit"));
+        assert!(valid_signal("9"));
+        assert!(valid_signal("SIGRTMIN+3"));
+        assert!(!valid_signal("SIGFOO"));
+        assert!(!valid_signal("0"));
+    }
+
+    #[test]
+    fn go_formatting() {
+        assert_eq!(
+            go_quoted_list(&["/bin/sh".to_string(), "-c".to_string(), "echo \"hi\"".to_string()]),
+            r#"["/bin/sh" "-c" "echo \"hi\""]"#
+        );
+        assert_eq!(go_plain_list(&["/a".to_string(), "/b".to_string()]), "[/a /b]");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+        assert_eq!(go_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(7200)), "2h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+    }
+}

@@ -1,2 +1,0 @@
-//! Dockerfile text → syntax tree (BuildKit's AST shape, printable in the conformance `result` format)
-//! → typed instructions.
