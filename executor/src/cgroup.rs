@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+use nix::sys::statfs::CGROUP2_SUPER_MAGIC;
 
 /// Errors creating or configuring a sandbox cgroup.
 #[derive(Debug, Error)]
@@ -48,16 +48,23 @@ pub enum CgroupSupport {
 /// Checks that `/sys/fs/cgroup` is a cgroup2 filesystem offering the memory and pids controllers.
 pub fn detect() -> CgroupSupport {
     match nix::sys::statfs::statfs(CGROUP_ROOT) {
-        Ok(stat) if stat.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC => {}
-        Ok(_) => return CgroupSupport::Unavailable(format!("{CGROUP_ROOT} is not a cgroup2 mount (cgroup v1 or hybrid)")),
+        Ok(stat) if stat.filesystem_type() == CGROUP2_SUPER_MAGIC => {}
+        Ok(_) => {
+            return CgroupSupport::Unavailable(format!(
+                "{CGROUP_ROOT} is not a cgroup2 mount (cgroup v1 or hybrid)"
+            ));
+        }
         Err(e) => return CgroupSupport::Unavailable(format!("statfs {CGROUP_ROOT}: {e}")),
     }
-    let controllers = fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers")).unwrap_or_default();
+    let controllers =
+        fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers")).unwrap_or_default();
     let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
     if has("memory") && has("pids") {
         CgroupSupport::V2
     } else {
-        CgroupSupport::Unavailable(format!("cgroup2 controllers are {controllers:?}, need memory and pids"))
+        CgroupSupport::Unavailable(format!(
+            "cgroup2 controllers are {controllers:?}, need memory and pids"
+        ))
     }
 }
 
@@ -71,7 +78,11 @@ pub struct SandboxCgroup {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 fn write(path: &Path, value: &str, action: &'static str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(|source| CgroupError { action, path: path.to_path_buf(), source })
+    fs::write(path, value).map_err(|source| CgroupError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl SandboxCgroup {
@@ -82,15 +93,29 @@ impl SandboxCgroup {
     pub fn create(limits: &ResourceLimits) -> Result<SandboxCgroup, CgroupError> {
         let root = Path::new(CGROUP_ROOT);
         let parent = root.join("kiln");
-        fs::create_dir_all(&parent)
-            .map_err(|source| CgroupError { action: "create", path: parent.clone(), source })?;
+        fs::create_dir_all(&parent).map_err(|source| CgroupError {
+            action: "create",
+            path: parent.clone(),
+            source,
+        })?;
         for dir in [root, parent.as_path()] {
-            write(&dir.join("cgroup.subtree_control"), "+memory +pids", "enable controllers in")?;
+            write(
+                &dir.join("cgroup.subtree_control"),
+                "+memory +pids",
+                "enable controllers in",
+            )?;
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("sandbox-{}-{id}", std::process::id()));
-        fs::create_dir(&dir).map_err(|source| CgroupError { action: "create", path: dir.clone(), source })?;
-        let cgroup = |procs| SandboxCgroup { dir: dir.clone(), procs };
+        fs::create_dir(&dir).map_err(|source| CgroupError {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let cgroup = |procs| SandboxCgroup {
+            dir: dir.clone(),
+            procs,
+        };
         if let Some(bytes) = limits.memory_bytes {
             write(&dir.join("memory.max"), &bytes.to_string(), "write")?;
             // No swap either, so the limit means what it says.
@@ -103,7 +128,11 @@ impl SandboxCgroup {
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(&procs_path)
-            .map_err(|source| CgroupError { action: "open", path: procs_path, source })?;
+            .map_err(|source| CgroupError {
+                action: "open",
+                path: procs_path,
+                source,
+            })?;
         Ok(cgroup(procs))
     }
 
@@ -133,7 +162,7 @@ mod tests {
     #[test]
     fn detection_matches_the_mount() {
         let is_cgroup2 = nix::sys::statfs::statfs(CGROUP_ROOT)
-            .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+            .is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
         match detect() {
             CgroupSupport::V2 => assert!(is_cgroup2),
             CgroupSupport::Unavailable(reason) => {

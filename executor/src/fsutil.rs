@@ -75,14 +75,25 @@ pub fn copy_metadata(src: &Path, meta: &fs::Metadata, dst: &Path) -> io::Result<
 pub fn copy_times(meta: &fs::Metadata, dst: &Path) -> io::Result<()> {
     let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
     let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-    utimensat(nix::fcntl::AT_FDCWD, dst, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(io::Error::from)
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        dst,
+        &atime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Creates `dst` as a copy of the non-directory `src` (regular file, symlink, device, fifo), or a
 /// hardlink to an earlier copy of the same inode. `dst` must not exist. Sockets are skipped, as
 /// layer tars cannot hold them.
-pub fn copy_leaf(src: &Path, meta: &fs::Metadata, dst: &Path, links: &mut HardlinkMap) -> io::Result<()> {
+pub fn copy_leaf(
+    src: &Path,
+    meta: &fs::Metadata,
+    dst: &Path,
+    links: &mut HardlinkMap,
+) -> io::Result<()> {
     let key = (meta.dev(), meta.ino());
     if meta.nlink() > 1 && !meta.is_dir() {
         if let Some(first) = links.get(&key) {
@@ -96,7 +107,13 @@ pub fn copy_leaf(src: &Path, meta: &fs::Metadata, dst: &Path, links: &mut Hardli
         symlink(fs::read_link(src)?, dst)?;
     } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
         let kind = SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
-        mknod(dst, kind, Mode::from_bits_truncate(meta.mode() & 0o7777), meta.rdev()).map_err(io::Error::from)?;
+        mknod(
+            dst,
+            kind,
+            Mode::from_bits_truncate(meta.mode() & 0o7777),
+            meta.rdev(),
+        )
+        .map_err(io::Error::from)?;
     } else {
         return Ok(());
     }
@@ -111,7 +128,8 @@ pub fn copy_leaf(src: &Path, meta: &fs::Metadata, dst: &Path, links: &mut Hardli
 pub fn copy_dir_node(src: &Path, meta: &fs::Metadata, dst: &Path) -> io::Result<()> {
     match fs::create_dir(dst) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && fs::symlink_metadata(dst)?.is_dir() => {}
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists && fs::symlink_metadata(dst)?.is_dir() => {}
         Err(e) => return Err(e),
     }
     copy_metadata(src, meta, dst)

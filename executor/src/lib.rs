@@ -19,6 +19,10 @@ pub mod syscall;
 
 pub use cgroup::ResourceLimits;
 pub use sandbox::{
-    ExitStatus, ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo, SandboxSpec, mount_stubs, run,
+    ExitStatus, ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo,
+    SandboxSpec, mount_stubs, run,
 };
-pub use snapshot::{MountStub, NativeSnapshotter, OverlaySnapshotter, RootMount, Snapshot, SnapshotError, Snapshotter};
+pub use snapshot::{
+    MountStub, NativeSnapshotter, OverlaySnapshotter, RootMount, Snapshot, SnapshotError,
+    Snapshotter,
+};

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
-use crate::snapshot::RootMount;
 use crate::snapshot::OVERLAY_OPTIONS;
+use crate::snapshot::RootMount;
 use crate::syscall::Syscall;
 
 /// Mount option strings longer than this do not fit mount(2)'s one-page copy; such overlays use the
@@ -52,15 +52,28 @@ impl ExecArgs {
         let envp: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
         // The CStrings' heap buffers do not move when the Vecs move, so the pointers stay valid.
         let pointers = |strings: &[CString]| -> Vec<*const c_char> {
-            strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
         };
         let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
-        Ok(ExecArgs { candidates, argv, _envp: envp, argv_ptrs, envp_ptrs })
+        Ok(ExecArgs {
+            candidates,
+            argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
     }
 
     /// The program name as given.
     pub fn program(&self) -> String {
-        self.argv.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default()
+        self.argv
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -70,31 +83,70 @@ pub enum Step {
     SetParentDeathSignal,
     ResetSignals,
     Setsid,
-    Dup2 { from: RawFd, to: RawFd },
+    Dup2 {
+        from: RawFd,
+        to: RawFd,
+    },
     /// Writes "0" to an open `cgroup.procs` (joins the cgroup).
-    JoinCgroup { procs_fd: RawFd },
-    Mount { source: Option<CString>, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    JoinCgroup {
+        procs_fd: RawFd,
+    },
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
     /// overlayfs through fsopen/fsconfig(`lowerdir+`)/fsmount/move_mount: no option-size limit.
-    MountOverlayNewApi { target: CString, lower_dirs: Vec<CString>, options: Vec<(CString, CString)> },
+    MountOverlayNewApi {
+        target: CString,
+        lower_dirs: Vec<CString>,
+        options: Vec<(CString, CString)>,
+    },
     /// Clones the mount at `source` (still resolvable on the host side) into fd slot `slot`.
-    OpenTree { source: CString, slot: usize },
+    OpenTree {
+        source: CString,
+        slot: usize,
+    },
     Chdir(CString),
     /// `pivot_root(".", ".")`: the old root ends up stacked on the new one...
     PivotRoot,
     /// ...and is lazily detached here, so nothing of the host stays reachable.
     DetachOldRoot,
-    Mkdir { path: CString, mode: u32 },
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
     /// Creates each missing prefix and chowns what it created.
-    MkdirAll { prefixes: Vec<CString>, mode: u32, uid: u32, gid: u32 },
-    Mknod { path: CString, mode: u32, dev: u64 },
-    Symlink { target: CString, link: CString },
+    MkdirAll {
+        prefixes: Vec<CString>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Mknod {
+        path: CString,
+        mode: u32,
+        dev: u64,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
     /// Attaches the mount in fd slot `slot` at `target` (resolved inside the new root).
-    MoveMount { slot: usize, target: CString },
+    MoveMount {
+        slot: usize,
+        target: CString,
+    },
     SetHostname(CString),
     LoopbackUp,
     /// Opens a pty from the container's devpts, sends the master to the parent over `socket`, makes the
     /// slave the controlling terminal and stdin/stdout/stderr.
-    Pty { ptmx: CString, socket: RawFd },
+    Pty {
+        ptmx: CString,
+        socket: RawFd,
+    },
     SetGroups(Vec<libc::gid_t>),
     SetGid(u32),
     SetUid(u32),
@@ -125,10 +177,24 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
         Step::Setsid => sys.setsid(),
         Step::Dup2 { from, to } => sys.dup2(*from, *to),
         Step::JoinCgroup { procs_fd } => sys.write_all(*procs_fd, b"0"),
-        Step::Mount { source, target, fstype, flags, data } => {
-            sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
-        }
-        Step::MountOverlayNewApi { target, lower_dirs, options } => {
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => sys.mount(
+            source.as_deref(),
+            target,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        Step::MountOverlayNewApi {
+            target,
+            lower_dirs,
+            options,
+        } => {
             let fs_fd = sys.fsopen(c"overlay")?;
             let result = (|| {
                 for lower in lower_dirs {
@@ -161,7 +227,12 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
             Err(Errno::EEXIST) => Ok(()),
             other => other,
         },
-        Step::MkdirAll { prefixes, mode, uid, gid } => {
+        Step::MkdirAll {
+            prefixes,
+            mode,
+            uid,
+            gid,
+        } => {
             for prefix in prefixes {
                 match sys.mkdir(prefix, *mode) {
                     Ok(()) => sys.lchown(prefix, *uid, *gid)?,
@@ -211,7 +282,11 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
                     errno => return Err(errno),
                 }
             }
-            Err(if saw_eacces { Errno::EACCES } else { Errno::ENOENT })
+            Err(if saw_eacces {
+                Errno::EACCES
+            } else {
+                Errno::ENOENT
+            })
         }
     }
 }
@@ -226,15 +301,27 @@ impl std::fmt::Display for Step {
             Step::Setsid => write!(f, "start a new session"),
             Step::Dup2 { from, to } => write!(f, "dup fd {from} to {to}"),
             Step::JoinCgroup { .. } => write!(f, "join the sandbox cgroup"),
-            Step::Mount { source, target, fstype, .. } => write!(
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                ..
+            } => write!(
                 f,
                 "mount {} ({}) on {}",
                 source.as_ref().map_or("-".into(), s),
                 fstype.as_ref().map_or("-".into(), s),
                 s(target)
             ),
-            Step::MountOverlayNewApi { target, lower_dirs, .. } => {
-                write!(f, "mount overlay with {} lower dirs on {} (fsopen API)", lower_dirs.len(), s(target))
+            Step::MountOverlayNewApi {
+                target, lower_dirs, ..
+            } => {
+                write!(
+                    f,
+                    "mount overlay with {} lower dirs on {} (fsopen API)",
+                    lower_dirs.len(),
+                    s(target)
+                )
             }
             Step::OpenTree { source, .. } => write!(f, "open mount source {}", s(source)),
             Step::Chdir(path) => write!(f, "chdir to {}", s(path)),
@@ -242,11 +329,17 @@ impl std::fmt::Display for Step {
             Step::DetachOldRoot => write!(f, "detach the old root"),
             Step::Mkdir { path, .. } => write!(f, "mkdir {}", s(path)),
             Step::MkdirAll { prefixes, .. } => {
-                write!(f, "create working dir {}", prefixes.last().map_or("/".into(), s))
+                write!(
+                    f,
+                    "create working dir {}",
+                    prefixes.last().map_or("/".into(), s)
+                )
             }
             Step::Mknod { path, .. } => write!(f, "mknod {}", s(path)),
             Step::Symlink { link, .. } => write!(f, "symlink {}", s(link)),
-            Step::MoveMount { target, .. } => write!(f, "mount onto {} (does the target exist?)", s(target)),
+            Step::MoveMount { target, .. } => {
+                write!(f, "mount onto {} (does the target exist?)", s(target))
+            }
             Step::SetHostname(name) => write!(f, "set hostname {}", s(name)),
             Step::LoopbackUp => write!(f, "bring up lo"),
             Step::Pty { .. } => write!(f, "open the terminal"),
@@ -283,11 +376,16 @@ pub fn describe_mount_flags(flags: libc::c_ulong) -> String {
     if rest != 0 {
         parts.push(format!("{rest:#x}"));
     }
-    if parts.is_empty() { "0".to_string() } else { parts.join("|") }
+    if parts.is_empty() {
+        "0".to_string()
+    } else {
+        parts.join("|")
+    }
 }
 
 pub(crate) fn cpath(path: &Path) -> Result<CString, String> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("path {} contains a NUL byte", path.display()))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} contains a NUL byte", path.display()))
 }
 
 pub(crate) fn cstr(s: &str) -> Result<CString, String> {
@@ -306,18 +404,32 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> 
             flags: libc::MS_BIND | libc::MS_REC,
             data: None,
         }),
-        RootMount::Overlay { lower_dirs, upper_dir, work_dir } => {
+        RootMount::Overlay {
+            lower_dirs,
+            upper_dir,
+            work_dir,
+        } => {
             if lower_dirs.is_empty() {
                 return Err("overlay root without lower dirs".to_string());
             }
             let strings: Vec<String> = lower_dirs
                 .iter()
                 .chain([upper_dir, work_dir])
-                .map(|p| p.to_str().map(str::to_string).ok_or_else(|| format!("non-UTF-8 path {}", p.display())))
+                .map(|p| {
+                    p.to_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))
+                })
                 .collect::<Result<_, _>>()?;
             let (lowers, rest) = strings.split_at(lower_dirs.len());
             let needs_escaping = strings.iter().any(|p| p.contains([',', ':', '\\']));
-            let legacy = format!("lowerdir={},upperdir={},workdir={},{}", lowers.join(":"), rest[0], rest[1], OVERLAY_OPTIONS);
+            let legacy = format!(
+                "lowerdir={},upperdir={},workdir={},{}",
+                lowers.join(":"),
+                rest[0],
+                rest[1],
+                OVERLAY_OPTIONS
+            );
             if legacy.len() <= MAX_MOUNT_DATA && !needs_escaping {
                 return Ok(Step::Mount {
                     source: Some(c"overlay".to_owned()),
@@ -327,7 +439,10 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> 
                     data: Some(cstr(&legacy)?),
                 });
             }
-            let mut options = vec![(c"upperdir".to_owned(), cstr(&rest[0])?), (c"workdir".to_owned(), cstr(&rest[1])?)];
+            let mut options = vec![
+                (c"upperdir".to_owned(), cstr(&rest[0])?),
+                (c"workdir".to_owned(), cstr(&rest[1])?),
+            ];
             for option in OVERLAY_OPTIONS.split(',') {
                 let (key, value) = option.split_once('=').unwrap_or((option, ""));
                 options.push((cstr(key)?, cstr(value)?));
@@ -338,5 +453,165 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> 
                 options,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::RecordingSyscall;
+    use std::path::PathBuf;
+
+    fn overlay(lowers: usize, name_len: usize) -> RootMount {
+        RootMount::Overlay {
+            lower_dirs: (0..lowers)
+                .map(|i| PathBuf::from(format!("/l/{i:0name_len$}")))
+                .collect(),
+            upper_dir: "/s/upper".into(),
+            work_dir: "/s/work".into(),
+        }
+    }
+
+    #[test]
+    fn short_overlay_uses_one_mount_call() {
+        let step = root_mount_step(&overlay(2, 1), Path::new("/s/root")).unwrap();
+        let sys = RecordingSyscall::new();
+        execute(&[step], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mount overlay /s/root overlay 0 lowerdir=/l/0:/l/1,upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off"
+            ]
+        );
+    }
+
+    #[test]
+    fn deep_overlay_uses_the_new_mount_api_in_order() {
+        let step = root_mount_step(&overlay(130, 64), Path::new("/s/root")).unwrap();
+        assert!(matches!(step, Step::MountOverlayNewApi { .. }));
+        let sys = RecordingSyscall::new();
+        execute(&[step], &sys, &mut []).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[0], "fsopen overlay = 100");
+        assert_eq!(calls[1], format!("fsconfig 100 lowerdir+=/l/{:064}", 0));
+        assert_eq!(calls[130], format!("fsconfig 100 lowerdir+=/l/{:064}", 129));
+        assert_eq!(
+            &calls[131..],
+            [
+                "fsconfig 100 upperdir=/s/upper",
+                "fsconfig 100 workdir=/s/work",
+                "fsconfig 100 index=off",
+                "fsconfig 100 metacopy=off",
+                "fsconfig 100 redirect_dir=off",
+                "fsconfig 100 create",
+                "fsmount 100 = 101",
+                "move_mount 101 /s/root",
+                "close 101",
+                "close 100",
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_needing_escapes_use_the_new_api() {
+        let root = RootMount::Overlay {
+            lower_dirs: vec!["/l/a:b".into()],
+            upper_dir: "/u".into(),
+            work_dir: "/w".into(),
+        };
+        assert!(matches!(
+            root_mount_step(&root, Path::new("/r")).unwrap(),
+            Step::MountOverlayNewApi { .. }
+        ));
+        let empty = RootMount::Overlay {
+            lower_dirs: vec![],
+            upper_dir: "/u".into(),
+            work_dir: "/w".into(),
+        };
+        assert!(root_mount_step(&empty, Path::new("/r")).is_err());
+    }
+
+    #[test]
+    fn exec_searches_path_like_execvp() {
+        let args = ExecArgs::new(
+            &["ls".into(), "-l".into()],
+            &["A=1".into()],
+            "/usr/bin::/bin/",
+        )
+        .unwrap();
+        let sys = RecordingSyscall::failing_on("execve /usr/bin/ls", Errno::ENOENT);
+        execute(&[Step::Exec(args)], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                r#"execve /usr/bin/ls ["ls", "-l"] ["A=1"]"#,
+                r#"execve /bin/ls ["ls", "-l"] ["A=1"]"#
+            ]
+        );
+
+        let args = ExecArgs::new(&["/opt/tool".into()], &[], "/bin").unwrap();
+        let sys = RecordingSyscall::failing_on("execve", Errno::EACCES);
+        let failure = execute(&[Step::Exec(args)], &sys, &mut []).unwrap_err();
+        assert_eq!(
+            failure,
+            StepFailure {
+                index: 0,
+                errno: Errno::EACCES
+            }
+        );
+        assert!(ExecArgs::new(&[], &[], "/bin").is_err());
+        assert!(ExecArgs::new(&["a\0b".into()], &[], "/bin").is_err());
+    }
+
+    #[test]
+    fn failures_name_their_step_and_stop_the_sequence() {
+        let steps = [
+            Step::Mkdir {
+                path: c"/a".to_owned(),
+                mode: 0o755,
+            },
+            Step::Chdir(c"/a".to_owned()),
+            Step::SetUid(5),
+        ];
+        let sys = RecordingSyscall::failing_on("chdir", Errno::EACCES);
+        let failure = execute(&steps, &sys, &mut []).unwrap_err();
+        assert_eq!(
+            failure,
+            StepFailure {
+                index: 1,
+                errno: Errno::EACCES
+            }
+        );
+        assert_eq!(sys.calls(), ["mkdir /a 755", "chdir /a"]);
+        assert_eq!(steps[failure.index].to_string(), "chdir to /a");
+    }
+
+    #[test]
+    fn mkdir_all_chowns_only_what_it_creates() {
+        let step = Step::MkdirAll {
+            prefixes: vec![c"/srv".to_owned(), c"/srv/app".to_owned()],
+            mode: 0o755,
+            uid: 7,
+            gid: 8,
+        };
+        let sys = RecordingSyscall::failing_on("mkdir /srv 755", Errno::EEXIST);
+        execute(&[step], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /srv 755",
+                "mkdir /srv/app 755",
+                "lchown /srv/app 7:8"
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_are_described() {
+        assert_eq!(
+            describe_mount_flags(libc::MS_BIND | libc::MS_REC),
+            "MS_BIND|MS_REC"
+        );
+        assert_eq!(describe_mount_flags(0), "0");
     }
 }

@@ -31,7 +31,9 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use thiserror::Error;
@@ -54,9 +56,16 @@ pub enum SandboxError {
     #[error("resolving user {user:?}: {source}")]
     User { user: String, source: UserError },
     #[error("reading {path} from the root filesystem: {source}")]
-    ReadRootFile { path: &'static str, source: io::Error },
+    ReadRootFile {
+        path: &'static str,
+        source: io::Error,
+    },
     #[error("sandbox: {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("sandbox: {action}: {source}")]
     Sys { action: &'static str, source: Errno },
     #[error("sandbox setup failed: {step}: {errno}")]
@@ -85,9 +94,16 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtraMount {
     /// A host file or dir bind-mounted (recursively).
-    Bind { source: PathBuf, target: PathBuf, read_only: bool },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
     /// A fresh tmpfs.
-    Tmpfs { target: PathBuf, size_bytes: Option<u64> },
+    Tmpfs {
+        target: PathBuf,
+        size_bytes: Option<u64>,
+    },
     /// A secret: a host file bind-mounted read-only.
     Secret { source: PathBuf, target: PathBuf },
 }
@@ -119,7 +135,11 @@ pub struct SandboxSpec {
 
 impl SandboxSpec {
     /// A spec with defaults: root user, cwd `/`, hostname `kiln`, host network, no extra mounts.
-    pub fn new(rootfs: RootMount, scratch_dir: impl Into<PathBuf>, args: Vec<String>) -> SandboxSpec {
+    pub fn new(
+        rootfs: RootMount,
+        scratch_dir: impl Into<PathBuf>,
+        args: Vec<String>,
+    ) -> SandboxSpec {
         SandboxSpec {
             rootfs,
             scratch_dir: scratch_dir.into(),
@@ -201,7 +221,8 @@ impl std::fmt::Display for ExitStatus {
         match self {
             ExitStatus::Exited(code) => write!(f, "exit code {code}"),
             ExitStatus::Signaled(signal) => {
-                let name = Signal::try_from(*signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
+                let name = Signal::try_from(*signal)
+                    .map_or_else(|_| signal.to_string(), |s| s.to_string());
                 write!(f, "killed by signal {name}")
             }
         }
@@ -217,7 +238,10 @@ pub struct LineCallback<F: FnMut(&[u8])> {
 
 impl<F: FnMut(&[u8])> LineCallback<F> {
     pub fn new(callback: F) -> LineCallback<F> {
-        LineCallback { callback, pending: Vec::new() }
+        LineCallback {
+            callback,
+            pending: Vec::new(),
+        }
     }
 }
 
@@ -243,17 +267,43 @@ impl<F: FnMut(&[u8])> Write for LineCallback<F> {
 /// Paths in the container that a sandbox mounts over: create them with the snapshot
 /// ([`crate::snapshot::Snapshotter::prepare`]) so that they exist without landing in the diff.
 pub fn mount_stubs(mounts: &[ExtraMount]) -> Vec<MountStub> {
-    let dir = |p: &str| MountStub { path: p.into(), kind: StubKind::Dir };
-    let file = |p: &str| MountStub { path: p.into(), kind: StubKind::File };
-    let mut stubs = vec![dir("/proc"), dir("/sys"), dir("/dev"), file("/etc/hosts"), file("/etc/hostname"), file("/etc/resolv.conf")];
+    let dir = |p: &str| MountStub {
+        path: p.into(),
+        kind: StubKind::Dir,
+    };
+    let file = |p: &str| MountStub {
+        path: p.into(),
+        kind: StubKind::File,
+    };
+    let mut stubs = vec![
+        dir("/proc"),
+        dir("/sys"),
+        dir("/dev"),
+        file("/etc/hosts"),
+        file("/etc/hostname"),
+        file("/etc/resolv.conf"),
+    ];
     for mount in mounts {
         stubs.push(match mount {
             ExtraMount::Bind { source, target, .. } => {
-                let kind = if fs::metadata(source).is_ok_and(|m| m.is_dir()) { StubKind::Dir } else { StubKind::File };
-                MountStub { path: target.clone(), kind }
+                let kind = if fs::metadata(source).is_ok_and(|m| m.is_dir()) {
+                    StubKind::Dir
+                } else {
+                    StubKind::File
+                };
+                MountStub {
+                    path: target.clone(),
+                    kind,
+                }
             }
-            ExtraMount::Tmpfs { target, .. } => MountStub { path: target.clone(), kind: StubKind::Dir },
-            ExtraMount::Secret { target, .. } => MountStub { path: target.clone(), kind: StubKind::File },
+            ExtraMount::Tmpfs { target, .. } => MountStub {
+                path: target.clone(),
+                kind: StubKind::Dir,
+            },
+            ExtraMount::Secret { target, .. } => MountStub {
+                path: target.clone(),
+                kind: StubKind::File,
+            },
         });
     }
     stubs
@@ -284,34 +334,53 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
         return Err(SandboxError::InvalidSpec("empty command".into()));
     }
     if !spec.cwd.starts_with('/') {
-        return Err(SandboxError::InvalidSpec(format!("working dir {:?} is not absolute", spec.cwd)));
+        return Err(SandboxError::InvalidSpec(format!(
+            "working dir {:?} is not absolute",
+            spec.cwd
+        )));
     }
     for mount in &spec.mounts {
         let target = match mount {
-            ExtraMount::Bind { target, .. } | ExtraMount::Tmpfs { target, .. } | ExtraMount::Secret { target, .. } => target,
+            ExtraMount::Bind { target, .. }
+            | ExtraMount::Tmpfs { target, .. }
+            | ExtraMount::Secret { target, .. } => target,
         };
         if !target.is_absolute() {
-            return Err(SandboxError::InvalidSpec(format!("mount target {} is not absolute", target.display())));
+            return Err(SandboxError::InvalidSpec(format!(
+                "mount target {} is not absolute",
+                target.display()
+            )));
         }
     }
     Ok(())
 }
 
 fn read_root_text(rootfs: &RootMount, path: &'static str) -> Result<Option<String>, SandboxError> {
-    let bytes = rootfs.read_file(Path::new(path)).map_err(|source| SandboxError::ReadRootFile { path, source })?;
+    let bytes = rootfs
+        .read_file(Path::new(path))
+        .map_err(|source| SandboxError::ReadRootFile { path, source })?;
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 fn env_value<'e>(env: &'e [String], key: &str) -> Option<&'e str> {
-    env.iter().rev().find_map(|e| e.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    env.iter()
+        .rev()
+        .find_map(|e| e.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<(), SandboxError> {
-    fs::write(path, contents).map_err(|source| SandboxError::Io { action: "write", path: path.to_path_buf(), source })
+    fs::write(path, contents).map_err(|source| SandboxError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn hosts_file(spec: &SandboxSpec) -> String {
-    let mut hosts = format!("127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n", spec.hostname);
+    let mut hosts = format!(
+        "127.0.0.1\tlocalhost {}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        spec.hostname
+    );
     for (name, ip) in &spec.extra_hosts {
         hosts.push_str(&format!("{ip}\t{name}\n"));
     }
@@ -328,7 +397,10 @@ fn resolv_conf() -> String {
             text = upstream;
         }
     }
-    if !text.lines().any(|l| l.trim_start().starts_with("nameserver")) {
+    if !text
+        .lines()
+        .any(|l| l.trim_start().starts_with("nameserver"))
+    {
         text.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
     }
     text
@@ -338,8 +410,13 @@ fn prepare(spec: &SandboxSpec, tty: bool) -> Result<Prepared, SandboxError> {
     validate(spec)?;
     let passwd = read_root_text(&spec.rootfs, "/etc/passwd")?;
     let group = read_root_text(&spec.rootfs, "/etc/group")?;
-    let user = resolve_exec_user(&spec.user, passwd.as_deref(), group.as_deref())
-        .map_err(|source| SandboxError::User { user: spec.user.clone(), source })?;
+    let user =
+        resolve_exec_user(&spec.user, passwd.as_deref(), group.as_deref()).map_err(|source| {
+            SandboxError::User {
+                user: spec.user.clone(),
+                source,
+            }
+        })?;
 
     let mut env = spec.env.clone();
     if env_value(&env, "PATH").is_none() {
@@ -356,12 +433,22 @@ fn prepare(spec: &SandboxSpec, tty: bool) -> Result<Prepared, SandboxError> {
     let etc_dir = spec.scratch_dir.join("etc");
     let root_dir = spec.scratch_dir.join("root");
     for dir in [&etc_dir, &root_dir] {
-        fs::create_dir_all(dir).map_err(|source| SandboxError::Io { action: "create", path: dir.clone(), source })?;
+        fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
     }
     write_file(&etc_dir.join("hosts"), &hosts_file(spec))?;
     write_file(&etc_dir.join("hostname"), &format!("{}\n", spec.hostname))?;
     write_file(&etc_dir.join("resolv.conf"), &resolv_conf())?;
-    Ok(Prepared { user, env, path_var, etc_dir, root_dir })
+    Ok(Prepared {
+        user,
+        env,
+        path_var,
+        etc_dir,
+        root_dir,
+    })
 }
 
 /// Every `/`-prefix of `path`, for a mkdir -p that chowns what it creates.
@@ -395,20 +482,24 @@ fn build_plan_inner(
     stdio: &ChildStdio,
     cgroup_procs: Option<RawFd>,
 ) -> Result<Plan, String> {
-    let mount = |source: Option<&str>, target: &str, fstype: Option<&str>, flags, data: Option<&str>| {
-        Ok::<_, String>(Step::Mount {
-            source: source.map(cstr).transpose()?,
-            target: cstr(target)?,
-            fstype: fstype.map(cstr).transpose()?,
-            flags,
-            data: data.map(cstr).transpose()?,
-        })
-    };
+    let mount =
+        |source: Option<&str>, target: &str, fstype: Option<&str>, flags, data: Option<&str>| {
+            Ok::<_, String>(Step::Mount {
+                source: source.map(cstr).transpose()?,
+                target: cstr(target)?,
+                fstype: fstype.map(cstr).transpose()?,
+                flags,
+                data: data.map(cstr).transpose()?,
+            })
+        };
     let mut steps = vec![Step::SetParentDeathSignal, Step::ResetSignals, Step::Setsid];
     if let ChildStdio::Fds(fds) = stdio {
         for (to, from) in fds.iter().enumerate() {
             if let Some(from) = from {
-                steps.push(Step::Dup2 { from: *from, to: to as RawFd });
+                steps.push(Step::Dup2 {
+                    from: *from,
+                    to: to as RawFd,
+                });
             }
         }
     }
@@ -417,7 +508,13 @@ fn build_plan_inner(
     }
 
     // 1. Nothing we mount may propagate back to the host.
-    steps.push(mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?);
+    steps.push(mount(
+        None,
+        "/",
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?);
     // 2. The root.
     steps.push(plan::root_mount_step(&spec.rootfs, &prepared.root_dir)?);
 
@@ -425,37 +522,85 @@ fn build_plan_inner(
     //    they are attached after pivot_root, so targets resolve inside the container (an image's
     //    absolute symlink cannot point a mount at the host).
     enum Attach {
-        Bind { slot: usize, target: PathBuf, read_only: bool },
-        Tmpfs { target: PathBuf, size_bytes: Option<u64> },
+        Bind {
+            slot: usize,
+            target: PathBuf,
+            read_only: bool,
+        },
+        Tmpfs {
+            target: PathBuf,
+            size_bytes: Option<u64>,
+        },
     }
     let mut attaches = Vec::new();
     let mut slots = 0;
-    let mut bind = |steps: &mut Vec<Step>, source: &Path, target: PathBuf, read_only: bool| -> Result<Attach, String> {
-        steps.push(Step::OpenTree { source: cpath(source)?, slot: slots });
+    let mut bind = |steps: &mut Vec<Step>,
+                    source: &Path,
+                    target: PathBuf,
+                    read_only: bool|
+     -> Result<Attach, String> {
+        steps.push(Step::OpenTree {
+            source: cpath(source)?,
+            slot: slots,
+        });
         slots += 1;
-        Ok(Attach::Bind { slot: slots - 1, target, read_only })
+        Ok(Attach::Bind {
+            slot: slots - 1,
+            target,
+            read_only,
+        })
     };
     for name in ["hosts", "hostname", "resolv.conf"] {
-        let attach = bind(&mut steps, &prepared.etc_dir.join(name), Path::new("/etc").join(name), false)?;
+        let attach = bind(
+            &mut steps,
+            &prepared.etc_dir.join(name),
+            Path::new("/etc").join(name),
+            false,
+        )?;
         attaches.push(attach);
     }
     for extra in &spec.mounts {
         let attach = match extra {
-            ExtraMount::Bind { source, target, read_only } => bind(&mut steps, source, target.clone(), *read_only)?,
-            ExtraMount::Secret { source, target } => bind(&mut steps, source, target.clone(), true)?,
-            ExtraMount::Tmpfs { target, size_bytes } => Attach::Tmpfs { target: target.clone(), size_bytes: *size_bytes },
+            ExtraMount::Bind {
+                source,
+                target,
+                read_only,
+            } => bind(&mut steps, source, target.clone(), *read_only)?,
+            ExtraMount::Secret { source, target } => {
+                bind(&mut steps, source, target.clone(), true)?
+            }
+            ExtraMount::Tmpfs { target, size_bytes } => Attach::Tmpfs {
+                target: target.clone(),
+                size_bytes: *size_bytes,
+            },
         };
         attaches.push(attach);
     }
 
     // 4. Switch root; the old root is detached entirely.
     steps.push(Step::Chdir(cpath(&prepared.root_dir)?));
-    steps.extend([Step::PivotRoot, Step::DetachOldRoot, Step::Chdir(c"/".to_owned())]);
+    steps.extend([
+        Step::PivotRoot,
+        Step::DetachOldRoot,
+        Step::Chdir(c"/".to_owned()),
+    ]);
 
     // 5. Kernel filesystems and a minimal /dev.
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    steps.push(mount(Some("proc"), "/proc", Some("proc"), nosuid_nodev_noexec, None)?);
-    steps.push(mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | libc::MS_RDONLY, None)?);
+    steps.push(mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?);
+    steps.push(mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        nosuid_nodev_noexec | libc::MS_RDONLY,
+        None,
+    )?);
     steps.push(mount(
         Some("tmpfs"),
         "/dev",
@@ -463,14 +608,24 @@ fn build_plan_inner(
         libc::MS_NOSUID | libc::MS_STRICTATIME,
         Some(&format!("mode=755,size={DEV_SIZE}")),
     )?);
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
         steps.push(Step::Mknod {
             path: cstr(&format!("/dev/{name}"))?,
             mode: libc::S_IFCHR | 0o666,
             dev: libc::makedev(major, minor),
         });
     }
-    steps.push(Step::Mkdir { path: c"/dev/pts".to_owned(), mode: 0o755 });
+    steps.push(Step::Mkdir {
+        path: c"/dev/pts".to_owned(),
+        mode: 0o755,
+    });
     steps.push(mount(
         Some("devpts"),
         "/dev/pts",
@@ -478,9 +633,21 @@ fn build_plan_inner(
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?);
-    steps.push(Step::Symlink { target: c"pts/ptmx".to_owned(), link: c"/dev/ptmx".to_owned() });
-    steps.push(Step::Mkdir { path: c"/dev/shm".to_owned(), mode: 0o1777 });
-    steps.push(mount(Some("shm"), "/dev/shm", Some("tmpfs"), nosuid_nodev_noexec, Some(&format!("mode=1777,size={DEV_SIZE}")))?);
+    steps.push(Step::Symlink {
+        target: c"pts/ptmx".to_owned(),
+        link: c"/dev/ptmx".to_owned(),
+    });
+    steps.push(Step::Mkdir {
+        path: c"/dev/shm".to_owned(),
+        mode: 0o1777,
+    });
+    steps.push(mount(
+        Some("shm"),
+        "/dev/shm",
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some(&format!("mode=1777,size={DEV_SIZE}")),
+    )?);
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -488,15 +655,25 @@ fn build_plan_inner(
         ("/dev/stderr", "/proc/self/fd/2"),
         ("/dev/core", "/proc/kcore"),
     ] {
-        steps.push(Step::Symlink { target: cstr(target)?, link: cstr(link)? });
+        steps.push(Step::Symlink {
+            target: cstr(target)?,
+            link: cstr(link)?,
+        });
     }
 
     // 6. /etc files and the caller's mounts, in order.
     for attach in attaches {
         match attach {
-            Attach::Bind { slot, target, read_only } => {
+            Attach::Bind {
+                slot,
+                target,
+                read_only,
+            } => {
                 let target = cpath(&target)?;
-                steps.push(Step::MoveMount { slot, target: target.clone() });
+                steps.push(Step::MoveMount {
+                    slot,
+                    target: target.clone(),
+                });
                 if read_only {
                     steps.push(Step::Mount {
                         source: None,
@@ -526,16 +703,32 @@ fn build_plan_inner(
         steps.push(Step::LoopbackUp);
     }
     if let ChildStdio::Pty { socket } = stdio {
-        steps.push(Step::Pty { ptmx: c"/dev/pts/ptmx".to_owned(), socket: *socket });
+        steps.push(Step::Pty {
+            ptmx: c"/dev/pts/ptmx".to_owned(),
+            socket: *socket,
+        });
     }
     let user = &prepared.user;
-    steps.push(Step::MkdirAll { prefixes: path_prefixes(&spec.cwd)?, mode: 0o755, uid: user.uid, gid: user.gid });
+    steps.push(Step::MkdirAll {
+        prefixes: path_prefixes(&spec.cwd)?,
+        mode: 0o755,
+        uid: user.uid,
+        gid: user.gid,
+    });
     steps.push(Step::Chdir(cstr(&spec.cwd)?));
-    steps.push(Step::SetGroups(user.additional_gids.clone()));
+    // The primary gid leads the supplementary list, as containerd and Docker do since CVE-2023-25173
+    // (otherwise a process keeps no group that files shared via the primary group could rely on).
+    let mut groups = vec![user.gid];
+    groups.extend(user.additional_gids.iter().filter(|g| **g != user.gid));
+    steps.push(Step::SetGroups(groups));
     steps.push(Step::SetGid(user.gid));
     steps.push(Step::SetUid(user.uid));
     steps.push(Step::CloexecFrom(3));
-    steps.push(Step::Exec(ExecArgs::new(&spec.args, &prepared.env, &prepared.path_var)?));
+    steps.push(Step::Exec(ExecArgs::new(
+        &spec.args,
+        &prepared.env,
+        &prepared.path_var,
+    )?));
     Ok(Plan { steps, slots })
 }
 
@@ -548,7 +741,11 @@ fn dev_null(write: bool) -> Result<OwnedFd, SandboxError> {
         .read(!write)
         .write(write)
         .open("/dev/null")
-        .map_err(|source| SandboxError::Io { action: "open", path: "/dev/null".into(), source })?;
+        .map_err(|source| SandboxError::Io {
+            action: "open",
+            path: "/dev/null".into(),
+            source,
+        })?;
     Ok(OwnedFd::from(file))
 }
 
@@ -580,7 +777,11 @@ fn pump(mut from: fs::File, to: &mut dyn Write) {
         match from.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => {
-                if to.write_all(&buffer[..n]).and_then(|()| to.flush()).is_err() {
+                if to
+                    .write_all(&buffer[..n])
+                    .and_then(|()| to.flush())
+                    .is_err()
+                {
                     // The consumer is gone; keep draining so the command never blocks on a full pipe.
                     continue;
                 }
@@ -602,7 +803,12 @@ fn feed(mut from: Box<dyn Read + Send>, to: fs::File) {
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
-const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 extern "C" fn forward_signal(signal: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::SeqCst);
@@ -615,11 +821,16 @@ extern "C" fn forward_signal(signal: libc::c_int) {
 /// Installs the forwarding handlers; the returned actions restore the previous ones.
 fn install_forwarding(pid: Pid) -> Result<Vec<(Signal, SigAction)>, SandboxError> {
     FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
-    let action = SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(forward_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     let mut previous = Vec::new();
     for signal in FORWARDED {
         // SAFETY: the handler only reads an atomic and calls kill.
-        let old = unsafe { sigaction(signal, &action) }.map_err(sys_err("install signal handler"))?;
+        let old =
+            unsafe { sigaction(signal, &action) }.map_err(sys_err("install signal handler"))?;
         previous.push((signal, old));
     }
     Ok(previous)
@@ -637,9 +848,16 @@ fn wait_for(pid: Pid) -> Result<ExitStatus, SandboxError> {
     loop {
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Exited(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(ExitStatus::Signaled(signal as i32)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Ok(ExitStatus::Signaled(signal as i32));
+            }
             Ok(_) | Err(Errno::EINTR) => continue,
-            Err(errno) => return Err(SandboxError::Sys { action: "wait for the sandbox", source: errno }),
+            Err(errno) => {
+                return Err(SandboxError::Sys {
+                    action: "wait for the sandbox",
+                    source: errno,
+                });
+            }
         }
     }
 }
@@ -660,7 +878,10 @@ fn read_setup_failure(pipe: OwnedFd) -> Option<StepFailure> {
     (filled == report.len()).then(|| {
         let index = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        StepFailure { index, errno: Errno::from_raw(errno) }
+        StepFailure {
+            index,
+            errno: Errno::from_raw(errno),
+        }
     })
 }
 
@@ -668,9 +889,17 @@ fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, SandboxError> {
     let mut payload = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut payload)];
     let mut control = nix::cmsg_space!(RawFd);
-    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(sys_err("receive the terminal"))?;
-    for cmsg in message.cmsgs().map_err(sys_err("read the terminal message"))? {
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(sys_err("receive the terminal"))?;
+    for cmsg in message
+        .cmsgs()
+        .map_err(sys_err("read the terminal message"))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             if let Some(fd) = fds.first() {
                 // SAFETY: the kernel just installed this fd for us.
@@ -678,7 +907,10 @@ fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, SandboxError> {
             }
         }
     }
-    Err(SandboxError::Sys { action: "receive the terminal", source: Errno::EBADMSG })
+    Err(SandboxError::Sys {
+        action: "receive the terminal",
+        source: Errno::EBADMSG,
+    })
 }
 
 /// Copies the caller's terminal size to the pty, when the caller has a terminal.
@@ -699,7 +931,13 @@ fn copy_window_size(master: &OwnedFd) {
 /// command not found in PATH, or a failing pipe/clone/wait. A command that runs and fails is *not* an
 /// error: see the returned [`ExitStatus`].
 pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxError> {
-    let SandboxIo { stdin, stdout, stderr, tty, forward_signals } = io;
+    let SandboxIo {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+        forward_signals,
+    } = io;
     let prepared = prepare(spec, tty)?;
 
     // Keep every child-side fd alive until clone; they close in the parent right after.
@@ -710,9 +948,16 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     let mut tty_output = None;
     let mut tty_stdin = None;
     let (stdio, out_relay, err_relay) = if tty {
-        let (parent, child) =
-            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(sys_err("create socketpair"))?;
-        let stdio = ChildStdio::Pty { socket: child.as_raw_fd() };
+        let (parent, child) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(sys_err("create socketpair"))?;
+        let stdio = ChildStdio::Pty {
+            socket: child.as_raw_fd(),
+        };
         child_side.push(child);
         pty_socket = Some(parent);
         tty_output = Some(stdout);
@@ -747,8 +992,16 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         }
     };
 
-    let plan = build_plan(spec, &prepared, &stdio, cgroup.as_ref().map(|c| c.procs_file().as_raw_fd()))?;
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    let plan = build_plan(
+        spec,
+        &prepared,
+        &stdio,
+        cgroup.as_ref().map(|c| c.procs_file().as_raw_fd()),
+    )?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if spec.network == NetworkMode::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -783,7 +1036,9 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         let step = plan.steps.get(failure.index);
         return Err(match step {
             Some(Step::Exec(args)) if failure.errno == Errno::ENOENT => {
-                SandboxError::CommandNotFound { command: args.program() }
+                SandboxError::CommandNotFound {
+                    command: args.program(),
+                }
             }
             _ => SandboxError::Setup {
                 step: step.map_or_else(|| format!("step {}", failure.index), ToString::to_string),
@@ -817,7 +1072,11 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         feed(reader, pipe);
     }
 
-    let previous_handlers = if forward_signals { Some(install_forwarding(pid)?) } else { None };
+    let previous_handlers = if forward_signals {
+        Some(install_forwarding(pid)?)
+    } else {
+        None
+    };
     let status = std::thread::scope(|scope| {
         for relay in [out_relay, err_relay] {
             match relay {
@@ -840,4 +1099,265 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     }
     drop(cgroup);
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::RecordingSyscall;
+
+    /// A spec over plain dirs (no root needed to *build* and record the plan).
+    fn spec_in(tmp: &Path) -> SandboxSpec {
+        let lower = tmp.join("lower");
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(
+            lower.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(lower.join("etc/group"), "app:x:1000:\nstaff:x:50:app\n").unwrap();
+        let rootfs = RootMount::Overlay {
+            lower_dirs: vec![lower],
+            upper_dir: "/s/upper".into(),
+            work_dir: "/s/work".into(),
+        };
+        let mut spec = SandboxSpec::new(
+            rootfs,
+            tmp.join("sandbox"),
+            vec!["make".into(), "all".into()],
+        );
+        spec.env = vec!["PATH=/usr/bin:/bin".into()];
+        spec.cwd = "/src/app".into();
+        spec.user = "app".into();
+        spec.hostname = "box".into();
+        spec.network = NetworkMode::None;
+        spec.mounts = vec![
+            ExtraMount::Bind {
+                source: "/host/cache".into(),
+                target: "/cache".into(),
+                read_only: true,
+            },
+            ExtraMount::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: Some(1024),
+            },
+            ExtraMount::Secret {
+                source: "/host/secret".into(),
+                target: "/run/secrets/id".into(),
+            },
+        ];
+        spec
+    }
+
+    #[test]
+    fn recorded_setup_is_the_documented_sequence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = spec_in(tmp.path());
+        let prepared = prepare(&spec, false).unwrap();
+        let plan = build_plan(
+            &spec,
+            &prepared,
+            &ChildStdio::Fds([Some(3), Some(4), Some(5)]),
+            None,
+        )
+        .unwrap();
+        let sys = RecordingSyscall::new();
+        let mut slots = vec![-1; plan.slots];
+        plan::execute(&plan.steps, &sys, &mut slots).unwrap();
+        let scratch = tmp.path().join("sandbox");
+        let lower = tmp.path().join("lower");
+        let s = scratch.display();
+        let expected = vec![
+            "set_parent_death_signal".to_string(),
+            "reset_signals".into(),
+            "setsid".into(),
+            "dup2 3 0".into(),
+            "dup2 4 1".into(),
+            "dup2 5 2".into(),
+            "mount - / - MS_REC|MS_PRIVATE -".into(),
+            format!(
+                "mount overlay {s}/root overlay 0 lowerdir={},upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off",
+                lower.display()
+            ),
+            format!("open_tree {s}/etc/hosts = 100"),
+            format!("open_tree {s}/etc/hostname = 101"),
+            format!("open_tree {s}/etc/resolv.conf = 102"),
+            "open_tree /host/cache = 103".into(),
+            "open_tree /host/secret = 104".into(),
+            format!("chdir {s}/root"),
+            "pivot_root . .".into(),
+            "umount_detach .".into(),
+            "chdir /".into(),
+            "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount tmpfs /dev tmpfs MS_NOSUID|MS_STRICTATIME mode=755,size=65536k".into(),
+            "mknod /dev/null 20666 1:3".into(),
+            "mknod /dev/zero 20666 1:5".into(),
+            "mknod /dev/full 20666 1:7".into(),
+            "mknod /dev/random 20666 1:8".into(),
+            "mknod /dev/urandom 20666 1:9".into(),
+            "mknod /dev/tty 20666 5:0".into(),
+            "mkdir /dev/pts 755".into(),
+            "mount devpts /dev/pts devpts MS_NOSUID|MS_NOEXEC newinstance,ptmxmode=0666,mode=0620,gid=5".into(),
+            "symlink /dev/ptmx -> pts/ptmx".into(),
+            "mkdir /dev/shm 1777".into(),
+            "mount shm /dev/shm tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=1777,size=65536k".into(),
+            "symlink /dev/fd -> /proc/self/fd".into(),
+            "symlink /dev/stdin -> /proc/self/fd/0".into(),
+            "symlink /dev/stdout -> /proc/self/fd/1".into(),
+            "symlink /dev/stderr -> /proc/self/fd/2".into(),
+            "symlink /dev/core -> /proc/kcore".into(),
+            "move_mount 100 /etc/hosts".into(),
+            "close 100".into(),
+            "move_mount 101 /etc/hostname".into(),
+            "close 101".into(),
+            "move_mount 102 /etc/resolv.conf".into(),
+            "close 102".into(),
+            "move_mount 103 /cache".into(),
+            "close 103".into(),
+            "mount - /cache - MS_RDONLY|MS_REMOUNT|MS_BIND -".into(),
+            "mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV size=1024".into(),
+            "move_mount 104 /run/secrets/id".into(),
+            "close 104".into(),
+            "mount - /run/secrets/id - MS_RDONLY|MS_REMOUNT|MS_BIND -".into(),
+            "sethostname box".into(),
+            "loopback_up".into(),
+            "mkdir /src 755".into(),
+            "lchown /src 1000:1000".into(),
+            "mkdir /src/app 755".into(),
+            "lchown /src/app 1000:1000".into(),
+            "chdir /src/app".into(),
+            "setgroups [1000, 50]".into(),
+            "setresgid 1000".into(),
+            "setresuid 1000".into(),
+            "cloexec_from 3".into(),
+            r#"execve /usr/bin/make ["make", "all"] ["PATH=/usr/bin:/bin", "HOME=/home/app"]"#.into(),
+        ];
+        assert_eq!(sys.calls(), expected);
+        assert_eq!(
+            fs::read_to_string(scratch.join("etc/hostname")).unwrap(),
+            "box\n"
+        );
+        assert!(
+            fs::read_to_string(scratch.join("etc/hosts"))
+                .unwrap()
+                .starts_with("127.0.0.1\tlocalhost box\n")
+        );
+    }
+
+    #[test]
+    fn pty_setup_replaces_stdio_dups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.mounts.clear();
+        spec.network = NetworkMode::Host;
+        let prepared = prepare(&spec, true).unwrap();
+        let plan = build_plan(&spec, &prepared, &ChildStdio::Pty { socket: 9 }, Some(12)).unwrap();
+        let sys = RecordingSyscall::new();
+        plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
+        let calls = sys.calls();
+        assert!(!calls.iter().any(|c| c.starts_with("loopback_up")));
+        assert_eq!(
+            calls[3], "write 12 \"0\"",
+            "joins the cgroup before anything else"
+        );
+        let pty_at = calls
+            .iter()
+            .position(|c| c.starts_with("open_pty"))
+            .unwrap();
+        assert_eq!(
+            &calls[pty_at..pty_at + 7],
+            [
+                "open_pty /dev/pts/ptmx = 103,104",
+                "send_fd 9 103",
+                "close 103",
+                "set_controlling_tty 104",
+                "dup2 104 0",
+                "dup2 104 1",
+                "dup2 104 2",
+            ]
+        );
+        assert!(calls.last().unwrap().contains("TERM=xterm"));
+        assert!(
+            calls
+                .iter()
+                .position(|c| c.starts_with("mount devpts"))
+                .unwrap()
+                < pty_at
+        );
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected_before_anything_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.cwd = "relative".into();
+        assert!(matches!(
+            prepare(&spec, false),
+            Err(SandboxError::InvalidSpec(_))
+        ));
+        let mut spec = spec_in(tmp.path());
+        spec.args.clear();
+        assert!(matches!(
+            prepare(&spec, false),
+            Err(SandboxError::InvalidSpec(_))
+        ));
+        let mut spec = spec_in(tmp.path());
+        spec.user = "ghost".into();
+        assert!(matches!(
+            prepare(&spec, false),
+            Err(SandboxError::User { .. })
+        ));
+        assert_eq!(
+            path_prefixes("/a/./b/").unwrap(),
+            [c"/a".to_owned(), c"/a/b".to_owned()]
+        );
+        assert!(path_prefixes("/a/../b").is_err());
+    }
+
+    #[test]
+    fn mount_stubs_cover_every_target() {
+        let stubs = mount_stubs(&[
+            ExtraMount::Bind {
+                source: "/".into(),
+                target: "/host".into(),
+                read_only: true,
+            },
+            ExtraMount::Secret {
+                source: "/nonexistent".into(),
+                target: "/run/secrets/a".into(),
+            },
+        ]);
+        let paths: Vec<_> = stubs
+            .iter()
+            .map(|s| (s.path.to_string_lossy().into_owned(), s.kind))
+            .collect();
+        assert!(paths.contains(&("/host".into(), StubKind::Dir)));
+        assert!(paths.contains(&("/run/secrets/a".into(), StubKind::File)));
+        assert!(paths.contains(&("/etc/hosts".into(), StubKind::File)));
+        assert!(paths.contains(&("/proc".into(), StubKind::Dir)));
+    }
+
+    #[test]
+    fn line_callback_splits_lines() {
+        let mut lines = Vec::new();
+        let mut writer =
+            LineCallback::new(|l: &[u8]| lines.push(String::from_utf8_lossy(l).into_owned()));
+        writer.write_all(b"a\nb").unwrap();
+        writer.write_all(b"c\n\nd").unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        assert_eq!(lines, ["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn exit_status_codes() {
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(
+            ExitStatus::Signaled(9).to_string(),
+            "killed by signal SIGKILL"
+        );
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Exited(2).success());
+    }
 }

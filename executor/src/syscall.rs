@@ -81,11 +81,19 @@ pub trait Syscall {
 }
 
 fn check(result: libc::c_int) -> Result<(), Errno> {
-    if result == -1 { Err(Errno::last()) } else { Ok(()) }
+    if result == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }
 
 fn check_fd(result: libc::c_long) -> Result<RawFd, Errno> {
-    if result < 0 { Err(Errno::last()) } else { Ok(result as RawFd) }
+    if result < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(result as RawFd)
+    }
 }
 
 /// The real syscalls.
@@ -103,7 +111,15 @@ impl Syscall for LinuxSyscall {
     ) -> Result<(), Errno> {
         let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
         // SAFETY: all pointers are NUL-terminated strings or null, valid for the call.
-        check(unsafe { libc::mount(ptr(source), target.as_ptr(), ptr(fstype), flags, ptr(data).cast()) })
+        check(unsafe {
+            libc::mount(
+                ptr(source),
+                target.as_ptr(),
+                ptr(fstype),
+                flags,
+                ptr(data).cast(),
+            )
+        })
     }
 
     fn umount_detach(&self, target: &CStr) -> Result<(), Errno> {
@@ -113,7 +129,10 @@ impl Syscall for LinuxSyscall {
 
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
         // SAFETY: valid C strings; glibc has no wrapper, so the raw syscall.
-        check_fd(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) }).map(drop)
+        check_fd(unsafe {
+            libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr())
+        })
+        .map(drop)
     }
 
     fn chdir(&self, path: &CStr) -> Result<(), Errno> {
@@ -144,7 +163,9 @@ impl Syscall for LinuxSyscall {
     fn open_tree(&self, path: &CStr) -> Result<RawFd, Errno> {
         let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
         // SAFETY: valid C string; raw syscall (no glibc wrapper on older glibc).
-        check_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
+        check_fd(unsafe {
+            libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags)
+        })
     }
 
     fn move_mount(&self, mount_fd: RawFd, target: &CStr) -> Result<(), Errno> {
@@ -171,7 +192,14 @@ impl Syscall for LinuxSyscall {
     fn fsconfig_string(&self, fs_fd: RawFd, key: &CStr, value: &CStr) -> Result<(), Errno> {
         // SAFETY: valid C strings and fd.
         check_fd(unsafe {
-            libc::syscall(libc::SYS_fsconfig, fs_fd, FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs_fd,
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
         })
         .map(drop)
     }
@@ -179,7 +207,17 @@ impl Syscall for LinuxSyscall {
     fn fsconfig_create(&self, fs_fd: RawFd) -> Result<(), Errno> {
         let null: *const c_char = std::ptr::null();
         // SAFETY: fd; key and value must be null for CMD_CREATE.
-        check_fd(unsafe { libc::syscall(libc::SYS_fsconfig, fs_fd, FSCONFIG_CMD_CREATE, null, null, 0) }).map(drop)
+        check_fd(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs_fd,
+                FSCONFIG_CMD_CREATE,
+                null,
+                null,
+                0,
+            )
+        })
+        .map(drop)
     }
 
     fn fsmount(&self, fs_fd: RawFd) -> Result<RawFd, Errno> {
@@ -214,7 +252,11 @@ impl Syscall for LinuxSyscall {
                 request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
                 result = libc::ioctl(sock, libc::SIOCSIFFLAGS, &request);
             }
-            let outcome = if result < 0 { Err(Errno::last()) } else { Ok(()) };
+            let outcome = if result < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            };
             libc::close(sock);
             outcome
         }
@@ -263,7 +305,11 @@ impl Syscall for LinuxSyscall {
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
-            check(libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))
+            check(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &empty,
+                std::ptr::null_mut(),
+            ))
         }
     }
 
@@ -285,7 +331,10 @@ impl Syscall for LinuxSyscall {
     fn open_pty(&self, ptmx: &CStr) -> Result<(RawFd, RawFd), Errno> {
         // SAFETY: open/ioctl on fds this process owns.
         unsafe {
-            let master = libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            let master = libc::open(
+                ptmx.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
             if master < 0 {
                 return Err(Errno::last());
             }
@@ -310,7 +359,10 @@ impl Syscall for LinuxSyscall {
         // SAFETY: sendmsg with a stack-allocated control buffer sized for one fd.
         unsafe {
             let mut payload = [0u8; 1];
-            let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: 1 };
+            let mut iov = libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
             let mut control = [0u64; 8];
             let mut message: libc::msghdr = std::mem::zeroed();
             message.msg_iov = &mut iov;
@@ -322,7 +374,11 @@ impl Syscall for LinuxSyscall {
             (*header).cmsg_type = libc::SCM_RIGHTS;
             (*header).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
             std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
-            if libc::sendmsg(socket, &message, 0) < 0 { Err(Errno::last()) } else { Ok(()) }
+            if libc::sendmsg(socket, &message, 0) < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            }
         }
     }
 
@@ -333,8 +389,15 @@ impl Syscall for LinuxSyscall {
 
     fn cloexec_from(&self, first: RawFd) -> Result<(), Errno> {
         // SAFETY: plain integers.
-        check_fd(unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) })
-            .map(drop)
+        check_fd(unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        })
+        .map(drop)
     }
 
     fn execve(&self, path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
@@ -361,7 +424,10 @@ impl RecordingSyscall {
 
     /// A fake that fails the first call whose line starts with `prefix`.
     pub fn failing_on(prefix: &str, errno: Errno) -> RecordingSyscall {
-        RecordingSyscall { fail_on: Some((prefix.to_string(), errno)), ..RecordingSyscall::default() }
+        RecordingSyscall {
+            fail_on: Some((prefix.to_string(), errno)),
+            ..RecordingSyscall::default()
+        }
     }
 
     /// The calls so far, one line each.
@@ -370,7 +436,11 @@ impl RecordingSyscall {
     }
 
     fn record(&self, line: String) -> Result<(), Errno> {
-        let fail = self.fail_on.as_ref().filter(|(prefix, _)| line.starts_with(prefix.as_str())).map(|(_, e)| *e);
+        let fail = self
+            .fail_on
+            .as_ref()
+            .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .map(|(_, e)| *e);
         self.calls.borrow_mut().push(line);
         match fail {
             Some(errno) => Err(errno),
@@ -411,7 +481,11 @@ impl Syscall for RecordingSyscall {
         self.record(format!("umount_detach {}", show(Some(target))))
     }
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
-        self.record(format!("pivot_root {} {}", show(Some(new_root)), show(Some(put_old))))
+        self.record(format!(
+            "pivot_root {} {}",
+            show(Some(new_root)),
+            show(Some(put_old))
+        ))
     }
     fn chdir(&self, path: &CStr) -> Result<(), Errno> {
         self.record(format!("chdir {}", show(Some(path))))
@@ -424,24 +498,37 @@ impl Syscall for RecordingSyscall {
     }
     fn mknod(&self, path: &CStr, mode: u32, dev: u64) -> Result<(), Errno> {
         let (major, minor) = (libc::major(dev), libc::minor(dev));
-        self.record(format!("mknod {} {mode:o} {major}:{minor}", show(Some(path))))
+        self.record(format!(
+            "mknod {} {mode:o} {major}:{minor}",
+            show(Some(path))
+        ))
     }
     fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {
-        self.record(format!("symlink {} -> {}", show(Some(link)), show(Some(target))))
+        self.record(format!(
+            "symlink {} -> {}",
+            show(Some(link)),
+            show(Some(target))
+        ))
     }
     fn open_tree(&self, path: &CStr) -> Result<RawFd, Errno> {
         let fd = self.fd();
-        self.record(format!("open_tree {} = {fd}", show(Some(path)))).map(|()| fd)
+        self.record(format!("open_tree {} = {fd}", show(Some(path))))
+            .map(|()| fd)
     }
     fn move_mount(&self, mount_fd: RawFd, target: &CStr) -> Result<(), Errno> {
         self.record(format!("move_mount {mount_fd} {}", show(Some(target))))
     }
     fn fsopen(&self, fstype: &CStr) -> Result<RawFd, Errno> {
         let fd = self.fd();
-        self.record(format!("fsopen {} = {fd}", show(Some(fstype)))).map(|()| fd)
+        self.record(format!("fsopen {} = {fd}", show(Some(fstype))))
+            .map(|()| fd)
     }
     fn fsconfig_string(&self, fs_fd: RawFd, key: &CStr, value: &CStr) -> Result<(), Errno> {
-        self.record(format!("fsconfig {fs_fd} {}={}", show(Some(key)), show(Some(value))))
+        self.record(format!(
+            "fsconfig {fs_fd} {}={}",
+            show(Some(key)),
+            show(Some(value))
+        ))
     }
     fn fsconfig_create(&self, fs_fd: RawFd) -> Result<(), Errno> {
         self.record(format!("fsconfig {fs_fd} create"))
@@ -485,7 +572,8 @@ impl Syscall for RecordingSyscall {
     }
     fn open_pty(&self, ptmx: &CStr) -> Result<(RawFd, RawFd), Errno> {
         let (master, slave) = (self.fd(), self.fd());
-        self.record(format!("open_pty {} = {master},{slave}", show(Some(ptmx)))).map(|()| (master, slave))
+        self.record(format!("open_pty {} = {master},{slave}", show(Some(ptmx))))
+            .map(|()| (master, slave))
     }
     fn send_fd(&self, socket: RawFd, fd: RawFd) -> Result<(), Errno> {
         self.record(format!("send_fd {socket} {fd}"))
@@ -505,7 +593,12 @@ impl Syscall for RecordingSyscall {
                 .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
                 .collect()
         };
-        match self.record(format!("execve {} {:?} {:?}", show(Some(path)), strings(argv), strings(envp))) {
+        match self.record(format!(
+            "execve {} {:?} {:?}",
+            show(Some(path)),
+            strings(argv),
+            strings(envp)
+        )) {
             Err(errno) => errno,
             // A real execve does not return on success; the fake reports "no error".
             Ok(()) => Errno::UnknownErrno,

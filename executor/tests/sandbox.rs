@@ -24,15 +24,22 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_executor::{ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo, run};
+use kiln_executor::{
+    ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo, run,
+};
 
 /// Host pids whose command line contains `marker`.
 fn host_pids_with(marker: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker) {
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(marker)
+        {
             pids.push(pid);
         }
     }
@@ -45,7 +52,10 @@ fn exit_codes_are_reported() {
         return;
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
-    assert_eq!(run_capture(&fixture.spec("exit 3")).0, ExitStatus::Exited(3));
+    assert_eq!(
+        run_capture(&fixture.spec("exit 3")).0,
+        ExitStatus::Exited(3)
+    );
     assert_eq!(run_capture(&fixture.spec("true")).0, ExitStatus::Exited(0));
     assert_eq!(run_capture(&fixture.spec("false")).0, ExitStatus::Exited(1));
 }
@@ -62,7 +72,11 @@ fn killed_by_signal_is_reported() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(pid) = host_pids_with("sleep 31337").first() {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -83,14 +97,21 @@ fn env_home_and_path_defaults() {
     let mut spec = fixture.spec("echo \"$FOO|$HOME|$PATH\"");
     spec.env = vec!["FOO=bar baz".into()];
     let (_, stdout, _) = run_capture(&spec);
-    assert_eq!(stdout, "bar baz|/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+    assert_eq!(
+        stdout,
+        "bar baz|/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
 
     spec.env = vec!["HOME=/custom".into(), "PATH=/bin".into()];
     spec.user = "app".into();
     let (_, stdout, _) = run_capture(&spec);
     assert_eq!(stdout, "|/custom|/bin\n");
     spec.env.clear();
-    assert_eq!(run_capture(&spec).1, "||/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n".replace("||", "|/home/app|"));
+    assert_eq!(
+        run_capture(&spec).1,
+        "||/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            .replace("||", "|/home/app|")
+    );
 }
 
 #[test]
@@ -105,7 +126,9 @@ fn missing_workdir_is_created_for_the_user() {
     let (status, stdout, stderr) = run_capture(&spec);
     assert!(status.success(), "{stderr}");
     assert_eq!(stdout, "/srv/app/deep\n");
-    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else { panic!() };
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+        panic!()
+    };
     let created = fs::metadata(upper_dir.join("srv/app/deep")).unwrap();
     assert_eq!((created.uid(), created.gid()), (1000, 1000));
     assert!(upper_dir.join("srv/app/deep/mine").is_file());
@@ -123,17 +146,32 @@ fn users_resolve_from_the_image() {
         run_capture(&spec).1
     };
     assert_eq!(id(""), "uid=0(root) gid=0(root) groups=0(root)\n");
-    assert_eq!(id("app"), "uid=1000(app) gid=1000(app) groups=1000(app),50(staff)\n");
-    assert_eq!(id("1000"), "uid=1000(app) gid=1000(app) groups=1000(app),50(staff)\n");
-    assert_eq!(id("1000:50"), "uid=1000(app) gid=50(staff) groups=50(staff)\n");
-    assert_eq!(id("app:staff"), "uid=1000(app) gid=50(staff) groups=50(staff)\n");
+    assert_eq!(
+        id("app"),
+        "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n"
+    );
+    assert_eq!(
+        id("1000"),
+        "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n"
+    );
+    assert_eq!(
+        id("1000:50"),
+        "uid=1000(app) gid=50(staff) groups=50(staff)\n"
+    );
+    assert_eq!(
+        id("app:staff"),
+        "uid=1000(app) gid=50(staff) groups=50(staff)\n"
+    );
     assert_eq!(id("4242"), "uid=4242 gid=0(root) groups=0(root)\n");
 
     let mut spec = fixture.spec("id");
     spec.user = "nobody".into();
     let error = run(&spec, SandboxIo::default()).unwrap_err();
     assert!(matches!(error, SandboxError::User { .. }), "{error}");
-    assert!(error.to_string().contains("unable to find user nobody"), "{error}");
+    assert!(
+        error.to_string().contains("unable to find user nobody"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -146,9 +184,15 @@ fn command_is_pid_1_and_daemons_die_with_it() {
     let (status, stdout, _) = run_capture(&fixture.spec("sleep 31338 & echo $$"));
     assert!(status.success());
     assert_eq!(stdout, "1\n");
-    assert!(started.elapsed() < Duration::from_secs(20), "the step waited for its daemon");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the step waited for its daemon"
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert!(host_pids_with("sleep 31338").is_empty(), "the background sleep outlived the step");
+    assert!(
+        host_pids_with("sleep 31338").is_empty(),
+        "the background sleep outlived the step"
+    );
 }
 
 #[test]
@@ -157,7 +201,8 @@ fn network_none_has_only_loopback_up() {
         return;
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
-    let mut spec = fixture.spec("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip link show lo");
+    let mut spec =
+        fixture.spec("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip link show lo");
     spec.network = NetworkMode::None;
     let (status, stdout, stderr) = run_capture(&spec);
     assert!(status.success(), "{stderr}");
@@ -172,17 +217,34 @@ fn etc_files_are_present_inside_but_not_in_the_upper_dir() {
         return;
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
-    let mut spec = fixture.spec("cat /etc/hosts; hostname; cat /etc/hostname; grep -c nameserver /etc/resolv.conf");
+    let mut spec = fixture
+        .spec("cat /etc/hosts; hostname; cat /etc/hostname; grep -c nameserver /etc/resolv.conf");
     spec.hostname = "builder".into();
     spec.extra_hosts = vec![("db".into(), "10.0.0.5".into())];
     let (status, stdout, stderr) = run_capture(&spec);
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains("127.0.0.1\tlocalhost builder\n"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1\tlocalhost builder\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("10.0.0.5\tdb\n"), "{stdout}");
     assert!(stdout.contains("builder\nbuilder\n"), "{stdout}");
-    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else { panic!() };
-    for path in ["etc/hosts", "etc/hostname", "etc/resolv.conf", "etc", "proc", "dev", "sys"] {
-        assert!(fs::symlink_metadata(upper_dir.join(path)).is_err(), "{path} landed in the upper dir");
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+        panic!()
+    };
+    for path in [
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "etc",
+        "proc",
+        "dev",
+        "sys",
+    ] {
+        assert!(
+            fs::symlink_metadata(upper_dir.join(path)).is_err(),
+            "{path} landed in the upper dir"
+        );
     }
 }
 
@@ -194,21 +256,31 @@ fn dev_proc_and_sys_are_set_up() {
     let fixture = Fixture::new(&OverlaySnapshotter);
     let script = "ls /dev | tr '\\n' ' '; echo; \
         echo x > /dev/null && head -c 4 /dev/zero | wc -c; \
-        readlink /dev/fd /dev/ptmx; \
+        readlink /dev/fd; readlink /dev/ptmx; \
         touch /sys/x 2>/dev/null && echo sys-rw || echo sys-ro; \
         cat /proc/1/cmdline | tr '\\0' ' '; echo; \
         mount | grep -E ' /dev/(pts|shm) ' | cut -d' ' -f1,3,5";
     let (status, stdout, stderr) = run_capture(&fixture.spec(script));
     assert!(status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    for node in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd", "stdin", "stdout", "stderr"] {
-        assert!(lines[0].split(' ').any(|n| n == node), "/dev lacks {node}: {}", lines[0]);
+    for node in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd", "stdin",
+        "stdout", "stderr",
+    ] {
+        assert!(
+            lines[0].split(' ').any(|n| n == node),
+            "/dev lacks {node}: {}",
+            lines[0]
+        );
     }
     assert_eq!(lines[1].trim(), "4");
     assert_eq!(&lines[2..4], ["/proc/self/fd", "pts/ptmx"]);
     assert_eq!(lines[4], "sys-ro");
     assert!(lines[5].starts_with("/bin/sh -c"), "{}", lines[5]);
-    assert_eq!(&lines[6..8], ["devpts /dev/pts devpts", "shm /dev/shm tmpfs"]);
+    assert_eq!(
+        &lines[6..8],
+        ["devpts /dev/pts devpts", "shm /dev/shm tmpfs"]
+    );
 }
 
 #[test]
@@ -223,15 +295,28 @@ fn extra_mounts_bind_tmpfs_and_secret() {
     fs::write(host.join("ro/data"), "read me").unwrap();
     fs::write(host.join("secret"), "s3cret").unwrap();
     let mounts = vec![
-        ExtraMount::Bind { source: host.join("ro"), target: "/mnt/ro".into(), read_only: true },
-        ExtraMount::Bind { source: host.join("rw"), target: "/mnt/rw".into(), read_only: false },
-        ExtraMount::Tmpfs { target: "/cache".into(), size_bytes: Some(1 << 20) },
-        ExtraMount::Secret { source: host.join("secret"), target: "/run/secrets/token".into() },
+        ExtraMount::Bind {
+            source: host.join("ro"),
+            target: "/mnt/ro".into(),
+            read_only: true,
+        },
+        ExtraMount::Bind {
+            source: host.join("rw"),
+            target: "/mnt/rw".into(),
+            read_only: false,
+        },
+        ExtraMount::Tmpfs {
+            target: "/cache".into(),
+            size_bytes: Some(1 << 20),
+        },
+        ExtraMount::Secret {
+            source: host.join("secret"),
+            target: "/run/secrets/token".into(),
+        },
     ];
     // The stubs for these targets come with the snapshot.
     let tmp2 = tempfile::tempdir().unwrap();
-    let snapshot = OverlaySnapshotter
-        .prepare_for(&fixture, tmp2.path(), &mounts);
+    let snapshot = OverlaySnapshotter.prepare_for(&fixture, tmp2.path(), &mounts);
     let mut spec = fixture.spec(
         "cat /mnt/ro/data; echo; touch /mnt/ro/x 2>/dev/null && echo ro-writable || echo ro-refused; \
          echo out > /mnt/rw/result; cat /run/secrets/token; echo; \
@@ -242,20 +327,44 @@ fn extra_mounts_bind_tmpfs_and_secret() {
     spec.mounts = mounts;
     let (status, stdout, stderr) = run_capture(&spec);
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout, "read me\nro-refused\ns3cret\nsecret-refused\n1024\n");
+    assert_eq!(
+        stdout,
+        "read me\nro-refused\ns3cret\nsecret-refused\n1024\n"
+    );
     assert_eq!(fs::read_to_string(host.join("rw/result")).unwrap(), "out\n");
-    let kiln_executor::RootMount::Overlay { upper_dir, .. } = snapshot.mount() else { panic!() };
-    assert_eq!(fs::read_dir(upper_dir).unwrap().count(), 0, "mount stubs or tmpfs content leaked into the upper dir");
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = snapshot.mount() else {
+        panic!()
+    };
+    assert_eq!(
+        fs::read_dir(upper_dir).unwrap().count(),
+        0,
+        "mount stubs or tmpfs content leaked into the upper dir"
+    );
 }
 
 /// `prepare` over the fixture's layers with the stubs of `mounts`.
 trait PrepareFor {
-    fn prepare_for(&self, fixture: &Fixture, scratch: &Path, mounts: &[ExtraMount]) -> kiln_executor::Snapshot;
+    fn prepare_for(
+        &self,
+        fixture: &Fixture,
+        scratch: &Path,
+        mounts: &[ExtraMount],
+    ) -> kiln_executor::Snapshot;
 }
 
 impl<S: kiln_executor::Snapshotter> PrepareFor for S {
-    fn prepare_for(&self, fixture: &Fixture, scratch: &Path, mounts: &[ExtraMount]) -> kiln_executor::Snapshot {
-        self.prepare(&fixture.layers, scratch, &kiln_executor::mount_stubs(mounts)).unwrap()
+    fn prepare_for(
+        &self,
+        fixture: &Fixture,
+        scratch: &Path,
+        mounts: &[ExtraMount],
+    ) -> kiln_executor::Snapshot {
+        self.prepare(
+            &fixture.layers,
+            scratch,
+            &kiln_executor::mount_stubs(mounts),
+        )
+        .unwrap()
     }
 }
 
@@ -268,11 +377,17 @@ fn command_not_found_and_bad_mount_target_are_typed_errors() {
     let mut spec = fixture.spec("");
     spec.args = vec!["no-such-tool".into()];
     let error = run(&spec, SandboxIo::default()).unwrap_err();
-    assert!(matches!(&error, SandboxError::CommandNotFound { command } if command == "no-such-tool"), "{error}");
+    assert!(
+        matches!(&error, SandboxError::CommandNotFound { command } if command == "no-such-tool"),
+        "{error}"
+    );
 
     // A target the snapshot was not prepared with: the error names the step.
     let mut spec = fixture.spec("true");
-    spec.mounts = vec![ExtraMount::Secret { source: "/etc/hostname".into(), target: "/nowhere/secret".into() }];
+    spec.mounts = vec![ExtraMount::Secret {
+        source: "/etc/hostname".into(),
+        target: "/nowhere/secret".into(),
+    }];
     let error = run(&spec, SandboxIo::default()).unwrap_err().to_string();
     assert!(error.contains("/nowhere/secret"), "{error}");
 }
@@ -284,7 +399,12 @@ fn stdin_is_streamed_and_output_arrives_by_line() {
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
     let lines = std::sync::Mutex::new(Vec::new());
-    let mut callback = LineCallback::new(|line: &[u8]| lines.lock().unwrap().push(String::from_utf8_lossy(line).into_owned()));
+    let mut callback = LineCallback::new(|line: &[u8]| {
+        lines
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(line).into_owned())
+    });
     let io = SandboxIo {
         stdin: Input::Reader(Box::new(std::io::Cursor::new(b"one\ntwo\n".to_vec()))),
         stdout: Output::Writer(&mut callback),
@@ -304,7 +424,11 @@ fn pty_mode_gives_a_terminal_from_the_sandbox_devpts() {
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
     let mut output = Vec::new();
-    let io = SandboxIo { stdout: Output::Writer(&mut output), tty: true, ..SandboxIo::default() };
+    let io = SandboxIo {
+        stdout: Output::Writer(&mut output),
+        tty: true,
+        ..SandboxIo::default()
+    };
     let mut spec = fixture.spec("tty; echo \"$TERM\"; test -t 0 && test -t 1 && echo both-tty");
     spec.user = "app".into();
     let status = run(&spec, io).unwrap();
@@ -323,12 +447,18 @@ fn signals_are_forwarded_when_asked() {
     let mut callback = LineCallback::new(|line: &[u8]| {
         if line == b"ready" {
             // The forwarding handlers are installed before output is relayed.
-            nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+            nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM)
+                .unwrap();
         }
         seen.push(String::from_utf8_lossy(line).into_owned());
     });
-    let io = SandboxIo { stdout: Output::Writer(&mut callback), forward_signals: true, ..SandboxIo::default() };
-    let spec = fixture.spec("trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.05; done");
+    let io = SandboxIo {
+        stdout: Output::Writer(&mut callback),
+        forward_signals: true,
+        ..SandboxIo::default()
+    };
+    let spec = fixture
+        .spec("trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.05; done");
     let status = run(&spec, io).unwrap();
     drop(callback);
     assert_eq!(status, ExitStatus::Exited(7));
@@ -342,7 +472,10 @@ fn limits_are_skipped_cleanly_without_cgroup_v2() {
     }
     let fixture = Fixture::new(&OverlaySnapshotter);
     let mut spec = fixture.spec("echo limited");
-    spec.limits = kiln_executor::ResourceLimits { memory_bytes: Some(64 << 20), pids_max: Some(64) };
+    spec.limits = kiln_executor::ResourceLimits {
+        memory_bytes: Some(64 << 20),
+        pids_max: Some(64),
+    };
     let (status, stdout, _) = run_capture(&spec);
     assert!(status.success());
     assert_eq!(stdout, "limited\n");
@@ -357,10 +490,14 @@ fn secret_file_keeps_host_permissions() {
     let secret = fixture.tmp.path().join("secret");
     fs::write(&secret, "x").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o400)).unwrap();
-    let mounts = vec![ExtraMount::Secret { source: secret, target: "/run/secrets/s".into() }];
+    let mounts = vec![ExtraMount::Secret {
+        source: secret,
+        target: "/run/secrets/s".into(),
+    }];
     let tmp2 = tempfile::tempdir().unwrap();
     let snapshot = OverlaySnapshotter.prepare_for(&fixture, tmp2.path(), &mounts);
-    let mut spec = fixture.spec("stat -c %a /run/secrets/s; cat /run/secrets/s 2>/dev/null || echo denied");
+    let mut spec =
+        fixture.spec("stat -c %a /run/secrets/s; cat /run/secrets/s 2>/dev/null || echo denied");
     spec.rootfs = snapshot.mount().clone();
     spec.mounts = mounts;
     spec.user = "app".into();
@@ -385,6 +522,8 @@ fn measure_overhead() {
             assert!(run(&spec, SandboxIo::default()).unwrap().success());
         }
         let average = started.elapsed().as_secs_f64() * 1000.0 / 50.0;
-        println!("sandbox overhead ({network:?} network): {average:.2} ms per run of `true` (50 runs)");
+        println!(
+            "sandbox overhead ({network:?} network): {average:.2} ms per run of `true` (50 runs)"
+        );
     }
 }

@@ -389,7 +389,12 @@ fn parse_ram_size(key: &str, value: &str) -> Result<u64, MountError> {
     Ok(bytes as u64)
 }
 
-fn parse_u32(key: &str, value: &str, radix: u32, expected: &'static str) -> Result<u32, MountError> {
+fn parse_u32(
+    key: &str,
+    value: &str,
+    radix: u32,
+    expected: &'static str,
+) -> Result<u32, MountError> {
     u32::from_str_radix(value, radix).map_err(|_| MountError::InvalidValue {
         key: key.to_string(),
         value: value.to_string(),
@@ -533,8 +538,7 @@ pub fn parse_mount(value: &str) -> Result<Mount, MountError> {
             }
         }
     }
-    mount.read_only =
-        read_only.unwrap_or(!matches!(kind, MountKind::Cache | MountKind::Tmpfs));
+    mount.read_only = read_only.unwrap_or(!matches!(kind, MountKind::Cache | MountKind::Tmpfs));
     match kind {
         MountKind::Cache => {
             mount.sharing.get_or_insert(CacheSharing::Shared);
@@ -601,19 +605,33 @@ mod mount_tests {
         assert_eq!(m.sharing, Some(CacheSharing::Shared));
         assert_eq!(m.mode, Some(0o755));
         assert!(!m.read_only);
-        let m = parse_mount("type=cache,id=go,target=/go,sharing=locked,uid=1000,gid=1000,mode=0700,ro")
-            .unwrap();
+        let m = parse_mount(
+            "type=cache,id=go,target=/go,sharing=locked,uid=1000,gid=1000,mode=0700,ro",
+        )
+        .unwrap();
         assert_eq!(m.id.as_deref(), Some("go"));
         assert_eq!(m.sharing, Some(CacheSharing::Locked));
-        assert_eq!((m.uid, m.gid, m.mode), (Some(1000), Some(1000), Some(0o700)));
+        assert_eq!(
+            (m.uid, m.gid, m.mode),
+            (Some(1000), Some(1000), Some(0o700))
+        );
         assert!(m.read_only);
     }
 
     #[test]
     fn tmpfs_size_units() {
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size, Some(64 << 20));
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=1GiB").unwrap().size, Some(1 << 30));
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=4096").unwrap().size, Some(4096));
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size,
+            Some(64 << 20)
+        );
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=1GiB").unwrap().size,
+            Some(1 << 30)
+        );
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=4096").unwrap().size,
+            Some(4096)
+        );
         assert!(parse_mount("type=tmpfs,target=/t,size=lots").is_err());
         assert!(parse_mount("type=bind,target=/t,size=1m").is_err());
     }
@@ -644,13 +662,19 @@ mod mount_tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(parse_mount("type=nfs"), Err(MountError::UnknownType(_))));
+        assert!(matches!(
+            parse_mount("type=nfs"),
+            Err(MountError::UnknownType(_))
+        ));
         let err = parse_mount("type=cache,taget=/x").unwrap_err();
         assert_eq!(
             err.to_string(),
             "unexpected key 'taget' in 'taget=/x' (did you mean target?)"
         );
-        assert!(matches!(parse_mount("target"), Err(MountError::MissingValue(_))));
+        assert!(matches!(
+            parse_mount("target"),
+            Err(MountError::MissingValue(_))
+        ));
         assert!(parse_mount("type=cache,target=/x,mode=999").is_err());
         assert!(parse_mount("type=cache,target=/x,uid=-1").is_err());
         assert!(parse_mount("type=cache,target=/x,sharing=everyone").is_err());

@@ -9,9 +9,15 @@
 //! `${name/pat/repl}` and `${name//pat/repl}` are expanded. There is no command substitution,
 //! arithmetic, `${#name}` or assignment (`${name=word}` is an error, as in BuildKit).
 //!
-//! Two BuildKit quirks are kept on purpose: the word of every modifier is expanded even when it is
-//! not used (so `${SET:-$OTHER}` still reports `OTHER` as referenced), and positional and special
-//! parameters (`$1`, `$@`, `$$`, …) are plain unset names.
+//! BuildKit quirks kept on purpose: the word of every modifier is expanded even when it is not
+//! used (so `${SET:-$OTHER}` still reports `OTHER` as referenced, and an error in it still fails);
+//! positional and special parameters (`$1`, `$@`, `$$`, …) are plain unset names; with raw escapes
+//! (heredoc bodies) an escape before an ordinary character inside double quotes is written twice.
+//!
+//! Patterns (`*`, `?`, `\x`) are matched by our own small NFA rather than by translating them to a
+//! regex as BuildKit does; two corner cases differ on purpose: `*` and `?` also match newlines
+//! (Go's `.` does not), and an escape before an ordinary character means that character instead
+//! of being an "invalid escape" error.
 //!
 //! Besides the result, each expansion reports which names it looked up that were set (`matched`) and
 //! unset (`unmatched`); lowering uses them for ARG cache rules and unused-build-arg warnings.
@@ -789,6 +795,24 @@ mod tests {
         assert_eq!(e.value, "v");
         assert_eq!(e.matched, names(&["SET"]));
         assert_eq!(e.unmatched, names(&["OTHER"]));
+    }
+
+    #[test]
+    fn errors_in_unused_modifier_words_still_fail() {
+        let err = expand("${SET:-${MISSING?needed}}", &[("SET", "v")]).unwrap_err();
+        assert_eq!(
+            err.kind,
+            ShellErrorKind::Required {
+                name: "MISSING".into(),
+                message: "needed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn patterns_match_across_newlines() {
+        assert_eq!(value("${X#*=}", &[("X", "a\nb=c")]), "c");
+        assert_eq!(value("${X%%\n*}", &[("X", "first\nsecond")]), "first");
     }
 
     #[test]

@@ -129,7 +129,11 @@ fn word_splitting_table() {
     let list = cases["parse_words"]["cases"].as_array().unwrap();
     for case in list {
         let input = case["input"].as_str().unwrap();
-        assert_eq!(parse_words(input, '\\'), strings(&case["words"]), "{input:?}");
+        assert_eq!(
+            parse_words(input, '\\'),
+            strings(&case["words"]),
+            "{input:?}"
+        );
     }
     eprintln!("parse_words: {} cases", list.len());
     assert_eq!(list.len(), 8);
@@ -154,7 +158,11 @@ fn json_array_table() {
     let not_strings = cases["json_arrays"]["not_string_array"].as_array().unwrap();
     for input in not_strings {
         let input = input.as_str().unwrap();
-        assert_eq!(parse_json_array(input), JsonArgs::NotStringArray, "{input:?}");
+        assert_eq!(
+            parse_json_array(input),
+            JsonArgs::NotStringArray,
+            "{input:?}"
+        );
         let err = parse_ast(&format!("FROM a\nRUN {input}")).unwrap_err();
         assert!(err.to_string().contains("strings only"), "{err}");
         assert_eq!(err.line, 2);
@@ -185,8 +193,7 @@ fn parser_directive_table() {
                 )
             })
             .collect();
-        let actual: Vec<(String, String)> =
-            found.into_iter().map(|d| (d.name, d.value)).collect();
+        let actual: Vec<(String, String)> = found.into_iter().map(|d| (d.name, d.value)).collect();
         assert_eq!(actual, expected, "{input:?}");
         // The same block in front of an instruction parses, with the escape applied.
         let ast = parse_ast(&format!("{input}FROM a\n")).unwrap();
@@ -206,7 +213,11 @@ fn syntax_and_check_detection_tables() {
             input.insert(0, '\u{FEFF}');
         }
         let found = detect_syntax(&input);
-        assert_eq!(found.is_some(), case["found"].as_bool().unwrap(), "{input:?}");
+        assert_eq!(
+            found.is_some(),
+            case["found"].as_bool().unwrap(),
+            "{input:?}"
+        );
         if let Some(found) = found {
             if let Some(reference) = case["ref"].as_str() {
                 assert_eq!(found.value, reference, "{input:?}");
@@ -223,7 +234,11 @@ fn syntax_and_check_detection_tables() {
     for case in check {
         let input = case["input"].as_str().unwrap();
         let found = detect_check(input);
-        assert_eq!(found.is_some(), case["found"].as_bool().unwrap(), "{input:?}");
+        assert_eq!(
+            found.is_some(),
+            case["found"].as_bool().unwrap(),
+            "{input:?}"
+        );
         if let Some(found) = found {
             if let Some(value) = case["value"].as_str() {
                 assert_eq!(found.value, value, "{input:?}");
@@ -372,7 +387,11 @@ fn heredoc_extraction() {
         assert_eq!(node.heredocs.len(), want.len(), "instruction {index}");
         for (heredoc, want) in node.heredocs.iter().zip(&want) {
             assert_eq!(heredoc.name, want["name"].as_str().unwrap(), "{index}");
-            assert_eq!(heredoc.content, want["content"].as_str().unwrap(), "{index}");
+            assert_eq!(
+                heredoc.content,
+                want["content"].as_str().unwrap(),
+                "{index}"
+            );
             assert_eq!(heredoc.expand, want["expand"].as_bool().unwrap(), "{index}");
             assert_eq!(heredoc.chomp, want["chomp"].as_bool().unwrap(), "{index}");
             assert_eq!(
@@ -418,7 +437,9 @@ fn heredoc_word_tables() {
     let words = &cases["heredoc_word"];
     let valid = strings(&words["valid_name_EOF"]);
     for word in &valid {
-        let heredoc = parse_heredoc_word(word).unwrap().unwrap_or_else(|| panic!("{word}"));
+        let heredoc = parse_heredoc_word(word)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{word}"));
         assert_eq!(heredoc.name, "EOF", "{word}");
     }
     let errors = strings(&words["error_unterminated_quote"]);

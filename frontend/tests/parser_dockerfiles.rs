@@ -55,7 +55,10 @@ fn real_world_dockerfiles_parse() {
         if file.contains("wrong-composefile") {
             // docker/compose's fixture for a broken Dockerfile: it must fail, and say why.
             let err = parse_dockerfile(&source, file).unwrap_err();
-            assert!(err.to_string().contains("unknown instruction: WRONG"), "{err}");
+            assert!(
+                err.to_string().contains("unknown instruction: WRONG"),
+                "{err}"
+            );
             rejected += 1;
             continue;
         }

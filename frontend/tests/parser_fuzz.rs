@@ -142,8 +142,12 @@ fn line() -> impl Strategy<Value = String> {
 }
 
 fn dockerfile() -> impl Strategy<Value = String> {
-    (prop::bool::ANY, prop::collection::vec(line(), 0..16), prop::bool::ANY).prop_map(
-        |(start_with_from, lines, crlf)| {
+    (
+        prop::bool::ANY,
+        prop::collection::vec(line(), 0..16),
+        prop::bool::ANY,
+    )
+        .prop_map(|(start_with_from, lines, crlf)| {
             let newline = if crlf { "\r\n" } else { "\n" };
             let mut text = String::new();
             if start_with_from {
@@ -152,8 +156,7 @@ fn dockerfile() -> impl Strategy<Value = String> {
             }
             text.push_str(&lines.join(newline));
             text
-        },
-    )
+        })
 }
 
 fn mount_value() -> impl Strategy<Value = String> {

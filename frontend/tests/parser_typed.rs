@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use kiln_frontend::instructions::{
-    ArgDecl, CommandForm, Dockerfile, Healthcheck, Instruction, InstructionKind, KeyValue,
-    Location,
+    ArgDecl, CommandForm, Dockerfile, Healthcheck, Instruction, InstructionKind, KeyValue, Location,
 };
 use kiln_frontend::parser::{ParseErrorKind, parse_dockerfile, parse_instruction};
 
@@ -38,7 +37,8 @@ fn kv(key: &str, value: &str) -> KeyValue {
 
 #[test]
 fn from_with_platform_and_name() {
-    let dockerfile = parse("ARG GO=1.22\nFROM --platform=$BUILDPLATFORM golang:${GO} AS Build\nFROM build\n");
+    let dockerfile =
+        parse("ARG GO=1.22\nFROM --platform=$BUILDPLATFORM golang:${GO} AS Build\nFROM build\n");
     assert_eq!(dockerfile.meta_args.len(), 1);
     assert_eq!(
         dockerfile.meta_args[0].args,
@@ -51,7 +51,13 @@ fn from_with_platform_and_name() {
     assert_eq!(first.from.image, "golang:${GO}");
     assert_eq!(first.from.name.as_deref(), Some("build"));
     assert_eq!(first.from.platform.as_deref(), Some("$BUILDPLATFORM"));
-    assert_eq!(first.location, Location { start_line: 2, end_line: 2 });
+    assert_eq!(
+        first.location,
+        Location {
+            start_line: 2,
+            end_line: 2
+        }
+    );
     assert_eq!(dockerfile.stages[1].from.image, "build");
     assert_eq!(dockerfile.stages[1].from.name, None);
 }
@@ -59,11 +65,21 @@ fn from_with_platform_and_name() {
 #[test]
 fn from_errors() {
     let err = parse_dockerfile("FROM a AS 1bad\n", "Dockerfile").unwrap_err();
-    assert!(err.to_string().contains("invalid name for build stage: \"1bad\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("invalid name for build stage: \"1bad\""),
+        "{err}"
+    );
     let err = parse_dockerfile("FROM a b\n", "Dockerfile").unwrap_err();
-    assert!(err.to_string().contains("FROM requires either one or three arguments"));
+    assert!(
+        err.to_string()
+            .contains("FROM requires either one or three arguments")
+    );
     let err = parse_dockerfile("FROM\n", "Dockerfile").unwrap_err();
-    assert!(err.to_string().contains("FROM requires either one or three arguments"));
+    assert!(
+        err.to_string()
+            .contains("FROM requires either one or three arguments")
+    );
     let err = parse_dockerfile("FROM --plaform=x a\n", "Dockerfile").unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -75,12 +91,18 @@ fn from_errors() {
 fn only_arg_may_precede_from() {
     let err = parse_dockerfile("ARG a\n  RUN x\nFROM b\n", "Dockerfile").unwrap_err();
     assert_eq!((err.line, err.column), (2, 3));
-    assert!(err.to_string().contains("no build stage in current context: RUN"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no build stage in current context: RUN"),
+        "{err}"
+    );
 }
 
 #[test]
 fn run_forms_and_flags() {
-    let kind = only("RUN --mount=type=cache,target=/root/.cache --mount=type=secret,id=x --network=none --security=insecure make all");
+    let kind = only(
+        "RUN --mount=type=cache,target=/root/.cache --mount=type=secret,id=x --network=none --security=insecure make all",
+    );
     let InstructionKind::Run(run) = kind else {
         panic!("{kind:?}")
     };
@@ -99,14 +121,22 @@ fn run_forms_and_flags() {
         run.command,
         CommandForm::Exec(vec!["sh".into(), "-c".into(), "echo hi".into()])
     );
-    assert!(error("RUN --network=host --network=none x").contains("duplicate flag specified: --network"));
-    assert!(error("RUN --mnt=type=bind x").contains("unknown flag: --mnt for RUN (did you mean --mount?)"));
+    assert!(
+        error("RUN --network=host --network=none x")
+            .contains("duplicate flag specified: --network")
+    );
+    assert!(
+        error("RUN --mout=type=bind x")
+            .contains("unknown flag: --mout for RUN (did you mean --mount?)")
+    );
     assert!(error("RUN --network=none").contains("RUN requires at least one argument"));
 }
 
 #[test]
 fn run_heredocs() {
-    let dockerfile = parse("FROM a\nRUN <<EOF bash\nset -e\necho $HOME\nEOF\nRUN <<-'X' 3<<Y\n\tone\n\tX\ntwo\nY\n");
+    let dockerfile = parse(
+        "FROM a\nRUN <<EOF bash\nset -e\necho $HOME\nEOF\nRUN <<-'X' 3<<Y\n\tone\n\tX\ntwo\nY\n",
+    );
     let instructions = &dockerfile.stages[0].instructions;
     let InstructionKind::Run(first) = &instructions[0].kind else {
         panic!()
@@ -115,7 +145,13 @@ fn run_heredocs() {
     assert_eq!(first.heredocs.len(), 1);
     assert_eq!(first.heredocs[0].content, "set -e\necho $HOME\n");
     assert!(first.heredocs[0].expand);
-    assert_eq!(instructions[0].location, Location { start_line: 2, end_line: 5 });
+    assert_eq!(
+        instructions[0].location,
+        Location {
+            start_line: 2,
+            end_line: 5
+        }
+    );
     assert_eq!(instructions[0].original, "RUN <<EOF bash");
     let InstructionKind::Run(second) = &instructions[1].kind else {
         panic!()
@@ -131,9 +167,16 @@ fn run_heredocs() {
 #[test]
 fn unterminated_heredoc() {
     let err = parse_dockerfile("FROM a\nRUN <<EOF\necho\n", "Dockerfile").unwrap_err();
-    assert!(matches!(err.kind, ParseErrorKind::UnterminatedHeredoc { .. }));
+    assert!(matches!(
+        err.kind,
+        ParseErrorKind::UnterminatedHeredoc { .. }
+    ));
     assert_eq!((err.line, err.end_line), (2, 3));
-    assert!(err.to_string().starts_with("Dockerfile:2:1: unterminated heredoc"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("Dockerfile:2:1: unterminated heredoc"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,7 +193,10 @@ fn copy_and_add_flags() {
     assert_eq!(copy.chmod.as_deref(), Some("0755"));
     assert!(copy.link && copy.parents);
     assert_eq!(copy.excludes, vec!["*.md", ".git"]);
-    assert_eq!((copy.checksum, copy.keep_git_dir, copy.unpack), (None, false, None));
+    assert_eq!(
+        (copy.checksum, copy.keep_git_dir, copy.unpack),
+        (None, false, None)
+    );
 
     let InstructionKind::Add(add) = only(
         "ADD --checksum=sha256:abc --keep-git-dir=true --unpack=false --link=false https://x/y.tgz /y",
@@ -189,22 +235,34 @@ fn copy_json_and_heredoc_sources() {
     assert_eq!(copy.heredocs.len(), 2);
     assert_eq!(copy.heredocs[1].content, "2\n");
     let err = parse_dockerfile("FROM a\nCOPY x <<EOF\nEOF\n", "").unwrap_err();
-    assert!(err.to_string().contains("COPY cannot accept a heredoc as a destination"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("COPY cannot accept a heredoc as a destination"),
+        "{err}"
+    );
 }
 
 #[test]
 fn cmd_entrypoint_shell() {
-    assert_eq!(only("CMD echo hi"), InstructionKind::Cmd(CommandForm::Shell("echo hi".into())));
+    assert_eq!(
+        only("CMD echo hi"),
+        InstructionKind::Cmd(CommandForm::Shell("echo hi".into()))
+    );
     assert_eq!(
         only(r#"ENTRYPOINT ["/bin/app", "--flag"]"#),
         InstructionKind::Entrypoint(CommandForm::Exec(vec!["/bin/app".into(), "--flag".into()]))
     );
-    assert_eq!(only("CMD []"), InstructionKind::Cmd(CommandForm::Exec(vec![])));
+    assert_eq!(
+        only("CMD []"),
+        InstructionKind::Cmd(CommandForm::Exec(vec![]))
+    );
     assert_eq!(
         only(r#"SHELL ["powershell", "-command"]"#),
         InstructionKind::Shell(vec!["powershell".into(), "-command".into()])
     );
-    assert!(error("SHELL /bin/bash -c").contains("SHELL requires the arguments to be in JSON form"));
+    assert!(
+        error("SHELL /bin/bash -c").contains("SHELL requires the arguments to be in JSON form")
+    );
     assert!(error("SHELL []").contains("SHELL requires at least one argument"));
     assert!(error("CMD --doit [\"a\"]").contains("unknown flag: --doit for CMD"));
 }
@@ -213,9 +271,16 @@ fn cmd_entrypoint_shell() {
 fn env_label_forms() {
     assert_eq!(
         only(r#"ENV A=1 B="two words" C=x\ y"#),
-        InstructionKind::Env(vec![kv("A", "1"), kv("B", "\"two words\""), kv("C", "x\\ y")])
+        InstructionKind::Env(vec![
+            kv("A", "1"),
+            kv("B", "\"two words\""),
+            kv("C", "x\\ y")
+        ])
     );
-    assert_eq!(only("ENV PATH /usr/bin:$PATH"), InstructionKind::Env(vec![kv("PATH", "/usr/bin:$PATH")]));
+    assert_eq!(
+        only("ENV PATH /usr/bin:$PATH"),
+        InstructionKind::Env(vec![kv("PATH", "/usr/bin:$PATH")])
+    );
     assert_eq!(
         only(r#"LABEL org.opencontainers.image.title="kiln" version=1"#),
         InstructionKind::Label(vec![
@@ -250,10 +315,22 @@ fn arg_declarations() {
 
 #[test]
 fn single_argument_instructions() {
-    assert_eq!(only("USER app:app"), InstructionKind::User("app:app".into()));
-    assert_eq!(only("WORKDIR /my dir"), InstructionKind::Workdir("/my dir".into()));
-    assert_eq!(only("STOPSIGNAL SIGTERM"), InstructionKind::StopSignal("SIGTERM".into()));
-    assert_eq!(only("MAINTAINER Jane <j@x>"), InstructionKind::Maintainer("Jane <j@x>".into()));
+    assert_eq!(
+        only("USER app:app"),
+        InstructionKind::User("app:app".into())
+    );
+    assert_eq!(
+        only("WORKDIR /my dir"),
+        InstructionKind::Workdir("/my dir".into())
+    );
+    assert_eq!(
+        only("STOPSIGNAL SIGTERM"),
+        InstructionKind::StopSignal("SIGTERM".into())
+    );
+    assert_eq!(
+        only("MAINTAINER Jane <j@x>"),
+        InstructionKind::Maintainer("Jane <j@x>".into())
+    );
     assert_eq!(
         only("EXPOSE 80 53/udp $PORT"),
         InstructionKind::Expose(vec!["80".into(), "53/udp".into(), "$PORT".into()])
@@ -262,7 +339,10 @@ fn single_argument_instructions() {
         only(r#"VOLUME ["/a", "/b"]"#),
         InstructionKind::Volume(vec!["/a".into(), "/b".into()])
     );
-    assert_eq!(only("VOLUME /a /b"), InstructionKind::Volume(vec!["/a".into(), "/b".into()]));
+    assert_eq!(
+        only("VOLUME /a /b"),
+        InstructionKind::Volume(vec!["/a".into(), "/b".into()])
+    );
     assert!(error(r#"VOLUME [" "]"#).contains("VOLUME specified can not be an empty string"));
     assert!(error("USER").contains("USER requires exactly one argument"));
     assert!(error("WORKDIR --x=1 /a").contains("unknown flag: --x for WORKDIR"));
@@ -270,7 +350,9 @@ fn single_argument_instructions() {
 
 #[test]
 fn healthcheck_options() {
-    let kind = only("HEALTHCHECK --interval=30s --timeout=1m30s --start-period=500ms --start-interval=2s --retries=3 CMD curl -f http://localhost/");
+    let kind = only(
+        "HEALTHCHECK --interval=30s --timeout=1m30s --start-period=500ms --start-interval=2s --retries=3 CMD curl -f http://localhost/",
+    );
     assert_eq!(
         kind,
         InstructionKind::Healthcheck(Healthcheck::Cmd {
@@ -282,9 +364,16 @@ fn healthcheck_options() {
             retries: Some(3),
         })
     );
-    assert_eq!(only("HEALTHCHECK NONE"), InstructionKind::Healthcheck(Healthcheck::None));
-    let InstructionKind::Healthcheck(Healthcheck::Cmd { command, interval, retries, .. }) =
-        only(r#"HEALTHCHECK --interval=0s --retries=0 CMD ["/check"]"#)
+    assert_eq!(
+        only("HEALTHCHECK NONE"),
+        InstructionKind::Healthcheck(Healthcheck::None)
+    );
+    let InstructionKind::Healthcheck(Healthcheck::Cmd {
+        command,
+        interval,
+        retries,
+        ..
+    }) = only(r#"HEALTHCHECK --interval=0s --retries=0 CMD ["/check"]"#)
     else {
         panic!()
     };
@@ -322,31 +411,44 @@ fn onbuild_triggers() {
     let reparsed = parse_instruction(&onbuild.trigger, '\\').unwrap();
     assert_eq!(reparsed.kind, onbuild.instruction.kind);
 
-    assert!(error("ONBUILD ONBUILD RUN x").contains("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"));
+    assert!(
+        error("ONBUILD ONBUILD RUN x")
+            .contains("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+    );
     assert!(error("ONBUILD FROM x").contains("FROM isn't allowed as an ONBUILD trigger"));
-    assert!(error("ONBUILD maintainer x").contains("MAINTAINER isn't allowed as an ONBUILD trigger"));
+    assert!(
+        error("ONBUILD maintainer x").contains("MAINTAINER isn't allowed as an ONBUILD trigger")
+    );
     assert!(error("ONBUILD RUNN x").contains("unknown instruction: RUNN (did you mean RUN?)"));
 }
 
 #[test]
 fn parse_instruction_for_stored_triggers() {
     let instruction: Instruction = parse_instruction("RUN echo a \\\n  b", '\\').unwrap();
-    assert_eq!(instruction.kind, InstructionKind::Run(match only("RUN echo a   b") {
-        InstructionKind::Run(run) => run,
-        other => panic!("{other:?}"),
-    }));
+    assert_eq!(
+        instruction.kind,
+        InstructionKind::Run(match only("RUN echo a   b") {
+            InstructionKind::Run(run) => run,
+            other => panic!("{other:?}"),
+        })
+    );
     let instruction = parse_instruction("ENV A=`\nB", '`').unwrap();
     assert_eq!(instruction.kind, InstructionKind::Env(vec![kv("A", "B")]));
     let err = parse_instruction("FROM x", '\\').unwrap_err();
     assert!(err.to_string().contains("FROM"), "{err}");
     let err = parse_instruction("RUN a\nRUN b", '\\').unwrap_err();
-    assert!(err.to_string().contains("expected exactly one instruction, found 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected exactly one instruction, found 2"),
+        "{err}"
+    );
     assert!(parse_instruction("", '\\').is_err());
 }
 
 #[test]
 fn escape_directive_applies() {
-    let dockerfile = parse("# escape=`\nFROM mcr.microsoft.com/windows\nRUN dir c:\\ `\n  && echo done\n");
+    let dockerfile =
+        parse("# escape=`\nFROM mcr.microsoft.com/windows\nRUN dir c:\\ `\n  && echo done\n");
     assert_eq!(dockerfile.directives.escape, '`');
     assert_eq!(
         dockerfile.stages[0].instructions[0].kind,
@@ -356,19 +458,35 @@ fn escape_directive_applies() {
         })
     );
     let dockerfile = parse("# syntax=docker/dockerfile:1\n# check=skip=all\nFROM a\n");
-    assert_eq!(dockerfile.directives.syntax.as_deref(), Some("docker/dockerfile:1"));
+    assert_eq!(
+        dockerfile.directives.syntax.as_deref(),
+        Some("docker/dockerfile:1")
+    );
     assert_eq!(dockerfile.directives.check.as_deref(), Some("skip=all"));
     let err = parse_dockerfile("# escape=x\nFROM a\n", "Dockerfile").unwrap_err();
-    assert!(err.to_string().contains("invalid escape token 'x'"), "{err}");
+    assert!(
+        err.to_string().contains("invalid escape token 'x'"),
+        "{err}"
+    );
     let err = parse_dockerfile("# escape=`\n# escape=\\\nFROM a\n", "Dockerfile").unwrap_err();
-    assert!(err.to_string().contains("only one escape parser directive can be used"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("only one escape parser directive can be used"),
+        "{err}"
+    );
 }
 
 #[test]
 fn warnings_reach_the_dockerfile() {
     let dockerfile = parse("FROM a\nRUN a \\\n\n  b\n");
     assert_eq!(dockerfile.warnings.len(), 1);
-    assert_eq!(dockerfile.warnings[0].location, Location { start_line: 2, end_line: 4 });
+    assert_eq!(
+        dockerfile.warnings[0].location,
+        Location {
+            start_line: 2,
+            end_line: 4
+        }
+    );
 }
 
 #[test]
@@ -381,7 +499,10 @@ fn error_positions_and_suggestions() {
         "ctx/Dockerfile:3:3: unknown instruction: COPPY (did you mean COPY?)"
     );
     let err = parse_dockerfile("FROM a\nfrobnicate x\n", "Dockerfile").unwrap_err();
-    assert_eq!(err.to_string(), "Dockerfile:2:1: unknown instruction: frobnicate");
+    assert_eq!(
+        err.to_string(),
+        "Dockerfile:2:1: unknown instruction: frobnicate"
+    );
     let err = parse_dockerfile("", "").unwrap_err();
     assert_eq!(err.to_string(), "file with no instructions");
     let err = parse_dockerfile("# only a comment\n\n", "Dockerfile").unwrap_err();

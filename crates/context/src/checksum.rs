@@ -28,9 +28,9 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::dockerignore::{IgnorePatterns, PatternError};
-use crate::sources::ResolvedSource;
+use crate::sources::{ResolvedSource, SourceError, select_entries};
 use crate::stat_cache::{CachedDigest, DEFAULT_RACY_MARGIN, StatCache, StatKey, now_ns};
-use crate::walk::{self, Entry, FileKind, PrefixedFilter, WalkError};
+use crate::walk::{Entry, FileKind};
 
 /// Block size for streaming file contents into the hasher.
 const READ_BLOCK: usize = 64 * 1024;
@@ -41,9 +41,9 @@ pub enum ChecksumError {
     /// A `COPY --exclude` pattern is invalid.
     #[error("invalid --exclude pattern: {0}")]
     Exclude(#[source] PatternError),
-    /// Walking a source failed.
+    /// Selecting the entries under a source failed.
     #[error(transparent)]
-    Walk(#[from] WalkError),
+    Select(#[from] SourceError),
     /// Reading a file failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -226,17 +226,14 @@ pub fn checksum_with_options(
     options: &ChecksumOptions,
 ) -> Result<ContentChecksum, ChecksumError> {
     let excludes = IgnorePatterns::compile(excludes).map_err(ChecksumError::Exclude)?;
-    let empty = IgnorePatterns::empty();
-    let ignore = ignore.unwrap_or(&empty);
 
     // Collect entries per source first (cheap: metadata only), then hash in parallel.
-    let mut per_source: Vec<(usize, &ResolvedSource)> = Vec::with_capacity(sources.len());
-    let mut entries: Vec<Entry> = Vec::new();
-    for source in sources {
-        let start = entries.len();
-        collect_source(root, source, ignore, &excludes, &mut entries)?;
-        per_source.push((entries.len() - start, source));
-    }
+    let selection = select_entries(root, sources, ignore, &excludes)?;
+    let per_source: Vec<(usize, &ResolvedSource)> = selection
+        .iter()
+        .map(|selected| (selected.entries.len(), &selected.source))
+        .collect();
+    let entries: Vec<&Entry> = selection.iter().flat_map(|s| s.entries.iter()).collect();
 
     let counters = Counters::default();
     let records: Vec<EntryRecord> = entries
@@ -266,45 +263,6 @@ pub fn checksum_with_options(
         entries: unique,
         stats: counters.snapshot(),
     })
-}
-
-/// Appends the entries a source selects: the source itself, and for a directory everything
-/// below it that neither the `.dockerignore` nor the excludes hide.
-fn collect_source(
-    root: &Path,
-    source: &ResolvedSource,
-    ignore: &IgnorePatterns,
-    excludes: &IgnorePatterns,
-    out: &mut Vec<Entry>,
-) -> Result<(), ChecksumError> {
-    let absolute = root.join(&source.path);
-    let metadata = walk::lstat(&absolute)?;
-    let label = if source.path.is_empty() {
-        ".".to_owned()
-    } else {
-        source.path.clone()
-    };
-    let entry = Entry::from_metadata(label, &absolute, &metadata)?;
-    if entry.kind != FileKind::Dir {
-        let name = source.path.rsplit('/').next().unwrap_or(&source.path);
-        if !excludes.matches(name) {
-            out.push(entry);
-        }
-        return Ok(());
-    }
-    out.push(entry);
-    let filters = [
-        PrefixedFilter {
-            patterns: ignore,
-            prefix: "",
-        },
-        PrefixedFilter {
-            patterns: excludes,
-            prefix: &source.path,
-        },
-    ];
-    walk::walk_filtered(root, &source.path, &filters, out)?;
-    Ok(())
 }
 
 #[derive(Default)]

@@ -124,9 +124,7 @@ impl Pattern {
             Matcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
             Matcher::Suffix(suffix) => {
                 path.ends_with(suffix.as_str())
-                    || suffix
-                        .strip_prefix('/')
-                        .is_some_and(|bare| path == bare)
+                    || suffix.strip_prefix('/').is_some_and(|bare| path == bare)
             }
             Matcher::Regex(regex) => regex.is_match(path),
         }
@@ -380,13 +378,15 @@ fn translate(pattern: &str) -> Result<Matcher, PatternError> {
     })
 }
 
-/// Pushes one literal class member, escaping what Rust's class syntax treats specially
-/// (`[`, `&&`, `~~`, `--` set operations) so it stays a plain member as in Go.
+/// Pushes one literal class member. ASCII punctuation is written as a hex escape: Rust's class
+/// syntax gives meaning to some of it (`[` nesting, `&&`/`--`/`~~` set operations) and rejects
+/// some backslash escapes (`\<`), while Go's treats all of it as plain members.
 fn push_class_literal(regex: &mut String, ch: char) {
     if ch.is_ascii_punctuation() {
-        regex.push('\\');
+        regex.push_str(&format!("\\x{{{:X}}}", u32::from(ch)));
+    } else {
+        regex.push(ch);
     }
-    regex.push(ch);
 }
 
 #[cfg(test)]
@@ -425,6 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn class_members_that_are_special_to_rust_regex_stay_literal() {
+        for (pattern, yes, no) in [
+            ("a[&~]b", "a&b", "a-b"),
+            ("a[<>]b", "a<b", "a=b"),
+            ("a[[]b", "a[b", "a]b"),
+            ("x[*?]", "x*", "xx"),
+            ("a<b", "a<b", "ab"),
+            ("a^b", "a^b", "ab"),
+            ("[^/]x", "ax", "/x"),
+        ] {
+            let patterns = IgnorePatterns::parse(pattern).expect(pattern);
+            assert!(patterns.matches(yes), "{pattern} must match {yes}");
+            assert!(!patterns.matches(no), "{pattern} must not match {no}");
+        }
+    }
+
+    #[test]
     fn parent_dirs_of_raw_paths() {
         assert_eq!(parent_dirs("a/b/c"), vec!["a", "a/b"]);
         assert_eq!(parent_dirs("dir/file/"), vec!["dir", "dir/file"]);
@@ -442,5 +459,42 @@ mod tests {
         assert!(wild.may_reinclude_below("anything"));
         let none = IgnorePatterns::parse("foo\n").expect("valid");
         assert!(!none.may_reinclude_below("foo"));
+    }
+
+    mod agreement_with_filepath_match {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn component(tokens: &'static [&'static str]) -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(tokens), 1..4).prop_map(|t| t.concat())
+        }
+
+        fn joined(parts: Vec<String>) -> String {
+            parts.join("/")
+        }
+
+        proptest! {
+            /// Without `**`, a pattern excludes a path exactly when Go's `filepath.Match` matches
+            /// the path or one of its parents: two independent implementations must agree.
+            #[test]
+            fn regex_translation_agrees(
+                pattern in prop::collection::vec(
+                    component(&["a", "b", ".", "*", "?", "[ab]", "[^a]", "\\*", "[a-b]"]), 1..4
+                ).prop_map(joined),
+                path in prop::collection::vec(component(&["a", "b", "*", "."]), 1..5)
+                    .prop_map(joined),
+            ) {
+                let path = clean_path(&path);
+                prop_assume!(path != "." && !path.starts_with(".."));
+                let cleaned = clean_path(&pattern);
+                let compiled = IgnorePatterns::compile(&[pattern.as_str()]).expect("valid pattern");
+                let mut candidates = parent_dirs(&path);
+                candidates.push(path.clone());
+                let expected = candidates
+                    .iter()
+                    .any(|candidate| glob::go_match(&cleaned, candidate).expect("valid"));
+                prop_assert_eq!(compiled.matches(&path), expected, "pattern {:?} path {:?}", cleaned, path);
+            }
+        }
     }
 }

@@ -109,11 +109,7 @@ fn scan_chunk(mut pat: &[u8]) -> (bool, &[u8], &[u8]) {
     let mut i = 0;
     while i < pat.len() {
         match pat[i] {
-            b'\\' => {
-                if i + 1 < pat.len() {
-                    i += 1;
-                }
-            }
+            b'\\' if i + 1 < pat.len() => i += 1,
             b'[' => in_range = true,
             b']' => in_range = false,
             b'*' if !in_range => break,
@@ -134,11 +130,11 @@ fn decode_char(s: &[u8]) -> (char, usize) {
         Some(b) if *b >= 0xC0 => 2,
         Some(_) => 1,
     };
-    match s.get(..len).and_then(|bytes| std::str::from_utf8(bytes).ok()) {
-        Some(text) => text
-            .chars()
-            .next()
-            .map_or(('\u{FFFD}', 1), |c| (c, len)),
+    match s
+        .get(..len)
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    {
+        Some(text) => text.chars().next().map_or(('\u{FFFD}', 1), |c| (c, len)),
         None => ('\u{FFFD}', 1),
     }
 }

@@ -106,7 +106,10 @@ mod tests {
         fs::write(dir.path().join("Dockerfile.dockerignore"), "b\n").expect("write");
         let dockerfile = dir.path().join("Dockerfile");
         let loaded = load_context_ignore(dir.path(), Some(&dockerfile)).expect("load");
-        assert_eq!(loaded.file, Some(dir.path().join("Dockerfile.dockerignore")));
+        assert_eq!(
+            loaded.file,
+            Some(dir.path().join("Dockerfile.dockerignore"))
+        );
         assert!(loaded.patterns.matches("b") && !loaded.patterns.matches("a"));
         // Another Dockerfile without its own file falls back to the context's.
         let other = dir.path().join("Other");

@@ -27,6 +27,8 @@ pub use checksum::{
 };
 pub use dockerignore::{IgnorePatterns, PatternError, read_ignore_lines};
 pub use ignore_file::{ContextIgnore, IgnoreFileError, load_context_ignore};
-pub use sources::{ResolvedSource, SourceError, SourceOptions, resolve_sources};
+pub use sources::{
+    ResolvedSource, SelectedSource, SourceError, SourceOptions, resolve_sources, select_entries,
+};
 pub use stat_cache::{CachedDigest, MemoryStatCache, NoStatCache, StatCache, StatKey};
 pub use walk::{Entry, FileKind, WalkError, walk_context};

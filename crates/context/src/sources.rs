@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::dockerignore::IgnorePatterns;
 use crate::glob::{self, clean_path, contains_wildcards};
-use crate::walk::{self, FileKind, WalkError, join_rel};
+use crate::walk::{self, Entry, FileKind, PrefixedFilter, WalkError, join_rel};
 
 /// Symlink hops allowed while resolving one path (Linux's own limit is 40; Go's is 255).
 const MAX_SYMLINK_HOPS: usize = 255;
@@ -173,6 +173,70 @@ pub fn resolve_sources(
     Ok(resolved)
 }
 
+/// The entries one source brings along: the source itself first (`.` for the root), then, for a
+/// directory, everything below it in walk order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedSource {
+    /// The resolved source.
+    pub source: ResolvedSource,
+    /// Its entries, paths relative to the root.
+    pub entries: Vec<Entry>,
+}
+
+/// Lists exactly the entries a COPY/ADD of `sources` reads — the set [`crate::checksum()`] hashes
+/// and the copy must write: a directory source with everything below it that neither the
+/// `.dockerignore` (`ignore`) nor the `COPY --exclude` patterns (`excludes`) hide. Excludes are
+/// matched against the path as it lands in the destination: relative to a directory source, or
+/// the file name of a file source (an excluded file source selects nothing).
+///
+/// # Errors
+/// [`SourceError::Walk`] when an entry cannot be read.
+pub fn select_entries(
+    root: &Path,
+    sources: &[ResolvedSource],
+    ignore: Option<&IgnorePatterns>,
+    excludes: &IgnorePatterns,
+) -> Result<Vec<SelectedSource>, SourceError> {
+    let empty = IgnorePatterns::empty();
+    let ignore = ignore.unwrap_or(&empty);
+    let mut selection = Vec::with_capacity(sources.len());
+    for source in sources {
+        let absolute = root.join(&source.path);
+        let metadata = walk::lstat(&absolute)?;
+        let label = if source.path.is_empty() {
+            ".".to_owned()
+        } else {
+            source.path.clone()
+        };
+        let entry = Entry::from_metadata(label, &absolute, &metadata)?;
+        let mut entries = Vec::new();
+        if entry.kind == FileKind::Dir {
+            entries.push(entry);
+            let filters = [
+                PrefixedFilter {
+                    patterns: ignore,
+                    prefix: "",
+                },
+                PrefixedFilter {
+                    patterns: excludes,
+                    prefix: &source.path,
+                },
+            ];
+            walk::walk_filtered(root, &source.path, &filters, &mut entries)?;
+        } else {
+            let name = source.path.rsplit('/').next().unwrap_or(&source.path);
+            if !excludes.matches(name) {
+                entries.push(entry);
+            }
+        }
+        selection.push(SelectedSource {
+            source: source.clone(),
+            entries,
+        });
+    }
+    Ok(selection)
+}
+
 /// Whether a root-relative path is part of the filtered context: not excluded, or an excluded
 /// directory that the context walk still reports because something inside is re-included.
 fn is_visible(
@@ -317,7 +381,15 @@ mod tests {
         let root = dir.path();
         fs::create_dir_all(root.join("src/sub")).expect("mkdir");
         fs::create_dir_all(root.join("docs")).expect("mkdir");
-        for f in ["src/a.rs", "src/b.rs", "src/c.txt", "src/sub/d.rs", "docs/x.md", "hom1", "home.txt"] {
+        for f in [
+            "src/a.rs",
+            "src/b.rs",
+            "src/c.txt",
+            "src/sub/d.rs",
+            "docs/x.md",
+            "hom1",
+            "home.txt",
+        ] {
             fs::write(root.join(f), f).expect("write");
         }
         dir
@@ -383,13 +455,19 @@ mod tests {
         let dir = tree();
         symlink("src", dir.path().join("link")).expect("symlink");
         let found = resolve_sources(dir.path(), "link", &options(None)).expect("resolve");
-        assert_eq!((found[0].path.as_str(), found[0].kind), ("src", FileKind::Dir));
+        assert_eq!(
+            (found[0].path.as_str(), found[0].kind),
+            ("src", FileKind::Dir)
+        );
         let no_follow = SourceOptions {
             follow_symlinks: false,
             ..options(None)
         };
         let found = resolve_sources(dir.path(), "link", &no_follow).expect("resolve");
-        assert_eq!((found[0].path.as_str(), found[0].kind), ("link", FileKind::Symlink));
+        assert_eq!(
+            (found[0].path.as_str(), found[0].kind),
+            ("link", FileKind::Symlink)
+        );
     }
 
     #[test]
@@ -405,7 +483,8 @@ mod tests {
     fn missing_source_names_itself() {
         let dir = tree();
         let ignore = IgnorePatterns::empty();
-        let err = resolve_sources(dir.path(), "nope.txt", &options(Some(&ignore))).expect_err("missing");
+        let err =
+            resolve_sources(dir.path(), "nope.txt", &options(Some(&ignore))).expect_err("missing");
         assert_eq!(
             err.to_string(),
             "file not found in build context or excluded by .dockerignore: stat nope.txt: file does not exist"
@@ -418,12 +497,21 @@ mod tests {
     fn ignored_sources_do_not_exist() {
         let dir = tree();
         let ignore = IgnorePatterns::parse("src\n!src/sub/d.rs\n*.txt\n").expect("patterns");
-        let err = resolve_sources(dir.path(), "home.txt", &options(Some(&ignore))).expect_err("ignored");
-        assert!(matches!(err, SourceError::NotFound { in_context: true, .. }));
-        let err = resolve_sources(dir.path(), "src/a.rs", &options(Some(&ignore))).expect_err("ignored");
+        let err =
+            resolve_sources(dir.path(), "home.txt", &options(Some(&ignore))).expect_err("ignored");
+        assert!(matches!(
+            err,
+            SourceError::NotFound {
+                in_context: true,
+                ..
+            }
+        ));
+        let err =
+            resolve_sources(dir.path(), "src/a.rs", &options(Some(&ignore))).expect_err("ignored");
         assert!(matches!(err, SourceError::NotFound { .. }));
         // An excluded dir still holding a re-included file is visible.
-        let found = resolve_sources(dir.path(), "src/sub", &options(Some(&ignore))).expect("visible");
+        let found =
+            resolve_sources(dir.path(), "src/sub", &options(Some(&ignore))).expect("visible");
         assert_eq!(found[0].kind, FileKind::Dir);
         let found = resolve_sources(dir.path(), "hom*", &options(Some(&ignore))).expect("resolve");
         assert_eq!(requested(&found), vec!["hom1"]);

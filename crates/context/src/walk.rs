@@ -255,7 +255,8 @@ impl PrefixedFilter<'_> {
 
 impl Filter for PrefixedFilter<'_> {
     fn excludes(&self, path: &str) -> bool {
-        self.relative(path).is_some_and(|rel| self.patterns.matches(rel))
+        self.relative(path)
+            .is_some_and(|rel| self.patterns.matches(rel))
     }
     fn may_reinclude_below(&self, dir: &str) -> bool {
         self.relative(dir)
@@ -321,11 +322,9 @@ fn walk_dir_inner<F: Filter>(
     };
     for name in names {
         let absolute = dir_abs.join(&name);
-        let name = name
-            .into_string()
-            .map_err(|_| WalkError::NonUtf8Name {
-                path: absolute.clone(),
-            })?;
+        let name = name.into_string().map_err(|_| WalkError::NonUtf8Name {
+            path: absolute.clone(),
+        })?;
         let rel = join_rel(dir_rel, &name);
         let excluded = filters.iter().any(|f| f.excludes(&rel));
         let metadata = match fs::symlink_metadata(&absolute) {
@@ -402,10 +401,7 @@ mod tests {
         assert_eq!(paths(&entries), vec!["dangling", "link"]);
         assert!(entries.iter().all(|e| e.kind == FileKind::Symlink));
         assert_eq!(entries[0].link_target.as_deref(), Some("missing"));
-        assert_eq!(
-            entries[1].link_target.as_deref(),
-            outside.path().to_str()
-        );
+        assert_eq!(entries[1].link_target.as_deref(), outside.path().to_str());
     }
 
     #[test]

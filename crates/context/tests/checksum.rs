@@ -77,7 +77,10 @@ fn content_change_changes_the_checksum_and_is_explained() {
     fs::write(dir.path().join("src/main.rs"), "fn main() { }\n").expect("write");
     let after = sum_of(dir.path(), "src", &[], &NoStatCache);
     assert_ne!(before.digest, after.digest);
-    assert_eq!(changes(&before, &after), vec!["src/main.rs content changed"]);
+    assert_eq!(
+        changes(&before, &after),
+        vec!["src/main.rs content changed"]
+    );
 }
 
 #[test]
@@ -147,8 +150,15 @@ fn excludes_apply_relative_to_the_source() {
     let all = sum_of(dir.path(), "src", &[], &NoStatCache);
     let without_txt = sum_of(dir.path(), "src", &["**/*.txt"], &NoStatCache);
     assert_ne!(all.digest, without_txt.digest);
-    let paths: Vec<&str> = without_txt.entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, vec!["src", "src/lib.rs", "src/main.rs", "src/nested"]);
+    let paths: Vec<&str> = without_txt
+        .entries
+        .iter()
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["src", "src/lib.rs", "src/main.rs", "src/nested"]
+    );
     // `*.txt` is anchored at the source dir, so it does not reach src/nested/notes.txt.
     let shallow = sum_of(dir.path(), "src", &["*.txt"], &NoStatCache);
     assert_eq!(shallow.digest, all.digest);
@@ -177,7 +187,10 @@ fn symlinks_are_hashed_by_target_not_followed() {
     fs::remove_file(dir.path().join("src/link")).expect("rm");
     symlink("lib.rs", dir.path().join("src/link")).expect("symlink");
     let after = sum_of(dir.path(), "src", &[], &NoStatCache);
-    assert_eq!(changes(&before, &after), vec!["src/link link target changed"]);
+    assert_eq!(
+        changes(&before, &after),
+        vec!["src/link link target changed"]
+    );
 }
 
 #[test]
@@ -253,7 +266,10 @@ fn cache_hit_does_not_read_the_file() {
         },
     );
     let sum = sum_of(dir.path(), "README.md", &[], &cache);
-    assert_eq!(sum.entries[0].content, format!("sha256:{}", hex::encode(planted)));
+    assert_eq!(
+        sum.entries[0].content,
+        format!("sha256:{}", hex::encode(planted))
+    );
     assert_eq!((sum.stats.cache_hits, sum.stats.files_hashed), (1, 0));
 }
 
@@ -294,7 +310,10 @@ fn racy_entry_is_rehashed_after_same_size_rewrite() {
     let second = sum_with(dir.path(), "config", None, &[], &cache, &default);
     assert_ne!(first.digest, second.digest, "racy entry must be re-hashed");
     assert_eq!(second.stats.files_hashed, 1);
-    assert_eq!(second.entries[0].content, format!("sha256:{}", hex::encode(Sha256::digest(b"version=2\n"))));
+    assert_eq!(
+        second.entries[0].content,
+        format!("sha256:{}", hex::encode(Sha256::digest(b"version=2\n")))
+    );
 }
 
 #[test]
@@ -307,7 +326,10 @@ fn racy_records_are_neither_stored_nor_trusted() {
     let second = sum_with(dir.path(), "fresh", None, &[], &cache, &default);
     assert_eq!(first.digest, second.digest);
     // Written within the margin: hashed both times, never recorded.
-    assert_eq!((first.stats.files_hashed, second.stats.files_hashed), (1, 1));
+    assert_eq!(
+        (first.stats.files_hashed, second.stats.files_hashed),
+        (1, 1)
+    );
     assert_eq!(cache.puts.load(Ordering::Relaxed), 0);
     // A record planted by someone else for this very key is not trusted either.
     use std::os::unix::fs::MetadataExt;
@@ -335,7 +357,7 @@ fn racy_records_are_neither_stored_nor_trusted() {
 fn invalid_exclude_pattern_is_an_error() {
     let dir = context();
     let sources = resolve_sources(dir.path(), "src", &SourceOptions::default()).expect("resolve");
-    let err = checksum(dir.path(), &sources, None, &["!".to_owned()], &NoStatCache)
-        .expect_err("invalid");
+    let err =
+        checksum(dir.path(), &sources, None, &["!".to_owned()], &NoStatCache).expect_err("invalid");
     assert!(err.to_string().contains("--exclude"), "{err}");
 }

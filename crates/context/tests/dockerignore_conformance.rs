@@ -31,7 +31,13 @@ fn cases_tsv_all_rows() {
     let mut failures = Vec::new();
     for (index, line) in text.lines().enumerate().skip(1) {
         let columns: Vec<&str> = line.split('\t').collect();
-        assert_eq!(columns.len(), 6, "row {} has {} columns", index + 1, columns.len());
+        assert_eq!(
+            columns.len(),
+            6,
+            "row {} has {} columns",
+            index + 1,
+            columns.len()
+        );
         let patterns: Vec<String> = serde_json::from_str(columns[5]).expect("patterns_json");
         let (path, expected) = (columns[1], columns[2]);
         let got = run_row(&patterns, path);
@@ -139,12 +145,18 @@ fn walk_cases() {
         // open_ok / open_not_exist: visible or not through the filtered context.
         for path in case["open_ok"].as_array().into_iter().flatten() {
             let path = path.as_str().expect("path");
-            assert!(got_paths.contains(&path), "case {name}: {path} must be visible");
+            assert!(
+                got_paths.contains(&path),
+                "case {name}: {path} must be visible"
+            );
             checks += 1;
         }
         for path in case["open_not_exist"].as_array().into_iter().flatten() {
             let path = path.as_str().expect("path");
-            assert!(!got_paths.contains(&path), "case {name}: {path} must be hidden");
+            assert!(
+                !got_paths.contains(&path),
+                "case {name}: {path} must be hidden"
+            );
             checks += 1;
         }
     }
@@ -216,7 +228,10 @@ fn permission_denied_walk_cases() {
             if let Some(result) = variant.get("result") {
                 let err = got.expect_err("walk must fail");
                 assert!(
-                    result.as_str().expect("result").starts_with("error: permission denied")
+                    result
+                        .as_str()
+                        .expect("result")
+                        .starts_with("error: permission denied")
                         && err.to_lowercase().contains("permission denied"),
                     "variant {variant}: {err}"
                 );
@@ -251,12 +266,11 @@ fn write_files(root: &Path, files: &serde_json::Value) {
 /// The paths COPY . . would see for a build with this Dockerfile: the filtered context walk.
 fn context_for(root: &Path, dockerfile: &str) -> Result<Vec<String>, String> {
     let dockerfile = root.join(dockerfile);
-    let ignore = kiln_context::load_context_ignore(root, Some(&dockerfile))
-        .map_err(|e| e.to_string())?;
+    let ignore =
+        kiln_context::load_context_ignore(root, Some(&dockerfile)).map_err(|e| e.to_string())?;
     // The Dockerfile itself stays readable whatever the patterns say.
     std::fs::read_to_string(&dockerfile).map_err(|e| e.to_string())?;
-    let entries =
-        kiln_context::walk_context(root, &ignore.patterns).map_err(|e| e.to_string())?;
+    let entries = kiln_context::walk_context(root, &ignore.patterns).map_err(|e| e.to_string())?;
     Ok(entries.into_iter().map(|e| e.path).collect())
 }
 
@@ -280,7 +294,10 @@ fn e2e_cases_context_part() {
                 }
                 for path in case["expect_absent"].as_array().expect("absent") {
                     let path = path.as_str().expect("path").to_owned();
-                    assert!(!seen.contains(&path), "{name}: {path} must not be in the context");
+                    assert!(
+                        !seen.contains(&path),
+                        "{name}: {path} must not be in the context"
+                    );
                     checks += 1;
                 }
                 // COPY . . selects the same set through source resolution + checksum.
@@ -306,7 +323,11 @@ fn e2e_cases_context_part() {
                 )
                 .expect("checksum");
                 let copied: Vec<&str> = sum.entries.iter().map(|e| e.path.as_str()).collect();
-                assert_eq!(copied, vec![".", "bay", "foo"], "{name}: COPY . . selection");
+                assert_eq!(
+                    copied,
+                    vec![".", "bay", "foo"],
+                    "{name}: COPY . . selection"
+                );
                 checks += 1;
             }
             "testDockerignoreInvalid" => {
@@ -324,14 +345,24 @@ fn e2e_cases_context_part() {
                     } else {
                         ("bar", "foo")
                     };
-                    assert!(seen.iter().any(|p| p == present), "{name}/{dockerfile}: {present}");
-                    assert!(!seen.iter().any(|p| p == absent), "{name}/{dockerfile}: {absent}");
+                    assert!(
+                        seen.iter().any(|p| p == present),
+                        "{name}/{dockerfile}: {present}"
+                    );
+                    assert!(
+                        !seen.iter().any(|p| p == absent),
+                        "{name}/{dockerfile}: {absent}"
+                    );
                     checks += 1;
                 }
             }
             "TestProcessShouldRemoveDockerfileDockerignore" => {
                 let seen = context_for(dir.path(), "Dockerfile").expect("context");
-                assert!(!seen.iter().any(|p| p == "Dockerfile" || p == ".dockerignore"));
+                assert!(
+                    !seen
+                        .iter()
+                        .any(|p| p == "Dockerfile" || p == ".dockerignore")
+                );
                 checks += 1;
             }
             "TestProcessShouldLeaveAllFiles" => {

@@ -69,17 +69,35 @@ fn is_tar_header(block: &[u8]) -> bool {
         return false;
     }
     let field = &block[148..156];
-    let text: String = field.iter().take_while(|b| **b != 0).map(|b| *b as char).collect();
-    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else { return false };
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
     let unsigned: u32 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { u32::from(b' ') } else { u32::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(*b)
+            }
+        })
         .sum();
     let signed: i64 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { i64::from(b' ') } else { i64::from(*b as i8) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                i64::from(b' ')
+            } else {
+                i64::from(*b as i8)
+            }
+        })
         .sum();
     expected == unsigned || i64::from(expected) == signed
 }
@@ -91,7 +109,10 @@ pub(crate) fn detect(src: &Root, op: &str, rel: &str) -> Result<Option<String>> 
         Ok(real) => real,
         Err(_) => return Ok(None),
     };
-    let fd = match src.open_in(&real, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK) {
+    let fd = match src.open_in(
+        &real,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+    ) {
         Ok(fd) => fd,
         Err(_) => return Ok(None),
     };
@@ -111,7 +132,11 @@ pub(crate) fn detect(src: &Root, op: &str, rel: &str) -> Result<Option<String>> 
             Ok(n) => filled += n,
         }
     }
-    Ok(if filled == block.len() && is_tar_header(&block) { Some(real) } else { None })
+    Ok(if filled == block.len() && is_tar_header(&block) {
+        Some(real)
+    } else {
+        None
+    })
 }
 
 /// Resolution flags for everything below the extraction directory.
@@ -120,8 +145,14 @@ fn beneath() -> ResolveFlag {
 }
 
 fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
-    let path = if path.is_empty() { b".".as_slice() } else { path };
-    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(beneath());
+    let path = if path.is_empty() {
+        b".".as_slice()
+    } else {
+        path
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(beneath());
     loop {
         match openat2(dir, OsStr::from_bytes(path), how) {
             Err(Errno::EAGAIN) => continue,
@@ -188,7 +219,11 @@ impl Extractor<'_> {
     /// holding an entry.
     fn parent_dir(&self, entry: &[u8], parents: &[Vec<u8>]) -> Result<OwnedFd> {
         let joined = parents.join(&b'/');
-        match open_beneath(self.dest.as_fd(), &joined, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        match open_beneath(
+            self.dest.as_fd(),
+            &joined,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        ) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(self.resolve_err(entry, e)),
@@ -201,7 +236,11 @@ impl Extractor<'_> {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(component);
-            current = match open_beneath(self.dest.as_fd(), &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            current = match open_beneath(
+                self.dest.as_fd(),
+                &prefix,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+            ) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     let name = OsStr::from_bytes(component);
@@ -209,9 +248,22 @@ impl Extractor<'_> {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(self.fail(entry, io::Error::from(e))),
                     }
-                    set_metadata_at(self.op, current.as_fd(), name, &String::from_utf8_lossy(&prefix), Some((0, 0)), Some(0o755), None, false)?;
-                    open_beneath(self.dest.as_fd(), &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                        .map_err(|e| self.resolve_err(entry, e))?
+                    set_metadata_at(
+                        self.op,
+                        current.as_fd(),
+                        name,
+                        &String::from_utf8_lossy(&prefix),
+                        Some((0, 0)),
+                        Some(0o755),
+                        None,
+                        false,
+                    )?;
+                    open_beneath(
+                        self.dest.as_fd(),
+                        &prefix,
+                        OFlag::O_PATH | OFlag::O_DIRECTORY,
+                    )
+                    .map_err(|e| self.resolve_err(entry, e))?
                 }
                 Err(e) => return Err(self.resolve_err(entry, e)),
             };
@@ -221,20 +273,28 @@ impl Extractor<'_> {
 
     fn extract<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
-        let Some(mut parts) = clean_entry_name(&raw) else { return Err(self.escape(&raw)) };
-        let Some(name) = parts.pop() else { return Ok(()) };
+        let Some(mut parts) = clean_entry_name(&raw) else {
+            return Err(self.escape(&raw));
+        };
+        let Some(name) = parts.pop() else {
+            return Ok(());
+        };
         let header = entry.header();
         let kind = header.entry_type();
         // Global PAX headers carry no file; the tar crate folds per-entry ones in already.
-        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
             return Ok(());
         }
-        let mode = header.mode().map_err(|e| self.fail(&raw, e))? & 0o7777;
+        // Go's archive/tar reads an empty numeric field as 0; so do we.
+        let mode = header.mode().unwrap_or(0) & 0o7777;
         let owner = match self.owner {
             Some(owner) => owner,
             None => (
-                header.uid().map_err(|e| self.fail(&raw, e))? as u32,
-                header.gid().map_err(|e| self.fail(&raw, e))? as u32,
+                header.uid().unwrap_or(0) as u32,
+                header.gid().unwrap_or(0) as u32,
             ),
         };
         let mtime = TimeSpec::new(header.mtime().unwrap_or(0) as libc::time_t, 0);
@@ -256,7 +316,16 @@ impl Extractor<'_> {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(self.fail(&raw, io::Error::from(e))),
                 }
-                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), Some(mode), None, false)?;
+                set_metadata_at(
+                    self.op,
+                    parent.as_fd(),
+                    name_os,
+                    &shown,
+                    Some(owner),
+                    Some(mode),
+                    None,
+                    false,
+                )?;
                 parts.push(name);
                 self.dir_times.push((parts.join(&b'/'), mtime));
             }
@@ -264,33 +333,68 @@ impl Extractor<'_> {
                 let fd = openat(
                     parent.as_fd(),
                     name_os,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
                 let mut file = File::from(fd);
                 io::copy(&mut entry, &mut file).map_err(|e| self.fail(&raw, e))?;
-                fchown(file.as_fd(), Some(Uid::from_raw(owner.0)), Some(Gid::from_raw(owner.1)))
+                fchown(
+                    file.as_fd(),
+                    Some(Uid::from_raw(owner.0)),
+                    Some(Gid::from_raw(owner.1)),
+                )
+                .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
                     .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
-                fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
-                futimens(file.as_fd(), &mtime, &mtime).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                futimens(file.as_fd(), &mtime, &mtime)
+                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| self.fail(&raw, "symlink without a target"))?;
-                symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name_os).map_err(|e| self.fail(&raw, io::Error::from(e)))?;
-                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), None, Some(mtime), true)?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.fail(&raw, "symlink without a target"))?;
+                symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name_os)
+                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                set_metadata_at(
+                    self.op,
+                    parent.as_fd(),
+                    name_os,
+                    &shown,
+                    Some(owner),
+                    None,
+                    Some(mtime),
+                    true,
+                )?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| self.fail(&raw, "hardlink without a target"))?;
-                let Some(mut target_parts) = clean_entry_name(&target) else { return Err(self.escape(&raw)) };
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.fail(&raw, "hardlink without a target"))?;
+                let Some(mut target_parts) = clean_entry_name(&target) else {
+                    return Err(self.escape(&raw));
+                };
                 let Some(target_name) = target_parts.pop() else {
                     return Err(self.fail(&raw, "hardlink to the extraction directory itself"));
                 };
-                let target_parent =
-                    open_beneath(self.dest.as_fd(), &target_parts.join(&b'/'), OFlag::O_PATH | OFlag::O_DIRECTORY)
-                        .map_err(|e| self.resolve_err(&raw, e))?;
-                linkat(target_parent.as_fd(), OsStr::from_bytes(&target_name), parent.as_fd(), name_os, AtFlags::empty())
-                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                let target_parent = open_beneath(
+                    self.dest.as_fd(),
+                    &target_parts.join(&b'/'),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY,
+                )
+                .map_err(|e| self.resolve_err(&raw, e))?;
+                linkat(
+                    target_parent.as_fd(),
+                    OsStr::from_bytes(&target_name),
+                    parent.as_fd(),
+                    name_os,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let flag = match kind {
@@ -300,11 +404,31 @@ impl Extractor<'_> {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                mknodat(parent.as_fd(), name_os, flag, Mode::from_bits_truncate(0o600), libc::makedev(major, minor))
-                    .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
-                set_metadata_at(self.op, parent.as_fd(), name_os, &shown, Some(owner), Some(mode), Some(mtime), false)?;
+                mknodat(
+                    parent.as_fd(),
+                    name_os,
+                    flag,
+                    Mode::from_bits_truncate(0o600),
+                    libc::makedev(major, minor),
+                )
+                .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                set_metadata_at(
+                    self.op,
+                    parent.as_fd(),
+                    name_os,
+                    &shown,
+                    Some(owner),
+                    Some(mode),
+                    Some(mtime),
+                    false,
+                )?;
             }
-            other => return Err(self.fail(&raw, format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+            other => {
+                return Err(self.fail(
+                    &raw,
+                    format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                ));
+            }
         }
         Ok(())
     }
@@ -324,19 +448,33 @@ pub(crate) fn unpack(
     owner: Option<(u32, u32)>,
     _mtime: Option<TimeSpec>,
 ) -> Result<()> {
-    let fd = src.open_in(archive_rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW).map_err(|e| sys_err(op, "open", shown, e))?;
+    let fd = src
+        .open_in(archive_rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+        .map_err(|e| sys_err(op, "open", shown, e))?;
     let reader = decompressed(File::from(fd)).map_err(|e| io_err(op, "read archive", shown, e))?;
     let mut archive = tar::Archive::new(reader);
-    let mut extractor = Extractor { op, archive: shown, dest_shown: display(dest_rel), dest: dest_fd, owner, dir_times: Vec::new() };
+    let mut extractor = Extractor {
+        op,
+        archive: shown,
+        dest_shown: display(dest_rel),
+        dest: dest_fd,
+        owner,
+        dir_times: Vec::new(),
+    };
     let entries = archive.entries().map_err(|e| extractor.fail(b"", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| extractor.fail(b"", e))?;
         extractor.extract(entry)?;
     }
     for (path, time) in std::mem::take(&mut extractor.dir_times).into_iter().rev() {
-        let fd = open_beneath(extractor.dest.as_fd(), &path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-            .map_err(|e| extractor.resolve_err(&path, e))?;
-        futimens(fd.as_fd(), &time, &time).map_err(|e| extractor.fail(&path, io::Error::from(e)))?;
+        let fd = open_beneath(
+            extractor.dest.as_fd(),
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        )
+        .map_err(|e| extractor.resolve_err(&path, e))?;
+        futimens(fd.as_fd(), &time, &time)
+            .map_err(|e| extractor.fail(&path, io::Error::from(e)))?;
     }
     Ok(())
 }
@@ -349,14 +487,23 @@ mod tests {
     fn compression_is_told_by_magic_bytes() {
         assert_eq!(detect_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
         assert_eq!(detect_compression(b"BZh91AY"), Compression::Bzip2);
-        assert_eq!(detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Compression::Xz);
-        assert_eq!(detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
+        assert_eq!(
+            detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+            Compression::Xz
+        );
+        assert_eq!(
+            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Compression::Zstd
+        );
         assert_eq!(detect_compression(b"hello"), Compression::None);
     }
 
     #[test]
     fn entry_names_are_cleaned_and_escapes_caught() {
-        assert_eq!(clean_entry_name(b"/abs/file"), Some(vec![b"abs".to_vec(), b"file".to_vec()]));
+        assert_eq!(
+            clean_entry_name(b"/abs/file"),
+            Some(vec![b"abs".to_vec(), b"file".to_vec()])
+        );
         assert_eq!(clean_entry_name(b"./a/../b"), Some(vec![b"b".to_vec()]));
         assert_eq!(clean_entry_name(b"../x"), None);
         assert_eq!(clean_entry_name(b"a/../../x"), None);

@@ -27,7 +27,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use nix::dir::Dir;
@@ -42,7 +42,10 @@ use crate::error::{FileOpError, Result, sys_err};
 use crate::mode::Chmod;
 use crate::owner::Chown;
 use crate::pattern::{PatternSet, glob_match, has_wildcards};
-use crate::root::{Root, base_name, clean_rel, dir_path_flags, display, file_type, join_rel, set_metadata_at, split_parent};
+use crate::root::{
+    Root, base_name, clean_rel, dir_path_flags, display, file_type, join_rel, set_metadata_at,
+    split_parent,
+};
 
 /// What to copy and how. [`CopyOptions::new`] gives the Dockerfile's settings for `COPY src… dest`.
 #[derive(Debug, Clone)]
@@ -149,11 +152,19 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
     let op = opts.op.as_str();
     let src = Root::open(src_root, op)?;
     let dst = Root::open(dest_root, op)?;
-    let owner = opts.chown.as_ref().map(|c| c.resolve(op, &dst)).transpose()?;
+    let owner = opts
+        .chown
+        .as_ref()
+        .map(|c| c.resolve(op, &dst))
+        .transpose()?;
     let excludes = PatternSet::new(&opts.excludes)?;
     let mtime = opts.mtime.map(to_timespec);
 
-    let dest_joined = if opts.dest.starts_with('/') { opts.dest.clone() } else { format!("{}/{}", opts.workdir, opts.dest) };
+    let dest_joined = if opts.dest.starts_with('/') {
+        opts.dest.clone()
+    } else {
+        format!("{}/{}", opts.workdir, opts.dest)
+    };
     let dest_rel = clean_rel(&dest_joined);
     let dest_is_dir = dest_rel.is_empty()
         || opts.dest.is_empty()
@@ -174,9 +185,16 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
         });
     }
     if !opts.create_dest_path {
-        let parent = if dest_is_dir { dest_rel.as_str() } else { split_parent(&dest_rel).map(|(p, _)| p).unwrap_or("") };
+        let parent = if dest_is_dir {
+            dest_rel.as_str()
+        } else {
+            split_parent(&dest_rel).map(|(p, _)| p).unwrap_or("")
+        };
         if !is_existing_dir(&dst, parent) {
-            return Err(FileOpError::DestParentMissing { op: op.to_string(), path: display(parent) });
+            return Err(FileOpError::DestParentMissing {
+                op: op.to_string(),
+                path: display(parent),
+            });
         }
     }
 
@@ -199,13 +217,27 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
         if opts.attempt_unpack && item.include.is_none() {
             if let Some(archive_rel) = archive::detect(&src, op, &item.rel)? {
                 let dest_fd = dst.mkdir_all(op, &dest_rel, 0o755, owner, mtime, &mut created)?;
-                archive::unpack(&src, &archive_rel, &item.shown, &dst, dest_fd, &dest_rel, op, owner, mtime)?;
+                archive::unpack(
+                    &src,
+                    &archive_rel,
+                    &item.shown,
+                    &dst,
+                    dest_fd,
+                    &dest_rel,
+                    op,
+                    owner,
+                    mtime,
+                )?;
                 copier.report.unpacked.push(item.shown.clone());
                 copier.report.targets.push(display(&dest_rel));
                 continue;
             }
         }
-        let includes = item.include.as_ref().map(|p| PatternSet::new(std::slice::from_ref(p))).transpose()?;
+        let includes = item
+            .include
+            .as_ref()
+            .map(|p| PatternSet::new(std::slice::from_ref(p)))
+            .transpose()?;
         copier.includes = includes;
         let target = copier.copy_source(item, &dest_rel, dest_is_dir, opts, &mut created)?;
         copier.report.targets.push(display(&target));
@@ -221,7 +253,11 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
 }
 
 /// Expands the sources into the list of things to copy.
-fn resolve_sources(src: &Root, opts: &CopyOptions, excludes: &PatternSet) -> Result<Vec<SourceItem>> {
+fn resolve_sources(
+    src: &Root,
+    opts: &CopyOptions,
+    excludes: &PatternSet,
+) -> Result<Vec<SourceItem>> {
     let mut items = Vec::new();
     for source in &opts.sources {
         if opts.parents {
@@ -231,15 +267,27 @@ fn resolve_sources(src: &Root, opts: &CopyOptions, excludes: &PatternSet) -> Res
                 None => (String::new(), clean_rel(source)),
             };
             if pattern.is_empty() {
-                items.push(SourceItem { rel: base, shown: source.clone(), include: None });
+                items.push(SourceItem {
+                    rel: base,
+                    shown: source.clone(),
+                    include: None,
+                });
             } else {
-                items.push(SourceItem { rel: base, shown: source.clone(), include: Some(pattern) });
+                items.push(SourceItem {
+                    rel: base,
+                    shown: source.clone(),
+                    include: Some(pattern),
+                });
             }
             continue;
         }
         let rel = clean_rel(source);
         if !(opts.allow_wildcard && has_wildcards(&rel)) {
-            items.push(SourceItem { rel, shown: source.clone(), include: None });
+            items.push(SourceItem {
+                rel,
+                shown: source.clone(),
+                include: None,
+            });
             continue;
         }
         let matches = resolve_wildcards(src, &opts.op, &rel)?;
@@ -256,7 +304,11 @@ fn resolve_sources(src: &Root, opts: &CopyOptions, excludes: &PatternSet) -> Res
             if !excludes.is_empty() && excludes.matches(&below_base) {
                 continue;
             }
-            items.push(SourceItem { shown: full.clone(), rel: full, include: None });
+            items.push(SourceItem {
+                shown: full.clone(),
+                rel: full,
+                include: None,
+            });
         }
     }
     Ok(items)
@@ -265,9 +317,16 @@ fn resolve_sources(src: &Root, opts: &CopyOptions, excludes: &PatternSet) -> Res
 /// Expands a wildcard path in `src`: the part before the first wildcard component is resolved
 /// (inside the root), the rest is matched against paths below it, not descending into matches.
 /// Returns (path in root, path below the non-wildcard base), in lexical order.
-pub(crate) fn resolve_wildcards(src: &Root, op: &str, pattern: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn resolve_wildcards(
+    src: &Root,
+    op: &str,
+    pattern: &str,
+) -> Result<Vec<(String, String)>> {
     let components: Vec<&str> = pattern.split('/').collect();
-    let split = components.iter().position(|c| has_wildcards(c)).unwrap_or(components.len());
+    let split = components
+        .iter()
+        .position(|c| has_wildcards(c))
+        .unwrap_or(components.len());
     let base = components[..split].join("/");
     let rest = components[split..].join("/");
     let depth = components.len() - split;
@@ -276,7 +335,9 @@ pub(crate) fn resolve_wildcards(src: &Root, op: &str, pattern: &str) -> Result<V
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(Vec::new()),
         Err(e) => return Err(sys_err(op, "open", &base, e)),
     };
-    let base_real = src.rel_of(base_fd.as_fd()).map_err(|e| sys_err(op, "resolve", &base, e))?;
+    let base_real = src
+        .rel_of(base_fd.as_fd())
+        .map_err(|e| sys_err(op, "resolve", &base, e))?;
     // A malformed pattern fails even when nothing would match it, as in Go.
     glob_match(&rest, "")?;
     let mut out = Vec::new();
@@ -304,10 +365,16 @@ fn walk_matches(
         if path.split('/').count() >= depth {
             continue;
         }
-        let st = fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| sys_err(op, "stat", &path, e))?;
+        let st = fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| sys_err(op, "stat", &path, e))?;
         if file_type(&st) == SFlag::S_IFDIR {
-            let child = openat(dir, name.as_os_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| sys_err(op, "open", &path, e))?;
+            let child = openat(
+                dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| sys_err(op, "open", &path, e))?;
             walk_matches(op, child.as_fd(), &path, depth, pattern, found)?;
         }
     }
@@ -316,8 +383,13 @@ fn walk_matches(
 
 /// Entry names of a directory (without `.`/`..`), sorted bytewise so output is deterministic.
 pub(crate) fn read_dir_sorted(op: &str, dir: BorrowedFd<'_>, shown: &str) -> Result<Vec<OsString>> {
-    let mut handle = Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| sys_err(op, "read directory", shown, e))?;
+    let mut handle = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| sys_err(op, "read directory", shown, e))?;
     let mut names = Vec::new();
     for entry in handle.iter() {
         let entry = entry.map_err(|e| sys_err(op, "read directory", shown, e))?;
@@ -331,13 +403,14 @@ pub(crate) fn read_dir_sorted(op: &str, dir: BorrowedFd<'_>, shown: &str) -> Res
 }
 
 fn is_existing_dir(root: &Root, rel: &str) -> bool {
-    root.open_in(rel, OFlag::O_PATH | OFlag::O_DIRECTORY).is_ok()
+    root.open_in(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+        .is_ok()
 }
 
 /// A directory of the destination on the path currently being copied.
 struct DirFrame {
-    /// Real path in the destination root.
-    rel: String,
+    /// Real path in the destination root (not necessarily UTF-8).
+    rel: PathBuf,
     /// Open (`O_PATH`) once the directory exists; `None` while its creation is deferred.
     fd: Option<OwnedFd>,
     /// Name inside the parent frame (for deferred creation).
@@ -363,7 +436,7 @@ struct Copier<'a> {
     excludes: &'a PatternSet,
     includes: Option<PatternSet>,
     /// (device, inode) of multiply-linked source files → where the first copy went.
-    links: HashMap<(u64, u64), String>,
+    links: HashMap<(u64, u64), PathBuf>,
     stack: Vec<DirFrame>,
     report: &'a mut CopyReport,
 }
@@ -386,19 +459,30 @@ impl Copier<'_> {
         };
         // Locate the source as (parent directory, name); follow a symlink named directly if asked.
         let src_rel = if opts.follow_symlinks || item.include.is_some() {
-            self.src.resolve_follow(&item.rel).map_err(|e| sys_err(op, "resolve", &item.shown, e))?
+            self.src
+                .resolve_follow(&item.rel)
+                .map_err(|e| sys_err(op, "resolve", &item.shown, e))?
         } else {
             item.rel.clone()
         };
         let (src_parent, src_name) = match split_parent(&src_rel) {
-            None => (self.src.open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| sys_err(op, "open", "/", e))?, OsString::from(".")),
+            None => (
+                self.src
+                    .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+                    .map_err(|e| sys_err(op, "open", "/", e))?,
+                OsString::from("."),
+            ),
             Some(_) => match self.src.parent_of(&src_rel) {
                 Ok((fd, _, name)) => (fd, name),
                 Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Err(not_found()),
                 Err(e) => return Err(sys_err(op, "resolve", &item.shown, e)),
             },
         };
-        let src_stat = match fstatat(src_parent.as_fd(), src_name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let src_stat = match fstatat(
+            src_parent.as_fd(),
+            src_name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Err(not_found()),
             Err(e) => return Err(sys_err(op, "stat", &item.shown, e)),
@@ -407,36 +491,55 @@ impl Copier<'_> {
 
         // BuildKit: a destination ending in `/` is created first; otherwise only its parent.
         if dest_is_dir {
-            self.dst.mkdir_all(op, dest_rel, 0o755, self.owner, self.mtime, created)?;
+            self.dst
+                .mkdir_all(op, dest_rel, 0o755, self.owner, self.mtime, created)?;
         } else if let Some((parent, _)) = split_parent(dest_rel) {
-            self.dst.mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
+            self.dst
+                .mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
         }
-        let mut target = self.dst.resolve_follow(dest_rel).map_err(|e| sys_err(op, "resolve", dest_rel, e))?;
+        let mut target = self
+            .dst
+            .resolve_follow(dest_rel)
+            .map_err(|e| sys_err(op, "resolve", dest_rel, e))?;
         let target_is_dir = match self.dst.open_in(&target, OFlag::O_PATH) {
-            Ok(fd) => Some(fstat(fd.as_fd()).map(|st| file_type(&st) == SFlag::S_IFDIR).map_err(|e| sys_err(op, "stat", &target, e))?),
+            Ok(fd) => Some(
+                fstat(fd.as_fd())
+                    .map(|st| file_type(&st) == SFlag::S_IFDIR)
+                    .map_err(|e| sys_err(op, "stat", &target, e))?,
+            ),
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(sys_err(op, "resolve", &target, e)),
         };
         let into_existing_dir = target_is_dir == Some(true);
-        if (!opts.dir_copy_contents && src_is_dir && target_is_dir.is_some()) || (!src_is_dir && into_existing_dir) {
+        if (!opts.dir_copy_contents && src_is_dir && target_is_dir.is_some())
+            || (!src_is_dir && into_existing_dir)
+        {
             target = join_rel(&target, base_name(&src_rel));
         }
         if opts.dir_copy_contents && src_is_dir && target_is_dir.is_none() {
-            self.dst.mkdir_all(op, &target, 0o755, self.owner, self.mtime, created)?;
+            self.dst
+                .mkdir_all(op, &target, 0o755, self.owner, self.mtime, created)?;
         } else if let Some((parent, _)) = split_parent(&target) {
-            self.dst.mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
+            self.dst
+                .mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
         }
 
         // The frame holding the target: its parent directory, or the root for a root target.
         let (parent_fd, parent_rel, name) = match split_parent(&target) {
             None => {
-                let fd = self.dst.open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| sys_err(op, "open", "/", e))?;
+                let fd = self
+                    .dst
+                    .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+                    .map_err(|e| sys_err(op, "open", "/", e))?;
                 (fd, String::new(), OsString::from("."))
             }
-            Some(_) => self.dst.parent_of(&target).map_err(|e| sys_err(op, "resolve", &target, e))?,
+            Some(_) => self
+                .dst
+                .parent_of(&target)
+                .map_err(|e| sys_err(op, "resolve", &target, e))?,
         };
         self.stack.push(DirFrame {
-            rel: parent_rel,
+            rel: PathBuf::from(parent_rel),
             fd: Some(parent_fd),
             name: OsString::new(),
             src_stat: None,
@@ -462,8 +565,10 @@ impl Copier<'_> {
     ) -> Result<()> {
         let kind = file_type(st);
         let is_dir = kind == SFlag::S_IFDIR;
-        let excluded = !comps.is_empty() && !self.excludes.is_empty() && self.excludes.matches(comps);
-        let included = comps.is_empty() || self.includes.as_ref().is_none_or(|set| set.matches(comps));
+        let excluded =
+            !comps.is_empty() && !self.excludes.is_empty() && self.excludes.matches(comps);
+        let included =
+            comps.is_empty() || self.includes.as_ref().is_none_or(|set| set.matches(comps));
         if excluded || !included {
             // A directory may still hold entries that are re-included (`!pattern`) or that match an
             // include pattern deeper down: walk it, creating it only if something is copied.
@@ -471,7 +576,9 @@ impl Copier<'_> {
                 && if excluded {
                     self.excludes.may_reinclude_below(comps)
                 } else {
-                    self.includes.as_ref().is_some_and(|set| set.could_match_below(comps))
+                    self.includes
+                        .as_ref()
+                        .is_some_and(|set| set.could_match_below(comps))
                 };
             if worth_walking {
                 self.copy_dir(src_dir, src_name, st, comps, dst_name, false)?;
@@ -493,10 +600,14 @@ impl Copier<'_> {
             .last()
             .and_then(|f| f.fd.as_ref())
             .map(|fd| fd.as_fd())
-            .ok_or_else(|| FileOpError::InvalidPath { op: self.op.to_string(), path: String::new(), reason: "no destination directory" })
+            .ok_or_else(|| FileOpError::InvalidPath {
+                op: self.op.to_string(),
+                path: String::new(),
+                reason: "no destination directory",
+            })
     }
 
-    fn parent_rel(&self) -> String {
+    fn parent_rel(&self) -> PathBuf {
         self.stack.last().map(|f| f.rel.clone()).unwrap_or_default()
     }
 
@@ -508,11 +619,15 @@ impl Copier<'_> {
                 continue;
             }
             let (parent, parent_rel) = match self.stack[i - 1].fd.as_ref() {
-                Some(fd) => (fd.try_clone().map_err(|e| crate::error::io_err(op, "open", &self.stack[i].rel, e))?, self.stack[i - 1].rel.clone()),
+                Some(fd) => (
+                    fd.try_clone()
+                        .map_err(|e| crate::error::io_err(op, "open", &shown(&self.stack[i].rel), e))?,
+                    self.stack[i - 1].rel.clone(),
+                ),
                 None => continue,
             };
             let name = self.stack[i].name.clone();
-            let rel = join_rel(&parent_rel, &name.to_string_lossy());
+            let rel = parent_rel.join(&name);
             let (fd, real, created) = self.open_or_create_dir(parent.as_fd(), &name, &rel)?;
             let frame = &mut self.stack[i];
             frame.fd = Some(fd);
@@ -524,39 +639,73 @@ impl Copier<'_> {
 
     /// Opens directory `name` in `parent`, creating it if missing; an existing symlink is followed
     /// inside the root. Returns (descriptor, real path, created).
-    fn open_or_create_dir(&mut self, parent: BorrowedFd<'_>, name: &OsStr, rel: &str) -> Result<(OwnedFd, String, bool)> {
+    fn open_or_create_dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<(OwnedFd, PathBuf, bool)> {
         let op = self.op;
-        let not_dir = || FileOpError::NotADirectory { op: op.to_string(), path: display(rel) };
+        let rel_shown = shown(rel);
+        let not_dir = || FileOpError::NotADirectory {
+            op: op.to_string(),
+            path: display(&rel_shown),
+        };
         match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
-                let fd = openat(parent, name, dir_path_flags(), Mode::empty()).map_err(|e| sys_err(op, "open", rel, e))?;
-                Ok((fd, rel.to_string(), false))
+                let fd = openat(parent, name, dir_path_flags(), Mode::empty())
+                    .map_err(|e| sys_err(op, "open", &rel_shown, e))?;
+                Ok((fd, rel.to_path_buf(), false))
             }
-            Ok(st) if file_type(&st) == SFlag::S_IFLNK => match self.dst.open_in(rel, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                Ok(fd) => {
-                    let real = self.dst.rel_of(fd.as_fd()).map_err(|e| sys_err(op, "resolve", rel, e))?;
-                    Ok((fd, real, false))
+            Ok(st) if file_type(&st) == SFlag::S_IFLNK => {
+                match self.dst.open_in_path(rel, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                    Ok(fd) => {
+                        let real = self
+                            .dst
+                            .rel_path_of(fd.as_fd())
+                            .map_err(|e| sys_err(op, "resolve", &rel_shown, e))?;
+                        Ok((fd, real, false))
+                    }
+                    Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Err(not_dir()),
+                    Err(e) => Err(sys_err(op, "resolve", &rel_shown, e)),
                 }
-                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Err(not_dir()),
-                Err(e) => Err(sys_err(op, "resolve", rel, e)),
-            },
+            }
             Ok(_) => Err(not_dir()),
             Err(Errno::ENOENT) => {
-                mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(|e| sys_err(op, "create directory", rel, e))?;
-                let fd = openat(parent, name, dir_path_flags(), Mode::empty()).map_err(|e| sys_err(op, "open", rel, e))?;
+                mkdirat(parent, name, Mode::from_bits_truncate(0o700))
+                    .map_err(|e| sys_err(op, "create directory", &rel_shown, e))?;
+                let fd = openat(parent, name, dir_path_flags(), Mode::empty())
+                    .map_err(|e| sys_err(op, "open", &rel_shown, e))?;
                 self.report.dirs += 1;
-                Ok((fd, rel.to_string(), true))
+                Ok((fd, rel.to_path_buf(), true))
             }
-            Err(e) => Err(sys_err(op, "stat", rel, e)),
+            Err(e) => Err(sys_err(op, "stat", &rel_shown, e)),
         }
     }
 
-    fn copy_dir(&mut self, src_dir: BorrowedFd<'_>, src_name: &OsStr, st: &FileStat, comps: &str, dst_name: &OsStr, include: bool) -> Result<()> {
+    fn copy_dir(
+        &mut self,
+        src_dir: BorrowedFd<'_>,
+        src_name: &OsStr,
+        st: &FileStat,
+        comps: &str,
+        dst_name: &OsStr,
+        include: bool,
+    ) -> Result<()> {
         let op = self.op;
-        let rel = if dst_name == "." { self.parent_rel() } else { join_rel(&self.parent_rel(), &dst_name.to_string_lossy()) };
-        let src_rel_shown = if comps.is_empty() { src_name.to_string_lossy().into_owned() } else { comps.to_string() };
-        let src_fd = openat(src_dir, src_name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| sys_err(op, "open", &src_rel_shown, e))?;
+        let rel = if dst_name == "." { self.parent_rel() } else { self.parent_rel().join(dst_name) };
+        let src_rel_shown = if comps.is_empty() {
+            src_name.to_string_lossy().into_owned()
+        } else {
+            comps.to_string()
+        };
+        let src_fd = openat(
+            src_dir,
+            src_name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| sys_err(op, "open", &src_rel_shown, e))?;
         let nested = self.stack.len() > 1 || !comps.is_empty();
         let mut frame = DirFrame {
             rel: rel.clone(),
@@ -569,7 +718,10 @@ impl Copier<'_> {
         };
         if include {
             // An owned copy, so the frame stack can be borrowed mutably meanwhile.
-            let parent = self.parent_fd()?.try_clone_to_owned().map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
+            let parent = self
+                .parent_fd()?
+                .try_clone_to_owned()
+                .map_err(|e| crate::error::io_err(op, "open", &shown(&rel), e))?;
             let (fd, real, created) = self.open_or_create_dir(parent.as_fd(), dst_name, &rel)?;
             frame.fd = Some(fd);
             frame.rel = real;
@@ -577,7 +729,10 @@ impl Copier<'_> {
         }
         self.stack.push(frame);
         let walked = self.copy_children(src_fd.as_fd(), comps);
-        let mut frame = self.stack.pop().unwrap_or_else(|| unreachable_frame());
+        // The stack is balanced: this pops the frame pushed above.
+        let Some(mut frame) = self.stack.pop() else {
+            return walked;
+        };
         frame.src_fd = Some(src_fd);
         walked?;
         self.finish_dir(&frame)
@@ -587,7 +742,8 @@ impl Copier<'_> {
         let op = self.op;
         for name in read_dir_sorted(op, src_fd, comps)? {
             let child_comps = join_rel(comps, &name.to_string_lossy());
-            let st = fstatat(src_fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| sys_err(op, "stat", &child_comps, e))?;
+            let st = fstatat(src_fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| sys_err(op, "stat", &child_comps, e))?;
             self.copy_entry(src_fd, &name, &st, &child_comps, &name)?;
         }
         Ok(())
@@ -597,20 +753,38 @@ impl Copier<'_> {
     /// always for a directory this copy created, and for an existing directory below the top.
     fn finish_dir(&mut self, frame: &DirFrame) -> Result<()> {
         let op = self.op;
-        let (Some(fd), Some(st)) = (frame.fd.as_ref(), frame.src_stat.as_ref()) else { return Ok(()) };
+        let (Some(fd), Some(st)) = (frame.fd.as_ref(), frame.src_stat.as_ref()) else {
+            return Ok(());
+        };
         if !(frame.created || frame.nested) {
             return Ok(());
         }
-        let dir = openat(fd.as_fd(), ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| sys_err(op, "open", &frame.rel, e))?;
+        let dir = openat(
+            fd.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| sys_err(op, "open", &shown(&frame.rel), e))?;
         let (uid, gid) = self.owner_for(st);
-        fchown(dir.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| sys_err(op, "chown", &frame.rel, e))?;
-        fchmod(dir.as_fd(), Mode::from_bits_truncate(self.mode_for(st, true))).map_err(|e| sys_err(op, "chmod", &frame.rel, e))?;
+        fchown(
+            dir.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(|e| sys_err(op, "chown", &shown(&frame.rel), e))?;
+        fchmod(
+            dir.as_fd(),
+            Mode::from_bits_truncate(self.mode_for(st, true)),
+        )
+        .map_err(|e| sys_err(op, "chmod", &shown(&frame.rel), e))?;
         if let Some(src_fd) = frame.src_fd.as_ref() {
-            crate::xattr::copy_xattrs(src_fd.as_fd(), dir.as_fd()).map_err(|e| sys_err(op, "copy xattrs to", &frame.rel, e))?;
+            crate::xattr::copy_xattrs(src_fd.as_fd(), dir.as_fd())
+                .map_err(|e| sys_err(op, "copy xattrs to", &shown(&frame.rel), e))?;
         }
         let (atime, mtime) = self.times_for(st);
-        futimens(dir.as_fd(), &atime, &mtime).map_err(|e| sys_err(op, "set times of", &frame.rel, e))?;
+        futimens(dir.as_fd(), &atime, &mtime)
+            .map_err(|e| sys_err(op, "set times of", &shown(&frame.rel), e))?;
         Ok(())
     }
 
@@ -618,85 +792,169 @@ impl Copier<'_> {
     /// an error (BuildKit: "cannot replace to directory … with file").
     fn clear_target(&self, parent: BorrowedFd<'_>, name: &OsStr, rel: &str) -> Result<()> {
         match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
-                Err(FileOpError::ReplaceDirWithFile { op: self.op.to_string(), path: display(rel) })
-            }
-            Ok(_) => unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(|e| sys_err(self.op, "remove", rel, e)),
+            Ok(st) if file_type(&st) == SFlag::S_IFDIR => Err(FileOpError::ReplaceDirWithFile {
+                op: self.op.to_string(),
+                path: display(rel),
+            }),
+            Ok(_) => unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| sys_err(self.op, "remove", rel, e)),
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(sys_err(self.op, "stat", rel, e)),
         }
     }
 
-    fn copy_file(&mut self, src_dir: BorrowedFd<'_>, src_name: &OsStr, st: &FileStat, dst_name: &OsStr) -> Result<()> {
+    fn copy_file(
+        &mut self,
+        src_dir: BorrowedFd<'_>,
+        src_name: &OsStr,
+        st: &FileStat,
+        dst_name: &OsStr,
+    ) -> Result<()> {
         let op = self.op;
-        let rel = join_rel(&self.parent_rel(), &dst_name.to_string_lossy());
-        let parent = self.parent_fd()?.try_clone_to_owned().map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
+        let rel_path = self.parent_rel().join(dst_name);
+        let rel = shown(&rel_path);
+        let parent = self
+            .parent_fd()?
+            .try_clone_to_owned()
+            .map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
         self.clear_target(parent.as_fd(), dst_name, &rel)?;
         let link_key = (st.st_dev, st.st_ino);
         if st.st_nlink > 1 {
             if let Some(first) = self.links.get(&link_key).cloned() {
-                let (first_parent, _, first_name) = self.dst.parent_of(&first).map_err(|e| sys_err(op, "resolve", &first, e))?;
-                linkat(first_parent.as_fd(), first_name.as_os_str(), parent.as_fd(), dst_name, AtFlags::empty())
-                    .map_err(|e| sys_err(op, "create hardlink", &rel, e))?;
+                let (first_parent, first_name) = self
+                    .dst
+                    .parent_dir_of(&first)
+                    .map_err(|e| sys_err(op, "resolve", &shown(&first), e))?;
+                linkat(
+                    first_parent.as_fd(),
+                    first_name.as_os_str(),
+                    parent.as_fd(),
+                    dst_name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| sys_err(op, "create hardlink", &rel, e))?;
                 self.report.hardlinks += 1;
                 return Ok(());
             }
         }
         let mut source = File::from(
-            openat(src_dir, src_name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| sys_err(op, "open source", &src_name.to_string_lossy(), e))?,
+            openat(
+                src_dir,
+                src_name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| sys_err(op, "open source", &src_name.to_string_lossy(), e))?,
         );
         let mut dest = File::from(
-            openat(parent.as_fd(), dst_name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600))
-                .map_err(|e| sys_err(op, "create", &rel, e))?,
+            openat(
+                parent.as_fd(),
+                dst_name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| sys_err(op, "create", &rel, e))?,
         );
-        let bytes = std::io::copy(&mut source, &mut dest).map_err(|e| crate::error::io_err(op, "write", &rel, e))?;
+        let bytes = std::io::copy(&mut source, &mut dest)
+            .map_err(|e| crate::error::io_err(op, "write", &rel, e))?;
         self.apply_fd_metadata(source.as_fd(), dest.as_fd(), st, &rel)?;
         self.report.files += 1;
         self.report.bytes += bytes;
         if st.st_nlink > 1 {
-            self.links.insert(link_key, rel);
+            self.links.insert(link_key, rel_path);
         }
         Ok(())
     }
 
     /// Owner, mode, xattrs and times of a freshly written file, through its descriptor.
-    fn apply_fd_metadata(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &FileStat, rel: &str) -> Result<()> {
+    fn apply_fd_metadata(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        st: &FileStat,
+        rel: &str,
+    ) -> Result<()> {
         let op = self.op;
         let (uid, gid) = self.owner_for(st);
-        fchown(dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| sys_err(op, "chown", rel, e))?;
-        fchmod(dst, Mode::from_bits_truncate(self.mode_for(st, false))).map_err(|e| sys_err(op, "chmod", rel, e))?;
+        fchown(dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(|e| sys_err(op, "chown", rel, e))?;
+        fchmod(dst, Mode::from_bits_truncate(self.mode_for(st, false)))
+            .map_err(|e| sys_err(op, "chmod", rel, e))?;
         crate::xattr::copy_xattrs(src, dst).map_err(|e| sys_err(op, "copy xattrs to", rel, e))?;
         let (atime, mtime) = self.times_for(st);
         futimens(dst, &atime, &mtime).map_err(|e| sys_err(op, "set times of", rel, e))?;
         Ok(())
     }
 
-    fn copy_symlink(&mut self, src_dir: BorrowedFd<'_>, src_name: &OsStr, st: &FileStat, dst_name: &OsStr) -> Result<()> {
+    fn copy_symlink(
+        &mut self,
+        src_dir: BorrowedFd<'_>,
+        src_name: &OsStr,
+        st: &FileStat,
+        dst_name: &OsStr,
+    ) -> Result<()> {
         let op = self.op;
-        let rel = join_rel(&self.parent_rel(), &dst_name.to_string_lossy());
-        let parent = self.parent_fd()?.try_clone_to_owned().map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
+        let rel_path = self.parent_rel().join(dst_name);
+        let rel = shown(&rel_path);
+        let parent = self
+            .parent_fd()?
+            .try_clone_to_owned()
+            .map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
         self.clear_target(parent.as_fd(), dst_name, &rel)?;
-        let link = readlinkat(src_dir, src_name).map_err(|e| sys_err(op, "read link", &src_name.to_string_lossy(), e))?;
-        symlinkat(link.as_os_str(), parent.as_fd(), dst_name).map_err(|e| sys_err(op, "create symlink", &rel, e))?;
+        let link = readlinkat(src_dir, src_name)
+            .map_err(|e| sys_err(op, "read link", &src_name.to_string_lossy(), e))?;
+        symlinkat(link.as_os_str(), parent.as_fd(), dst_name)
+            .map_err(|e| sys_err(op, "create symlink", &rel, e))?;
         let owner = self.owner_for(st);
         let (_, mtime) = self.times_for(st);
-        set_metadata_at(op, parent.as_fd(), dst_name, &rel, Some(owner), None, Some(mtime), true)?;
+        set_metadata_at(
+            op,
+            parent.as_fd(),
+            dst_name,
+            &rel,
+            Some(owner),
+            None,
+            Some(mtime),
+            true,
+        )?;
         self.report.symlinks += 1;
         Ok(())
     }
 
     fn copy_special(&mut self, st: &FileStat, kind: SFlag, dst_name: &OsStr) -> Result<()> {
         let op = self.op;
-        let rel = join_rel(&self.parent_rel(), &dst_name.to_string_lossy());
-        let parent = self.parent_fd()?.try_clone_to_owned().map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
+        let rel_path = self.parent_rel().join(dst_name);
+        let rel = shown(&rel_path);
+        let parent = self
+            .parent_fd()?
+            .try_clone_to_owned()
+            .map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
         self.clear_target(parent.as_fd(), dst_name, &rel)?;
-        mknodat(parent.as_fd(), dst_name, kind, Mode::from_bits_truncate(0o600), st.st_rdev)
-            .map_err(|e| sys_err(op, "create special file", &rel, e))?;
+        mknodat(
+            parent.as_fd(),
+            dst_name,
+            kind,
+            Mode::from_bits_truncate(0o600),
+            st.st_rdev,
+        )
+        .map_err(|e| sys_err(op, "create special file", &rel, e))?;
         let owner = self.owner_for(st);
         let mode = self.mode_for(st, false);
         let (_, mtime) = self.times_for(st);
-        set_metadata_at(op, parent.as_fd(), dst_name, &rel, Some(owner), Some(mode), Some(mtime), false)?;
+        set_metadata_at(
+            op,
+            parent.as_fd(),
+            dst_name,
+            &rel,
+            Some(owner),
+            Some(mode),
+            Some(mtime),
+            false,
+        )?;
         self.report.special_files += 1;
         Ok(())
     }
@@ -718,18 +976,26 @@ impl Copier<'_> {
     fn times_for(&self, st: &FileStat) -> (TimeSpec, TimeSpec) {
         match self.mtime {
             Some(time) => (time, time),
-            None => (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec)),
+            None => (
+                TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            ),
         }
     }
 }
 
-/// The copy keeps its frame stack balanced; popping from an empty one cannot happen.
-fn unreachable_frame() -> DirFrame {
-    DirFrame { rel: String::new(), fd: None, name: OsString::new(), src_stat: None, src_fd: None, created: false, nested: false }
+/// A destination path for messages.
+fn shown(rel: &Path) -> String {
+    rel.to_string_lossy().into_owned()
 }
 
 /// A `SystemTime` as a `timespec` (times before 1970 clamp to the epoch).
 pub(crate) fn to_timespec(time: SystemTime) -> TimeSpec {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    TimeSpec::new(since.as_secs() as libc::time_t, since.subsec_nanos() as libc::c_long)
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    TimeSpec::new(
+        since.as_secs() as libc::time_t,
+        since.subsec_nanos() as libc::c_long,
+    )
 }

@@ -37,12 +37,16 @@ impl Chmod {
     /// # Errors
     /// [`FileOpError::InvalidChmod`] when it is neither octal (at most `07777`) nor symbolic.
     pub fn parse(spec: &str) -> Result<Chmod> {
-        let invalid = |reason| FileOpError::InvalidChmod { spec: spec.to_string(), reason };
+        let invalid = |reason| FileOpError::InvalidChmod {
+            spec: spec.to_string(),
+            reason,
+        };
         if spec.is_empty() {
             return Err(invalid("empty mode"));
         }
         if spec.bytes().all(|b| b.is_ascii_digit()) {
-            let mode = u32::from_str_radix(spec, 8).map_err(|_| invalid("octal modes use digits 0-7"))?;
+            let mode =
+                u32::from_str_radix(spec, 8).map_err(|_| invalid("octal modes use digits 0-7"))?;
             if mode > 0o7777 {
                 return Err(invalid("octal mode is larger than 07777"));
             }
@@ -76,13 +80,24 @@ impl Chmod {
                 while let Some(&c) = chars.peek() {
                     match c {
                         'r' | 'w' | 'x' | 'X' | 's' | 't' if copy_from.is_none() => letters.push(c),
-                        'u' | 'g' | 'o' if letters.is_empty() && copy_from.is_none() => copy_from = Some(c),
+                        'u' | 'g' | 'o' if letters.is_empty() && copy_from.is_none() => {
+                            copy_from = Some(c)
+                        }
                         '+' | '-' | '=' => break,
-                        _ => return Err(invalid("permissions are made of r, w, x, X, s, t or one of u, g, o")),
+                        _ => {
+                            return Err(invalid(
+                                "permissions are made of r, w, x, X, s, t or one of u, g, o",
+                            ));
+                        }
                     }
                     chars.next();
                 }
-                actions.push((op, copy_from.map(Perms::CopyFrom).unwrap_or(Perms::Letters(letters))));
+                actions.push((
+                    op,
+                    copy_from
+                        .map(Perms::CopyFrom)
+                        .unwrap_or(Perms::Letters(letters)),
+                ));
             }
             if actions.is_empty() {
                 return Err(invalid("a clause needs an operator (+, - or =)"));
@@ -163,7 +178,10 @@ mod tests {
         assert_eq!(Chmod::parse("u+x").unwrap().apply(0o644, false), 0o744);
         assert_eq!(Chmod::parse("go-w").unwrap().apply(0o666, false), 0o644);
         assert_eq!(Chmod::parse("a=r").unwrap().apply(0o755, false), 0o444);
-        assert_eq!(Chmod::parse("u=rwx,g=rx,o=").unwrap().apply(0o000, false), 0o750);
+        assert_eq!(
+            Chmod::parse("u=rwx,g=rx,o=").unwrap().apply(0o000, false),
+            0o750
+        );
         assert_eq!(Chmod::parse("g=u").unwrap().apply(0o640, false), 0o660);
         assert_eq!(Chmod::parse("+x").unwrap().apply(0o644, false), 0o755);
         assert_eq!(Chmod::parse("u+s").unwrap().apply(0o755, false), 0o4755);

@@ -41,7 +41,9 @@ pub fn mkdir(
     let root = Root::open(dest_root, op)?;
     let owner = owner.map(|c| c.resolve(op, &root)).transpose()?;
     let mtime = mtime.map(to_timespec);
-    let rel = root.resolve_follow(path).map_err(|e| sys_err(op, "resolve", path, e))?;
+    let rel = root
+        .resolve_follow(path)
+        .map_err(|e| sys_err(op, "resolve", path, e))?;
     if make_parents {
         root.mkdir_all(op, &rel, mode & 0o7777, owner, mtime, &mut Vec::new())?;
         return Ok(());
@@ -49,13 +51,28 @@ pub fn mkdir(
     if rel.is_empty() {
         return Ok(());
     }
-    let (parent, _, name) = root.parent_of(&rel).map_err(|e| sys_err(op, "resolve parent of", &rel, e))?;
-    match mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+    let (parent, _, name) = root
+        .parent_of(&rel)
+        .map_err(|e| sys_err(op, "resolve parent of", &rel, e))?;
+    match mkdirat(
+        parent.as_fd(),
+        name.as_os_str(),
+        Mode::from_bits_truncate(0o700),
+    ) {
         Err(Errno::EEXIST) => return Ok(()),
         Err(e) => return Err(sys_err(op, "create directory", &rel, e)),
         Ok(()) => {}
     }
-    set_metadata_at(op, parent.as_fd(), &name, &rel, owner, Some(mode & 0o7777), mtime, false)
+    set_metadata_at(
+        op,
+        parent.as_fd(),
+        &name,
+        &rel,
+        owner,
+        Some(mode & 0o7777),
+        mtime,
+        false,
+    )
 }
 
 /// Distinguishes temporary names of concurrent `mkfile`s in one process.
@@ -79,17 +96,43 @@ pub fn mkfile(
     let op = "mkfile";
     let root = Root::open(dest_root, op)?;
     let owner = owner.map(|c| c.resolve(op, &root)).transpose()?;
-    let rel = root.resolve_follow(path).map_err(|e| sys_err(op, "resolve", path, e))?;
+    let rel = root
+        .resolve_follow(path)
+        .map_err(|e| sys_err(op, "resolve", path, e))?;
     if rel.is_empty() {
-        return Err(FileOpError::InvalidPath { op: op.to_string(), path: path.to_string(), reason: "it is the root directory" });
-    }
-    let (parent, _, name) = root.parent_of(&rel).map_err(|e| sys_err(op, "resolve parent of", &rel, e))?;
-    let temp = format!(".kiln-mkfile-{}-{}", std::process::id(), MKFILE_SEQ.fetch_add(1, Ordering::Relaxed));
-    let written = write_new_file(op, parent.as_fd(), &temp, &rel, data, mode, owner, mtime.map(to_timespec))
-        .and_then(|()| {
-            renameat(parent.as_fd(), temp.as_str(), parent.as_fd(), name.as_os_str())
-                .map_err(|e| sys_err(op, "replace", &rel, e))
+        return Err(FileOpError::InvalidPath {
+            op: op.to_string(),
+            path: path.to_string(),
+            reason: "it is the root directory",
         });
+    }
+    let (parent, _, name) = root
+        .parent_of(&rel)
+        .map_err(|e| sys_err(op, "resolve parent of", &rel, e))?;
+    let temp = format!(
+        ".kiln-mkfile-{}-{}",
+        std::process::id(),
+        MKFILE_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let written = write_new_file(
+        op,
+        parent.as_fd(),
+        &temp,
+        &rel,
+        data,
+        mode,
+        owner,
+        mtime.map(to_timespec),
+    )
+    .and_then(|()| {
+        renameat(
+            parent.as_fd(),
+            temp.as_str(),
+            parent.as_fd(),
+            name.as_os_str(),
+        )
+        .map_err(|e| sys_err(op, "replace", &rel, e))
+    });
     if written.is_err() {
         // Best effort: the temporary file must not end up in the layer.
         let _ = unlinkat(parent.as_fd(), temp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -116,11 +159,18 @@ fn write_new_file(
     )
     .map_err(|e| sys_err(op, "create", rel, e))?;
     let mut file = File::from(fd);
-    file.write_all(data).map_err(|e| io_err(op, "write", rel, e))?;
+    file.write_all(data)
+        .map_err(|e| io_err(op, "write", rel, e))?;
     if let Some((uid, gid)) = owner {
-        fchown(file.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| sys_err(op, "chown", rel, e))?;
+        fchown(
+            file.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(|e| sys_err(op, "chown", rel, e))?;
     }
-    fchmod(file.as_fd(), Mode::from_bits_truncate(mode & 0o7777)).map_err(|e| sys_err(op, "chmod", rel, e))?;
+    fchmod(file.as_fd(), Mode::from_bits_truncate(mode & 0o7777))
+        .map_err(|e| sys_err(op, "chmod", rel, e))?;
     if let Some(time) = mtime {
         futimens(file.as_fd(), &time, &time).map_err(|e| sys_err(op, "set times of", rel, e))?;
     }
@@ -147,7 +197,11 @@ pub fn rm(dest_root: &Path, path: &str, allow_not_found: bool, allow_wildcard: b
 
 fn rm_path(root: &Root, op: &str, rel: &str, allow_not_found: bool) -> Result<()> {
     if split_parent(rel).is_none() {
-        return Err(FileOpError::InvalidPath { op: op.to_string(), path: display(rel), reason: "cannot remove the root directory" });
+        return Err(FileOpError::InvalidPath {
+            op: op.to_string(),
+            path: display(rel),
+            reason: "cannot remove the root directory",
+        });
     }
     let (parent, parent_real, name) = match root.parent_of(rel) {
         Ok(found) => found,
@@ -166,18 +220,35 @@ fn rm_path(root: &Root, op: &str, rel: &str, allow_not_found: bool) -> Result<()
 
 /// Removes `name` in `dir`, recursively if it is a directory; a missing entry is fine. Symlinks are
 /// removed, never followed.
-pub(crate) fn remove_all_at(op: &str, dir: BorrowedFd<'_>, name: &OsStr, shown: &str) -> Result<()> {
+pub(crate) fn remove_all_at(
+    op: &str,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    shown: &str,
+) -> Result<()> {
     match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(sys_err(op, "stat", shown, e)),
         Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
-            let child = openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| sys_err(op, "open", shown, e))?;
+            let child = openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| sys_err(op, "open", shown, e))?;
             for entry in read_dir_sorted(op, child.as_fd(), shown)? {
-                remove_all_at(op, child.as_fd(), &entry, &join_rel(shown, &entry.to_string_lossy()))?;
+                remove_all_at(
+                    op,
+                    child.as_fd(),
+                    &entry,
+                    &join_rel(shown, &entry.to_string_lossy()),
+                )?;
             }
-            unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(|e| sys_err(op, "remove", shown, e))
+            unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+                .map_err(|e| sys_err(op, "remove", shown, e))
         }
-        Ok(_) => unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(|e| sys_err(op, "remove", shown, e)),
+        Ok(_) => unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| sys_err(op, "remove", shown, e)),
     }
 }

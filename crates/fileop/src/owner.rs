@@ -31,9 +31,14 @@ impl Chown {
             Chown::Ids { uid, gid } => return Ok((*uid, *gid)),
             Chown::Spec(spec) => spec,
         };
-        let needs_files = spec.split(':').any(|part| !part.is_empty() && !part.bytes().all(|b| b.is_ascii_digit()));
+        let needs_files = spec
+            .split(':')
+            .any(|part| !part.is_empty() && !part.bytes().all(|b| b.is_ascii_digit()));
         let (passwd, group) = if needs_files {
-            (read_account_file(op, dest, "etc/passwd")?, read_account_file(op, dest, "etc/group")?)
+            (
+                read_account_file(op, dest, "etc/passwd")?,
+                read_account_file(op, dest, "etc/group")?,
+            )
         } else {
             (None, None)
         };
@@ -43,26 +48,41 @@ impl Chown {
 
 /// Resolves a `--chown` spec against account file texts (`None` = file missing). This is the one
 /// place that knows the lookup rules; it delegates to `kiln_image::user`.
-pub(crate) fn resolve_chown_spec(op: &str, spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<(u32, u32)> {
+pub(crate) fn resolve_chown_spec(
+    op: &str,
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32)> {
     use kiln_image::user::{UserError, resolve_chown};
     match resolve_chown(spec, passwd, group) {
         Ok(owner) => Ok((owner.uid, owner.gid)),
         Err(UserError::UnknownUser(name)) => Err(FileOpError::UnknownUser {
             op: op.to_string(),
-            reason: if passwd.is_some() { "no matching entry".into() } else { "the image has no /etc/passwd".into() },
+            reason: if passwd.is_some() {
+                "no matching entry".into()
+            } else {
+                "the image has no /etc/passwd".into()
+            },
             name,
         }),
         Err(UserError::UnknownGroup(name)) => Err(FileOpError::UnknownGroup {
             op: op.to_string(),
-            reason: if group.is_some() { "no matching entry".into() } else { "the image has no /etc/group".into() },
+            reason: if group.is_some() {
+                "no matching entry".into()
+            } else {
+                "the image has no /etc/group".into()
+            },
             name,
         }),
-        Err(UserError::IdOutOfRange { .. }) => {
-            Err(FileOpError::InvalidChown { spec: spec.to_string(), reason: "ids must be in range 0-2147483647" })
-        }
-        Err(UserError::InvalidSpec(_)) => {
-            Err(FileOpError::InvalidChown { spec: spec.to_string(), reason: "expected user[:group]" })
-        }
+        Err(UserError::IdOutOfRange { .. }) => Err(FileOpError::InvalidChown {
+            spec: spec.to_string(),
+            reason: "ids must be in range 0-2147483647",
+        }),
+        Err(UserError::InvalidSpec(_)) => Err(FileOpError::InvalidChown {
+            spec: spec.to_string(),
+            reason: "expected user[:group]",
+        }),
     }
 }
 
@@ -87,13 +107,24 @@ mod tests {
 
     #[test]
     fn numeric_spec_needs_no_files() {
-        assert_eq!(resolve_chown_spec("COPY", "1000", None, None).unwrap(), (1000, 1000));
-        assert_eq!(resolve_chown_spec("COPY", "1:2", None, None).unwrap(), (1, 2));
+        assert_eq!(
+            resolve_chown_spec("COPY", "1000", None, None).unwrap(),
+            (1000, 1000)
+        );
+        assert_eq!(
+            resolve_chown_spec("COPY", "1:2", None, None).unwrap(),
+            (1, 2)
+        );
     }
 
     #[test]
     fn unknown_name_without_passwd_says_so() {
-        let err = resolve_chown_spec("COPY", "app", None, None).unwrap_err().to_string();
-        assert!(err.contains("app") && err.contains("no /etc/passwd"), "{err}");
+        let err = resolve_chown_spec("COPY", "app", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app") && err.contains("no /etc/passwd"),
+            "{err}"
+        );
     }
 }

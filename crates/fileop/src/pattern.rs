@@ -19,7 +19,10 @@ pub fn has_wildcards(component: &str) -> bool {
 /// # Errors
 /// [`FileOpError::InvalidPattern`] for a malformed pattern (unclosed `[`, trailing `\`, …).
 pub fn glob_match(pattern: &str, name: &str) -> Result<bool> {
-    go_match(pattern, name).map_err(|e| FileOpError::InvalidPattern { pattern: pattern.to_string(), reason: e.to_string() })
+    go_match(pattern, name).map_err(|e| FileOpError::InvalidPattern {
+        pattern: pattern.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// A list of Docker-style patterns (`.dockerignore` syntax).
@@ -37,15 +40,27 @@ impl PatternSet {
     /// # Errors
     /// [`FileOpError::InvalidPattern`] for a lone `!` or a malformed pattern.
     pub fn new(patterns: &[String]) -> Result<PatternSet> {
-        let compiled = IgnorePatterns::compile(patterns)
-            .map_err(|e| FileOpError::InvalidPattern { pattern: patterns.join(" "), reason: e.to_string() })?;
+        let compiled =
+            IgnorePatterns::compile(patterns).map_err(|e| FileOpError::InvalidPattern {
+                pattern: patterns.join(" "),
+                reason: e.to_string(),
+            })?;
         let literal_prefixes = compiled
             .patterns()
             .iter()
             .filter(|p| !p.is_exception())
-            .map(|p| p.as_str().split('/').take_while(|c| !has_wildcards(c)).map(str::to_string).collect())
+            .map(|p| {
+                p.as_str()
+                    .split('/')
+                    .take_while(|c| !has_wildcards(c))
+                    .map(str::to_string)
+                    .collect()
+            })
             .collect();
-        Ok(PatternSet { patterns: compiled, literal_prefixes })
+        Ok(PatternSet {
+            patterns: compiled,
+            literal_prefixes,
+        })
     }
 
     /// True when there are no patterns.
@@ -62,7 +77,9 @@ impl PatternSet {
     /// components agree with `dir`'s as far as both go.
     pub fn could_match_below(&self, dir: &str) -> bool {
         let components: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
-        self.literal_prefixes.iter().any(|prefix| prefix.iter().zip(components.iter()).all(|(a, b)| a == b))
+        self.literal_prefixes
+            .iter()
+            .any(|prefix| prefix.iter().zip(components.iter()).all(|(a, b)| a == b))
     }
 
     /// Whether the `/`-separated relative `path` is matched (by a pattern matching it or one of
@@ -89,7 +106,13 @@ mod tests {
 
     #[test]
     fn docker_patterns_follow_dockerignore_rules() {
-        let set = PatternSet::new(&["*.md".into(), "!README.md".into(), "build/**".into(), "**/*.log".into()]).unwrap();
+        let set = PatternSet::new(&[
+            "*.md".into(),
+            "!README.md".into(),
+            "build/**".into(),
+            "**/*.log".into(),
+        ])
+        .unwrap();
         assert!(set.matches("notes.md"));
         assert!(!set.matches("README.md"));
         assert!(!set.matches("docs/notes.md"));

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
-use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, utimensat};
+use nix::sys::stat::{
+    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, utimensat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
 
@@ -33,16 +35,26 @@ impl Root {
     /// Opens `path` as a root. `op` names the operation for error messages.
     pub(crate) fn open(path: &Path, op: &str) -> Result<Root> {
         let shown = path.display().to_string();
-        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| sys_err(op, "open root directory", &shown, e))?;
-        let real = std::fs::canonicalize(path).map_err(|e| io_err(op, "resolve root directory", &shown, e))?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| sys_err(op, "open root directory", &shown, e))?;
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| io_err(op, "resolve root directory", &shown, e))?;
         Ok(Root { fd, real })
     }
 
     /// Opens `rel` with `flags`, resolving every component (and the leaf, unless `O_NOFOLLOW`)
     /// inside the root.
     pub(crate) fn open_in(&self, rel: &str, flags: OFlag) -> nix::Result<OwnedFd> {
-        let path = if rel.is_empty() { "." } else { rel };
+        self.open_in_path(Path::new(rel), flags)
+    }
+
+    /// [`Root::open_in`] for paths that need not be UTF-8 (entries found while walking).
+    pub(crate) fn open_in_path(&self, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+        let path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -57,10 +69,23 @@ impl Root {
 
     /// The root-relative path of a descriptor that was opened inside this root.
     pub(crate) fn rel_of(&self, fd: BorrowedFd<'_>) -> nix::Result<String> {
+        Ok(self.rel_path_of(fd)?.to_string_lossy().into_owned())
+    }
+
+    /// [`Root::rel_of`] without the lossy conversion to UTF-8.
+    pub(crate) fn rel_path_of(&self, fd: BorrowedFd<'_>) -> nix::Result<PathBuf> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
         let rel = link.strip_prefix(&self.real).map_err(|_| Errno::EXDEV)?;
-        Ok(rel.to_string_lossy().into_owned())
+        Ok(rel.to_path_buf())
+    }
+
+    /// The parent directory (resolved inside the root) and final name of a real, clean path.
+    pub(crate) fn parent_dir_of(&self, rel: &Path) -> nix::Result<(OwnedFd, OsString)> {
+        let name = rel.file_name().ok_or(Errno::EINVAL)?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let fd = self.open_in_path(parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        Ok((fd, name.to_os_string()))
     }
 
     /// Resolves the parent directory of `rel` inside the root (following symlinks) and returns its
@@ -84,11 +109,16 @@ impl Root {
             }
             let (parent_fd, parent_real, name) = match self.parent_of(&current) {
                 Ok(found) => found,
-                Err(Errno::ENOENT) => return Ok(current),
+                // Whoever uses the path reports the missing or non-directory component.
+                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(current),
                 Err(e) => return Err(e),
             };
             let here = join_rel(&parent_real, &name.to_string_lossy());
-            match fstatat(parent_fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            match fstatat(
+                parent_fd.as_fd(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
                 Ok(st) if file_type(&st) == SFlag::S_IFLNK => {
                     let target = nix::fcntl::readlinkat(parent_fd.as_fd(), name.as_os_str())?;
                     let target = target.to_string_lossy();
@@ -131,11 +161,24 @@ impl Root {
     /// Sets both times of `rel` (not following a final symlink).
     pub(crate) fn set_times(&self, op: &str, rel: &str, time: TimeSpec) -> Result<()> {
         let (parent, _, name) = match split_parent(rel) {
-            Some(_) => self.parent_of(rel).map_err(|e| sys_err(op, "resolve", rel, e))?,
-            None => (self.open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| sys_err(op, "open", "/", e))?, String::new(), ".".into()),
+            Some(_) => self
+                .parent_of(rel)
+                .map_err(|e| sys_err(op, "resolve", rel, e))?,
+            None => (
+                self.open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+                    .map_err(|e| sys_err(op, "open", "/", e))?,
+                String::new(),
+                ".".into(),
+            ),
         };
-        utimensat(parent.as_fd(), name.as_os_str(), &time, &time, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| sys_err(op, "set times of", rel, e))
+        utimensat(
+            parent.as_fd(),
+            name.as_os_str(),
+            &time,
+            &time,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| sys_err(op, "set times of", rel, e))
     }
 
     fn mkdir_all_inner(
@@ -157,7 +200,9 @@ impl Root {
             Err(Errno::ENOTDIR) => return Err(self.first_non_dir(op, &rel)),
             Err(e) => return Err(sys_err(op, "resolve", &rel, e)),
         }
-        let mut current = self.open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| sys_err(op, "open", "/", e))?;
+        let mut current = self
+            .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|e| sys_err(op, "open", "/", e))?;
         let mut current_rel = String::new();
         let components: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         for (i, component) in components.iter().copied().enumerate() {
@@ -174,25 +219,52 @@ impl Root {
                     match self.open_in(&next_rel, OFlag::O_PATH | OFlag::O_DIRECTORY) {
                         Ok(fd) => {
                             current = fd;
-                            current_rel =
-                                self.rel_of(current.as_fd()).map_err(|e| sys_err(op, "resolve", &next_rel, e))?;
+                            current_rel = self
+                                .rel_of(current.as_fd())
+                                .map_err(|e| sys_err(op, "resolve", &next_rel, e))?;
                         }
                         Err(Errno::ENOENT) => {
-                            let target = self.resolve_follow(&next_rel).map_err(|e| sys_err(op, "resolve", &next_rel, e))?;
+                            let target = self
+                                .resolve_follow(&next_rel)
+                                .map_err(|e| sys_err(op, "resolve", &next_rel, e))?;
                             let rest = components[i + 1..].join("/");
-                            return self.mkdir_all_inner(op, &join_rel(&target, &rest), mode, owner, created, depth + 1);
+                            return self.mkdir_all_inner(
+                                op,
+                                &join_rel(&target, &rest),
+                                mode,
+                                owner,
+                                created,
+                                depth + 1,
+                            );
                         }
                         Err(Errno::ENOTDIR) => {
-                            return Err(FileOpError::NotADirectory { op: op.to_string(), path: display(&next_rel) });
+                            return Err(FileOpError::NotADirectory {
+                                op: op.to_string(),
+                                path: display(&next_rel),
+                            });
                         }
                         Err(e) => return Err(sys_err(op, "resolve", &next_rel, e)),
                     }
                 }
-                Ok(_) => return Err(FileOpError::NotADirectory { op: op.to_string(), path: display(&next_rel) }),
+                Ok(_) => {
+                    return Err(FileOpError::NotADirectory {
+                        op: op.to_string(),
+                        path: display(&next_rel),
+                    });
+                }
                 Err(Errno::ENOENT) => {
                     mkdirat(current.as_fd(), component, Mode::from_bits_truncate(0o700))
                         .map_err(|e| sys_err(op, "create directory", &next_rel, e))?;
-                    set_metadata_at(op, current.as_fd(), OsStr::new(component), &next_rel, owner, Some(mode), None, false)?;
+                    set_metadata_at(
+                        op,
+                        current.as_fd(),
+                        OsStr::new(component),
+                        &next_rel,
+                        owner,
+                        Some(mode),
+                        None,
+                        false,
+                    )?;
                     created.push(next_rel.clone());
                     current = openat(current.as_fd(), component, dir_path_flags(), Mode::empty())
                         .map_err(|e| sys_err(op, "open", &next_rel, e))?;
@@ -210,10 +282,16 @@ impl Root {
         for component in rel.split('/').filter(|c| !c.is_empty()) {
             prefix = join_rel(&prefix, component);
             if let Err(Errno::ENOTDIR) = self.open_in(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                return FileOpError::NotADirectory { op: op.to_string(), path: display(&prefix) };
+                return FileOpError::NotADirectory {
+                    op: op.to_string(),
+                    path: display(&prefix),
+                };
             }
         }
-        FileOpError::NotADirectory { op: op.to_string(), path: display(rel) }
+        FileOpError::NotADirectory {
+            op: op.to_string(),
+            path: display(rel),
+        }
     }
 }
 
@@ -236,12 +314,23 @@ pub(crate) fn set_metadata_at(
     is_symlink: bool,
 ) -> Result<()> {
     if let Some((uid, gid)) = owner {
-        fchownat(dir, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| sys_err(op, "chown", shown, e))?;
+        fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| sys_err(op, "chown", shown, e))?;
     }
     if let (Some(mode), false) = (mode, is_symlink) {
-        fchmodat(dir, name, Mode::from_bits_truncate(mode & 0o7777), FchmodatFlags::FollowSymlink)
-            .map_err(|e| sys_err(op, "chmod", shown, e))?;
+        fchmodat(
+            dir,
+            name,
+            Mode::from_bits_truncate(mode & 0o7777),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| sys_err(op, "chmod", shown, e))?;
     }
     if let Some(time) = mtime {
         utimensat(dir, name, &time, &time, UtimensatFlags::NoFollowSymlink)

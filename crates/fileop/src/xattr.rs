@@ -12,12 +12,20 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> nix::Resu
         if name.starts_with(b"trusted.overlay.") {
             continue;
         }
-        let Some(value) = get(src, &name)? else { continue };
+        let Some(value) = get(src, &name)? else {
+            continue;
+        };
         let mut cname = name.clone();
         cname.push(0);
         // SAFETY: `cname` is NUL-terminated and `value` outlives the call.
         let res = unsafe {
-            libc::fsetxattr(dst.as_raw_fd(), cname.as_ptr().cast(), value.as_ptr().cast(), value.len(), 0)
+            libc::fsetxattr(
+                dst.as_raw_fd(),
+                cname.as_ptr().cast(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         };
         match Errno::result(res) {
             Ok(_) | Err(Errno::ENOTSUP) => {}
@@ -46,7 +54,11 @@ fn list(fd: BorrowedFd<'_>) -> nix::Result<Vec<Vec<u8>>> {
         match Errno::result(got) {
             Ok(got) => {
                 buf.truncate(got as usize);
-                return Ok(buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect());
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
             }
             // The list grew between the two calls: ask again.
             Err(Errno::ERANGE) => continue,
@@ -61,7 +73,14 @@ fn get(fd: BorrowedFd<'_>, name: &[u8]) -> nix::Result<Option<Vec<u8>>> {
     cname.push(0);
     loop {
         // SAFETY: NUL-terminated name; a null buffer asks for the size.
-        let size = unsafe { libc::fgetxattr(fd.as_raw_fd(), cname.as_ptr().cast(), std::ptr::null_mut(), 0) };
+        let size = unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                cname.as_ptr().cast(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
         let size = match Errno::result(size) {
             Ok(size) => size as usize,
             Err(Errno::ENODATA) => return Ok(None),
@@ -69,7 +88,14 @@ fn get(fd: BorrowedFd<'_>, name: &[u8]) -> nix::Result<Option<Vec<u8>>> {
         };
         let mut buf = vec![0u8; size];
         // SAFETY: `buf` has `size` writable bytes.
-        let got = unsafe { libc::fgetxattr(fd.as_raw_fd(), cname.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+        let got = unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                cname.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         match Errno::result(got) {
             Ok(got) => {
                 buf.truncate(got as usize);

@@ -41,7 +41,11 @@ fn tar_cli(dir: &Path, name: &str, compressor: Option<&str>) {
             fs::rename(&plain, &out).unwrap();
         }
         Some(tool) => {
-            let compressed = Command::new(tool).arg("-c").arg(&plain).output().unwrap_or_else(|e| panic!("{tool} must be installed: {e}"));
+            let compressed = Command::new(tool)
+                .arg("-c")
+                .arg(&plain)
+                .output()
+                .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"));
             assert!(compressed.status.success(), "{tool} failed");
             fs::write(&out, compressed.stdout).unwrap();
             fs::remove_file(&plain).unwrap();
@@ -54,7 +58,12 @@ fn assert_unpacked(dst: &Path, dir: &str) {
     assert_eq!(read(dst, &format!("{dir}/top.txt")), "top");
     assert_eq!(read(dst, &format!("{dir}/sub/inner.txt")), "inner");
     assert_eq!(mode(dst, &format!("{dir}/sub/inner.txt")), 0o640);
-    assert_eq!(fs::read_link(dst.join(format!("{dir}/sub/link"))).unwrap().to_str(), Some("inner.txt"));
+    assert_eq!(
+        fs::read_link(dst.join(format!("{dir}/sub/link")))
+            .unwrap()
+            .to_str(),
+        Some("inner.txt")
+    );
     // Archive ownership is kept without --chown.
     assert_eq!(owner(dst, &format!("{dir}/top.txt")), (1000, 1000));
 }
@@ -115,7 +124,11 @@ fn add_detects_archives_by_content_not_name() {
 fn add_gzip_of_non_tar_is_copied_as_is() {
     let r = roots();
     write(&r.src, "plain", "hello hello hello");
-    let gz = Command::new("gzip").arg("-c").arg(r.src.join("plain")).output().unwrap();
+    let gz = Command::new("gzip")
+        .arg("-c")
+        .arg(r.src.join("plain"))
+        .output()
+        .unwrap();
     fs::write(r.src.join("data.gz"), &gz.stdout).unwrap();
     copy(&r.src, &r.dst, &add(&["data.gz"], "/x/")).unwrap();
     assert_eq!(fs::read(r.dst.join("x/data.gz")).unwrap(), gz.stdout);
@@ -168,6 +181,9 @@ fn raw_tar(path: &Path, entries: &[(&str, tar::EntryType, &str, &str)]) {
         header.set_entry_type(*kind);
         header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
         header.set_size(content.len() as u64);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
         header.set_cksum();
         builder.append(&header, content.as_bytes()).unwrap();
     }
@@ -177,9 +193,18 @@ fn raw_tar(path: &Path, entries: &[(&str, tar::EntryType, &str, &str)]) {
 #[test]
 fn add_tar_with_dotdot_rejected() {
     let r = roots();
-    raw_tar(&r.src.join("evil.tar"), &[("ok.txt", tar::EntryType::Regular, "", "fine"), ("../../escaped.txt", tar::EntryType::Regular, "", "bad")]);
+    raw_tar(
+        &r.src.join("evil.tar"),
+        &[
+            ("ok.txt", tar::EntryType::Regular, "", "fine"),
+            ("../../escaped.txt", tar::EntryType::Regular, "", "bad"),
+        ],
+    );
     let err = copy(&r.src, &r.dst, &add(&["evil.tar"], "/app/")).unwrap_err();
-    assert!(matches!(err, FileOpError::ArchiveEscape { ref entry, .. } if entry == "../../escaped.txt"), "{err}");
+    assert!(
+        matches!(err, FileOpError::ArchiveEscape { ref entry, .. } if entry == "../../escaped.txt"),
+        "{err}"
+    );
     assert!(err.to_string().contains("outside the destination"), "{err}");
     assert!(!exists(&r.dst, "escaped.txt"));
     assert!(!exists(r.dst.parent().unwrap(), "escaped.txt"));
@@ -191,11 +216,21 @@ fn add_tar_with_absolute_symlink_then_write_through_rejected() {
     let target = r.outside.to_str().unwrap().to_string();
     raw_tar(
         &r.src.join("evil.tar"),
-        &[("link", tar::EntryType::Symlink, &target, ""), ("link/pwned", tar::EntryType::Regular, "", "bad")],
+        &[
+            ("link", tar::EntryType::Symlink, &target, ""),
+            ("link/pwned", tar::EntryType::Regular, "", "bad"),
+        ],
     );
     let err = copy(&r.src, &r.dst, &add(&["evil.tar"], "/app/")).unwrap_err();
-    assert!(matches!(err, FileOpError::ArchiveEscape { ref entry, .. } if entry == "link/pwned"), "{err}");
-    assert_eq!(fs::read_dir(&r.outside).unwrap().count(), 0, "wrote outside the root");
+    assert!(
+        matches!(err, FileOpError::ArchiveEscape { ref entry, .. } if entry == "link/pwned"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
 }
 
 #[test]
@@ -203,7 +238,10 @@ fn add_tar_with_relative_symlink_climbing_out_then_write_through_rejected() {
     let r = roots();
     raw_tar(
         &r.src.join("evil.tar"),
-        &[("up", tar::EntryType::Symlink, "../..", ""), ("up/etc/pwned", tar::EntryType::Regular, "", "bad")],
+        &[
+            ("up", tar::EntryType::Symlink, "../..", ""),
+            ("up/etc/pwned", tar::EntryType::Regular, "", "bad"),
+        ],
     );
     let err = copy(&r.src, &r.dst, &add(&["evil.tar"], "/app/")).unwrap_err();
     assert!(matches!(err, FileOpError::ArchiveEscape { .. }), "{err}");
@@ -230,14 +268,20 @@ fn add_tar_hardlink_escaping_rejected_and_inside_kept() {
     let r = roots();
     raw_tar(
         &r.src.join("links.tar"),
-        &[("a", tar::EntryType::Regular, "", "data"), ("b", tar::EntryType::Link, "a", "")],
+        &[
+            ("a", tar::EntryType::Regular, "", "data"),
+            ("b", tar::EntryType::Link, "a", ""),
+        ],
     );
     copy(&r.src, &r.dst, &add(&["links.tar"], "/app/")).unwrap();
     let a = fs::metadata(r.dst.join("app/a")).unwrap();
     let b = fs::metadata(r.dst.join("app/b")).unwrap();
     assert_eq!(a.ino(), b.ino());
 
-    raw_tar(&r.src.join("evil.tar"), &[("x", tar::EntryType::Link, "../../../etc/passwd", "")]);
+    raw_tar(
+        &r.src.join("evil.tar"),
+        &[("x", tar::EntryType::Link, "../../../etc/passwd", "")],
+    );
     let err = copy(&r.src, &r.dst, &add(&["evil.tar"], "/app2/")).unwrap_err();
     assert!(matches!(err, FileOpError::ArchiveEscape { .. }), "{err}");
 }
@@ -249,6 +293,10 @@ fn add_archive_into_dest_symlink_stays_in_root() {
     let outside = r.outside.to_str().unwrap().to_string();
     symlink(&outside, r.dst.join("app")).unwrap();
     copy(&r.src, &r.dst, &add(&["a.tar"], "/app")).unwrap();
-    assert_eq!(fs::read_dir(&r.outside).unwrap().count(), 0, "wrote outside the root");
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
     assert_unpacked(&r.dst, outside.trim_start_matches('/'));
 }

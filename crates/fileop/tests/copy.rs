@@ -116,8 +116,15 @@ fn several_sources_need_dir_dest() {
     write(&r.src, "a", "A");
     write(&r.src, "b", "B");
     let err = copy(&r.src, &r.dst, &opts(&["a", "b"], "/file")).unwrap_err();
-    assert!(matches!(err, FileOpError::SeveralSourcesNeedDirDest { count: 2, .. }), "{err}");
-    assert!(err.to_string().contains("must be a directory and end with a /"), "{err}");
+    assert!(
+        matches!(err, FileOpError::SeveralSourcesNeedDirDest { count: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("must be a directory and end with a /"),
+        "{err}"
+    );
     copy(&r.src, &r.dst, &opts(&["a", "b"], "/dir/")).unwrap();
     assert_eq!(read(&r.dst, "dir/a"), "A");
     assert_eq!(read(&r.dst, "dir/b"), "B");
@@ -129,7 +136,10 @@ fn wildcard_matching_several_needs_dir_dest() {
     write(&r.src, "f1.txt", "1");
     write(&r.src, "f2.txt", "2");
     let err = copy(&r.src, &r.dst, &opts(&["f*.txt"], "/out")).unwrap_err();
-    assert!(matches!(err, FileOpError::SeveralSourcesNeedDirDest { .. }), "{err}");
+    assert!(
+        matches!(err, FileOpError::SeveralSourcesNeedDirDest { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,7 +160,10 @@ fn wildcard_copies_matches_in_order_and_not_non_matches() {
     write(&r.src, "src/c.rs", "c");
     write(&r.src, "src/deep/d.go", "d");
     let report = copy(&r.src, &r.dst, &opts(&["src/*.go"], "/out/")).unwrap();
-    assert_eq!(report.targets, vec!["/out/a.go".to_string(), "/out/b.go".to_string()]);
+    assert_eq!(
+        report.targets,
+        vec!["/out/a.go".to_string(), "/out/b.go".to_string()]
+    );
     assert!(!exists(&r.dst, "out/c.rs"));
     assert!(!exists(&r.dst, "out/d.go"));
 }
@@ -178,7 +191,10 @@ fn wildcard_matching_nothing_is_an_error_unless_allowed() {
 fn missing_source_error_names_path_and_context() {
     let r = roots();
     let err = copy(&r.src, &r.dst, &opts(&["foo"], "/x")).unwrap_err();
-    assert_eq!(err.to_string(), "COPY failed: source \"foo\" not found in build context");
+    assert_eq!(
+        err.to_string(),
+        "COPY failed: source \"foo\" not found in build context"
+    );
 }
 
 #[test]
@@ -201,7 +217,10 @@ fn source_symlink_escaping_context_stays_in_context() {
     // Both links resolve inside the context, where there is nothing: not found, never the host file.
     for link in ["abs_link", "rel_link"] {
         let err = copy(&r.src, &r.dst, &opts(&[link], "/got")).unwrap_err();
-        assert!(matches!(err, FileOpError::SourceNotFound { .. }), "{link}: {err}");
+        assert!(
+            matches!(err, FileOpError::SourceNotFound { .. }),
+            "{link}: {err}"
+        );
     }
     assert!(!exists(&r.dst, "got"));
 }
@@ -213,7 +232,11 @@ fn source_symlink_given_directly_is_followed() {
     symlink("real/file", r.src.join("link")).unwrap();
     symlink("/real", r.src.join("dirlink")).unwrap();
     copy(&r.src, &r.dst, &opts(&["link"], "/copied")).unwrap();
-    assert!(fs::symlink_metadata(r.dst.join("copied")).unwrap().is_file());
+    assert!(
+        fs::symlink_metadata(r.dst.join("copied"))
+            .unwrap()
+            .is_file()
+    );
     assert_eq!(read(&r.dst, "copied"), "content");
     copy(&r.src, &r.dst, &opts(&["dirlink"], "/d")).unwrap();
     assert_eq!(read(&r.dst, "d/file"), "content");
@@ -227,7 +250,10 @@ fn source_symlink_not_followed_when_disabled() {
     let mut o = opts(&["link"], "/link");
     o.follow_symlinks = false;
     copy(&r.src, &r.dst, &o).unwrap();
-    assert_eq!(fs::read_link(r.dst.join("link")).unwrap().to_str(), Some("target"));
+    assert_eq!(
+        fs::read_link(r.dst.join("link")).unwrap().to_str(),
+        Some("target")
+    );
 }
 
 #[test]
@@ -238,9 +264,18 @@ fn symlinks_inside_copied_dir_stay_symlinks() {
     symlink("/etc/passwd", r.src.join("d/abs")).unwrap();
     symlink("missing", r.src.join("d/dangling")).unwrap();
     copy(&r.src, &r.dst, &opts(&["d"], "/out")).unwrap();
-    assert_eq!(fs::read_link(r.dst.join("out/rel")).unwrap().to_str(), Some("target"));
-    assert_eq!(fs::read_link(r.dst.join("out/abs")).unwrap().to_str(), Some("/etc/passwd"));
-    assert_eq!(fs::read_link(r.dst.join("out/dangling")).unwrap().to_str(), Some("missing"));
+    assert_eq!(
+        fs::read_link(r.dst.join("out/rel")).unwrap().to_str(),
+        Some("target")
+    );
+    assert_eq!(
+        fs::read_link(r.dst.join("out/abs")).unwrap().to_str(),
+        Some("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(r.dst.join("out/dangling")).unwrap().to_str(),
+        Some("missing")
+    );
 }
 
 #[test]
@@ -270,7 +305,10 @@ fn empty_dirs_copied() {
 fn long_and_unicode_names_copied() {
     let r = roots();
     let long = "n".repeat(255);
-    let deep: String = (0..20).map(|i| format!("level{i:02}-{}", "x".repeat(40))).collect::<Vec<_>>().join("/");
+    let deep: String = (0..20)
+        .map(|i| format!("level{i:02}-{}", "x".repeat(40)))
+        .collect::<Vec<_>>()
+        .join("/");
     write(&r.src, &format!("d/{long}"), "long");
     write(&r.src, "d/ünïcødé 文件 🚀.txt", "unicode");
     write(&r.src, &format!("d/{deep}/leaf"), "deep");
@@ -364,7 +402,11 @@ fn chown_by_name_uses_dest_passwd() {
     write(&r.src, "f", "f");
     // The context has its own (different) account files; only the destination's count.
     write(&r.src, "etc/passwd", "app:x:1:1::/:/bin/sh\n");
-    write(&r.dst, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1300::/home/app:/bin/sh\n");
+    write(
+        &r.dst,
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1300::/home/app:/bin/sh\n",
+    );
     write(&r.dst, "etc/group", "root:x:0:\nstaff:x:2345:\n");
     let mut o = opts(&["f"], "/f1");
     o.chown = Some(Chown::Spec("app".into()));
@@ -397,7 +439,10 @@ fn chown_unknown_name_fails_naming_it() {
     let mut o = opts(&["f"], "/f");
     o.chown = Some(Chown::Spec("ghost".into()));
     let err = copy(&r.src, &r.dst, &o).unwrap_err();
-    assert!(matches!(err, FileOpError::UnknownUser { ref name, .. } if name == "ghost"), "{err}");
+    assert!(
+        matches!(err, FileOpError::UnknownUser { ref name, .. } if name == "ghost"),
+        "{err}"
+    );
     assert!(!exists(&r.dst, "f"));
 }
 
@@ -408,7 +453,10 @@ fn chown_applies_to_created_dest_dirs() {
     let mut o = opts(&["f"], "/a/b/");
     o.chown = Some(Chown::Ids { uid: 11, gid: 12 });
     let report = copy(&r.src, &r.dst, &o).unwrap();
-    assert_eq!(report.created_dirs, vec!["/a".to_string(), "/a/b".to_string()]);
+    assert_eq!(
+        report.created_dirs,
+        vec!["/a".to_string(), "/a/b".to_string()]
+    );
     assert_eq!(owner(&r.dst, "a"), (11, 12));
     assert_eq!(owner(&r.dst, "a/b"), (11, 12));
     assert_eq!(owner(&r.dst, "a/b/f"), (11, 12));
@@ -438,8 +486,18 @@ fn dest_symlink_to_absolute_path_stays_in_root() {
     copy(&r.src, &r.dst, &opts(&["f"], "/app/")).unwrap();
     assert_eq!(read(&r.dst, "opt/app/f"), "payload");
     copy(&r.src, &r.dst, &opts(&["f"], "/evil/")).unwrap();
-    assert_eq!(fs::read_dir(&r.outside).unwrap().count(), 0, "wrote outside the root");
-    assert_eq!(read(&r.dst, &format!("{}/f", outside_abs.trim_start_matches('/'))), "payload");
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
+    assert_eq!(
+        read(
+            &r.dst,
+            &format!("{}/f", outside_abs.trim_start_matches('/'))
+        ),
+        "payload"
+    );
 }
 
 #[test]
@@ -448,7 +506,11 @@ fn dest_symlink_with_dotdot_stays_in_root() {
     write(&r.src, "f", "payload");
     symlink("../../../../../../outside", r.dst.join("up")).unwrap();
     copy(&r.src, &r.dst, &opts(&["f"], "/up/f")).unwrap();
-    assert_eq!(fs::read_dir(&r.outside).unwrap().count(), 0, "wrote outside the root");
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
     assert_eq!(read(&r.dst, "outside/f"), "payload");
 }
 
@@ -461,7 +523,11 @@ fn nested_dest_symlink_is_replaced_not_written_through() {
     symlink(&target, r.dst.join("out/conf")).unwrap();
     copy(&r.src, &r.dst, &opts(&["d"], "/out")).unwrap();
     assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
-    assert!(fs::symlink_metadata(r.dst.join("out/conf")).unwrap().is_file());
+    assert!(
+        fs::symlink_metadata(r.dst.join("out/conf"))
+            .unwrap()
+            .is_file()
+    );
     assert_eq!(read(&r.dst, "out/conf"), "new");
 }
 
@@ -474,7 +540,12 @@ fn dir_merges_through_image_symlink_to_dir() {
     copy(&r.src, &r.dst, &opts(&["rootfs"], "/")).unwrap();
     assert_eq!(read(&r.dst, "usr/lib/libx.so"), "lib");
     assert_eq!(read(&r.dst, "usr/lib/existing.so"), "old");
-    assert!(fs::symlink_metadata(r.dst.join("lib")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(r.dst.join("lib"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -483,7 +554,10 @@ fn nested_file_cannot_replace_directory() {
     write(&r.src, "d/thing", "file");
     write(&r.dst, "out/thing/inner", "x");
     let err = copy(&r.src, &r.dst, &opts(&["d"], "/out")).unwrap_err();
-    assert!(matches!(err, FileOpError::ReplaceDirWithFile { ref path, .. } if path == "/out/thing"), "{err}");
+    assert!(
+        matches!(err, FileOpError::ReplaceDirWithFile { ref path, .. } if path == "/out/thing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -493,13 +567,33 @@ fn xattrs_copied() {
     let path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
     let value = b"hello";
     // SAFETY: valid NUL-terminated strings and buffer.
-    let res = unsafe { libc::setxattr(path.as_ptr(), c"user.kiln".as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(res, 0, "this test needs a filesystem with user xattrs: {}", std::io::Error::last_os_error());
+    let res = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.kiln".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        res,
+        0,
+        "this test needs a filesystem with user xattrs: {}",
+        std::io::Error::last_os_error()
+    );
     copy(&r.src, &r.dst, &opts(&["f"], "/f")).unwrap();
     let out = std::ffi::CString::new(r.dst.join("f").to_str().unwrap()).unwrap();
     let mut buf = [0u8; 16];
     // SAFETY: valid strings and buffer of the given size.
-    let n = unsafe { libc::getxattr(out.as_ptr(), c"user.kiln".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            out.as_ptr(),
+            c"user.kiln".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, 5);
     assert_eq!(&buf[..5], value);
 }
@@ -599,7 +693,11 @@ fn mtime_override_applies_to_everything_written() {
     o.mtime = Some(epoch);
     copy(&r.src, &r.dst, &o).unwrap();
     for rel in ["new", "new/out", "new/out/f", "new/out/l"] {
-        assert_eq!(fs::symlink_metadata(r.dst.join(rel)).unwrap().mtime(), 1_600_000_000, "{rel}");
+        assert_eq!(
+            fs::symlink_metadata(r.dst.join(rel)).unwrap().mtime(),
+            1_600_000_000,
+            "{rel}"
+        );
     }
 }
 
@@ -608,9 +706,11 @@ fn source_times_preserved_without_override() {
     let r = roots();
     let f = write(&r.src, "d/f", "f");
     let file = fs::File::options().write(true).open(&f).unwrap();
-    file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+    file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
     let dir = fs::File::open(r.src.join("d")).unwrap();
-    dir.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000)).unwrap();
+    dir.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000))
+        .unwrap();
     let mut o = opts(&["d"], "/");
     o.dir_copy_contents = false;
     copy(&r.src, &r.dst, &o).unwrap();
@@ -637,7 +737,10 @@ fn create_dest_path_false_requires_parent() {
     let mut o = opts(&["a"], "/missing/a");
     o.create_dest_path = false;
     let err = copy(&r.src, &r.dst, &o).unwrap_err();
-    assert!(matches!(err, FileOpError::DestParentMissing { .. }), "{err}");
+    assert!(
+        matches!(err, FileOpError::DestParentMissing { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -646,14 +749,21 @@ fn dest_path_through_a_file_is_not_a_directory() {
     write(&r.src, "a", "A");
     write(&r.dst, "file", "f");
     let err = copy(&r.src, &r.dst, &opts(&["a"], "/file/sub/")).unwrap_err();
-    assert!(matches!(err, FileOpError::NotADirectory { ref path, .. } if path == "/file"), "{err}");
+    assert!(
+        matches!(err, FileOpError::NotADirectory { ref path, .. } if path == "/file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn fifo_and_device_recreated() {
     let r = roots();
     fs::create_dir(r.src.join("d")).unwrap();
-    nix::unistd::mkfifo(&r.src.join("d/pipe"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &r.src.join("d/pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
     nix::sys::stat::mknod(
         &r.src.join("d/null"),
         nix::sys::stat::SFlag::S_IFCHR,
@@ -663,9 +773,32 @@ fn fifo_and_device_recreated() {
     .unwrap();
     let report = copy(&r.src, &r.dst, &opts(&["d"], "/out")).unwrap();
     use std::os::unix::fs::FileTypeExt;
-    assert!(fs::symlink_metadata(r.dst.join("out/pipe")).unwrap().file_type().is_fifo());
+    assert!(
+        fs::symlink_metadata(r.dst.join("out/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     let null = fs::symlink_metadata(r.dst.join("out/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), libc::makedev(1, 3));
     assert_eq!(report.special_files, 2);
+}
+
+#[test]
+fn non_utf8_names_and_hardlinks_between_them_copied() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let r = roots();
+    let dir = r.src.join("d").join(OsStr::from_bytes(b"caf\xe9"));
+    fs::create_dir_all(&dir).unwrap();
+    let first = dir.join(OsStr::from_bytes(b"\xff\xfe.bin"));
+    fs::write(&first, "bytes").unwrap();
+    fs::hard_link(&first, dir.join(OsStr::from_bytes(b"second\x80"))).unwrap();
+    copy(&r.src, &r.dst, &opts(&["d"], "/out")).unwrap();
+    let out = r.dst.join("out").join(OsStr::from_bytes(b"caf\xe9"));
+    let a = fs::metadata(out.join(OsStr::from_bytes(b"\xff\xfe.bin"))).unwrap();
+    let b = fs::metadata(out.join(OsStr::from_bytes(b"second\x80"))).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(fs::read_to_string(out.join(OsStr::from_bytes(b"\xff\xfe.bin"))).unwrap(), "bytes");
 }

@@ -13,11 +13,23 @@ use kiln_fileop::{Chown, FileOpError, mkdir, mkfile, rm};
 fn mkdir_with_parents_creates_all_with_mode_owner_and_time() {
     let r = roots();
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_234_567);
-    mkdir(&r.dst, "/a/b/c", 0o750, true, Some(&Chown::Ids { uid: 3, gid: 4 }), Some(time)).unwrap();
+    mkdir(
+        &r.dst,
+        "/a/b/c",
+        0o750,
+        true,
+        Some(&Chown::Ids { uid: 3, gid: 4 }),
+        Some(time),
+    )
+    .unwrap();
     for dir in ["a", "a/b", "a/b/c"] {
         assert_eq!(mode(&r.dst, dir), 0o750, "{dir}");
         assert_eq!(owner(&r.dst, dir), (3, 4), "{dir}");
-        assert_eq!(fs::metadata(r.dst.join(dir)).unwrap().mtime(), 1_234_567, "{dir}");
+        assert_eq!(
+            fs::metadata(r.dst.join(dir)).unwrap().mtime(),
+            1_234_567,
+            "{dir}"
+        );
     }
 }
 
@@ -26,7 +38,15 @@ fn mkdir_existing_dir_is_left_alone() {
     let r = roots();
     fs::create_dir(r.dst.join("keep")).unwrap();
     chmod(&r.dst.join("keep"), 0o700);
-    mkdir(&r.dst, "keep", 0o755, true, Some(&Chown::Ids { uid: 9, gid: 9 }), None).unwrap();
+    mkdir(
+        &r.dst,
+        "keep",
+        0o755,
+        true,
+        Some(&Chown::Ids { uid: 9, gid: 9 }),
+        None,
+    )
+    .unwrap();
     assert_eq!(mode(&r.dst, "keep"), 0o700);
     assert_eq!(owner(&r.dst, "keep"), (0, 0));
 }
@@ -46,8 +66,15 @@ fn mkdir_follows_image_symlinks_inside_root() {
     let outside = r.outside.to_str().unwrap().to_string();
     symlink(&outside, r.dst.join("work")).unwrap();
     mkdir(&r.dst, "/work/app", 0o755, true, None, None).unwrap();
-    assert_eq!(fs::read_dir(&r.outside).unwrap().count(), 0, "wrote outside the root");
-    assert!(is_dir(&r.dst, &format!("{}/app", outside.trim_start_matches('/'))));
+    assert_eq!(
+        fs::read_dir(&r.outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
+    assert!(is_dir(
+        &r.dst,
+        &format!("{}/app", outside.trim_start_matches('/'))
+    ));
 }
 
 #[test]
@@ -55,14 +82,25 @@ fn mkdir_through_a_file_fails() {
     let r = roots();
     write(&r.dst, "file", "x");
     let err = mkdir(&r.dst, "/file/sub", 0o755, true, None, None).unwrap_err();
-    assert!(matches!(err, FileOpError::NotADirectory { ref path, .. } if path == "/file"), "{err}");
+    assert!(
+        matches!(err, FileOpError::NotADirectory { ref path, .. } if path == "/file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn mkfile_writes_data_mode_owner() {
     let r = roots();
     fs::create_dir(r.dst.join("etc")).unwrap();
-    mkfile(&r.dst, "/etc/motd", b"hello\n", 0o640, Some(&Chown::Ids { uid: 7, gid: 8 }), None).unwrap();
+    mkfile(
+        &r.dst,
+        "/etc/motd",
+        b"hello\n",
+        0o640,
+        Some(&Chown::Ids { uid: 7, gid: 8 }),
+        None,
+    )
+    .unwrap();
     assert_eq!(read(&r.dst, "etc/motd"), "hello\n");
     assert_eq!(mode(&r.dst, "etc/motd"), 0o640);
     assert_eq!(owner(&r.dst, "etc/motd"), (7, 8));
@@ -73,7 +111,11 @@ fn mkfile_writes_data_mode_owner() {
 #[test]
 fn mkfile_replaces_fifo_instead_of_writing_through() {
     let r = roots();
-    nix::unistd::mkfifo(&r.dst.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &r.dst.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     mkfile(&r.dst, "pipe", b"data", 0o644, None, None).unwrap();
     let meta = fs::symlink_metadata(r.dst.join("pipe")).unwrap();
     assert!(!meta.file_type().is_fifo());
@@ -85,10 +127,17 @@ fn mkfile_through_absolute_symlink_stays_in_root() {
     let r = roots();
     let victim = write(&r.outside, "victim", "untouched");
     symlink(&victim, r.dst.join("link")).unwrap();
-    fs::create_dir_all(r.dst.join(victim.parent().unwrap().strip_prefix("/").unwrap())).unwrap();
+    fs::create_dir_all(
+        r.dst
+            .join(victim.parent().unwrap().strip_prefix("/").unwrap()),
+    )
+    .unwrap();
     mkfile(&r.dst, "/link", b"new", 0o644, None, None).unwrap();
     assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
-    assert_eq!(read(&r.dst, victim.strip_prefix("/").unwrap().to_str().unwrap()), "new");
+    assert_eq!(
+        read(&r.dst, victim.strip_prefix("/").unwrap().to_str().unwrap()),
+        "new"
+    );
 }
 
 #[test]

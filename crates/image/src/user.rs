@@ -113,7 +113,11 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
                         .collect()
                 })
                 .unwrap_or_default();
-            Some(GroupEntry { name: fields[0].to_string(), gid: fields[2].parse().ok()?, members })
+            Some(GroupEntry {
+                name: fields[0].to_string(),
+                gid: fields[2].parse().ok()?,
+                members,
+            })
         })
         .collect()
 }
@@ -136,14 +140,20 @@ fn numeric_id(spec: &str, s: &str) -> Result<Option<u32>, UserError> {
     }
     match s.parse::<u64>() {
         Ok(id) if id <= u64::from(MAX_ID) => Ok(Some(id as u32)),
-        _ => Err(UserError::IdOutOfRange { spec: spec.to_string(), id: s.to_string() }),
+        _ => Err(UserError::IdOutOfRange {
+            spec: spec.to_string(),
+            id: s.to_string(),
+        }),
     }
 }
 
 /// Finds a group by name, or by gid when `arg` is numeric; a numeric id without an entry is accepted.
 fn lookup_group(spec: &str, arg: &str, groups: &[GroupEntry]) -> Result<u32, UserError> {
     let numeric = numeric_id(spec, arg)?;
-    if let Some(entry) = groups.iter().find(|g| g.name == arg || Some(g.gid) == numeric) {
+    if let Some(entry) = groups
+        .iter()
+        .find(|g| g.name == arg || Some(g.gid) == numeric)
+    {
         return Ok(entry.gid);
     }
     numeric.ok_or_else(|| UserError::UnknownGroup(arg.to_string()))
@@ -166,18 +176,31 @@ pub fn resolve_exec_user(
     let groups = group.map(parse_group).unwrap_or_default();
 
     let uid_arg = numeric_id(spec, user_arg)?;
-    let mut resolved = match users.iter().find(|u| u.name == user_arg || Some(u.uid) == uid_arg) {
+    let mut resolved = match users
+        .iter()
+        .find(|u| u.name == user_arg || Some(u.uid) == uid_arg)
+    {
         Some(entry) => ExecUser {
             name: Some(entry.name.clone()),
             uid: entry.uid,
             gid: entry.gid,
             additional_gids: Vec::new(),
-            home: if entry.home.is_empty() { "/".to_string() } else { entry.home.clone() },
+            home: if entry.home.is_empty() {
+                "/".to_string()
+            } else {
+                entry.home.clone()
+            },
         },
         None => {
             let uid = uid_arg.ok_or_else(|| UserError::UnknownUser(user_arg.to_string()))?;
             let home = if uid == 0 { "/root" } else { "/" };
-            ExecUser { name: None, uid, gid: 0, additional_gids: Vec::new(), home: home.to_string() }
+            ExecUser {
+                name: None,
+                uid,
+                gid: 0,
+                additional_gids: Vec::new(),
+                home: home.to_string(),
+            }
         }
     };
 
@@ -187,7 +210,10 @@ pub fn resolve_exec_user(
         }
         _ => {
             if let Some(name) = &resolved.name {
-                for entry in groups.iter().filter(|g| g.members.iter().any(|m| m == name)) {
+                for entry in groups
+                    .iter()
+                    .filter(|g| g.members.iter().any(|m| m == name))
+                {
                     if !resolved.additional_gids.contains(&entry.gid) {
                         resolved.additional_gids.push(entry.gid);
                     }
@@ -202,7 +228,11 @@ pub fn resolve_exec_user(
 ///
 /// # Errors
 /// As [`resolve_exec_user`]: unknown names, out-of-range ids, too many `:`.
-pub fn resolve_chown(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<Owner, UserError> {
+pub fn resolve_chown(
+    spec: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<Owner, UserError> {
     let (user_arg, group_arg) = split_spec(spec)?;
     let groups = group.map(parse_group).unwrap_or_default();
     let mut owner = if user_arg.is_empty() {
@@ -216,7 +246,10 @@ pub fn resolve_chown(spec: &str, passwd: Option<&str>, group: Option<&str>) -> R
             .iter()
             .find(|u| u.name == user_arg)
             .ok_or_else(|| UserError::UnknownUser(user_arg.to_string()))?;
-        Owner { uid: entry.uid, gid: entry.gid }
+        Owner {
+            uid: entry.uid,
+            gid: entry.gid,
+        }
     };
     if let Some(group_arg) = group_arg.filter(|g| !g.is_empty()) {
         owner.gid = lookup_group(spec, group_arg, &groups)?;
@@ -291,15 +324,26 @@ mod tests {
     #[test]
     fn unknown_names_are_errors_naming_them() {
         assert_eq!(exec("nobody"), Err(UserError::UnknownUser("nobody".into())));
-        assert_eq!(exec("app:nogroup"), Err(UserError::UnknownGroup("nogroup".into())));
-        let message = resolve_exec_user("app", None, None).unwrap_err().to_string();
+        assert_eq!(
+            exec("app:nogroup"),
+            Err(UserError::UnknownGroup("nogroup".into()))
+        );
+        let message = resolve_exec_user("app", None, None)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("unable to find user app"), "{message}");
     }
 
     #[test]
     fn out_of_range_and_malformed_specs() {
-        assert!(matches!(exec("4294967296"), Err(UserError::IdOutOfRange { .. })));
-        assert!(matches!(exec("2147483648"), Err(UserError::IdOutOfRange { .. })));
+        assert!(matches!(
+            exec("4294967296"),
+            Err(UserError::IdOutOfRange { .. })
+        ));
+        assert!(matches!(
+            exec("2147483648"),
+            Err(UserError::IdOutOfRange { .. })
+        ));
         assert!(exec("2147483647").is_ok());
         assert_eq!(exec("a:b:c"), Err(UserError::InvalidSpec("a:b:c".into())));
     }
@@ -312,15 +356,33 @@ mod tests {
     #[test]
     fn chown_rules() {
         let chown = |s: &str| resolve_chown(s, Some(PASSWD), Some(GROUP));
-        assert_eq!(chown("app").unwrap(), Owner { uid: 1000, gid: 1000 });
-        assert_eq!(chown("1234").unwrap(), Owner { uid: 1234, gid: 1234 });
+        assert_eq!(
+            chown("app").unwrap(),
+            Owner {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(
+            chown("1234").unwrap(),
+            Owner {
+                uid: 1234,
+                gid: 1234
+            }
+        );
         assert_eq!(chown("app:staff").unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(chown("1000:29").unwrap(), Owner { uid: 1000, gid: 29 });
         assert_eq!(chown("5:audio").unwrap(), Owner { uid: 5, gid: 29 });
         assert_eq!(chown(":staff").unwrap(), Owner { uid: 0, gid: 50 });
         assert_eq!(chown("ghost"), Err(UserError::UnknownUser("ghost".into())));
-        assert_eq!(chown("app:ghosts"), Err(UserError::UnknownGroup("ghosts".into())));
-        assert_eq!(resolve_chown("7:8", None, None).unwrap(), Owner { uid: 7, gid: 8 });
+        assert_eq!(
+            chown("app:ghosts"),
+            Err(UserError::UnknownGroup("ghosts".into()))
+        );
+        assert_eq!(
+            resolve_chown("7:8", None, None).unwrap(),
+            Owner { uid: 7, gid: 8 }
+        );
     }
 
     #[test]
@@ -328,6 +390,9 @@ mod tests {
         assert_eq!(parse_passwd(PASSWD).len(), 4);
         let groups = parse_group(GROUP);
         assert_eq!(groups.len(), 6);
-        assert_eq!(groups[3].members, vec!["app".to_string(), "daemon".to_string()]);
+        assert_eq!(
+            groups[3].members,
+            vec!["app".to_string(), "daemon".to_string()]
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 
 use kiln_image::Digest;
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use crate::blobs::{BlobSink, HashingReader};

@@ -44,13 +44,25 @@ impl std::fmt::Display for WantedPlatform {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
     /// The reference resolved to this manifest.
-    Resolved { digest: Digest },
+    Resolved {
+        digest: Digest,
+    },
     /// A blob is already where it needs to be.
-    Skipped { digest: Digest },
+    Skipped {
+        digest: Digest,
+    },
     /// A blob was mounted from another repository instead of uploaded.
-    Mounted { digest: Digest },
-    Started { digest: Digest, size: u64 },
-    Done { digest: Digest, size: u64 },
+    Mounted {
+        digest: Digest,
+    },
+    Started {
+        digest: Digest,
+        size: u64,
+    },
+    Done {
+        digest: Digest,
+        size: u64,
+    },
 }
 
 /// The result of a pull: the manifest as recorded in the store.
@@ -108,7 +120,8 @@ struct RootFs {
 fn is_index(media_type: &str) -> bool {
     matches!(
         media_type,
-        "application/vnd.oci.image.index.v1+json" | "application/vnd.docker.distribution.manifest.list.v2+json"
+        "application/vnd.oci.image.index.v1+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json"
     )
 }
 
@@ -158,24 +171,26 @@ pub async fn pull(
     let mut fetched = client.get_manifest(repo, reference).await?;
     let mut index_digest = None;
     if is_index(&fetched.media_type) {
-        let index: IndexDocument = serde_json::from_slice(&fetched.bytes).map_err(|e| RegistryError::InvalidManifest {
-            reference: name.clone(),
-            reason: format!("index is not valid JSON: {e}"),
-        })?;
-        let chosen = pick_platform(&index, platform).ok_or_else(|| RegistryError::NoMatchingPlatform {
-            reference: name.clone(),
-            platform: platform.to_string(),
-            available: index
-                .manifests
-                .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .map(|p| match &p.variant {
-                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                    None => format!("{}/{}", p.os, p.architecture),
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let index: IndexDocument =
+            serde_json::from_slice(&fetched.bytes).map_err(|e| RegistryError::InvalidManifest {
+                reference: name.clone(),
+                reason: format!("index is not valid JSON: {e}"),
+            })?;
+        let chosen =
+            pick_platform(&index, platform).ok_or_else(|| RegistryError::NoMatchingPlatform {
+                reference: name.clone(),
+                platform: platform.to_string(),
+                available: index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|p| match &p.variant {
+                        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                        None => format!("{}/{}", p.os, p.architecture),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         index_digest = Some(fetched.digest.clone());
         let digest = parse_digest(&chosen.digest, &name)?;
         fetched = client.get_manifest(repo, &digest.to_string()).await?;
@@ -203,7 +218,9 @@ pub async fn pull(
     let mut queue = blobs.into_iter();
     loop {
         while pending.len() < CONCURRENT_BLOBS {
-            let Some((digest, size)) = queue.next() else { break };
+            let Some((digest, size)) = queue.next() else {
+                break;
+            };
             if store.has_blob(&digest) {
                 progress(TransferEvent::Skipped { digest });
                 continue;
@@ -229,10 +246,11 @@ pub async fn pull(
     let config_bytes = store
         .read_blob_to_vec(&config_digest, 16 * 1024 * 1024)
         .map_err(store_error)?;
-    let config: ConfigDocument = serde_json::from_slice(&config_bytes).map_err(|e| RegistryError::InvalidManifest {
-        reference: name.clone(),
-        reason: format!("image config is not valid: {e}"),
-    })?;
+    let config: ConfigDocument =
+        serde_json::from_slice(&config_bytes).map_err(|e| RegistryError::InvalidManifest {
+            reference: name.clone(),
+            reason: format!("image config is not valid: {e}"),
+        })?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(RegistryError::InvalidManifest {
             reference: name,
@@ -267,14 +285,21 @@ pub async fn pull(
 
 fn write_small_blob(store: &Store, bytes: &[u8], digest: &Digest) -> Result<(), RegistryError> {
     let mut writer = store.ingest().map_err(store_error)?;
-    writer.write_all(bytes).map_err(|e| RegistryError::Store(e.to_string()))?;
+    writer
+        .write_all(bytes)
+        .map_err(|e| RegistryError::Store(e.to_string()))?;
     writer.commit(Some(digest)).map_err(store_error)?;
     Ok(())
 }
 
 /// Streams one blob into the store, retrying dropped downloads from the start; the store's commit
 /// checks the digest, so a truncated or altered blob is never stored.
-async fn fetch_blob(client: &RegistryClient, store: &Store, repo: &Repository, digest: &Digest) -> Result<(), RegistryError> {
+async fn fetch_blob(
+    client: &RegistryClient,
+    store: &Store,
+    repo: &Repository,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
     const ATTEMPTS: u32 = 3;
     let mut attempt = 0;
     loop {
@@ -283,14 +308,20 @@ async fn fetch_blob(client: &RegistryClient, store: &Store, repo: &Repository, d
             Ok(()) => return Ok(()),
             Err(RegistryError::Connection { .. }) if attempt < ATTEMPTS => {
                 tracing::debug!(%digest, attempt, "blob download dropped; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                    .await;
             }
             Err(error) => return Err(error),
         }
     }
 }
 
-async fn fetch_blob_once(client: &RegistryClient, store: &Store, repo: &Repository, digest: &Digest) -> Result<(), RegistryError> {
+async fn fetch_blob_once(
+    client: &RegistryClient,
+    store: &Store,
+    repo: &Repository,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
     let mut response = client.get_blob(repo, digest, 0).await?;
     // The store's writer is blocking file I/O: it runs on a blocking thread fed by a channel. An
     // `Err` item tells it the download failed, so it drops the writer (removing the temp file).
@@ -301,13 +332,17 @@ async fn fetch_blob_once(client: &RegistryClient, store: &Store, repo: &Reposito
         let mut writer = writer_store.ingest().map_err(store_error)?;
         while let Some(item) = receiver.blocking_recv() {
             match item {
-                Ok(chunk) => writer.write_all(&chunk).map_err(|e| RegistryError::Store(e.to_string()))?,
+                Ok(chunk) => writer
+                    .write_all(&chunk)
+                    .map_err(|e| RegistryError::Store(e.to_string()))?,
                 Err(()) => return Ok(false),
             }
         }
         match writer.commit(Some(&expected)) {
             Ok(_) => Ok(true),
-            Err(StoreError::DigestMismatch { expected, actual, .. }) => Err(RegistryError::DigestMismatch {
+            Err(StoreError::DigestMismatch {
+                expected, actual, ..
+            }) => Err(RegistryError::DigestMismatch {
                 what: format!("blob {expected}"),
                 expected: expected.to_string(),
                 actual: actual.to_string(),
@@ -341,13 +376,16 @@ async fn fetch_blob_once(client: &RegistryClient, store: &Store, repo: &Reposito
     match download_error {
         Some(error) => Err(error),
         None if committed => Ok(()),
-        None => Err(RegistryError::Store(format!("blob {digest} was not stored"))),
+        None => Err(RegistryError::Store(format!(
+            "blob {digest} was not stored"
+        ))),
     }
 }
 
 /// Pushes the manifest `manifest_digest` from the store to `repo` under `tag`: blobs the
-/// repository lacks are uploaded (verified against their digest first, so a damaged blob is never
-/// pushed), then the manifest. Returns the manifest digest.
+/// repository lacks are mounted from `mount_from` (other repositories of the same registry that
+/// hold the image, e.g. where it was pulled from) or else uploaded (verified against their digest
+/// first, so a damaged blob is never pushed), then the manifest. Returns the manifest digest.
 ///
 /// # Errors
 /// A blob is missing or damaged in the store, the registry refuses an upload or the manifest,
@@ -358,12 +396,19 @@ pub async fn push(
     manifest_digest: &Digest,
     repo: &Repository,
     tag: &str,
+    mount_from: &[Repository],
     progress: &(dyn Fn(TransferEvent) + Sync),
 ) -> Result<Digest, RegistryError> {
+    let mount_from: Vec<&Repository> = mount_from
+        .iter()
+        .filter(|from| from.registry == repo.registry && from.name != repo.name)
+        .collect();
     let record = store
         .manifest(manifest_digest)
         .map_err(store_error)?
-        .ok_or_else(|| RegistryError::Store(format!("manifest {manifest_digest} is not in the store")))?;
+        .ok_or_else(|| {
+            RegistryError::Store(format!("manifest {manifest_digest} is not in the store"))
+        })?;
     let manifest_bytes = store
         .read_blob_to_vec(manifest_digest, 8 * 1024 * 1024)
         .map_err(store_error)?;
@@ -378,22 +423,36 @@ pub async fn push(
         while pending.len() < CONCURRENT_BLOBS {
             let Some(digest) = queue.next() else { break };
             let store = Arc::clone(&store);
+            let mount_from = &mount_from;
             pending.push(async move {
-                if client.blob_size(repo, &digest, Access::Push).await?.is_some() {
+                if client
+                    .blob_size(repo, &digest, Access::Push)
+                    .await?
+                    .is_some()
+                {
                     progress(TransferEvent::Skipped { digest });
                     return Ok::<(), RegistryError>(());
                 }
+                for from in mount_from {
+                    if client.mount_blob(repo, &digest, from).await? {
+                        progress(TransferEvent::Mounted { digest });
+                        return Ok(());
+                    }
+                }
                 let verify_store = Arc::clone(&store);
                 let verify_digest = digest.clone();
-                let info = tokio::task::spawn_blocking(move || verify_store.verify_blob(&verify_digest))
-                    .await
-                    .map_err(|e| RegistryError::Store(format!("verifying {digest}: {e}")))?
-                    .map_err(store_error)?;
+                let info =
+                    tokio::task::spawn_blocking(move || verify_store.verify_blob(&verify_digest))
+                        .await
+                        .map_err(|e| RegistryError::Store(format!("verifying {digest}: {e}")))?
+                        .map_err(store_error)?;
                 progress(TransferEvent::Started {
                     digest: digest.clone(),
                     size: info.size,
                 });
-                client.upload_blob(repo, &digest, &store.blob_path(&digest)).await?;
+                client
+                    .upload_blob(repo, &digest, &store.blob_path(&digest))
+                    .await?;
                 progress(TransferEvent::Done {
                     digest,
                     size: info.size,
@@ -406,7 +465,9 @@ pub async fn push(
             None => break,
         }
     }
-    let pushed = client.put_manifest(repo, tag, &record.media_type, &manifest_bytes).await?;
+    let pushed = client
+        .put_manifest(repo, tag, &record.media_type, &manifest_bytes)
+        .await?;
     if pushed != *manifest_digest {
         return Err(RegistryError::DigestMismatch {
             what: format!("manifest pushed to {repo}:{tag}"),
@@ -439,9 +500,22 @@ mod tests {
             architecture: arch.into(),
             variant: variant.map(str::to_string),
         };
-        assert_eq!(pick_platform(&doc, &want("amd64", None)).unwrap().digest, "sha256:cc");
-        assert_eq!(pick_platform(&doc, &want("arm64", Some("v8"))).unwrap().digest, "sha256:bb");
-        assert_eq!(pick_platform(&doc, &want("arm", Some("v7"))).unwrap().digest, "sha256:aa");
+        assert_eq!(
+            pick_platform(&doc, &want("amd64", None)).unwrap().digest,
+            "sha256:cc"
+        );
+        assert_eq!(
+            pick_platform(&doc, &want("arm64", Some("v8")))
+                .unwrap()
+                .digest,
+            "sha256:bb"
+        );
+        assert_eq!(
+            pick_platform(&doc, &want("arm", Some("v7")))
+                .unwrap()
+                .digest,
+            "sha256:aa"
+        );
         assert!(pick_platform(&doc, &want("arm", Some("v6"))).is_none());
         assert!(pick_platform(&doc, &want("s390x", None)).is_none());
     }

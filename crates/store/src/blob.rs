@@ -64,6 +64,32 @@ impl Store {
         })
     }
 
+    /// Streams everything `source` yields into a new blob and commits it against `expected`.
+    ///
+    /// # Errors
+    /// [`StoreError::ReadSource`] when `source` fails; otherwise as [`Store::ingest`] and
+    /// [`BlobWriter::commit`]. Nothing is stored on error.
+    pub fn ingest_from(
+        &self,
+        source: &mut impl Read,
+        expected: Option<&Digest>,
+    ) -> Result<BlobInfo> {
+        let mut writer = self.ingest()?;
+        let mut buffer = vec![0u8; WRITE_BUFFER];
+        loop {
+            let n = match source.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::ReadSource(e)),
+            };
+            writer
+                .write_all(&buffer[..n])
+                .map_err(|e| store_error_from_io(e, "write ingest file", &writer.temp_path))?;
+        }
+        writer.commit(expected)
+    }
+
     /// Where the blob `digest` lives (whether or not it is present).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.layout().blob_path(digest)

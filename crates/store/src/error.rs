@@ -28,6 +28,10 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    /// Reading the content handed to [`crate::Store::ingest_from`] failed; nothing was stored.
+    #[error("reading the content to store failed: {0}")]
+    ReadSource(#[source] io::Error),
+
     /// A metadata database operation failed.
     #[error("metadata database {}: {action}: {source}", path.display())]
     Db {

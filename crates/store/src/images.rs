@@ -110,7 +110,9 @@ pub struct LayerBlob {
 
 impl Store {
     /// Points `name` at an image (replacing what it pointed at before). The tag keeps the manifest
-    /// and config blobs (and, through the manifest's record, its layers) from being pruned.
+    /// and config blobs from being pruned, and the manifest's layers too once the manifest is
+    /// recorded with [`Store::record_manifest`] (for an index, link its manifests with
+    /// [`Store::add_reference`]).
     ///
     /// # Errors
     /// [`StoreError::Db`] when the tag cannot be written.

@@ -55,7 +55,8 @@ impl Layout {
         self.root.join("layers")
     }
 
-    /// `tmp/`.
+    /// `tmp/`. Do not create entries here directly: anything that belongs to no live session is
+    /// deleted by the next [`crate::Store::open`]. Use [`crate::Store::scratch_dir`] instead.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }

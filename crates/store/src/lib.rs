@@ -141,3 +141,21 @@ impl Store {
         &self.inner.session
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_writers_and_guards_can_move_to_other_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Store>();
+        send::<BlobWriter>();
+        send::<BlobReader>();
+        send::<TempLayerDir>();
+        send::<Lease>();
+        send::<StoreLock>();
+        send_sync::<StoreError>();
+    }
+}

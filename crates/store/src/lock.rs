@@ -40,7 +40,7 @@ impl StoreLock {
 
 /// Takes the lock at `path`. With `wait` false, a conflicting holder gives [`StoreError::Busy`].
 pub(crate) fn acquire(path: &Path, mode: LockMode, wait: bool) -> Result<StoreLock> {
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -53,7 +53,6 @@ pub(crate) fn acquire(path: &Path, mode: LockMode, wait: bool) -> Result<StoreLo
         (LockMode::Exclusive, true) => FlockArg::LockExclusive,
         (LockMode::Exclusive, false) => FlockArg::LockExclusiveNonblock,
     };
-    let mut file = file;
     loop {
         match Flock::lock(file, arg) {
             Ok(lock) => return Ok(StoreLock { mode, _lock: lock }),

@@ -374,3 +374,28 @@ fn two_processes_ingesting_the_same_content_both_succeed() {
     // Both children exited: their sessions are gone and nothing but ours is in tmp/.
     assert_eq!(entries(&root.path().join("tmp")).len(), 2);
 }
+
+#[test]
+fn ingest_from_streams_a_reader_and_checks_the_digest() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let content = vec![3u8; 700_000];
+    let info = store
+        .ingest_from(&mut &content[..], Some(&Digest::of(&content)))
+        .unwrap();
+    assert_eq!(info.size, 700_000);
+    assert!(matches!(
+        store.ingest_from(&mut &b"abc"[..], Some(&Digest::of(b"abd"))),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("network went away"))
+        }
+    }
+    let error = store.ingest_from(&mut Failing, None).unwrap_err();
+    assert!(matches!(error, StoreError::ReadSource(_)), "{error:?}");
+    assert!(entries(store.scratch_dir()).is_empty());
+}

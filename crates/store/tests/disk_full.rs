@@ -45,7 +45,10 @@ impl Drop for SmallFs {
 }
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 #[test]
@@ -79,7 +82,10 @@ fn a_full_disk_is_reported_as_such_and_commits_nothing() {
         assert!(matches!(error, StoreError::DiskFull { .. }), "{error:?}");
     }
     assert!(entries(&small.path().join("blobs/sha256")).is_empty());
-    assert!(entries(store.scratch_dir()).is_empty(), "temp file left behind");
+    assert!(
+        entries(store.scratch_dir()).is_empty(),
+        "temp file left behind"
+    );
 
     // With the temp file gone the space is back: a small blob commits fine.
     let mut writer = store.ingest().unwrap();

@@ -35,22 +35,37 @@ use crate::fsutil::{is_opaque, is_whiteout, join_inside};
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     #[error("snapshot: {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("snapshot: layer dir {0} does not exist or is not a directory")]
     MissingLayer(PathBuf),
     #[error("snapshot: {0} was not prepared by the {1} snapshotter")]
     WrongSnapshotter(PathBuf, &'static str),
 }
 
-pub(crate) fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> SnapshotError + 'p {
-    move |source| SnapshotError::Io { action, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> SnapshotError + 'p {
+    move |source| SnapshotError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How the sandbox must mount its root. Paths are host paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootMount {
     /// overlayfs; `lower_dirs` topmost first (overlayfs's own `lowerdir=` order), never empty.
-    Overlay { lower_dirs: Vec<PathBuf>, upper_dir: PathBuf, work_dir: PathBuf },
+    Overlay {
+        lower_dirs: Vec<PathBuf>,
+        upper_dir: PathBuf,
+        work_dir: PathBuf,
+    },
     /// A plain directory bind-mounted read-write as the root.
     Bind { source: PathBuf },
 }
@@ -64,9 +79,14 @@ impl RootMount {
     /// I/O errors other than "not found" while looking through the layers.
     pub fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         let found = match self {
-            RootMount::Overlay { lower_dirs, upper_dir, .. } => {
-                let layers: Vec<&Path> =
-                    std::iter::once(upper_dir.as_path()).chain(lower_dirs.iter().map(PathBuf::as_path)).collect();
+            RootMount::Overlay {
+                lower_dirs,
+                upper_dir,
+                ..
+            } => {
+                let layers: Vec<&Path> = std::iter::once(upper_dir.as_path())
+                    .chain(lower_dirs.iter().map(PathBuf::as_path))
+                    .collect();
                 lookup_in_layers(&layers, path)?
             }
             RootMount::Bind { source } => {
@@ -93,7 +113,9 @@ fn lookup_in_layers(layers: &[&Path], path: &Path) -> io::Result<Option<PathBuf>
             _ => None,
         })
         .collect();
-    let Some(last) = components.len().checked_sub(1) else { return Ok(None) };
+    let Some(last) = components.len().checked_sub(1) else {
+        return Ok(None);
+    };
     for layer in layers {
         let mut current = layer.to_path_buf();
         let mut hides_lower = false;
@@ -170,7 +192,12 @@ pub trait Snapshotter: Send + Sync {
     ///
     /// # Errors
     /// A layer dir is missing, or creating/copying under `scratch` failed.
-    fn prepare(&self, layers: &[PathBuf], scratch: &Path, stubs: &[MountStub]) -> Result<Snapshot, SnapshotError>;
+    fn prepare(
+        &self,
+        layers: &[PathBuf],
+        scratch: &Path,
+        stubs: &[MountStub],
+    ) -> Result<Snapshot, SnapshotError>;
 
     /// After the sandbox has exited: the dir holding the changes in overlay upper-dir form.
     ///
@@ -185,7 +212,9 @@ pub trait Snapshotter: Send + Sync {
 pub(crate) fn create_stubs(root: &Path, stubs: &[MountStub]) -> Result<(), SnapshotError> {
     'stubs: for stub in stubs {
         let target = join_inside(root, &stub.path);
-        let Ok(relative) = target.strip_prefix(root) else { continue };
+        let Ok(relative) = target.strip_prefix(root) else {
+            continue;
+        };
         let parts: Vec<_> = relative.components().collect();
         let mut current = root.to_path_buf();
         for (index, part) in parts.iter().enumerate() {
@@ -201,7 +230,13 @@ pub(crate) fn create_stubs(root: &Path, stubs: &[MountStub]) -> Result<(), Snaps
                         fs::create_dir(&current).map_err(io_err("create stub dir", &current))?;
                     }
                 }
-                Err(e) => return Err(SnapshotError::Io { action: "stat", path: current, source: e }),
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        action: "stat",
+                        path: current,
+                        source: e,
+                    });
+                }
             }
         }
     }
@@ -239,7 +274,9 @@ mod tests {
         fs::write(middle.join("etc/passwd"), "middle").unwrap();
         let layers = [top.as_path(), middle.as_path(), bottom.as_path()];
         let read = |layers: &[&Path], p: &str| {
-            lookup_in_layers(layers, Path::new(p)).unwrap().map(|p| fs::read_to_string(p).unwrap())
+            lookup_in_layers(layers, Path::new(p))
+                .unwrap()
+                .map(|p| fs::read_to_string(p).unwrap())
         };
         assert_eq!(read(&layers, "/etc/passwd").as_deref(), Some("middle"));
         assert_eq!(read(&layers, "/etc/group").as_deref(), Some("bottom"));
@@ -265,13 +302,26 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("var/run")).unwrap();
         let stubs = [
-            MountStub { path: "/etc/hosts".into(), kind: StubKind::File },
-            MountStub { path: "/proc".into(), kind: StubKind::Dir },
-            MountStub { path: "/var/run/secrets/x".into(), kind: StubKind::File },
+            MountStub {
+                path: "/etc/hosts".into(),
+                kind: StubKind::File,
+            },
+            MountStub {
+                path: "/proc".into(),
+                kind: StubKind::Dir,
+            },
+            MountStub {
+                path: "/var/run/secrets/x".into(),
+                kind: StubKind::File,
+            },
         ];
         create_stubs(&root, &stubs).unwrap();
         assert!(root.join("etc/hosts").is_file());
         assert!(root.join("proc").is_dir());
-        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the symlink");
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written through the symlink"
+        );
     }
 }

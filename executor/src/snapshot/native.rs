@@ -20,11 +20,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs, io_err, make_dir,
+    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs, io_err,
+    make_dir,
 };
 use crate::fsutil::{
-    HardlinkMap, OPAQUE_XATTR, clear_dir, copy_dir_node, copy_leaf, copy_metadata, copy_times, is_opaque,
-    is_whiteout, make_whiteout, remove_any,
+    HardlinkMap, OPAQUE_XATTR, clear_dir, copy_dir_node, copy_leaf, copy_metadata, copy_times,
+    is_opaque, is_whiteout, make_whiteout, remove_any,
 };
 
 /// Snapshots by copying. Slower than overlay, same results.
@@ -64,7 +65,12 @@ impl Snapshotter for NativeSnapshotter {
         "native"
     }
 
-    fn prepare(&self, layers: &[PathBuf], scratch: &Path, stubs: &[MountStub]) -> Result<Snapshot, SnapshotError> {
+    fn prepare(
+        &self,
+        layers: &[PathBuf],
+        scratch: &Path,
+        stubs: &[MountStub],
+    ) -> Result<Snapshot, SnapshotError> {
         check_layers(layers)?;
         let rootfs = scratch.join("rootfs");
         make_dir(&rootfs)?;
@@ -84,13 +90,24 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     fn diff(&self, snapshot: &Snapshot) -> Result<PathBuf, SnapshotError> {
-        let (RootMount::Bind { source: rootfs }, Some(base)) = (&snapshot.mount, &snapshot.native_base) else {
-            return Err(SnapshotError::WrongSnapshotter(snapshot.scratch.clone(), "native"));
+        let (RootMount::Bind { source: rootfs }, Some(base)) =
+            (&snapshot.mount, &snapshot.native_base)
+        else {
+            return Err(SnapshotError::WrongSnapshotter(
+                snapshot.scratch.clone(),
+                "native",
+            ));
         };
         let out = snapshot.scratch.join("diff");
         remove_any(&out).map_err(io_err("remove old diff", &out))?;
         make_dir(&out)?;
-        let mut writer = DiffWriter { rootfs, out: &out, base, links: HardlinkMap::new(), made_dirs: Vec::new() };
+        let mut writer = DiffWriter {
+            rootfs,
+            out: &out,
+            base,
+            links: HardlinkMap::new(),
+            made_dirs: Vec::new(),
+        };
         writer.walk(Path::new(""))?;
         writer.whiteouts()?;
         // Children were added after each dir's mtime was copied: set dir times last, deepest first.
@@ -124,7 +141,13 @@ fn apply_layer_dir(src: &Path, dst: &Path, links: &mut HardlinkMap) -> Result<()
                 }
                 Ok(_) => remove_any(&target).map_err(io_err("replace", &target))?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SnapshotError::Io { action: "stat", path: target, source: e }),
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        action: "stat",
+                        path: target,
+                        source: e,
+                    });
+                }
             }
             copy_dir_node(&source, &meta, &target).map_err(io_err("copy dir", &target))?;
             apply_layer_dir(&source, &target, links)?;
@@ -183,11 +206,13 @@ impl DiffWriter<'_> {
                 self.made_dirs.push(path.clone());
                 let replaced = old.is_some_and(|old| old.dev != now.dev || old.ino != now.ino);
                 if replaced {
-                    xattr::set(&target, OPAQUE_XATTR, b"y").map_err(io_err("mark opaque", &target))?;
+                    xattr::set(&target, OPAQUE_XATTR, b"y")
+                        .map_err(io_err("mark opaque", &target))?;
                 }
                 self.walk(&path)?;
             } else {
-                copy_leaf(&source, &meta, &target, &mut self.links).map_err(io_err("copy", &target))?;
+                copy_leaf(&source, &meta, &target, &mut self.links)
+                    .map_err(io_err("copy", &target))?;
             }
         }
         Ok(())
@@ -201,15 +226,26 @@ impl DiffWriter<'_> {
             match fs::symlink_metadata(self.rootfs.join(path)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => gone.push(path),
-                Err(e) => return Err(SnapshotError::Io { action: "stat", path: path.clone(), source: e }),
+                Err(e) => {
+                    return Err(SnapshotError::Io {
+                        action: "stat",
+                        path: path.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         gone.sort();
         for path in gone {
             let parent_same = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 None => true,
-                Some(parent) => match (self.base.entries.get(parent), fs::symlink_metadata(self.rootfs.join(parent))) {
-                    (Some(old), Ok(meta)) => meta.is_dir() && old.dev == meta.dev() && old.ino == meta.ino(),
+                Some(parent) => match (
+                    self.base.entries.get(parent),
+                    fs::symlink_metadata(self.rootfs.join(parent)),
+                ) {
+                    (Some(old), Ok(meta)) => {
+                        meta.is_dir() && old.dev == meta.dev() && old.ino == meta.ino()
+                    }
                     _ => false,
                 },
             };
@@ -224,8 +260,11 @@ impl DiffWriter<'_> {
 
     /// Creates `path`'s ancestors in `out` with the rootfs dirs' metadata (overlay's dir copy-up).
     fn ensure_parents(&mut self, path: &Path) -> Result<(), SnapshotError> {
-        let mut ancestors: Vec<&Path> =
-            path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
+        let mut ancestors: Vec<&Path> = path
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .collect();
         ancestors.reverse();
         for ancestor in ancestors {
             let target = self.out.join(ancestor);

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use super::{MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs, make_dir};
+use super::{
+    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs,
+    make_dir,
+};
 
 /// Mount options every overlay root uses: no inode index, no metacopy, no redirects, so the upper dir
 /// is plain overlay form that a tar differ (and any other kernel) reads the same way.
@@ -21,7 +24,12 @@ impl Snapshotter for OverlaySnapshotter {
         "overlay"
     }
 
-    fn prepare(&self, layers: &[PathBuf], scratch: &Path, stubs: &[MountStub]) -> Result<Snapshot, SnapshotError> {
+    fn prepare(
+        &self,
+        layers: &[PathBuf],
+        scratch: &Path,
+        stubs: &[MountStub],
+    ) -> Result<Snapshot, SnapshotError> {
         check_layers(layers)?;
         let upper_dir = scratch.join("upper");
         let work_dir = scratch.join("work");
@@ -33,7 +41,11 @@ impl Snapshotter for OverlaySnapshotter {
         let mut lower_dirs: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         lower_dirs.push(stub_dir);
         Ok(Snapshot {
-            mount: RootMount::Overlay { lower_dirs, upper_dir, work_dir },
+            mount: RootMount::Overlay {
+                lower_dirs,
+                upper_dir,
+                work_dir,
+            },
             scratch: scratch.to_path_buf(),
             native_base: None,
         })
@@ -42,7 +54,9 @@ impl Snapshotter for OverlaySnapshotter {
     fn diff(&self, snapshot: &Snapshot) -> Result<PathBuf, SnapshotError> {
         match &snapshot.mount {
             RootMount::Overlay { upper_dir, .. } => Ok(upper_dir.clone()),
-            RootMount::Bind { source } => Err(SnapshotError::WrongSnapshotter(source.clone(), "overlay")),
+            RootMount::Bind { source } => {
+                Err(SnapshotError::WrongSnapshotter(source.clone(), "overlay"))
+            }
         }
     }
 }
@@ -50,7 +64,8 @@ impl Snapshotter for OverlaySnapshotter {
 /// Whether overlayfs with [`OVERLAY_OPTIONS`] can be mounted here: listed in `/proc/filesystems` and a
 /// trial mount under `scratch` (created and removed) succeeds. Needs root (or CAP_SYS_ADMIN).
 pub fn overlay_supported(scratch: &Path) -> bool {
-    let listed = fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
+    let listed = fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
     if !listed {
         return false;
     }
@@ -63,7 +78,13 @@ pub fn overlay_supported(scratch: &Path) -> bool {
             dirs[1].display(),
             dirs[2].display()
         );
-        let mounted = mount(Some("overlay"), &dirs[3], Some("overlay"), MsFlags::empty(), Some(options.as_str()));
+        let mounted = mount(
+            Some("overlay"),
+            &dirs[3],
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        );
         mounted.is_ok() && umount2(&dirs[3], MntFlags::MNT_DETACH).is_ok()
     };
     let _ = fs::remove_dir_all(&probe);

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_executor::{
-    ExitStatus, Input, Output, RootMount, SandboxIo, SandboxSpec, Snapshot, Snapshotter, mount_stubs, run,
+    ExitStatus, Input, Output, RootMount, SandboxIo, SandboxSpec, Snapshot, Snapshotter,
+    mount_stubs, run,
 };
 
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -22,7 +23,10 @@ pub fn is_root() -> bool {
 /// Builds a busybox root in `dir`: `bin/busybox` plus its applets as symlinks, `/etc/passwd` with
 /// root and `app` (1000), `/etc/group` with `app` (1000) and `staff` (50, member app), `/tmp`.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
-    assert!(Path::new(BUSYBOX).exists(), "apt-get install -y busybox-static");
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "apt-get install -y busybox-static"
+    );
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).unwrap();
     fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
@@ -34,8 +38,16 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     let etc = dir.join("etc");
     fs::create_dir_all(&etc).unwrap();
-    fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n").unwrap();
-    fs::write(etc.join("group"), "root:x:0:\napp:x:1000:\nstaff:x:50:app\n").unwrap();
+    fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        etc.join("group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+    )
+    .unwrap();
     fs::create_dir_all(dir.join("tmp")).unwrap();
     fs::create_dir_all(dir.join("root")).unwrap();
     dir.to_path_buf()
@@ -54,13 +66,22 @@ impl Fixture {
     }
 
     /// `extra` may create more layers (above busybox) under the given dir and return them bottom first.
-    pub fn with_layers(snapshotter: &dyn Snapshotter, extra: impl FnOnce(&Path) -> Vec<PathBuf>) -> Fixture {
+    pub fn with_layers(
+        snapshotter: &dyn Snapshotter,
+        extra: impl FnOnce(&Path) -> Vec<PathBuf>,
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let base = busybox_rootfs(&tmp.path().join("layer-busybox"));
         let mut layers = vec![base];
         layers.extend(extra(tmp.path()));
-        let snapshot = snapshotter.prepare(&layers, &tmp.path().join("snapshot"), &mount_stubs(&[])).unwrap();
-        Fixture { tmp, layers, snapshot }
+        let snapshot = snapshotter
+            .prepare(&layers, &tmp.path().join("snapshot"), &mount_stubs(&[]))
+            .unwrap();
+        Fixture {
+            tmp,
+            layers,
+            snapshot,
+        }
     }
 
     pub fn spec(&self, script: &str) -> SandboxSpec {
@@ -87,5 +108,9 @@ pub fn run_capture(spec: &SandboxSpec) -> (ExitStatus, String, String) {
         ..SandboxIo::default()
     };
     let status = run(spec, io).unwrap();
-    (status, String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+    (
+        status,
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }

@@ -243,7 +243,13 @@ pub enum LowerErrorKind {
     #[error("invalid ONBUILD trigger {trigger:?} of the base image: {reason}")]
     BadOnbuildTrigger { trigger: String, reason: String },
     #[error("the definition is inconsistent (a kiln bug): {0}")]
-    Definition(#[from] kiln_llb::DefinitionError),
+    Definition(kiln_llb::DefinitionError),
+}
+
+impl From<kiln_llb::DefinitionError> for LowerErrorKind {
+    fn from(error: kiln_llb::DefinitionError) -> Self {
+        LowerErrorKind::Definition(error)
+    }
 }
 
 /// Lowers the stages `options.target` needs into one definition and the image configs.
@@ -655,6 +661,17 @@ impl<'a> Lowerer<'a> {
         Ok(())
     }
 
+    /// Adds an op to the definition (a no-op for an equal op already there).
+    fn add_op(
+        &mut self,
+        op: kiln_llb::Op,
+        metadata: kiln_llb::OpMetadata,
+    ) -> Result<OpRef, LowerError> {
+        self.builder
+            .add(op, metadata)
+            .map_err(|error| self.error(None, error.into()))
+    }
+
     /// The Local source of the main build context, added once.
     fn context_source(&mut self) -> Result<OpRef, LowerError> {
         if let Some(source) = &self.context_source {
@@ -680,7 +697,7 @@ impl<'a> Lowerer<'a> {
             description: Some(format!("[internal] load build context {name}")),
             ..Default::default()
         };
-        Ok(self.builder.add(op, metadata)?)
+        self.add_op(op, metadata)
     }
 
     /// Resolves `reference` for `platform` once per build.
@@ -729,7 +746,7 @@ impl<'a> Lowerer<'a> {
             location: at.map(|location| self.source_location(location)),
             ignore_cache: false,
         };
-        Ok((self.builder.add(op, metadata)?, resolved))
+        Ok((self.add_op(op, metadata)?, resolved))
     }
 
     fn source_location(&self, location: Location) -> kiln_llb::SourceLocation {
@@ -890,3 +907,6 @@ impl Lowered {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

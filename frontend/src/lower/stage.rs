@@ -58,47 +58,40 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
             .as_ref()
             .is_some_and(|name| lw.options.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(name)));
 
-    // The base: its root, config and (for a stage) the environment it left.
-    let (mut state, from_image, inherited) = match &info.base {
+    // The base: its root, config and (for a stage) the environment it left. An image's source op
+    // is added once the step count (part of its description) is known.
+    let (mut state, mut from_image, inherited) = match &info.base {
         StageBase::Stage(base) => {
             let mut state = lw.lower_stage(*base, Some((index, from_location)))?;
             state.base_history_len = state.config.history.len();
-            (state, None, true)
+            (Some(state), None, true)
         }
         StageBase::Scratch => {
-            let root = lw.builder.add(
-                Op::source(SourceOp::Scratch),
-                OpMetadata::default(),
-            )?;
-            (
-                fresh_state(root, empty_image(&default_platform), default_platform.clone(), None),
-                None,
-                false,
-            )
+            let root = lw
+                .builder
+                .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+                .map_err(|e| lw.error(from_location, e.into()))?;
+            let config = empty_image(&default_platform);
+            (Some(fresh_state(root, config, default_platform.clone(), None)), None, false)
         }
         StageBase::Context(name) => {
             let root = lw.local_source(name)?;
-            (
-                fresh_state(root, empty_image(&default_platform), default_platform.clone(), None),
-                None,
-                false,
-            )
+            let config = empty_image(&default_platform);
+            (Some(fresh_state(root, config, default_platform.clone(), None)), None, false)
         }
         StageBase::Image(reference) => {
-            // The source op is added below, once the step count (for its description) is known.
             let resolved = lw.resolve_image(reference, &default_platform, from_location)?;
             let config = base_image_config(resolved.config);
-            let placeholder = lw.builder.add(Op::source(SourceOp::Scratch), OpMetadata::default())?;
-            (
-                fresh_state(placeholder, config, default_platform.clone(), Some(reference.clone())),
-                Some(reference.clone()),
-                false,
-            )
+            (None, Some((reference.clone(), config)), false)
         }
     };
 
     // ONBUILD triggers of the base run first; they do not carry over to this stage's config.
-    let triggers = std::mem::take(&mut state.config.config.on_build);
+    let triggers = match (&mut state, &mut from_image) {
+        (Some(state), _) => std::mem::take(&mut state.config.config.on_build),
+        (None, Some((_, config))) => std::mem::take(&mut config.config.on_build),
+        (None, None) => Vec::new(),
+    };
     let mut trigger_instructions = Vec::new();
     for trigger in &triggers {
         let mut instruction = parser::parse_instruction(trigger, lw.dockerfile.directives.escape)
@@ -124,30 +117,35 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
                 | InstructionKind::Workdir(_)
         )
     };
-    let total = usize::from(from_image.is_some())
+    let from_image_counted = from_image.is_some();
+    let total = usize::from(from_image_counted)
         + trigger_instructions.iter().filter(counted).count()
         + stage.instructions.iter().filter(counted).count();
+
+    let state = match (state, from_image) {
+        (Some(state), _) => state,
+        (None, Some((reference, config))) => {
+            let description = stage_description(&prefix_name, 1, total, false, &format!("FROM {reference}"));
+            let (root, _) =
+                lw.image_source(&reference, &default_platform, Some(description), from_location)?;
+            fresh_state(root, config, default_platform.clone(), Some(reference))
+        }
+        (None, None) => unreachable!("every stage base yields a state or an image"),
+    };
+    let first_step = usize::from(from_image_counted);
 
     let mut cx = StageCx {
         lw,
         index,
         state,
         prefix_name,
-        step: 0,
+        step: first_step,
         total,
         onbuild: false,
         ignore_cache,
         cmd_set: false,
     };
 
-    if let Some(reference) = from_image {
-        let description = cx.describe(&format!("FROM {reference}"));
-        let platform = cx.state.platform.clone();
-        let (root, _) = cx
-            .lw
-            .image_source(&reference, &platform, Some(description), from_location)?;
-        cx.state.root = root;
-    }
     cx.init_from_config(inherited);
 
     cx.onbuild = true;
@@ -160,6 +158,25 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
         cx.dispatch(instruction)?;
     }
     Ok(cx.state)
+}
+
+/// `[name step/total] text` as BuildKit names a step's vertex (`[2/5] …` in a single-stage file).
+fn stage_description(prefix_name: &str, step: usize, total: usize, onbuild: bool, text: &str) -> String {
+    if total == 0 {
+        return text.to_string();
+    }
+    let width = total.to_string().len();
+    let mut out = String::from("[");
+    if !prefix_name.is_empty() {
+        out.push_str(prefix_name);
+        out.push(' ');
+    }
+    out.push_str(&format!("{step:>width$}/{total}] "));
+    if onbuild {
+        out.push_str("ONBUILD ");
+    }
+    out.push_str(text);
+    out
 }
 
 fn fresh_state(
@@ -233,22 +250,8 @@ impl StageCx<'_, '_> {
 
     /// `[stage-1 2/5] RUN make` (the step counter advances).
     fn describe(&mut self, text: &str) -> String {
-        if self.total == 0 {
-            return text.to_string();
-        }
         self.step += 1;
-        let width = self.total.to_string().len();
-        let mut out = String::from("[");
-        if !self.prefix_name.is_empty() {
-            out.push_str(&self.prefix_name);
-            out.push(' ');
-        }
-        out.push_str(&format!("{:>width$}/{}] ", self.step, self.total));
-        if self.onbuild {
-            out.push_str("ONBUILD ");
-        }
-        out.push_str(text);
-        out
+        stage_description(&self.prefix_name, self.step, self.total, self.onbuild, text)
     }
 
     /// The instruction text with variables expanded for display (quotes kept, unset variables
@@ -606,7 +609,7 @@ impl StageCx<'_, '_> {
                 }),
             };
             let metadata = self.metadata(description, at);
-            self.state.root = self.lw.builder.add(op, metadata)?;
+            self.state.root = self.lw.add_op(op, metadata)?;
         }
         self.commit(format!("WORKDIR {workdir}"), !with_layer);
         Ok(())
@@ -747,15 +750,6 @@ impl StageCx<'_, '_> {
         } else {
             vec![self.state.root.clone()]
         };
-        let mut input_index = |inputs: &mut Vec<OpRef>, op: OpRef| -> u32 {
-            match inputs.iter().position(|existing| *existing == op) {
-                Some(position) => position as u32,
-                None => {
-                    inputs.push(op);
-                    (inputs.len() - 1) as u32
-                }
-            }
-        };
         let text = self.display_text(&instruction.original);
         let description = self.describe(&text);
         let mut actions = Vec::new();
@@ -774,7 +768,7 @@ impl StageCx<'_, '_> {
                         ),
                     ));
                 }
-                let git = self.lw.builder.add(
+                let git = self.lw.add_op(
                     Op::source(SourceOp::Git {
                         url,
                         reference,
@@ -783,7 +777,7 @@ impl StageCx<'_, '_> {
                     }),
                     self.metadata(description.clone(), at),
                 )?;
-                let mut action = CopyAction::new(input_index(&mut inputs, git), "/", dest.clone());
+                let mut action = CopyAction::new(input_position(&mut inputs, git), "/", dest.clone());
                 action.follow_symlinks = false;
                 action.allow_wildcard = false;
                 action
@@ -792,7 +786,7 @@ impl StageCx<'_, '_> {
                     return Err(self.error(at, LowerErrorKind::UrlInCopy(src.clone())));
                 }
                 let filename = url_filename(src);
-                let http = self.lw.builder.add(
+                let http = self.lw.add_op(
                     Op::source(SourceOp::Http {
                         url: src.clone(),
                         checksum: checksum.clone(),
@@ -801,7 +795,7 @@ impl StageCx<'_, '_> {
                     self.metadata(description.clone(), at),
                 )?;
                 let mut action =
-                    CopyAction::new(input_index(&mut inputs, http), filename, dest.clone());
+                    CopyAction::new(input_position(&mut inputs, http), filename, dest.clone());
                 action.follow_symlinks = false;
                 action.allow_wildcard = false;
                 action.dir_copy_contents = false;
@@ -817,7 +811,7 @@ impl StageCx<'_, '_> {
                 } else {
                     (src.clone(), String::new())
                 };
-                let index = input_index(&mut inputs, context_source.clone());
+                let index = input_position(&mut inputs, context_source.clone());
                 let mut action =
                     CopyAction::new(index, names::clean_path(&format!("/{src_path}")), dest.clone());
                 if copy.parents {
@@ -853,7 +847,7 @@ impl StageCx<'_, '_> {
                     .value;
             }
             let path = format!("/{}", heredoc.name.trim_start_matches('/'));
-            let document = self.lw.builder.add(
+            let document = self.lw.add_op(
                 Op {
                     inputs: Vec::new(),
                     kind: OpKind::File(FileOp {
@@ -871,7 +865,7 @@ impl StageCx<'_, '_> {
                     ..Default::default()
                 },
             )?;
-            let mut action = CopyAction::new(input_index(&mut inputs, document), path, dest.clone());
+            let mut action = CopyAction::new(input_position(&mut inputs, document), path, dest.clone());
             action.follow_symlinks = false;
             action.allow_wildcard = false;
             action.dir_copy_contents = false;
@@ -890,14 +884,14 @@ impl StageCx<'_, '_> {
             }),
         };
         let metadata = self.metadata(description.clone(), at);
-        let copied = self.lw.builder.add(file_op, metadata)?;
+        let copied = self.lw.add_op(file_op, metadata)?;
         self.state.root = if link {
             let merge = Op {
                 inputs: vec![self.state.root.clone(), copied],
                 kind: OpKind::Merge(MergeOp {}),
             };
             let metadata = self.metadata(description.replacen("] ", "] LINK ", 1), at);
-            self.lw.builder.add(merge, metadata)?
+            self.lw.add_op(merge, metadata)?
         } else {
             copied
         };
@@ -936,7 +930,7 @@ impl StageCx<'_, '_> {
                     if self.state.platform.os != "windows" && data.starts_with("#!") {
                         // A script with its own interpreter: written to a file and executed.
                         let path = format!("/{}", heredoc.name.trim_start_matches('/'));
-                        let document = self.lw.builder.add(
+                        let document = self.lw.add_op(
                             Op {
                                 inputs: Vec::new(),
                                 kind: OpKind::File(FileOp {
@@ -1008,6 +1002,19 @@ impl StageCx<'_, '_> {
                 .value;
             let mount = crate::instructions::parse_mount(&expanded)
                 .map_err(|error| self.error(at, LowerErrorKind::BadMount(error.to_string())))?;
+            let needs_target = matches!(
+                mount.kind,
+                MountKind::Bind | MountKind::Cache | MountKind::Tmpfs
+            );
+            if needs_target && mount.target.as_deref().is_none_or(str::is_empty) {
+                return Err(self.error(
+                    at,
+                    LowerErrorKind::BadMount(format!(
+                        "mount type {} requires a target",
+                        mount.kind.as_str()
+                    )),
+                ));
+            }
             let target = mount.target.as_deref().map(|target| {
                 if target.starts_with('/') {
                     names::clean_path(target)
@@ -1020,15 +1027,6 @@ impl StageCx<'_, '_> {
                 .as_deref()
                 .map(|source| names::clean_path(&format!("/{source}")))
                 .filter(|source| source != "/");
-            let mut add_input = |inputs: &mut Vec<OpRef>, op: OpRef| -> u32 {
-                match inputs.iter().position(|existing| *existing == op) {
-                    Some(position) => position as u32,
-                    None => {
-                        inputs.push(op);
-                        (inputs.len() - 1) as u32
-                    }
-                }
-            };
             match mount.kind {
                 MountKind::Bind => {
                     let source = match &mount.from {
@@ -1037,7 +1035,7 @@ impl StageCx<'_, '_> {
                     };
                     mounts.push(LlbMount {
                         target: target.unwrap_or_default(),
-                        input: Some(add_input(&mut inputs, source)),
+                        input: Some(input_position(&mut inputs, source)),
                         selector,
                         readonly: mount.read_only,
                         output: None,
@@ -1047,7 +1045,7 @@ impl StageCx<'_, '_> {
                 MountKind::Cache => {
                     let target = target.unwrap_or_default();
                     let input = match &mount.from {
-                        Some(from) => Some(add_input(&mut inputs, self.from_source(from, at)?)),
+                        Some(from) => Some(input_position(&mut inputs, self.from_source(from, at)?)),
                         None => None,
                     };
                     mounts.push(LlbMount {
@@ -1139,7 +1137,7 @@ impl StageCx<'_, '_> {
             proxy_env,
         };
         let metadata = self.metadata(description, at);
-        self.state.root = self.lw.builder.add(
+        self.state.root = self.lw.add_op(
             Op {
                 inputs,
                 kind: OpKind::Exec(exec),
@@ -1162,6 +1160,18 @@ impl StageCx<'_, '_> {
         }
         env
     }
+}
+
+/// The position of `op` in `inputs`, appending it when new.
+fn input_position(inputs: &mut Vec<OpRef>, op: OpRef) -> u32 {
+    let position = match inputs.iter().position(|existing| *existing == op) {
+        Some(position) => position,
+        None => {
+            inputs.push(op);
+            inputs.len() - 1
+        }
+    };
+    u32::try_from(position).unwrap_or(u32::MAX)
 }
 
 fn is_http_url(src: &str) -> bool {

@@ -194,7 +194,10 @@ mod tests {
     #[test]
     fn directive_line_shapes() {
         assert_eq!(directive_parts("# escape = `", "#"), Some(("escape", "`")));
-        assert_eq!(directive_parts("#syntax=a b ", "#"), Some(("syntax", "a b")));
+        assert_eq!(
+            directive_parts("#syntax=a b ", "#"),
+            Some(("syntax", "a b"))
+        );
         assert_eq!(directive_parts("# smth", "#"), None);
         assert_eq!(directive_parts("# key =", "#"), None);
         assert_eq!(directive_parts("# 1x=y", "#"), None);

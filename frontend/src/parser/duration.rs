@@ -106,11 +106,26 @@ mod tests {
 
     #[test]
     fn bad_durations() {
-        assert!(matches!(parse_go_duration("5"), Err(DurationError::MissingUnit(_))));
-        assert!(matches!(parse_go_duration("5d"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_go_duration(""), Err(DurationError::Invalid(_))));
-        assert!(matches!(parse_go_duration("s"), Err(DurationError::Invalid(_))));
-        assert!(matches!(parse_go_duration("."), Err(DurationError::Invalid(_))));
+        assert!(matches!(
+            parse_go_duration("5"),
+            Err(DurationError::MissingUnit(_))
+        ));
+        assert!(matches!(
+            parse_go_duration("5d"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_go_duration(""),
+            Err(DurationError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_go_duration("s"),
+            Err(DurationError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_go_duration("."),
+            Err(DurationError::Invalid(_))
+        ));
         assert!(matches!(
             parse_go_duration("99999999999999999999h"),
             Err(DurationError::Overflow(_))

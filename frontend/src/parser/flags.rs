@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn errors() {
         let err = parse_flags("COPY", &raw(&["--form=a"]), COPY).unwrap_err();
-        assert_eq!(err.to_string(), "unknown flag: --form for COPY (did you mean --from?)");
+        assert_eq!(
+            err.to_string(),
+            "unknown flag: --form for COPY (did you mean --from?)"
+        );
         let err = parse_flags("COPY", &raw(&["--from=a", "--from=b"]), COPY).unwrap_err();
         assert!(err.to_string().contains("duplicate flag specified: --from"));
         let err = parse_flags("COPY", &raw(&["--from"]), COPY).unwrap_err();

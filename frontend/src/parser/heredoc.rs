@@ -225,7 +225,10 @@ mod tests {
     #[test]
     fn words_that_open_heredocs() {
         let h = parse_heredoc_word("3<<-'EOF'").unwrap().unwrap();
-        assert_eq!((h.name.as_str(), h.expand, h.chomp, h.fd), ("EOF", false, true, Some(3)));
+        assert_eq!(
+            (h.name.as_str(), h.expand, h.chomp, h.fd),
+            ("EOF", false, true, Some(3))
+        );
         let h = parse_heredoc_word(r"<<eo\'f").unwrap().unwrap();
         assert_eq!((h.name.as_str(), h.expand), ("eo'f", true));
         let h = parse_heredoc_word(r"<<'e'o\'f").unwrap().unwrap();

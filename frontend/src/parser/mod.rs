@@ -18,7 +18,9 @@ mod words;
 pub use ast::{Ast, MAX_LINE_LEN, Node, dump, go_quote};
 pub use directives::{DetectedDirective, Directive, detect_check, detect_syntax, parse_directives};
 pub use duration::parse_go_duration;
-pub use heredoc::{HeredocWordError, chomp_heredoc_content, heredocs_from_line, parse_heredoc_word};
+pub use heredoc::{
+    HeredocWordError, chomp_heredoc_content, heredocs_from_line, parse_heredoc_word,
+};
 pub use words::{JsonArgs, parse_json_array, parse_words};
 
 use crate::instructions::{Dockerfile, Instruction};

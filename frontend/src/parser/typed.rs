@@ -100,9 +100,7 @@ pub(crate) fn to_dockerfile(ast: Ast) -> Result<Dockerfile, ParseError> {
                 location: node.location,
                 instructions: Vec::new(),
             }),
-            (Typed::Instruction(instruction), Some(stage)) => {
-                stage.instructions.push(instruction)
-            }
+            (Typed::Instruction(instruction), Some(stage)) => stage.instructions.push(instruction),
             (Typed::Instruction(instruction), None) => match instruction.kind {
                 InstructionKind::Arg(arg) => meta_args.push(arg),
                 _ => {
@@ -313,7 +311,8 @@ fn type_from(node: &Node) -> Result<FromInstruction, ParseErrorKind> {
 fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 fn type_arg(node: &Node) -> Result<ArgInstruction, ParseErrorKind> {
@@ -361,8 +360,7 @@ fn type_copy(
     specs: &[(&'static str, FlagKind)],
 ) -> Result<CopyInstruction, ParseErrorKind> {
     let args = &node.args;
-    let Some((dest, sources)) = args.split_last().filter(|(_, sources)| !sources.is_empty())
-    else {
+    let Some((dest, sources)) = args.split_last().filter(|(_, sources)| !sources.is_empty()) else {
         return Err(invalid(format!(
             "{instruction} requires at least two arguments, but only one was provided. \
              Destination could not be determined"

@@ -21,7 +21,12 @@ pub fn roots() -> Roots {
     for dir in [&src, &dst, &outside] {
         fs::create_dir(dir).unwrap();
     }
-    Roots { _tmp: tmp, src, dst, outside }
+    Roots {
+        _tmp: tmp,
+        src,
+        dst,
+        outside,
+    }
 }
 
 /// Writes `content` to `root/rel`, creating parents.
@@ -58,7 +63,9 @@ pub fn exists(root: &Path, rel: &str) -> bool {
 }
 
 pub fn is_dir(root: &Path, rel: &str) -> bool {
-    fs::symlink_metadata(root.join(rel)).map(|m| m.is_dir()).unwrap_or(false)
+    fs::symlink_metadata(root.join(rel))
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
 }
 
 pub fn strings(items: &[&str]) -> Vec<String> {

@@ -54,7 +54,12 @@ impl TestRegistry {
             .stderr(log_file)
             .spawn()
             .expect("start docker-registry");
-        let registry = TestRegistry { child, port, dir, log };
+        let registry = TestRegistry {
+            child,
+            port,
+            dir,
+            log,
+        };
         registry.wait_ready();
         Some(registry)
     }
@@ -120,9 +125,19 @@ fn layer_tar_gz(files: &[(&str, &[u8])], work: &Path) -> (Vec<u8>, Digest) {
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(file, content).expect("write");
     }
-    let tar_path = work.join(format!("layer-{}.tar", Digest::of(format!("{files:?}").as_bytes()).hex()));
+    let tar_path = work.join(format!(
+        "layer-{}.tar",
+        Digest::of(format!("{files:?}").as_bytes()).hex()
+    ));
     let status = Command::new("tar")
-        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf"])
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+        ])
         .arg(&tar_path)
         .arg("-C")
         .arg(dir.path())
@@ -149,7 +164,10 @@ pub fn make_image(store: &Store, name: &str, layer_count: usize, seed: &str) -> 
     let mut diff_ids = Vec::new();
     for i in 0..layer_count {
         let content = format!("{seed} layer {i}\n");
-        let (blob, diff_id) = layer_tar_gz(&[(&format!("layer{i}/file.txt"), content.as_bytes())], work.path());
+        let (blob, diff_id) = layer_tar_gz(
+            &[(&format!("layer{i}/file.txt"), content.as_bytes())],
+            work.path(),
+        );
         let digest = ingest(store, &blob);
         layers.push(ManifestLayer {
             blob_digest: digest,
@@ -192,6 +210,8 @@ pub fn make_image(store: &Store, name: &str, layer_count: usize, seed: &str) -> 
             layers,
         })
         .expect("record manifest");
-    store.tag(name, &manifest_digest, &config_digest).expect("tag");
+    store
+        .tag(name, &manifest_digest, &config_digest)
+        .expect("tag");
     manifest_digest
 }
