@@ -10,10 +10,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::sys::statfs::CGROUP2_SUPER_MAGIC;
 use thiserror::Error;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-use nix::sys::statfs::CGROUP2_SUPER_MAGIC;
 
 /// Errors creating or configuring a sandbox cgroup.
 #[derive(Debug, Error)]

@@ -54,7 +54,10 @@ fn every_real_world_dockerfile_lowers_offline() {
             Ok(lowered) => {
                 // The definition is consistent and holds the target's root.
                 lowered.definition.validate().unwrap();
-                assert!(lowered.definition.contains(&lowered.target.root.digest), "{file}");
+                assert!(
+                    lowered.definition.contains(&lowered.target.root.digest),
+                    "{file}"
+                );
                 // Every RUN of the target's stages became an Exec op, and every layer-producing
                 // history entry of the target has an op behind it.
                 let execs = lowered
@@ -70,7 +73,12 @@ fn every_real_world_dockerfile_lowers_offline() {
                         dockerfile.stages[stage.index]
                             .instructions
                             .iter()
-                            .filter(|i| matches!(i.kind, kiln_frontend::instructions::InstructionKind::Run(_)))
+                            .filter(|i| {
+                                matches!(
+                                    i.kind,
+                                    kiln_frontend::instructions::InstructionKind::Run(_)
+                                )
+                            })
                             .count()
                     })
                     .sum();
@@ -84,6 +92,14 @@ fn every_real_world_dockerfile_lowers_offline() {
         }
     }
     println!("lowered {lowered_count} Dockerfiles offline");
-    assert!(failures.is_empty(), "{} failed:\n{:#?}", failures.len(), failures);
-    assert!(lowered_count >= 100, "only {lowered_count} Dockerfiles were lowered");
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{:#?}",
+        failures.len(),
+        failures
+    );
+    assert!(
+        lowered_count >= 100,
+        "only {lowered_count} Dockerfiles were lowered"
+    );
 }

@@ -2,8 +2,8 @@
 //!
 //! For every entry under the selected sources (after `.dockerignore` and `COPY --exclude`), in
 //! walk order, an [`EntryRecord`] holds the root-relative path, type, permission and special
-//! bits, uid, gid, size, and the content sha256 (regular files), link target (symlinks) or device
-//! number (devices). Each record has its own digest, and the checksum is sha256 over the sources
+//! bits, uid, gid, size, extended attributes, and the content sha256 (regular files), link target
+//! (symlinks) or device number (devices). Each record has its own digest, and the checksum is sha256 over the sources
 //! and all record digests. Timestamps are deliberately left out: `touch` alone never invalidates
 //! a step, and the records let the solver explain a miss ("src/main.rs content changed").
 //!
@@ -11,6 +11,7 @@
 //! rayon's pool; the [`StatCache`] skips reading files whose identity and timestamps are
 //! unchanged, under the racy-entry rule described in [`crate::stat_cache`].
 //!
+//! The entries are exactly those of [`select_entries`], which the copy itself must use too.
 //! `COPY --exclude` patterns use `.dockerignore` syntax and are matched against the path as it
 //! lands in the destination: relative to a directory source, or the file name of a file source.
 
@@ -90,6 +91,10 @@ pub struct EntryRecord {
     /// `sha256:<hex>` of a regular file, the target of a symlink, `major:minor` of a device,
     /// empty otherwise.
     pub content: String,
+    /// `sha256:<hex>` over the extended attributes (name and value, sorted by name; the host's
+    /// `security.selinux` label left out), empty when there are none.
+    #[serde(default)]
+    pub xattrs: String,
     /// `sha256:<hex>` over all fields above.
     pub digest: String,
 }
@@ -175,6 +180,9 @@ pub fn diff_entries(old: &[EntryRecord], new: &[EntryRecord]) -> Vec<EntryChange
         }
         if (before.uid, before.gid) != (record.uid, record.gid) {
             what.push("owner");
+        }
+        if before.xattrs != record.xattrs {
+            what.push("xattrs");
         }
         changes.push(EntryChange::Changed {
             path: record.path.clone(),
@@ -305,17 +313,24 @@ fn record_entry(
         }
         FileKind::Dir | FileKind::Fifo | FileKind::Socket => (0, String::new()),
     };
+    let path = root.join(&entry.path);
+    let xattrs = xattrs_digest(&path).map_err(|source| ChecksumError::Io {
+        action: "read extended attributes of",
+        path,
+        source,
+    })?;
     let mut hasher = Sha256::new();
     hasher.update(
         format!(
-            "kiln.context.entry.v1\0{}\0{}\0{:o}\0{}\0{}\0{}\0{}",
+            "kiln.context.entry.v1\0{}\0{}\0{:o}\0{}\0{}\0{}\0{}\0{}",
             entry.path,
             entry.kind.as_str(),
             entry.mode,
             entry.uid,
             entry.gid,
             size,
-            content
+            content,
+            xattrs
         )
         .as_bytes(),
     );
@@ -327,6 +342,7 @@ fn record_entry(
         gid: entry.gid,
         size,
         content,
+        xattrs,
         digest: format!("sha256:{}", hex::encode(hasher.finalize())),
     })
 }
@@ -409,4 +425,72 @@ fn stream_sha256(file: &mut File) -> io::Result<([u8; 32], u64)> {
         total += read as u64;
     }
     Ok((hasher.finalize().into(), total))
+}
+
+/// Extended attribute left out of checksums: the host's SELinux label says where the file sits
+/// on this machine, not what it is.
+const IGNORED_XATTR: &[u8] = b"security.selinux";
+
+/// sha256 over a path's extended attributes (not following symlinks), sorted by name; empty
+/// when it has none or the file system does not support them.
+fn xattrs_digest(path: &Path) -> io::Result<String> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let names = read_xattr_buffer(|buf, len| {
+        // SAFETY: c_path is NUL-terminated; buf is valid for len bytes (or null with len 0).
+        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
+    })?;
+    let mut names: Vec<&[u8]> = names
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty() && *name != IGNORED_XATTR)
+        .collect();
+    if names.is_empty() {
+        return Ok(String::new());
+    }
+    names.sort_unstable();
+    let mut hasher = Sha256::new();
+    for name in names {
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "xattr name with NUL"))?;
+        let value = read_xattr_buffer(|buf, len| {
+            // SAFETY: both strings are NUL-terminated; buf is valid for len bytes.
+            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
+        })?;
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(&value);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Runs a size-query-then-fill xattr call, retrying when the value grows in between; "not
+/// supported" and "no such attribute" read as empty.
+fn read_xattr_buffer(call: impl Fn(*mut u8, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            return xattr_error_as_empty(io::Error::last_os_error());
+        }
+        let mut buffer = vec![0u8; size.unsigned_abs()];
+        if buffer.is_empty() {
+            return Ok(buffer);
+        }
+        let filled = call(buffer.as_mut_ptr(), buffer.len());
+        if filled >= 0 {
+            buffer.truncate(filled.unsigned_abs());
+            return Ok(buffer);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return xattr_error_as_empty(err);
+        }
+    }
+}
+
+fn xattr_error_as_empty(err: io::Error) -> io::Result<Vec<u8>> {
+    match err.raw_os_error() {
+        Some(libc::ENOTSUP) | Some(libc::ENODATA) => Ok(Vec::new()),
+        _ => Err(err),
+    }
 }

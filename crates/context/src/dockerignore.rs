@@ -12,6 +12,11 @@
 //! included. Every pattern is compiled up front, so a bad pattern fails [`IgnorePatterns::parse`]
 //! instead of failing later in the middle of a walk (Docker defers some of these errors to the
 //! first match; the outcome, a failed build, is the same).
+//!
+//! Docker translates patterns to Go regexes; we translate to Rust regexes and agree on every
+//! upstream test row. Known differences, all in patterns nobody writes on purpose: a `\` before
+//! a letter is that letter (Docker's regex reads `\d` as "a digit"), and `*`/`?` inside `[...]`
+//! are plain members (Docker's translation turns them into a broken nested class).
 
 use regex::Regex;
 use thiserror::Error;

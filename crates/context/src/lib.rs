@@ -9,7 +9,7 @@
 //! - [`ignore_file`]: which ignore file applies (`<Dockerfile>.dockerignore` first).
 //! - [`walk`]: the sorted, symlink-preserving context walk ([`walk_context`]).
 //! - [`sources`]: COPY/ADD source resolution with wildcards, confined to a root ([`resolve_sources`]).
-//! - [`checksum`]: content checksums with per-path records ([`checksum()`]).
+//! - [`mod@checksum`]: content checksums with per-path records ([`checksum()`]).
 //! - [`stat_cache`]: the stat cache trait and its racy-entry rule.
 //! - [`glob`]: Go's `filepath.Match` and `path.Clean`, the primitives under all of the above.
 

@@ -361,3 +361,32 @@ fn invalid_exclude_pattern_is_an_error() {
         checksum(dir.path(), &sources, None, &["!".to_owned()], &NoStatCache).expect_err("invalid");
     assert!(err.to_string().contains("--exclude"), "{err}");
 }
+
+#[test]
+fn xattr_change_changes_the_checksum() {
+    let dir = context();
+    let file = dir.path().join("src/main.rs");
+    let before = sum_of(dir.path(), "src", &[], &NoStatCache);
+    let c_path = std::ffi::CString::new(file.to_str().expect("utf-8")).expect("path");
+    let value = b"v1";
+    // SAFETY: NUL-terminated strings and a valid buffer.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c"user.kiln.test".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "skipping: user xattrs unsupported here: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let after = sum_of(dir.path(), "src", &[], &NoStatCache);
+    assert_ne!(before.digest, after.digest);
+    assert_eq!(changes(&before, &after), vec!["src/main.rs xattrs changed"]);
+}

@@ -271,6 +271,13 @@ impl Extractor<'_> {
         Ok(current)
     }
 
+    fn apply_xattrs(&self, entry: &[u8], fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        for (name, value) in xattrs {
+            crate::xattr::set_xattr(fd, name, value).map_err(|e| self.fail(entry, io::Error::from(e)))?;
+        }
+        Ok(())
+    }
+
     fn extract<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let Some(mut parts) = clean_entry_name(&raw) else {
@@ -279,7 +286,8 @@ impl Extractor<'_> {
         let Some(name) = parts.pop() else {
             return Ok(());
         };
-        let header = entry.header();
+        let xattrs = pax_xattrs(&mut entry).map_err(|e| self.fail(&raw, e))?;
+        let header = entry.header().clone();
         let kind = header.entry_type();
         // Global PAX headers carry no file; the tar crate folds per-entry ones in already.
         if matches!(
@@ -351,6 +359,7 @@ impl Extractor<'_> {
                 .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
                 fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
                     .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
+                self.apply_xattrs(&raw, file.as_fd(), &xattrs)?;
                 futimens(file.as_fd(), &mtime, &mtime)
                     .map_err(|e| self.fail(&raw, io::Error::from(e)))?;
             }
@@ -432,6 +441,20 @@ impl Extractor<'_> {
         }
         Ok(())
     }
+}
+
+/// The `SCHILY.xattr.*` PAX records of an entry (how GNU tar and Docker store xattrs).
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for extension in extensions {
+            let extension = extension?;
+            if let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((name.to_vec(), extension.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Extracts source archive `archive_rel` (`shown` as the user named it) into destination directory

@@ -132,8 +132,8 @@ pub struct CopyReport {
 
 /// One resolved source.
 struct SourceItem {
-    /// Clean path in the source root (`""` = the root).
-    rel: String,
+    /// Clean path in the source root (empty = the root); not necessarily UTF-8.
+    rel: PathBuf,
     /// As the user wrote it, for messages.
     shown: String,
     /// `--parents`: the include pattern below `rel`.
@@ -268,13 +268,13 @@ fn resolve_sources(
             };
             if pattern.is_empty() {
                 items.push(SourceItem {
-                    rel: base,
+                    rel: PathBuf::from(&base),
                     shown: source.clone(),
                     include: None,
                 });
             } else {
                 items.push(SourceItem {
-                    rel: base,
+                    rel: PathBuf::from(&base),
                     shown: source.clone(),
                     include: Some(pattern),
                 });
@@ -284,7 +284,7 @@ fn resolve_sources(
         let rel = clean_rel(source);
         if !(opts.allow_wildcard && has_wildcards(&rel)) {
             items.push(SourceItem {
-                rel,
+                rel: PathBuf::from(&rel),
                 shown: source.clone(),
                 include: None,
             });
@@ -321,7 +321,7 @@ pub(crate) fn resolve_wildcards(
     src: &Root,
     op: &str,
     pattern: &str,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<(PathBuf, String)>> {
     let components: Vec<&str> = pattern.split('/').collect();
     let split = components
         .iter()
@@ -336,13 +336,13 @@ pub(crate) fn resolve_wildcards(
         Err(e) => return Err(sys_err(op, "open", &base, e)),
     };
     let base_real = src
-        .rel_of(base_fd.as_fd())
+        .rel_path_of(base_fd.as_fd())
         .map_err(|e| sys_err(op, "resolve", &base, e))?;
     // A malformed pattern fails even when nothing would match it, as in Go.
     glob_match(&rest, "")?;
     let mut out = Vec::new();
-    walk_matches(op, base_fd.as_fd(), "", depth, &rest, &mut |below| {
-        out.push((join_rel(&base_real, below), below.to_string()));
+    walk_matches(op, base_fd.as_fd(), Path::new(""), "", depth, &rest, &mut |exact, below| {
+        out.push((base_real.join(exact), below.to_string()));
     })?;
     Ok(out)
 }
@@ -350,16 +350,18 @@ pub(crate) fn resolve_wildcards(
 fn walk_matches(
     op: &str,
     dir: BorrowedFd<'_>,
+    exact: &Path,
     rel: &str,
     depth: usize,
     pattern: &str,
-    found: &mut dyn FnMut(&str),
+    found: &mut dyn FnMut(&Path, &str),
 ) -> Result<()> {
     for name in read_dir_sorted(op, dir, rel)? {
         let name_str = name.to_string_lossy();
         let path = join_rel(rel, &name_str);
+        let exact_path = exact.join(&name);
         if glob_match(pattern, &path)? {
-            found(&path);
+            found(&exact_path, &path);
             continue;
         }
         if path.split('/').count() >= depth {
@@ -375,7 +377,7 @@ fn walk_matches(
                 Mode::empty(),
             )
             .map_err(|e| sys_err(op, "open", &path, e))?;
-            walk_matches(op, child.as_fd(), &path, depth, pattern, found)?;
+            walk_matches(op, child.as_fd(), &exact_path, &path, depth, pattern, found)?;
         }
     }
     Ok(())

@@ -102,33 +102,34 @@ impl Root {
     /// and returns the real root-relative path it names. The path need not exist; when its parent
     /// does not exist either, the lexical path is returned (creating it follows links anyway).
     pub(crate) fn resolve_follow(&self, rel: &str) -> nix::Result<String> {
-        let mut current = clean_rel(rel);
+        Ok(self.resolve_follow_path(Path::new(rel))?.to_string_lossy().into_owned())
+    }
+
+    /// [`Root::resolve_follow`] for paths that need not be UTF-8.
+    pub(crate) fn resolve_follow_path(&self, rel: &Path) -> nix::Result<PathBuf> {
+        let mut current = clean_path(rel);
         for _ in 0..MAX_SYMLINK_HOPS {
-            if current.is_empty() {
+            if current.as_os_str().is_empty() {
                 return Ok(current);
             }
-            let (parent_fd, parent_real, name) = match self.parent_of(&current) {
+            let (parent_fd, name) = match self.parent_dir_of(&current) {
                 Ok(found) => found,
                 // Whoever uses the path reports the missing or non-directory component.
                 Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(current),
                 Err(e) => return Err(e),
             };
-            let here = join_rel(&parent_real, &name.to_string_lossy());
-            match fstatat(
-                parent_fd.as_fd(),
-                name.as_os_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
+            let parent_real = self.rel_path_of(parent_fd.as_fd())?;
+            match fstatat(parent_fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if file_type(&st) == SFlag::S_IFLNK => {
                     let target = nix::fcntl::readlinkat(parent_fd.as_fd(), name.as_os_str())?;
-                    let target = target.to_string_lossy();
-                    current = if target.starts_with('/') {
-                        clean_rel(&target)
+                    let target = Path::new(&target);
+                    current = if target.is_absolute() {
+                        clean_path(target)
                     } else {
-                        clean_rel(&format!("{parent_real}/{target}"))
+                        clean_path(&parent_real.join(target))
                     };
                 }
-                Ok(_) | Err(Errno::ENOENT) => return Ok(here),
+                Ok(_) | Err(Errno::ENOENT) => return Ok(parent_real.join(name)),
                 Err(e) => return Err(e),
             }
         }
@@ -358,6 +359,21 @@ pub(crate) fn clean_rel(path: &str) -> String {
         }
     }
     parts.join("/")
+}
+
+/// [`clean_rel`] for paths that need not be UTF-8.
+pub(crate) fn clean_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(name) => out.push(name),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Joins two root-relative paths.

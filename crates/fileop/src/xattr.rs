@@ -35,6 +35,22 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> nix::Resu
     Ok(())
 }
 
+/// Sets attribute `name` of `fd` (from an archive's `SCHILY.xattr.*` PAX records); overlay's own
+/// attributes are skipped, as is a filesystem without xattr support.
+pub(crate) fn set_xattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> nix::Result<()> {
+    if name.starts_with(b"trusted.overlay.") || name.is_empty() || name.contains(&0) {
+        return Ok(());
+    }
+    let mut cname = name.to_vec();
+    cname.push(0);
+    // SAFETY: `cname` is NUL-terminated and `value` outlives the call.
+    let res = unsafe { libc::fsetxattr(fd.as_raw_fd(), cname.as_ptr().cast(), value.as_ptr().cast(), value.len(), 0) };
+    match Errno::result(res) {
+        Ok(_) | Err(Errno::ENOTSUP) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The attribute names of `fd`.
 fn list(fd: BorrowedFd<'_>) -> nix::Result<Vec<Vec<u8>>> {
     loop {

@@ -300,3 +300,30 @@ fn add_archive_into_dest_symlink_stays_in_root() {
     );
     assert_unpacked(&r.dst, outside.trim_start_matches('/'));
 }
+
+#[test]
+fn add_tar_restores_pax_xattrs() {
+    let r = roots();
+    let tree = r.outside.join("tree");
+    let f = write(&tree, "with_xattr", "x");
+    let path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated strings and buffer.
+    let res = unsafe { libc::setxattr(path.as_ptr(), c"user.kiln".as_ptr(), b"tagged".as_ptr().cast(), 6, 0) };
+    assert_eq!(res, 0, "this test needs a filesystem with user xattrs");
+    let status = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "--format=pax", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(r.src.join("x.tar"))
+        .arg("with_xattr")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    copy(&r.src, &r.dst, &add(&["x.tar"], "/out/")).unwrap();
+    let out = std::ffi::CString::new(r.dst.join("out/with_xattr").to_str().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: valid strings and a buffer of the given size.
+    let n = unsafe { libc::getxattr(out.as_ptr(), c"user.kiln".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(n, 6);
+    assert_eq!(&buf[..6], b"tagged");
+}

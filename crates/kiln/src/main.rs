@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod output_spec;
+mod resolver;
 
 use std::process::ExitCode;
 
@@ -12,7 +13,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.debug);
+    init_logging(cli.global.debug);
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(error) => {

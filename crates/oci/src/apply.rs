@@ -236,7 +236,10 @@ impl Applier {
         }
     }
 
-    fn entry_meta(entry: &mut tar::Entry<'_, impl Read>, display: &[u8]) -> Result<EntryMeta, ApplyError> {
+    fn entry_meta(
+        entry: &mut tar::Entry<'_, impl Read>,
+        display: &[u8],
+    ) -> Result<EntryMeta, ApplyError> {
         let bad = |reason: String| ApplyError::BadHeader {
             entry: lossy(display),
             reason,
@@ -255,10 +258,19 @@ impl Applier {
                 let value = extension.value_bytes();
                 let text = || std::str::from_utf8(value).unwrap_or("");
                 match key {
-                    b"uid" => uid = text().parse().map_err(|_| bad(format!("PAX uid {:?}", text())))?,
-                    b"gid" => gid = text().parse().map_err(|_| bad(format!("PAX gid {:?}", text())))?,
+                    b"uid" => {
+                        uid = text()
+                            .parse()
+                            .map_err(|_| bad(format!("PAX uid {:?}", text())))?
+                    }
+                    b"gid" => {
+                        gid = text()
+                            .parse()
+                            .map_err(|_| bad(format!("PAX gid {:?}", text())))?
+                    }
                     b"mtime" => {
-                        mtime = parse_pax_time(text()).ok_or_else(|| bad(format!("PAX mtime {:?}", text())))?
+                        mtime = parse_pax_time(text())
+                            .ok_or_else(|| bad(format!("PAX mtime {:?}", text())))?
                     }
                     _ => {
                         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -298,19 +310,25 @@ impl Applier {
             return self.apply_whiteout(&raw, parent, name);
         }
         let meta = Self::entry_meta(&mut entry, &raw)?;
-        let parent_fd = self
-            .open_dir(parent, true)
-            .map_err(Self::entry_error(&raw, "opening its parent directory inside the root"))?;
+        let parent_fd = self.open_dir(parent, true).map_err(Self::entry_error(
+            &raw,
+            "opening its parent directory inside the root",
+        ))?;
         let parent_fd = parent_fd.as_fd();
 
         let is_dir = entry_type == tar::EntryType::Directory;
         // Replace whatever is there, except a directory by a directory (their contents merge).
         match nix::sys::stat::fstatat(parent_fd, os(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => {
-                let existing_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+                let existing_dir =
+                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
                 if !(existing_dir && is_dir) {
                     if entry_type == tar::EntryType::Link
-                        && entry.link_name_bytes().and_then(|t| clean_path(&t)).as_ref() == Some(&components)
+                        && entry
+                            .link_name_bytes()
+                            .and_then(|t| clean_path(&t))
+                            .as_ref()
+                            == Some(&components)
                     {
                         return Ok(()); // a hard link to itself
                     }
@@ -327,7 +345,11 @@ impl Applier {
                 let fd = openat(
                     parent_fd,
                     os(name),
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(Self::entry_error(&raw, "creating the file"))?;
@@ -357,31 +379,36 @@ impl Applier {
                 self.dir_times.push((components.clone(), meta.mtime));
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| ApplyError::BadHeader {
-                    entry: lossy(&raw),
-                    reason: "symlink without a target".into(),
-                })?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| ApplyError::BadHeader {
+                        entry: lossy(&raw),
+                        reason: "symlink without a target".into(),
+                    })?;
                 symlinkat(os(&target), parent_fd, os(name))
                     .map_err(Self::entry_error(&raw, "creating the symlink"))?;
                 self.set_at_metadata(parent_fd, name, &raw, &meta, false)?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry.link_name_bytes().ok_or_else(|| ApplyError::BadHeader {
-                    entry: lossy(&raw),
-                    reason: "hard link without a target".into(),
-                })?;
+                let target_raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| ApplyError::BadHeader {
+                        entry: lossy(&raw),
+                        reason: "hard link without a target".into(),
+                    })?;
                 let target = clean_path(&target_raw)
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| ApplyError::LinkEscapesRoot {
                         entry: lossy(&raw),
                         target: lossy(&target_raw),
                     })?;
-                let (target_name, target_parent) = target.split_last().ok_or_else(|| {
-                    ApplyError::LinkEscapesRoot {
-                        entry: lossy(&raw),
-                        target: lossy(&target_raw),
-                    }
-                })?;
+                let (target_name, target_parent) =
+                    target
+                        .split_last()
+                        .ok_or_else(|| ApplyError::LinkEscapesRoot {
+                            entry: lossy(&raw),
+                            target: lossy(&target_raw),
+                        })?;
                 let action = format!("linking to {}", lossy(&target_raw));
                 let target_dir = self
                     .open_dir(target_parent, false)
@@ -429,10 +456,19 @@ impl Applier {
     }
 
     /// Owner, then mode, then xattrs of an open file or directory.
-    fn set_fd_metadata(&mut self, fd: BorrowedFd<'_>, raw: &[u8], meta: &EntryMeta) -> Result<(), ApplyError> {
+    fn set_fd_metadata(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        raw: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<(), ApplyError> {
         if self.options.chown {
-            fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-                .map_err(Self::entry_error(raw, "setting the owner"))?;
+            fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(Self::entry_error(raw, "setting the owner"))?;
         }
         fchmod(fd, Mode::from_bits_truncate(meta.mode))
             .map_err(Self::entry_error(raw, "setting the mode"))?;
@@ -464,18 +500,34 @@ impl Applier {
         }
         if chmod {
             // Only device nodes and fifos get here, which this applier just created: not a symlink.
-            fchmodat(dir, os(name), Mode::from_bits_truncate(meta.mode), FchmodatFlags::FollowSymlink)
-                .map_err(Self::entry_error(raw, "setting the mode"))?;
+            fchmodat(
+                dir,
+                os(name),
+                Mode::from_bits_truncate(meta.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(Self::entry_error(raw, "setting the mode"))?;
         }
         for (xattr, value) in &meta.xattrs {
             let result = xattrs::set_at(dir, name, xattr, value);
             self.xattr_result(raw, xattr, result)?;
         }
-        utimensat(dir, os(name), &meta.mtime, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-            .map_err(Self::entry_error(raw, "setting the mtime"))
+        utimensat(
+            dir,
+            os(name),
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(Self::entry_error(raw, "setting the mtime"))
     }
 
-    fn xattr_result(&mut self, raw: &[u8], name: &[u8], result: io::Result<()>) -> Result<(), ApplyError> {
+    fn xattr_result(
+        &mut self,
+        raw: &[u8],
+        name: &[u8],
+        result: io::Result<()>,
+    ) -> Result<(), ApplyError> {
         match result {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => {
@@ -490,7 +542,12 @@ impl Applier {
         }
     }
 
-    fn apply_whiteout(&mut self, raw: &[u8], parent: &[Vec<u8>], name: &[u8]) -> Result<(), ApplyError> {
+    fn apply_whiteout(
+        &mut self,
+        raw: &[u8],
+        parent: &[Vec<u8>],
+        name: &[u8],
+    ) -> Result<(), ApplyError> {
         self.stats.whiteouts += 1;
         let mode = self.options.whiteouts;
         if name == OPAQUE_WHITEOUT.as_bytes() {
@@ -516,13 +573,13 @@ impl Applier {
             .map_err(Self::entry_error(raw, "opening the opaque directory"))?;
             return match mode {
                 WhiteoutMode::OverlayLower => {
-                    xattrs::set_fd(readable.as_fd(), OVERLAY_OPAQUE_XATTR.as_bytes(), b"y").map_err(|source| {
-                        ApplyError::Entry {
+                    xattrs::set_fd(readable.as_fd(), OVERLAY_OPAQUE_XATTR.as_bytes(), b"y").map_err(
+                        |source| ApplyError::Entry {
                             entry: lossy(raw),
                             action: format!("setting {OVERLAY_OPAQUE_XATTR}"),
                             source,
-                        }
-                    })
+                        },
+                    )
                 }
                 WhiteoutMode::Merged => {
                     let prefix = parent.join(&b'/');
@@ -549,19 +606,32 @@ impl Applier {
         }
         match mode {
             WhiteoutMode::OverlayLower => {
-                let dir = self
-                    .open_dir(parent, true)
-                    .map_err(Self::entry_error(raw, "opening its parent directory inside the root"))?;
+                let dir = self.open_dir(parent, true).map_err(Self::entry_error(
+                    raw,
+                    "opening its parent directory inside the root",
+                ))?;
                 remove_all_at(dir.as_fd(), os(target))
                     .map_err(Self::entry_error(raw, "removing the whited-out path"))?;
-                mknodat(dir.as_fd(), os(target), SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-                    .map_err(Self::entry_error(raw, "creating the overlay whiteout device"))
+                mknodat(
+                    dir.as_fd(),
+                    os(target),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    makedev(0, 0),
+                )
+                .map_err(Self::entry_error(
+                    raw,
+                    "creating the overlay whiteout device",
+                ))
             }
             WhiteoutMode::Merged => match self.open_dir(parent, false) {
                 Ok(dir) => remove_all_at(dir.as_fd(), os(target))
                     .map_err(Self::entry_error(raw, "removing the whited-out path")),
                 Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(()),
-                Err(e) => Err(Self::entry_error(raw, "opening its parent directory inside the root")(e)),
+                Err(e) => Err(Self::entry_error(
+                    raw,
+                    "opening its parent directory inside the root",
+                )(e)),
             },
         }
     }
@@ -581,7 +651,13 @@ impl Applier {
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(Self::entry_error(&raw, "setting the directory mtime")(e)),
             };
-            match utimensat(dir.as_fd(), os(name), &mtime, &mtime, UtimensatFlags::NoFollowSymlink) {
+            match utimensat(
+                dir.as_fd(),
+                os(name),
+                &mtime,
+                &mtime,
+                UtimensatFlags::NoFollowSymlink,
+            ) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(Self::entry_error(&raw, "setting the directory mtime")(e)),
             }
@@ -610,7 +686,12 @@ fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
 
 /// Removes every child of the directory `dir` for which `keep(name)` is false.
 fn empty_dir(dir: BorrowedFd<'_>, keep: &dyn Fn(&[u8]) -> bool) -> Result<(), Errno> {
-    let mut listing = Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut listing = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut names = Vec::new();
     for child in listing.iter() {
         let child = child?;
@@ -631,7 +712,9 @@ mod tests {
 
     #[test]
     fn clean_path_drops_leading_slash_and_dots_and_rejects_escapes() {
-        let c = |s: &str| clean_path(s.as_bytes()).map(|v| v.iter().map(|p| lossy(p)).collect::<Vec<_>>());
+        let c = |s: &str| {
+            clean_path(s.as_bytes()).map(|v| v.iter().map(|p| lossy(p)).collect::<Vec<_>>())
+        };
         assert_eq!(c("/etc/passwd").unwrap(), ["etc", "passwd"]);
         assert_eq!(c("./a/./b/").unwrap(), ["a", "b"]);
         assert_eq!(c("a/../b").unwrap(), ["b"]);

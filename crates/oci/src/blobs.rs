@@ -112,7 +112,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
@@ -174,11 +176,17 @@ mod tests {
         assert_eq!(digest, Digest::of(b"hello"));
         assert_eq!(layout.blob_size(&digest).unwrap(), 5);
         let mut back = String::new();
-        layout.open_blob(&digest).unwrap().read_to_string(&mut back).unwrap();
+        layout
+            .open_blob(&digest)
+            .unwrap()
+            .read_to_string(&mut back)
+            .unwrap();
         assert_eq!(back, "hello");
 
         let wrong = Digest::of(b"other");
-        let err = layout.write_blob(Some(&wrong), &mut &b"hello2"[..]).unwrap_err();
+        let err = layout
+            .write_blob(Some(&wrong), &mut &b"hello2"[..])
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(!layout.blob_path(&wrong).exists());
         assert!(!layout.blob_path(&Digest::of(b"hello2")).exists());

@@ -30,9 +30,13 @@ pub const GZIP_CHUNK_SIZE: usize = 1 << 20;
 pub enum Compression {
     Uncompressed,
     /// gzip, level 0–9 (1 is fastest; 6 is gzip's default).
-    Gzip { level: u32 },
+    Gzip {
+        level: u32,
+    },
     /// zstd, level 1–22 (3 is zstd's default).
-    Zstd { level: i32 },
+    Zstd {
+        level: i32,
+    },
 }
 
 /// The compression found in a stream's first bytes.
@@ -98,10 +102,10 @@ struct ParallelGzip<W: Write> {
 }
 
 fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut encoder = GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(Vec::with_capacity(data.len() / 2 + 64), flate2::Compression::new(level));
+    let mut encoder = GzBuilder::new().mtime(0).operating_system(255).write(
+        Vec::with_capacity(data.len() / 2 + 64),
+        flate2::Compression::new(level),
+    );
     encoder.write_all(data)?;
     encoder.finish()
 }
@@ -129,7 +133,10 @@ impl<W: Write> ParallelGzip<W> {
         let level = self.level;
         let chunks = std::mem::take(&mut self.full_chunks);
         let compress = || -> Vec<io::Result<Vec<u8>>> {
-            chunks.par_iter().map(|chunk| gzip_member(chunk, level)).collect()
+            chunks
+                .par_iter()
+                .map(|chunk| gzip_member(chunk, level))
+                .collect()
         };
         let members = match &self.pool {
             Some(pool) => pool.install(compress),
@@ -330,7 +337,10 @@ pub fn decompressing_reader<'a, R: Read + 'a>(
     }
     let peeked = io::Cursor::new(head[..filled].to_vec()).chain(input);
     if filled >= 2 && head[..2] == [0x1f, 0x8b] {
-        Ok((DetectedCompression::Gzip, Box::new(MultiGzDecoder::new(io::BufReader::new(peeked)))))
+        Ok((
+            DetectedCompression::Gzip,
+            Box::new(MultiGzDecoder::new(io::BufReader::new(peeked))),
+        ))
     } else if filled == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
         let decoder = zstd::Decoder::with_buffer(io::BufReader::new(peeked))?;
         Ok((DetectedCompression::Zstd, Box::new(decoder)))
@@ -348,7 +358,9 @@ mod tests {
         let mut out = Vec::with_capacity(len);
         let mut i = 0u64;
         while out.len() < len {
-            out.extend_from_slice(format!("line {i} of some layer content {}\n", i * 7919 % 1000).as_bytes());
+            out.extend_from_slice(
+                format!("line {i} of some layer content {}\n", i * 7919 % 1000).as_bytes(),
+            );
             i += 1;
         }
         out.truncate(len);
@@ -357,9 +369,11 @@ mod tests {
 
     fn roundtrip(compression: Compression, data: &[u8]) -> (Vec<u8>, LayerDigests) {
         let (blob, digests) = compress_layer(data, compression, Vec::new()).unwrap();
-        let (_, mut reader) = decompressing_reader(&blob[..]).unwrap();
         let mut back = Vec::new();
-        reader.read_to_end(&mut back).unwrap();
+        {
+            let (_, mut reader) = decompressing_reader(&blob[..]).unwrap();
+            reader.read_to_end(&mut back).unwrap();
+        }
         assert_eq!(back, data);
         (blob, digests)
     }
@@ -390,8 +404,15 @@ mod tests {
     fn gzip_output_does_not_depend_on_the_thread_count() {
         let data = sample(5 * GZIP_CHUNK_SIZE + 7);
         let run = |threads| {
-            let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
-            let mut writer = LayerWriter::with_pool(Compression::Gzip { level: 1 }, Vec::new(), Some(pool)).unwrap();
+            let pool = Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap(),
+            );
+            let mut writer =
+                LayerWriter::with_pool(Compression::Gzip { level: 1 }, Vec::new(), Some(pool))
+                    .unwrap();
             // Odd write sizes, to cross chunk boundaries mid-write.
             for piece in data.chunks(77_777) {
                 writer.write_all(piece).unwrap();
@@ -421,11 +442,32 @@ mod tests {
     #[ignore]
     fn gzip_throughput_single_vs_parallel_200mb() {
         let data = sample(200 * 1000 * 1000);
+        // Baseline: one ordinary gzip stream (no chunking), for speed and size.
+        let start = std::time::Instant::now();
+        let mut counter = HashingWriter {
+            inner: io::sink(),
+            hasher: Sha256::new(),
+            written: 0,
+        };
+        let mut single = GzBuilder::new().write(&mut counter, flate2::Compression::new(1));
+        single.write_all(&data).unwrap();
+        single.finish().unwrap();
+        println!(
+            "gzip level 1, one stream: {:.0} MB/s ({} bytes)",
+            data.len() as f64 / start.elapsed().as_secs_f64() / 1e6,
+            counter.written
+        );
         for threads in [1, 2] {
-            let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
+            let pool = Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap(),
+            );
             let start = std::time::Instant::now();
             let mut writer =
-                LayerWriter::with_pool(Compression::Gzip { level: 1 }, io::sink(), Some(pool)).unwrap();
+                LayerWriter::with_pool(Compression::Gzip { level: 1 }, io::sink(), Some(pool))
+                    .unwrap();
             writer.write_all(&data).unwrap();
             let (_, digests) = writer.finish().unwrap();
             let secs = start.elapsed().as_secs_f64();

@@ -150,7 +150,11 @@ impl<W: Write> Walker<W> {
         }
     }
 
-    fn append(&mut self, entry: &TarEntry, content: Option<&mut dyn io::Read>) -> Result<(), DiffError> {
+    fn append(
+        &mut self,
+        entry: &TarEntry,
+        content: Option<&mut dyn io::Read>,
+    ) -> Result<(), DiffError> {
         self.tar
             .append(entry, content)
             .map_err(|source| DiffError::Write {
@@ -162,7 +166,11 @@ impl<W: Write> Walker<W> {
     }
 
     /// The xattrs to record for `path`: all but overlay bookkeeping and SELinux labels.
-    fn xattrs_of(&self, path: &Path, archive_path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiffError> {
+    fn xattrs_of(
+        &self,
+        path: &Path,
+        archive_path: &[u8],
+    ) -> Result<xattrs::XattrList, DiffError> {
         let all = xattrs::list(path).map_err(read_err(path))?;
         let mut kept = Vec::new();
         for (name, value) in all {
@@ -321,7 +329,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("new"), "n").unwrap();
         fs::write(dir.path().join("old"), "o").unwrap();
-        let old = File::options().write(true).open(dir.path().join("old")).unwrap();
+        let old = File::options()
+            .write(true)
+            .open(dir.path().join("old"))
+            .unwrap();
         old.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(100))
             .unwrap();
         let options = DiffOptions {

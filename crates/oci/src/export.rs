@@ -50,7 +50,9 @@ pub struct ExportImage {
 pub enum ExportError {
     #[error("reading blob {digest}: {source}")]
     Source { digest: String, source: io::Error },
-    #[error("blob {digest}: read back {actual_size} bytes with digest {actual}, expected {size} bytes")]
+    #[error(
+        "blob {digest}: read back {actual_size} bytes with digest {actual}, expected {size} bytes"
+    )]
     BlobMismatch {
         digest: String,
         size: u64,
@@ -119,7 +121,10 @@ fn blob_path(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-fn read_small_blob(source: &dyn BlobSource, descriptor: &Descriptor) -> Result<(Digest, Vec<u8>), ExportError> {
+fn read_small_blob(
+    source: &dyn BlobSource,
+    descriptor: &Descriptor,
+) -> Result<(Digest, Vec<u8>), ExportError> {
     let digest = kiln_digest(descriptor.digest())?;
     let bad = |reason: String| ExportError::BadManifest {
         digest: digest.to_string(),
@@ -127,7 +132,9 @@ fn read_small_blob(source: &dyn BlobSource, descriptor: &Descriptor) -> Result<(
         reason,
     };
     if descriptor.size() > MAX_MANIFEST_SIZE {
-        return Err(bad(format!("larger than the {MAX_MANIFEST_SIZE}-byte limit for manifests")));
+        return Err(bad(format!(
+            "larger than the {MAX_MANIFEST_SIZE}-byte limit for manifests"
+        )));
     }
     let mut bytes = Vec::new();
     source
@@ -159,7 +166,8 @@ fn plan_image(source: &dyn BlobSource, image: &ExportImage) -> Result<PlannedIma
     };
     let mut manifests = Vec::new();
     if is_manifest(descriptor.media_type()) {
-        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         manifests.push((descriptor.clone(), manifest));
     } else if is_index(descriptor.media_type()) {
         let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -171,8 +179,8 @@ fn plan_image(source: &dyn BlobSource, image: &ExportImage) -> Result<PlannedIma
                 )));
             }
             let (child_digest, child_bytes) = read_small_blob(source, child)?;
-            let manifest: ImageManifest =
-                serde_json::from_slice(&child_bytes).map_err(|e| bad(format!("manifest {child_digest}: {e}")))?;
+            let manifest: ImageManifest = serde_json::from_slice(&child_bytes)
+                .map_err(|e| bad(format!("manifest {child_digest}: {e}")))?;
             manifests.push((child.clone(), manifest));
         }
     } else {
@@ -277,7 +285,11 @@ fn docker_files(planned: &[PlannedImage]) -> Result<(Vec<u8>, Option<Vec<u8>>), 
     let mut items = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for image in planned {
-        let display_name = image.names.first().cloned().unwrap_or_else(|| image.descriptor.digest().to_string());
+        let display_name = image
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.descriptor.digest().to_string());
         let [(_, manifest)] = image.manifests.as_slice() else {
             return Err(ExportError::NotSinglePlatform {
                 name: display_name,
@@ -319,20 +331,26 @@ fn docker_files(planned: &[PlannedImage]) -> Result<(Vec<u8>, Option<Vec<u8>>), 
 fn write_dir<W: Write>(tar: &mut TarWriter<W>, path: &str) -> Result<(), ExportError> {
     let mut entry = TarEntry::new(path, EntryKind::Directory);
     entry.mode = 0o755;
-    tar.append(&entry, None).map_err(|source| ExportError::Write {
-        entry: path.into(),
-        source,
-    })
+    tar.append(&entry, None)
+        .map_err(|source| ExportError::Write {
+            entry: path.into(),
+            source,
+        })
 }
 
-fn write_file<W: Write>(tar: &mut TarWriter<W>, path: &str, bytes: &[u8]) -> Result<(), ExportError> {
+fn write_file<W: Write>(
+    tar: &mut TarWriter<W>,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), ExportError> {
     let mut entry = TarEntry::new(path, EntryKind::File);
     entry.mode = 0o644;
     entry.size = bytes.len() as u64;
-    tar.append(&entry, Some(&mut &bytes[..])).map_err(|source| ExportError::Write {
-        entry: path.into(),
-        source,
-    })
+    tar.append(&entry, Some(&mut &bytes[..]))
+        .map_err(|source| ExportError::Write {
+            entry: path.into(),
+            source,
+        })
 }
 
 fn write_blob<W: Write>(
@@ -359,10 +377,11 @@ fn write_blob<W: Write>(
     let mut entry = TarEntry::new(path.clone(), EntryKind::File);
     entry.mode = 0o644;
     entry.size = size;
-    tar.append(&entry, Some(&mut reader)).map_err(|source| ExportError::Write {
-        entry: path.clone(),
-        source,
-    })?;
+    tar.append(&entry, Some(&mut reader))
+        .map_err(|source| ExportError::Write {
+            entry: path.clone(),
+            source,
+        })?;
     let read = reader.read;
     let actual = reader.digest();
     if actual != *digest || read != size {
@@ -382,9 +401,18 @@ mod tests {
 
     #[test]
     fn names_split_into_repository_and_tag() {
-        assert_eq!(split_tag("docker.io/library/alpine:3.19"), ("docker.io/library/alpine", Some("3.19")));
-        assert_eq!(split_tag("registry:5000/repo"), ("registry:5000/repo", None));
-        assert_eq!(split_tag("registry:5000/repo:v1"), ("registry:5000/repo", Some("v1")));
+        assert_eq!(
+            split_tag("docker.io/library/alpine:3.19"),
+            ("docker.io/library/alpine", Some("3.19"))
+        );
+        assert_eq!(
+            split_tag("registry:5000/repo"),
+            ("registry:5000/repo", None)
+        );
+        assert_eq!(
+            split_tag("registry:5000/repo:v1"),
+            ("registry:5000/repo", Some("v1"))
+        );
         assert_eq!(
             split_tag("docker.io/library/alpine@sha256:abcd"),
             ("docker.io/library/alpine", None)

@@ -130,7 +130,10 @@ struct Collected {
 
 fn normalize(path: &[u8]) -> String {
     let text = String::from_utf8_lossy(path);
-    let parts: Vec<&str> = text.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = text
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     parts.join("/")
 }
 
@@ -162,7 +165,10 @@ fn resolve_link(path: &str, target: &str, symlink: bool) -> String {
 /// [`ImportError::DigestMismatch`] when a blob's content does not match its name,
 /// [`ImportError::Missing`] for a referenced file the archive lacks, [`ImportError::Parse`] for JSON
 /// that does not parse, [`ImportError::Sink`] for storage errors, [`ImportError::NotAnImageArchive`].
-pub fn load_archive<R: Read>(archive: R, sink: &dyn BlobSink) -> Result<LoadedArchive, ImportError> {
+pub fn load_archive<R: Read>(
+    archive: R,
+    sink: &dyn BlobSink,
+) -> Result<LoadedArchive, ImportError> {
     let (_, reader) = decompressing_reader(archive).map_err(ImportError::Read)?;
     let mut collected = Collected::default();
     let mut tar = tar::Archive::new(reader);
@@ -179,12 +185,19 @@ pub fn load_archive<R: Read>(archive: R, sink: &dyn BlobSink) -> Result<LoadedAr
     }
 }
 
-fn collect_entry<R: Read>(mut entry: tar::Entry<'_, R>, sink: &dyn BlobSink, collected: &mut Collected) -> Result<(), ImportError> {
+fn collect_entry<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    sink: &dyn BlobSink,
+    collected: &mut Collected,
+) -> Result<(), ImportError> {
     let path = normalize(&entry.path_bytes());
     let entry_type = entry.header().entry_type();
     match entry_type {
         tar::EntryType::Symlink | tar::EntryType::Link => {
-            let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
             let resolved = resolve_link(&path, &target, entry_type == tar::EntryType::Symlink);
             collected.links.insert(path, resolved);
             return Ok(());
@@ -197,7 +210,9 @@ fn collect_entry<R: Read>(mut entry: tar::Entry<'_, R>, sink: &dyn BlobSink, col
         let Some(hex) = name.strip_prefix("sha256/") else {
             return Err(ImportError::UnsupportedDigest { entry: path });
         };
-        let expected = Digest::from_hex(hex).map_err(|_| ImportError::UnsupportedDigest { entry: path.clone() })?;
+        let expected = Digest::from_hex(hex).map_err(|_| ImportError::UnsupportedDigest {
+            entry: path.clone(),
+        })?;
         return collect_blob(entry, path, expected, size, sink, collected);
     }
     if size <= SMALL_FILE_LIMIT {
@@ -207,7 +222,9 @@ fn collect_entry<R: Read>(mut entry: tar::Entry<'_, R>, sink: &dyn BlobSink, col
     }
     // A big file outside blobs/: a legacy layer. Store it now; it is named by content later.
     let (digest, size, compression) = stream_into_sink(&mut entry, None, &path, sink)?;
-    collected.stored_blobs.insert(digest.clone(), (size, compression));
+    collected
+        .stored_blobs
+        .insert(digest.clone(), (size, compression));
     collected.stored_files.insert(
         path,
         StoredFile {
@@ -271,7 +288,12 @@ fn detect(head: &[u8]) -> DetectedCompression {
     }
 }
 
-fn read_small<R: Read>(entry: &mut R, path: &str, size: u64, collected: &mut Collected) -> Result<Vec<u8>, ImportError> {
+fn read_small<R: Read>(
+    entry: &mut R,
+    path: &str,
+    size: u64,
+    collected: &mut Collected,
+) -> Result<Vec<u8>, ImportError> {
     collected.small_bytes += size;
     if collected.small_bytes > SMALL_FILES_BUDGET {
         return Err(ImportError::TooManySmallFiles {
@@ -280,7 +302,10 @@ fn read_small<R: Read>(entry: &mut R, path: &str, size: u64, collected: &mut Col
         });
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    entry.take(size).read_to_end(&mut bytes).map_err(ImportError::Read)?;
+    entry
+        .take(size)
+        .read_to_end(&mut bytes)
+        .map_err(ImportError::Read)?;
     Ok(bytes)
 }
 
@@ -307,8 +332,13 @@ fn collect_blob<R: Read>(
             });
         }
         sink.write_blob(Some(&expected), &mut &bytes[..])
-            .map_err(|source| ImportError::Sink { entry: path, source })?;
-        collected.stored_blobs.insert(expected.clone(), (size, detect(&bytes)));
+            .map_err(|source| ImportError::Sink {
+                entry: path,
+                source,
+            })?;
+        collected
+            .stored_blobs
+            .insert(expected.clone(), (size, detect(&bytes)));
         if looks_like_json(&bytes) {
             collected.json_blobs.insert(expected, bytes);
         } else {
@@ -328,7 +358,11 @@ fn parse<'a, T: Deserialize<'a>>(file: &str, bytes: &'a [u8]) -> Result<T, Impor
     })
 }
 
-fn json_blob<'a>(collected: &'a Collected, descriptor: &Descriptor, referenced_by: &str) -> Result<&'a [u8], ImportError> {
+fn json_blob<'a>(
+    collected: &'a Collected,
+    descriptor: &Descriptor,
+    referenced_by: &str,
+) -> Result<&'a [u8], ImportError> {
     let digest = kiln_digest(descriptor.digest())?;
     if let Some(bytes) = collected.json_blobs.get(&digest) {
         return Ok(bytes);
@@ -346,13 +380,19 @@ fn json_blob<'a>(collected: &'a Collected, descriptor: &Descriptor, referenced_b
     }
 }
 
-fn load_manifest(collected: &Collected, descriptor: &Descriptor, referenced_by: &str) -> Result<LoadedManifest, ImportError> {
+fn load_manifest(
+    collected: &Collected,
+    descriptor: &Descriptor,
+    referenced_by: &str,
+) -> Result<LoadedManifest, ImportError> {
     let file = format!("manifest {}", descriptor.digest());
     let manifest: ImageManifest = parse(&file, json_blob(collected, descriptor, referenced_by)?)?;
     let config = json_blob(collected, manifest.config(), &file)?.to_vec();
     for layer in manifest.layers() {
         let digest = kiln_digest(layer.digest())?;
-        if !collected.stored_blobs.contains_key(&digest) && !is_non_distributable(layer.media_type()) {
+        if !collected.stored_blobs.contains_key(&digest)
+            && !is_non_distributable(layer.media_type())
+        {
             return Err(ImportError::Missing {
                 file: format!("blobs/sha256/{}", digest.hex()),
                 referenced_by: file,
@@ -372,7 +412,12 @@ fn load_oci_layout(collected: &Collected) -> Result<LoadedArchive, ImportError> 
     let repo_tags: HashMap<String, Vec<String>> = match collected.small_files.get("manifest.json") {
         Some(bytes) => parse::<Vec<LegacyManifestItem>>("manifest.json", bytes)?
             .into_iter()
-            .map(|item| (normalize(item.config.as_bytes()), item.repo_tags.unwrap_or_default()))
+            .map(|item| {
+                (
+                    normalize(item.config.as_bytes()),
+                    item.repo_tags.unwrap_or_default(),
+                )
+            })
             .collect(),
         None => HashMap::new(),
     };
@@ -406,15 +451,21 @@ fn load_oci_layout(collected: &Collected) -> Result<LoadedArchive, ImportError> 
             continue;
         };
         let (index, manifests) = if is_manifest(descriptor.media_type()) {
-            (None, vec![load_manifest(collected, &descriptor, "index.json")?])
+            (
+                None,
+                vec![load_manifest(collected, &descriptor, "index.json")?],
+            )
         } else if is_index(descriptor.media_type()) {
             let file = format!("index {digest}");
-            let child_index: ImageIndex = parse(&file, json_blob(collected, &descriptor, "index.json")?)?;
+            let child_index: ImageIndex =
+                parse(&file, json_blob(collected, &descriptor, "index.json")?)?;
             let mut manifests = Vec::new();
             for child in child_index.manifests() {
                 let child_digest = kiln_digest(child.digest())?;
                 // A multi-platform image is often saved with only some platforms present.
-                if is_manifest(child.media_type()) && collected.json_blobs.contains_key(&child_digest) {
+                if is_manifest(child.media_type())
+                    && collected.json_blobs.contains_key(&child_digest)
+                {
                     manifests.push(load_manifest(collected, child, &file)?);
                 }
             }
@@ -428,12 +479,18 @@ fn load_oci_layout(collected: &Collected) -> Result<LoadedArchive, ImportError> 
         } else {
             return Err(ImportError::Parse {
                 file: "index.json".into(),
-                reason: format!("entry {digest} has media type {}, not a manifest or index", descriptor.media_type()),
+                reason: format!(
+                    "entry {digest} has media type {}, not a manifest or index",
+                    descriptor.media_type()
+                ),
             });
         };
         if names.is_empty() {
             for loaded in &manifests {
-                let config_path = format!("blobs/sha256/{}", kiln_digest(loaded.manifest.config().digest())?.hex());
+                let config_path = format!(
+                    "blobs/sha256/{}",
+                    kiln_digest(loaded.manifest.config().digest())?.hex()
+                );
                 names.extend(repo_tags.get(&config_path).cloned().unwrap_or_default());
             }
         }
@@ -487,7 +544,12 @@ impl Collected {
     }
 
     /// Stores the file at `path` (if not already stored) and returns its digest, size and compression.
-    fn store_file(&mut self, path: &str, referenced_by: &str, sink: &dyn BlobSink) -> Result<StoredFile, ImportError> {
+    fn store_file(
+        &mut self,
+        path: &str,
+        referenced_by: &str,
+        sink: &dyn BlobSink,
+    ) -> Result<StoredFile, ImportError> {
         let resolved = self.resolve(path);
         if let Some(stored) = self.stored_files.get(&resolved) {
             return Ok(stored.clone());
@@ -520,7 +582,8 @@ impl Collected {
             size: bytes.len() as u64,
             compression: detect(bytes),
         };
-        self.stored_blobs.insert(digest, (stored.size, stored.compression));
+        self.stored_blobs
+            .insert(digest, (stored.size, stored.compression));
         self.stored_files.insert(resolved, stored.clone());
         Ok(stored)
     }
@@ -531,7 +594,10 @@ impl Collected {
             return Ok(bytes.clone());
         }
         if let Some(hex) = resolved.strip_prefix("blobs/sha256/") {
-            if let Some(bytes) = Digest::from_hex(hex).ok().and_then(|d| self.json_blobs.get(&d)) {
+            if let Some(bytes) = Digest::from_hex(hex)
+                .ok()
+                .and_then(|d| self.json_blobs.get(&d))
+            {
                 return Ok(bytes.clone());
             }
         }
@@ -542,8 +608,12 @@ impl Collected {
     }
 }
 
-fn load_legacy(collected: &mut Collected, sink: &dyn BlobSink) -> Result<LoadedArchive, ImportError> {
-    let items: Vec<LegacyManifestItem> = parse("manifest.json", &collected.small_files["manifest.json"])?;
+fn load_legacy(
+    collected: &mut Collected,
+    sink: &dyn BlobSink,
+) -> Result<LoadedArchive, ImportError> {
+    let items: Vec<LegacyManifestItem> =
+        parse("manifest.json", &collected.small_files["manifest.json"])?;
     let mut images = Vec::new();
     for item in items {
         let config = collected.bytes_of(&item.config, "manifest.json")?;
@@ -570,10 +640,19 @@ fn load_legacy(collected: &mut Collected, sink: &dyn BlobSink) -> Result<LoadedA
                 DetectedCompression::Gzip => Compression::Gzip { level: 0 },
                 DetectedCompression::Zstd => Compression::Zstd { level: 0 },
             };
-            layers.push(descriptor(MediaTypeSet::Docker.layer(compression), &stored.digest, stored.size)?);
+            layers.push(descriptor(
+                MediaTypeSet::Docker.layer(compression),
+                &stored.digest,
+                stored.size,
+            )?);
         }
-        let config_descriptor = descriptor(MediaTypeSet::Docker.config(), &config_stored.digest, config_stored.size)?;
-        let (manifest, bytes, manifest_descriptor) = build_manifest(MediaTypeSet::Docker, config_descriptor, layers, None)?;
+        let config_descriptor = descriptor(
+            MediaTypeSet::Docker.config(),
+            &config_stored.digest,
+            config_stored.size,
+        )?;
+        let (manifest, bytes, manifest_descriptor) =
+            build_manifest(MediaTypeSet::Docker, config_descriptor, layers, None)?;
         sink.write_blob(Some(&Digest::of(&bytes)), &mut &bytes[..])
             .map_err(|source| ImportError::Sink {
                 entry: format!("manifest made for {}", item.config),
@@ -602,9 +681,18 @@ mod tests {
 
     #[test]
     fn links_resolve_relative_to_their_directory() {
-        assert_eq!(resolve_link("abc/layer.tar", "../def/layer.tar", true), "def/layer.tar");
-        assert_eq!(resolve_link("abc/layer.tar", "def/layer.tar", false), "def/layer.tar");
-        assert_eq!(resolve_link("abc/layer.tar", "/x/layer.tar", true), "x/layer.tar");
+        assert_eq!(
+            resolve_link("abc/layer.tar", "../def/layer.tar", true),
+            "def/layer.tar"
+        );
+        assert_eq!(
+            resolve_link("abc/layer.tar", "def/layer.tar", false),
+            "def/layer.tar"
+        );
+        assert_eq!(
+            resolve_link("abc/layer.tar", "/x/layer.tar", true),
+            "x/layer.tar"
+        );
     }
 
     #[test]

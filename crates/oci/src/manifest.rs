@@ -121,7 +121,11 @@ pub fn oci_digest(digest: &Digest) -> Result<oci_spec::image::Digest, ManifestEr
 ///
 /// # Errors
 /// [`ManifestError::Digest`] (not expected for kiln digests).
-pub fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Result<Descriptor, ManifestError> {
+pub fn descriptor(
+    media_type: MediaType,
+    digest: &Digest,
+    size: u64,
+) -> Result<Descriptor, ManifestError> {
     Ok(Descriptor::new(media_type, size, oci_digest(digest)?))
 }
 
@@ -173,7 +177,11 @@ pub fn build_manifest(
     }
     let manifest = builder.build()?;
     let bytes = canonical_json(&manifest)?;
-    let descriptor = descriptor(media_types.manifest(), &Digest::of(&bytes), bytes.len() as u64)?;
+    let descriptor = descriptor(
+        media_types.manifest(),
+        &Digest::of(&bytes),
+        bytes.len() as u64,
+    )?;
     Ok((manifest, bytes, descriptor))
 }
 
@@ -190,7 +198,9 @@ mod tests {
             1,
         )
         .unwrap();
-        let annotations: HashMap<String, String> = (0..20).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+        let annotations: HashMap<String, String> = (0..20)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect();
         let (_, first, desc) = build_manifest(
             MediaTypeSet::Docker,
             config.clone(),
@@ -202,7 +212,11 @@ mod tests {
             build_manifest(MediaTypeSet::Docker, config, vec![layer], Some(annotations)).unwrap();
         assert_eq!(first, second);
         let text = String::from_utf8(first.clone()).unwrap();
-        assert!(text.contains(DOCKER_MANIFEST) && text.contains(DOCKER_LAYER_GZIP) && text.contains(DOCKER_CONFIG));
+        assert!(
+            text.contains(DOCKER_MANIFEST)
+                && text.contains(DOCKER_LAYER_GZIP)
+                && text.contains(DOCKER_CONFIG)
+        );
         assert_eq!(desc.size(), first.len() as u64);
         let k0 = text.find("\"k0\"").unwrap();
         let k1 = text.find("\"k1\"").unwrap();
@@ -213,11 +227,15 @@ mod tests {
     #[test]
     fn oci_media_types() {
         assert_eq!(
-            MediaTypeSet::Oci.layer(Compression::Gzip { level: 1 }).to_string(),
+            MediaTypeSet::Oci
+                .layer(Compression::Gzip { level: 1 })
+                .to_string(),
             "application/vnd.oci.image.layer.v1.tar+gzip"
         );
         assert_eq!(
-            MediaTypeSet::Docker.layer(Compression::Zstd { level: 3 }).to_string(),
+            MediaTypeSet::Docker
+                .layer(Compression::Zstd { level: 3 })
+                .to_string(),
             "application/vnd.oci.image.layer.v1.tar+zstd"
         );
         assert!(is_manifest(&MediaType::from(DOCKER_MANIFEST)));

@@ -364,8 +364,14 @@ mod tests {
             .insert(b"security.capability".to_vec(), vec![1, 0, 0, 2]);
         let records = parse_pax(&pax_records(&entry));
         assert_eq!(records[&b"path"[..]], "dir/ünïcode".as_bytes());
-        assert_eq!(records[&b"size"[..]], (MAX_OCTAL_11 + 1).to_string().as_bytes());
-        assert_eq!(records[&b"uid"[..]], (MAX_OCTAL_7 + 1).to_string().as_bytes());
+        assert_eq!(
+            records[&b"size"[..]],
+            (MAX_OCTAL_11 + 1).to_string().as_bytes()
+        );
+        assert_eq!(
+            records[&b"uid"[..]],
+            (MAX_OCTAL_7 + 1).to_string().as_bytes()
+        );
         assert!(!records.contains_key(&b"gid"[..]));
         assert_eq!(records[&b"mtime"[..]], b"-1");
         assert_eq!(records[&b"linkpath"[..]].len(), 101);

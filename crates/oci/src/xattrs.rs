@@ -7,28 +7,33 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// (name, value) pairs of extended attributes.
+pub(crate) type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 fn c_name(name: &[u8]) -> io::Result<CString> {
-    CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains a NUL byte"))
+    CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "xattr name contains a NUL byte",
+        )
+    })
 }
 
 /// All xattrs of `path` (not following a final symlink), sorted by name.
 ///
 /// # Errors
 /// I/O errors of the listing or reading; a filesystem without xattr support gives an empty list.
-pub(crate) fn list(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn list(path: &Path) -> io::Result<XattrList> {
     let cpath = c_path(path)?;
     let mut names = vec![0u8; 1024];
     let len = loop {
         // SAFETY: the buffer pointer and length describe a live, writable allocation.
-        let n = unsafe {
-            libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len())
-        };
+        let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
         if n >= 0 {
             break n as usize;
         }

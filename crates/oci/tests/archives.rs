@@ -28,8 +28,11 @@ fn build_image(layout: &LayoutDir, media: MediaTypeSet, marker: &str) -> (Descri
     // Over GZIP_CHUNK_SIZE, so the layer is multi-member gzip and Go's decompressors (umoci) read it.
     fs::write(tree.path().join("big"), pseudo_random(3 * GZIP_CHUNK_SIZE)).unwrap();
     let compression = Compression::Gzip { level: 6 };
-    let (blob, digests) = compress_dir_layer(tree.path(), &DiffOptions::plain(), compression, Vec::new()).unwrap();
-    layout.write_blob(Some(&digests.blob_digest), &mut &blob[..]).unwrap();
+    let (blob, digests) =
+        compress_dir_layer(tree.path(), &DiffOptions::plain(), compression, Vec::new()).unwrap();
+    layout
+        .write_blob(Some(&digests.blob_digest), &mut &blob[..])
+        .unwrap();
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/hello"],"Labels":{{"marker":"{marker}"}}}},"rootfs":{{"type":"layers","diff_ids":["{}"]}},"history":[{{"created_by":"kiln test"}}]}}"#,
         digests.diff_id
@@ -60,7 +63,10 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 }
 
 fn skopeo_inspect(target: &str) -> serde_json::Value {
-    assert!(have("skopeo"), "skopeo is required (apt-get install skopeo)");
+    assert!(
+        have("skopeo"),
+        "skopeo is required (apt-get install skopeo)"
+    );
     let out = run(Command::new("skopeo").arg("inspect").arg(target));
     serde_json::from_str(&out).unwrap()
 }
@@ -73,7 +79,10 @@ fn oci_layout_tar_passes_skopeo_and_umoci() {
     let (two, _) = build_image(&layout, MediaTypeSet::Oci, "two");
     let images = [
         ExportImage {
-            names: vec!["docker.io/library/kiln-one:v1".into(), "docker.io/library/kiln-one:latest".into()],
+            names: vec![
+                "docker.io/library/kiln-one:v1".into(),
+                "docker.io/library/kiln-one:latest".into(),
+            ],
             descriptor: one.clone(),
         },
         ExportImage {
@@ -98,16 +107,29 @@ fn oci_layout_tar_passes_skopeo_and_umoci() {
     assert!(have("umoci"), "umoci is required (apt-get install umoci)");
     let unpacked = work.path().join("layout");
     fs::create_dir(&unpacked).unwrap();
-    run(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&unpacked));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked));
     let bundle = work.path().join("bundle");
     run(Command::new("umoci")
         .arg("unpack")
         .arg("--image")
         .arg(format!("{}:v1", unpacked.display()))
         .arg(&bundle));
-    assert_eq!(fs::read_to_string(bundle.join("rootfs/etc/marker")).unwrap(), "one");
-    assert_eq!(fs::read_to_string(bundle.join("rootfs/hello")).unwrap(), "hello from kiln\n");
-    assert_eq!(fs::read(bundle.join("rootfs/big")).unwrap(), pseudo_random(3 * GZIP_CHUNK_SIZE));
+    assert_eq!(
+        fs::read_to_string(bundle.join("rootfs/etc/marker")).unwrap(),
+        "one"
+    );
+    assert_eq!(
+        fs::read_to_string(bundle.join("rootfs/hello")).unwrap(),
+        "hello from kiln\n"
+    );
+    assert_eq!(
+        fs::read(bundle.join("rootfs/big")).unwrap(),
+        pseudo_random(3 * GZIP_CHUNK_SIZE)
+    );
 
     // And it loads back: names, manifests, configs and every blob.
     let target = LayoutDir::create(&work.path().join("loaded")).unwrap();
@@ -116,9 +138,15 @@ fn oci_layout_tar_passes_skopeo_and_umoci() {
     assert_eq!(loaded.images.len(), 2);
     assert_eq!(
         loaded.images[0].names,
-        ["docker.io/library/kiln-one:v1", "docker.io/library/kiln-one:latest"]
+        [
+            "docker.io/library/kiln-one:v1",
+            "docker.io/library/kiln-one:latest"
+        ]
     );
-    assert_eq!(loaded.images[1].names, ["registry.example:5000/team/kiln-two:v2"]);
+    assert_eq!(
+        loaded.images[1].names,
+        ["registry.example:5000/team/kiln-two:v2"]
+    );
     for image in &loaded.images {
         let manifest = &image.manifests[0];
         assert!(String::from_utf8_lossy(&manifest.config).contains("marker"));
@@ -146,19 +174,35 @@ fn docker_archive_passes_skopeo_and_loads_back() {
         },
     ];
     let archive = work.path().join("docker.tar");
-    export_archive(&layout, &images, ArchiveFormat::DockerArchive, fs::File::create(&archive).unwrap()).unwrap();
+    export_archive(
+        &layout,
+        &images,
+        ArchiveFormat::DockerArchive,
+        fs::File::create(&archive).unwrap(),
+    )
+    .unwrap();
 
     let inspected = skopeo_inspect(&format!("docker-archive:{}:kiln-one:v1", archive.display()));
     assert_eq!(inspected["Labels"]["marker"], "one");
-    let inspected = skopeo_inspect(&format!("docker-archive:{}:me/kiln-two:v2", archive.display()));
+    let inspected = skopeo_inspect(&format!(
+        "docker-archive:{}:me/kiln-two:v2",
+        archive.display()
+    ));
     assert_eq!(inspected["Labels"]["marker"], "two");
     assert_eq!(inspected["RepoTags"], serde_json::json!([]));
 
     let listing = run(Command::new("tar").arg("-tf").arg(&archive));
     for file in ["oci-layout", "index.json", "manifest.json", "repositories"] {
-        assert!(listing.lines().any(|l| l == file), "{file} missing: {listing}");
+        assert!(
+            listing.lines().any(|l| l == file),
+            "{file} missing: {listing}"
+        );
     }
-    let loaded = load_archive(fs::File::open(&archive).unwrap(), &LayoutDir::create(&work.path().join("l")).unwrap()).unwrap();
+    let loaded = load_archive(
+        fs::File::open(&archive).unwrap(),
+        &LayoutDir::create(&work.path().join("l")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(loaded.kind, ArchiveKind::OciLayout);
     assert_eq!(loaded.images[0].descriptor.digest(), one.digest());
     assert_eq!(loaded.images[1].names, ["docker.io/me/kiln-two:v2"]);
@@ -181,7 +225,8 @@ fn legacy_docker_archive_loads_with_a_made_manifest() {
         let mut e = TarEntry::new("big", EntryKind::File);
         e.mode = 0o644;
         e.size = 5 << 20;
-        w.append(&e, Some(&mut std::io::repeat(7).take(5 << 20))).unwrap();
+        w.append(&e, Some(&mut std::io::repeat(7).take(5 << 20)))
+            .unwrap();
         w.finish().unwrap()
     };
     let config = format!(
@@ -215,9 +260,18 @@ fn legacy_docker_archive_loads_with_a_made_manifest() {
     let image = &loaded.images[0];
     assert_eq!(image.names, ["legacy:1"]);
     let layers = image.manifests[0].manifest.layers();
-    assert_eq!(layers[0].digest().to_string(), Digest::of(&small_layer).to_string());
-    assert_eq!(layers[1].digest().to_string(), Digest::of(&big_layer).to_string());
-    assert_eq!(layers[0].media_type().to_string(), "application/vnd.docker.image.rootfs.diff.tar");
+    assert_eq!(
+        layers[0].digest().to_string(),
+        Digest::of(&small_layer).to_string()
+    );
+    assert_eq!(
+        layers[1].digest().to_string(),
+        Digest::of(&big_layer).to_string()
+    );
+    assert_eq!(
+        layers[0].media_type().to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar"
+    );
     // The made manifest and every blob it names are in the sink.
     let manifest_digest: Digest = image.descriptor.digest().to_string().parse().unwrap();
     assert!(sink.blob_size(&manifest_digest).is_ok());
@@ -225,14 +279,20 @@ fn legacy_docker_archive_loads_with_a_made_manifest() {
     assert!(sink.blob_size(&Digest::of(&big_layer)).is_ok());
 
     // A layer that does not match the config's diff ids is refused.
-    let wrong_config = config.replace(&Digest::of(&small_layer).to_string(), &Digest::of(b"x").to_string());
+    let wrong_config = config.replace(
+        &Digest::of(&small_layer).to_string(),
+        &Digest::of(b"x").to_string(),
+    );
     let wrong_name = format!("{}.json", Digest::of(wrong_config.as_bytes()).hex());
     let mut w = TarWriter::new(Vec::new());
     for (path, content) in [
         ("aaa/layer.tar", &small_layer[..]),
         ("bbb/layer.tar", &big_layer[..]),
         (wrong_name.as_str(), wrong_config.as_bytes()),
-        ("manifest.json", manifest_json.replace(&config_name, &wrong_name).as_bytes()),
+        (
+            "manifest.json",
+            manifest_json.replace(&config_name, &wrong_name).as_bytes(),
+        ),
     ] {
         let mut e = TarEntry::new(path, EntryKind::File);
         e.mode = 0o644;
@@ -261,7 +321,10 @@ fn a_tampered_blob_is_refused_on_load() {
     .unwrap();
     // Flip one byte of the "hello from kiln" content inside the gzip layer: find the layer by its magic.
     let mut tampered = archive.clone();
-    let gzip_at = tampered.windows(3).position(|w| w == [0x1f, 0x8b, 0x08]).unwrap();
+    let gzip_at = tampered
+        .windows(3)
+        .position(|w| w == [0x1f, 0x8b, 0x08])
+        .unwrap();
     tampered[gzip_at + 40] ^= 0xff;
     let sink = LayoutDir::create(&work.path().join("l")).unwrap();
     let err = load_archive(&tampered[..], &sink).unwrap_err();
@@ -275,8 +338,10 @@ fn export_refuses_a_blob_whose_bytes_changed() {
     let layout = LayoutDir::create(&work.path().join("store")).unwrap();
     let (one, _) = build_image(&layout, MediaTypeSet::Oci, "one");
     // Corrupt the config blob in place (same size).
-    let manifest: oci_spec::image::ImageManifest =
-        serde_json::from_slice(&fs::read(layout.blob_path(&one.digest().to_string().parse().unwrap())).unwrap()).unwrap();
+    let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(
+        &fs::read(layout.blob_path(&one.digest().to_string().parse().unwrap())).unwrap(),
+    )
+    .unwrap();
     let config_path = layout.blob_path(&manifest.config().digest().to_string().parse().unwrap());
     let mut bytes = fs::read(&config_path).unwrap();
     bytes[10] ^= 1;
@@ -286,7 +351,11 @@ fn export_refuses_a_blob_whose_bytes_changed() {
         descriptor: one,
     }];
     let err = export_archive(&layout, &images, ArchiveFormat::OciLayout, Vec::new()).unwrap_err();
-    assert!(err.to_string().contains(&manifest.config().digest().to_string()), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&manifest.config().digest().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -299,10 +368,16 @@ fn parallel_gzip_and_zstd_layers_decompress_with_the_real_tools() {
     // Enough content for several gzip members.
     let mut big = fs::File::create(tree.join("big")).unwrap();
     for i in 0..(4 * GZIP_CHUNK_SIZE / 64) {
-        writeln!(big, "{i:020} some text that compresses well {:08}", i * 31 % 977).unwrap();
+        writeln!(
+            big,
+            "{i:020} some text that compresses well {:08}",
+            i * 31 % 977
+        )
+        .unwrap();
     }
     drop(big);
-    let (tar, _) = kiln_oci::diff::write_layer_tar(&tree, &DiffOptions::plain(), Vec::new()).unwrap();
+    let (tar, _) =
+        kiln_oci::diff::write_layer_tar(&tree, &DiffOptions::plain(), Vec::new()).unwrap();
     assert!(tar.len() > 3 * GZIP_CHUNK_SIZE);
     for (compression, tool, ext) in [
         (Compression::Gzip { level: 1 }, "gzip", "gz"),
@@ -313,11 +388,21 @@ fn parallel_gzip_and_zstd_layers_decompress_with_the_real_tools() {
         let path = work.path().join(format!("layer.tar.{ext}"));
         fs::write(&path, &blob).unwrap();
         run(Command::new(tool).arg("-d").arg("-f").arg(&path));
-        assert_eq!(fs::read(work.path().join("layer.tar")).unwrap(), tar, "{tool} -d output differs");
+        assert_eq!(
+            fs::read(work.path().join("layer.tar")).unwrap(),
+            tar,
+            "{tool} -d output differs"
+        );
         fs::remove_file(work.path().join("layer.tar")).unwrap();
     }
     // Several members really were written (each starts with the gzip magic and deflate method).
     let (blob, _) = compress_layer(&tar[..], Compression::Gzip { level: 1 }, Vec::new()).unwrap();
-    let members = blob.windows(10).filter(|w| w[..4] == [0x1f, 0x8b, 8, 0] && w[4..8] == [0, 0, 0, 0]).count();
-    assert!(members >= 4, "expected several gzip members, found {members}");
+    let members = blob
+        .windows(10)
+        .filter(|w| w[..4] == [0x1f, 0x8b, 8, 0] && w[4..8] == [0, 0, 0, 0])
+        .count();
+    assert!(
+        members >= 4,
+        "expected several gzip members, found {members}"
+    );
 }

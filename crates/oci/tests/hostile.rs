@@ -38,11 +38,19 @@ impl Sandbox {
 
     fn assert_outside_untouched(&self) {
         let tree = snapshot(&self.outside);
-        assert_eq!(tree.len(), 1, "outside dir changed: {:?}", tree.keys().collect::<Vec<_>>());
+        assert_eq!(
+            tree.len(),
+            1,
+            "outside dir changed: {:?}",
+            tree.keys().collect::<Vec<_>>()
+        );
         assert_eq!(tree["secret"].content, b"original");
         assert_eq!(fs::metadata(self.outside.join("secret")).unwrap().len(), 8);
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(fs::metadata(self.outside.join("secret")).unwrap().nlink(), 1);
+        assert_eq!(
+            fs::metadata(self.outside.join("secret")).unwrap().nlink(),
+            1
+        );
     }
 }
 
@@ -75,8 +83,10 @@ fn layer(entries: &[(TarEntry, Vec<u8>)]) -> Vec<u8> {
 }
 
 fn outside_rel(sandbox: &Sandbox, levels: usize) -> String {
-    format!("{}outside/secret", "../".repeat(levels))
-        .replace("outside", sandbox.outside.file_name().unwrap().to_str().unwrap())
+    format!("{}outside/secret", "../".repeat(levels)).replace(
+        "outside",
+        sandbox.outside.file_name().unwrap().to_str().unwrap(),
+    )
 }
 
 #[test]
@@ -85,9 +95,20 @@ fn dot_dot_entries_are_rejected_with_the_entry_named() {
     let path = outside_rel(&s, 1);
     let err = apply_layer(&layer(&[file(&path, b"pwned")])[..], &s.root, &OPTIONS).unwrap_err();
     assert!(matches!(err, ApplyError::EscapesRoot { .. }), "{err}");
-    assert_eq!(err.to_string(), format!("layer entry {path} escapes the root"));
-    let err = apply_layer(&layer(&[file("a/../../../etc/passwd", b"x")])[..], &s.root, &OPTIONS).unwrap_err();
-    assert_eq!(err.to_string(), "layer entry a/../../../etc/passwd escapes the root");
+    assert_eq!(
+        err.to_string(),
+        format!("layer entry {path} escapes the root")
+    );
+    let err = apply_layer(
+        &layer(&[file("a/../../../etc/passwd", b"x")])[..],
+        &s.root,
+        &OPTIONS,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "layer entry a/../../../etc/passwd escapes the root"
+    );
     s.assert_outside_untouched();
 }
 
@@ -109,9 +130,15 @@ fn writes_through_a_symlink_stay_inside_the_root() {
         // Resolved inside the root, the target does not exist: rejected, naming the entry.
         let s = Sandbox::new();
         let target = make_target(&s);
-        let entries = [link("escape", EntryKind::Symlink, &target), file("escape/secret", b"pwned")];
+        let entries = [
+            link("escape", EntryKind::Symlink, &target),
+            file("escape/secret", b"pwned"),
+        ];
         let err = apply_layer(&layer(&entries)[..], &s.root, &OPTIONS).unwrap_err();
-        assert!(err.to_string().contains("layer entry escape/secret"), "{err}");
+        assert!(
+            err.to_string().contains("layer entry escape/secret"),
+            "{err}"
+        );
         s.assert_outside_untouched();
 
         // With the target directory present inside the root, the write is confined to it.
@@ -119,10 +146,16 @@ fn writes_through_a_symlink_stay_inside_the_root() {
         let target = make_target(&s);
         let inside_target = s.root.join(s.outside.strip_prefix("/").unwrap());
         fs::create_dir_all(&inside_target).unwrap();
-        let entries = [link("escape", EntryKind::Symlink, &target), file("escape/secret", b"pwned")];
+        let entries = [
+            link("escape", EntryKind::Symlink, &target),
+            file("escape/secret", b"pwned"),
+        ];
         apply_layer(&layer(&entries)[..], &s.root, &OPTIONS).unwrap();
         assert_eq!(fs::read(inside_target.join("secret")).unwrap(), b"pwned");
-        assert_eq!(fs::read_link(s.root.join("escape")).unwrap(), Path::new(&target));
+        assert_eq!(
+            fs::read_link(s.root.join("escape")).unwrap(),
+            Path::new(&target)
+        );
         s.assert_outside_untouched();
     }
 }
@@ -131,10 +164,18 @@ fn writes_through_a_symlink_stay_inside_the_root() {
 fn a_file_entry_replaces_a_symlink_instead_of_writing_through_it() {
     let s = Sandbox::new();
     let target = s.outside.join("secret").display().to_string();
-    let entries = [link("etc-passwd", EntryKind::Symlink, &target), file("etc-passwd", b"pwned")];
+    let entries = [
+        link("etc-passwd", EntryKind::Symlink, &target),
+        file("etc-passwd", b"pwned"),
+    ];
     apply_layer(&layer(&entries)[..], &s.root, &OPTIONS).unwrap();
     assert_eq!(fs::read(s.root.join("etc-passwd")).unwrap(), b"pwned");
-    assert!(!fs::symlink_metadata(s.root.join("etc-passwd")).unwrap().file_type().is_symlink());
+    assert!(
+        !fs::symlink_metadata(s.root.join("etc-passwd"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     s.assert_outside_untouched();
 
     // A directory entry over a symlink to outside replaces the symlink too.
@@ -153,14 +194,27 @@ fn a_file_entry_replaces_a_symlink_instead_of_writing_through_it() {
 fn hard_links_cannot_reach_outside() {
     let s = Sandbox::new();
     let relative = outside_rel(&s, 1);
-    let err = apply_layer(&layer(&[link("hl", EntryKind::HardLink, &relative)])[..], &s.root, &OPTIONS).unwrap_err();
+    let err = apply_layer(
+        &layer(&[link("hl", EntryKind::HardLink, &relative)])[..],
+        &s.root,
+        &OPTIONS,
+    )
+    .unwrap_err();
     assert!(matches!(err, ApplyError::LinkEscapesRoot { .. }), "{err}");
     assert!(err.to_string().contains("hl"), "{err}");
 
     // An absolute target is resolved inside the root, where it does not exist.
     let absolute = s.outside.join("secret").display().to_string();
-    let err = apply_layer(&layer(&[link("hl", EntryKind::HardLink, &absolute)])[..], &s.root, &OPTIONS).unwrap_err();
-    assert!(err.to_string().contains("layer entry hl: linking to"), "{err}");
+    let err = apply_layer(
+        &layer(&[link("hl", EntryKind::HardLink, &absolute)])[..],
+        &s.root,
+        &OPTIONS,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("layer entry hl: linking to"),
+        "{err}"
+    );
 
     // Through a symlinked directory: also resolved inside the root.
     let entries = [
@@ -174,8 +228,15 @@ fn hard_links_cannot_reach_outside() {
 #[test]
 fn whiteouts_cannot_delete_outside() {
     let s = Sandbox::new();
-    let err = apply_layer(&layer(&[file(&outside_rel(&s, 1).replace("secret", ".wh.secret"), b"")])[..], &s.root, &OPTIONS)
-        .unwrap_err();
+    let err = apply_layer(
+        &layer(&[file(
+            &outside_rel(&s, 1).replace("secret", ".wh.secret"),
+            b"",
+        )])[..],
+        &s.root,
+        &OPTIONS,
+    )
+    .unwrap_err();
     assert!(matches!(err, ApplyError::EscapesRoot { .. }), "{err}");
     let entries = [
         link("via", EntryKind::Symlink, &s.outside.display().to_string()),

@@ -31,7 +31,11 @@ fn rich_tree_round_trips_through_diff_and_apply() {
     let tar = diff(src.path(), &DiffOptions::plain());
     let dst = tempfile::tempdir().unwrap();
     let stats = apply_layer(&tar[..], dst.path(), &MERGED).unwrap();
-    assert!(stats.skipped_xattrs.is_empty(), "{:?}", stats.skipped_xattrs);
+    assert!(
+        stats.skipped_xattrs.is_empty(),
+        "{:?}",
+        stats.skipped_xattrs
+    );
     let expected = snapshot(src.path());
     assert!(expected["usr/bin/b-link"].hardlink_of.as_deref() == Some("home/c-link"));
     assert_same_tree(&expected, &snapshot(dst.path()));
@@ -44,9 +48,15 @@ fn same_tree_gives_same_bytes_and_epoch_clamps_mtimes() {
     build_rich_tree(a.path());
     build_rich_tree(b.path());
     let first = diff(a.path(), &DiffOptions::plain());
-    assert_eq!(Digest::of(&first), Digest::of(&diff(a.path(), &DiffOptions::plain())));
+    assert_eq!(
+        Digest::of(&first),
+        Digest::of(&diff(a.path(), &DiffOptions::plain()))
+    );
     // A second tree built the same way (other inodes, other temp dir) gives the same layer.
-    assert_eq!(Digest::of(&first), Digest::of(&diff(b.path(), &DiffOptions::plain())));
+    assert_eq!(
+        Digest::of(&first),
+        Digest::of(&diff(b.path(), &DiffOptions::plain()))
+    );
 
     let clamp = DiffOptions {
         source: DiffSource::Plain,
@@ -69,14 +79,32 @@ fn gnu_tar_lists_and_extracts_our_layers() {
     let tar_path = work.path().join("layer.tar");
     fs::write(&tar_path, diff(src.path(), &DiffOptions::plain())).unwrap();
 
-    let listing = run(Command::new("tar").arg("--xattrs").arg("-tvf").arg(&tar_path));
-    assert!(listing.contains(&"f".repeat(255)), "long name missing: {listing}");
+    let listing = run(Command::new("tar")
+        .arg("--xattrs")
+        .arg("-tvf")
+        .arg(&tar_path));
+    assert!(
+        listing.contains(&"f".repeat(255)),
+        "long name missing: {listing}"
+    );
     assert!(listing.contains("ünïcødé-名前.txt"), "{listing}");
-    assert!(listing.contains("usr/bin/b-link link to home/c-link"), "{listing}");
-    assert!(listing.contains(&format!("-> /{}", "t".repeat(150))), "{listing}");
-    assert!(listing.contains("3000000/4000000"), "numeric big ids: {listing}");
+    assert!(
+        listing.contains("usr/bin/b-link link to home/c-link"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("-> /{}", "t".repeat(150))),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("3000000/4000000"),
+        "numeric big ids: {listing}"
+    );
     assert!(listing.contains("-rwsr-xr-x"), "{listing}");
-    assert!(!listing.contains("root/root"), "user names must not be recorded: {listing}");
+    assert!(
+        !listing.contains("root/root"),
+        "user names must not be recorded: {listing}"
+    );
 
     let out = work.path().join("out");
     fs::create_dir(&out).unwrap();
@@ -113,7 +141,15 @@ fn gnu_tar_output_applies_to_the_same_tree() {
     // GNU tar may pick another path of a hard-linked inode as the first; compare the rest exactly.
     let strip = |tree: &std::collections::BTreeMap<String, Node>| {
         tree.iter()
-            .map(|(k, v)| (k.clone(), Node { hardlink_of: None, ..v.clone() }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Node {
+                        hardlink_of: None,
+                        ..v.clone()
+                    },
+                )
+            })
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     assert_same_tree(&strip(&expected), &strip(&actual));
@@ -130,10 +166,18 @@ impl Drop for OverlayMount {
 }
 
 fn mount_overlay(lowers: &[&Path], upper: Option<(&Path, &Path)>, merged: &Path) -> OverlayMount {
-    let lower = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let lower = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     let mut options = format!("lowerdir={lower}");
     if let Some((upper, work)) = upper {
-        options.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        options.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
     }
     options.push_str(",index=off,metacopy=off,redirect_dir=off");
     nix::mount::mount(
@@ -153,7 +197,16 @@ fn mount_overlay(lowers: &[&Path], upper: Option<(&Path, &Path)>, merged: &Path)
 fn overlay_upper_dir_diffs_to_whiteouts_and_applies_in_both_modes() {
     let base = tempfile::tempdir().unwrap();
     let b = |rel: &str| base.path().join(rel);
-    for dir in ["lower", "upper", "work", "merged", "out-merged", "layer1", "layer2", "view"] {
+    for dir in [
+        "lower",
+        "upper",
+        "work",
+        "merged",
+        "out-merged",
+        "layer1",
+        "layer2",
+        "view",
+    ] {
         fs::create_dir(b(dir)).unwrap();
     }
     // The lower layer.
@@ -166,13 +219,19 @@ fn overlay_upper_dir_diffs_to_whiteouts_and_applies_in_both_modes() {
     fs::write(b("lower/renamed-file"), b"file moved").unwrap();
     fs::write(b("lower/kept"), b"kept").unwrap();
 
-    let mounted = mount_overlay(&[&b("lower")], Some((&b("upper"), &b("work"))), &b("merged"));
+    let mounted = mount_overlay(
+        &[&b("lower")],
+        Some((&b("upper"), &b("work"))),
+        &b("merged"),
+    );
     fs::remove_file(b("merged/gone")).unwrap();
     fs::remove_dir_all(b("merged/recreated")).unwrap();
     fs::create_dir(b("merged/recreated")).unwrap();
     fs::write(b("merged/recreated/new"), b"new").unwrap();
     // redirect_dir=off: renaming a lower dir fails with EXDEV and mv copies it, as in a real build.
-    run(Command::new("mv").arg(b("merged/renamed-dir")).arg(b("merged/moved-dir")));
+    run(Command::new("mv")
+        .arg(b("merged/renamed-dir"))
+        .arg(b("merged/moved-dir")));
     fs::rename(b("merged/renamed-file"), b("merged/moved-file")).unwrap();
     let merged_view = snapshot(&b("merged"));
     drop(mounted);
@@ -195,7 +254,10 @@ fn overlay_upper_dir_diffs_to_whiteouts_and_applies_in_both_modes() {
         ".wh.renamed-file",
         "moved-file",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     // The opaque marker directly follows its directory.
     let dir_at = names.iter().position(|n| n == "recreated/").unwrap();
@@ -211,7 +273,9 @@ fn overlay_upper_dir_diffs_to_whiteouts_and_applies_in_both_modes() {
     apply_layer(&lower_tar[..], &b("layer1"), &LOWER).unwrap();
     apply_layer(&upper_tar[..], &b("layer2"), &LOWER).unwrap();
     let meta = fs::symlink_metadata(b("layer2/gone")).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &meta.file_type()
+    ));
     let view = mount_overlay(&[&b("layer2"), &b("layer1")], None, &b("view"));
     assert_same_tree(&merged_view, &snapshot(&b("view")));
     drop(view);
@@ -224,14 +288,19 @@ fn opaque_marker_keeps_what_the_same_layer_wrote_before_it() {
     fs::create_dir_all(base.path().join("d")).unwrap();
     fs::write(base.path().join("d/old"), b"old").unwrap();
     let mut w = kiln_oci::tar_writer::TarWriter::new(Vec::new());
-    let mut dir = kiln_oci::tar_writer::TarEntry::new("d/", kiln_oci::tar_writer::EntryKind::Directory);
+    let mut dir =
+        kiln_oci::tar_writer::TarEntry::new("d/", kiln_oci::tar_writer::EntryKind::Directory);
     dir.mode = 0o755;
     w.append(&dir, None).unwrap();
-    let mut early = kiln_oci::tar_writer::TarEntry::new("d/-early", kiln_oci::tar_writer::EntryKind::File);
+    let mut early =
+        kiln_oci::tar_writer::TarEntry::new("d/-early", kiln_oci::tar_writer::EntryKind::File);
     early.mode = 0o644;
     early.size = 1;
     w.append(&early, Some(&mut &b"e"[..])).unwrap();
-    let opq = kiln_oci::tar_writer::TarEntry::new("d/.wh..wh..opq", kiln_oci::tar_writer::EntryKind::File);
+    let opq = kiln_oci::tar_writer::TarEntry::new(
+        "d/.wh..wh..opq",
+        kiln_oci::tar_writer::EntryKind::File,
+    );
     w.append(&opq, None).unwrap();
     let tar = w.finish().unwrap();
     apply_layer(&tar[..], base.path(), &MERGED).unwrap();
@@ -245,9 +314,16 @@ fn compressed_layers_apply_by_magic_bytes() {
     let src = tempfile::tempdir().unwrap();
     build_rich_tree(src.path());
     let expected = snapshot(src.path());
-    for compression in [Compression::Gzip { level: 1 }, Compression::Zstd { level: 3 }] {
-        let (blob, digests) = compress_dir_layer(src.path(), &DiffOptions::plain(), compression, Vec::new()).unwrap();
-        assert_eq!(digests.diff_id, Digest::of(&diff(src.path(), &DiffOptions::plain())));
+    for compression in [
+        Compression::Gzip { level: 1 },
+        Compression::Zstd { level: 3 },
+    ] {
+        let (blob, digests) =
+            compress_dir_layer(src.path(), &DiffOptions::plain(), compression, Vec::new()).unwrap();
+        assert_eq!(
+            digests.diff_id,
+            Digest::of(&diff(src.path(), &DiffOptions::plain()))
+        );
         let dst = tempfile::tempdir().unwrap();
         apply_layer(&blob[..], dst.path(), &MERGED).unwrap();
         assert_same_tree(&expected, &snapshot(dst.path()));

@@ -89,15 +89,8 @@ impl RootMount {
                     .collect();
                 lookup_in_layers(&layers, path)?
             }
-            RootMount::Bind { source } => {
-                let candidate = join_inside(source, path);
-                match fs::symlink_metadata(&candidate) {
-                    Ok(meta) if meta.is_file() => Some(candidate),
-                    Ok(_) => None,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(e),
-                }
-            }
+            // One layer; walking it component by component never follows an image symlink to the host.
+            RootMount::Bind { source } => lookup_in_layers(&[source.as_path()], path)?,
         };
         found.map(fs::read).transpose()
     }
@@ -316,12 +309,23 @@ mod tests {
             },
         ];
         create_stubs(&root, &stubs).unwrap();
+        // Reading through the plain root does not follow the symlink either.
+        fs::write(outside.join("passwd"), "host").unwrap();
+        let bind = RootMount::Bind {
+            source: root.clone(),
+        };
+        assert_eq!(bind.read_file(Path::new("/var/run/passwd")).unwrap(), None);
+        fs::write(root.join("etc/passwd"), "image").unwrap();
+        assert_eq!(
+            bind.read_file(Path::new("/etc/passwd")).unwrap().as_deref(),
+            Some(&b"image"[..])
+        );
         assert!(root.join("etc/hosts").is_file());
         assert!(root.join("proc").is_dir());
         assert_eq!(
             fs::read_dir(&outside).unwrap().count(),
-            0,
-            "nothing written through the symlink"
+            1,
+            "nothing but our own passwd: no stub written through the symlink"
         );
     }
 }

@@ -205,7 +205,9 @@ pub enum LowerErrorKind {
     Expansion(#[from] ShellError),
     #[error("circular dependency detected on stage: {stage} ({cycle})")]
     CircularStages { stage: String, cycle: String },
-    #[error("cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}")]
+    #[error(
+        "cannot copy from stage {from:?}, it needs to be defined before current stage {current:?}"
+    )]
     StageNotDefinedBefore { from: String, current: String },
     #[error("invalid stage index {index}: the Dockerfile has {count} stage(s)")]
     InvalidStageIndex { index: usize, count: usize },
@@ -315,9 +317,15 @@ fn is_predefined_arg(name: &str) -> bool {
 /// The canonical (upper-case) name when `name` is one of the proxy args Docker passes to RUN
 /// without a declaration.
 fn proxy_arg(name: &str) -> Option<&'static str> {
-    ["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"]
-        .into_iter()
-        .find(|proxy| proxy.eq_ignore_ascii_case(name))
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ]
+    .into_iter()
+    .find(|proxy| proxy.eq_ignore_ascii_case(name))
 }
 
 /// An ordered environment: setting an existing key replaces it in place (llb's `EnvList`).
@@ -502,7 +510,9 @@ impl<'a> Lowerer<'a> {
                         .value;
                     Some(
                         names::parse_platform(&value, &self.options.build_platform).map_err(
-                            |reason| self.error(at, LowerErrorKind::InvalidPlatform { value, reason }),
+                            |reason| {
+                                self.error(at, LowerErrorKind::InvalidPlatform { value, reason })
+                            },
                         )?,
                     )
                 }
@@ -518,7 +528,9 @@ impl<'a> Lowerer<'a> {
             } else if self.options.named_contexts.contains_key(&image) {
                 match &self.options.named_contexts[&image] {
                     NamedContext::Local => StageBase::Context(image.clone()),
-                    NamedContext::Image(reference) => StageBase::Image(self.normalize(reference, at)?),
+                    NamedContext::Image(reference) => {
+                        StageBase::Image(self.normalize(reference, at)?)
+                    }
                 }
             } else {
                 StageBase::Image(self.normalize(&image, at)?)
@@ -585,8 +597,11 @@ impl<'a> Lowerer<'a> {
                     .iter()
                     .position(|info| info.name.as_deref() == Some(lower.as_str()))
                     .ok_or_else(|| {
-                        let available: Vec<String> =
-                            self.stages.iter().filter_map(|info| info.name.clone()).collect();
+                        let available: Vec<String> = self
+                            .stages
+                            .iter()
+                            .filter_map(|info| info.name.clone())
+                            .collect();
                         self.error(
                             None,
                             LowerErrorKind::TargetNotFound {
@@ -711,15 +726,18 @@ impl<'a> Lowerer<'a> {
         if let Some(resolved) = self.resolved_images.get(&key) {
             return Ok(resolved.clone());
         }
-        let resolved = self.resolver.resolve(reference, platform).map_err(|source| {
-            self.error(
-                at,
-                LowerErrorKind::Resolve {
-                    reference: reference.to_string(),
-                    source,
-                },
-            )
-        })?;
+        let resolved = self
+            .resolver
+            .resolve(reference, platform)
+            .map_err(|source| {
+                self.error(
+                    at,
+                    LowerErrorKind::Resolve {
+                        reference: reference.to_string(),
+                        source,
+                    },
+                )
+            })?;
         self.resolved_images.insert(key, resolved.clone());
         Ok(resolved)
     }
@@ -851,7 +869,9 @@ impl<'a> Lowerer<'a> {
 /// The raw `--from` values of COPY/ADD and `RUN --mount from=`, for the dependency pre-pass.
 fn referenced_from_values(kind: &InstructionKind) -> Vec<String> {
     match kind {
-        InstructionKind::Copy(copy) | InstructionKind::Add(copy) => copy.from.iter().cloned().collect(),
+        InstructionKind::Copy(copy) | InstructionKind::Add(copy) => {
+            copy.from.iter().cloned().collect()
+        }
         InstructionKind::Run(run) => run
             .mounts
             .iter()
@@ -897,7 +917,11 @@ impl Lowered {
         for warning in &self.warnings {
             match warning.location {
                 Some(location) => {
-                    let _ = writeln!(out, "# warning (line {}): {}", location.start_line, warning.message);
+                    let _ = writeln!(
+                        out,
+                        "# warning (line {}): {}",
+                        location.start_line, warning.message
+                    );
                 }
                 None => {
                     let _ = writeln!(out, "# warning: {}", warning.message);

@@ -24,7 +24,9 @@ pub fn normalize_reference(reference: &str) -> Result<String, String> {
         let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
             !algorithm.is_empty()
                 && hex.len() >= 32
-                && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         });
         if !valid {
             return Err(format!("invalid digest {digest:?}"));
@@ -71,7 +73,10 @@ pub fn normalize_reference(reference: &str) -> Result<String, String> {
     } else {
         path
     };
-    if path.split('/').any(|component| !valid_path_component(component)) {
+    if path
+        .split('/')
+        .any(|component| !valid_path_component(component))
+    {
         return Err(format!(
             "invalid reference format: repository name ({path}) must be lowercase and made of \
              [a-z0-9] separated by '.', '_', '__' or '-'"
@@ -158,10 +163,7 @@ pub fn normalize_platform(mut platform: Platform) -> Platform {
     let variant = platform.variant.take();
     let (architecture, variant) = match platform.architecture.as_str() {
         "i386" | "i686" | "x86" => ("386".to_string(), None),
-        "x86_64" | "x86-64" | "amd64" => (
-            "amd64".to_string(),
-            variant.filter(|v| v != "v1"),
-        ),
+        "x86_64" | "x86-64" | "amd64" => ("amd64".to_string(), variant.filter(|v| v != "v1")),
         "aarch64" | "arm64" => (
             "arm64".to_string(),
             variant.filter(|v| !matches!(v.as_str(), "8" | "v8" | "v8.0")),
@@ -361,7 +363,11 @@ fn parse_port_range(ports: &str) -> Result<(u32, u32), ()> {
         None => parse(ports).map(|p| (p, p)),
         Some((start, end)) => {
             let (start, end) = (parse(start)?, parse(end)?);
-            if end < start { Err(()) } else { Ok((start, end)) }
+            if end < start {
+                Err(())
+            } else {
+                Ok((start, end))
+            }
         }
     }
 }
@@ -375,8 +381,8 @@ pub fn valid_signal(value: &str) -> bool {
     const NAMES: &[&str] = &[
         "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
         "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH",
-        "XCPU", "XFSZ",
+        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+        "XFSZ",
     ];
     let upper = value.to_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -465,7 +471,10 @@ mod tests {
             ("alpine", "docker.io/library/alpine:latest"),
             ("alpine:3.20", "docker.io/library/alpine:3.20"),
             ("user/app", "docker.io/user/app:latest"),
-            ("index.docker.io/library/busybox:1", "docker.io/library/busybox:1"),
+            (
+                "index.docker.io/library/busybox:1",
+                "docker.io/library/busybox:1",
+            ),
             ("localhost:5000/app", "localhost:5000/app:latest"),
             ("localhost/app:v1", "localhost/app:v1"),
             ("ghcr.io/o/r/app:1.0", "ghcr.io/o/r/app:1.0"),
@@ -540,7 +549,10 @@ mod tests {
             parse_port_spec("8000-8002/tcp").unwrap(),
             vec!["8000/tcp", "8001/tcp", "8002/tcp"]
         );
-        assert_eq!(parse_port_spec("127.0.0.1:8080:80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(
+            parse_port_spec("127.0.0.1:8080:80").unwrap(),
+            vec!["80/tcp"]
+        );
         assert!(parse_port_spec("80/icmp").is_err());
         assert!(parse_port_spec("http").is_err());
         assert!(parse_port_spec("90-80").is_err());
@@ -559,10 +571,17 @@ mod tests {
     #[test]
     fn go_formatting() {
         assert_eq!(
-            go_quoted_list(&["/bin/sh".to_string(), "-c".to_string(), "echo \"hi\"".to_string()]),
+            go_quoted_list(&[
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                "echo \"hi\"".to_string()
+            ]),
             r#"["/bin/sh" "-c" "echo \"hi\""]"#
         );
-        assert_eq!(go_plain_list(&["/a".to_string(), "/b".to_string()]), "[/a /b]");
+        assert_eq!(
+            go_plain_list(&["/a".to_string(), "/b".to_string()]),
+            "[/a /b]"
+        );
         assert_eq!(go_duration(Duration::ZERO), "0s");
         assert_eq!(go_duration(Duration::from_secs(30)), "30s");
         assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");

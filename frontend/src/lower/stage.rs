@@ -5,15 +5,13 @@
 
 use kiln_image::config::{Healthcheck as ConfigHealthcheck, History, ImageConfig, RootFs};
 use kiln_llb::{
-    CacheSharing as LlbCacheSharing, CopyAction, ExecOp, FileAction, FileOp, MergeOp,
-    MkdirAction, MkfileAction, Mount as LlbMount, MountKind as LlbMountKind, NetworkMode, Op,
-    OpKind, OpMetadata, OpRef, Platform, SecretEnv, SecurityMode, SourceOp,
+    CacheSharing as LlbCacheSharing, CopyAction, ExecOp, FileAction, FileOp, MergeOp, MkdirAction,
+    MkfileAction, Mount as LlbMount, MountKind as LlbMountKind, NetworkMode, Op, OpKind,
+    OpMetadata, OpRef, Platform, SecretEnv, SecurityMode, SourceOp,
 };
 
 use super::names;
-use super::{
-    LowerError, LowerErrorKind, Lowerer, NamedContext, OrderedEnv, StageBase, proxy_arg,
-};
+use super::{LowerError, LowerErrorKind, Lowerer, NamedContext, OrderedEnv, StageBase, proxy_arg};
 use crate::instructions::{
     ArgInstruction, CacheSharing, CommandForm, CopyInstruction, Healthcheck, Instruction,
     InstructionKind, KeyValue, Location, MountKind, RunInstruction,
@@ -45,7 +43,10 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
     let info = lw.stages[index].clone();
     let stage = &lw.dockerfile.stages[index];
     let from_location = Some(stage.location);
-    let default_platform = info.platform.clone().unwrap_or_else(|| lw.target_platform());
+    let default_platform = info
+        .platform
+        .clone()
+        .unwrap_or_else(|| lw.target_platform());
     let single_stage = lw.dockerfile.stages.len() == 1;
     let prefix_name = if single_stage {
         String::new()
@@ -53,10 +54,12 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
         lw.stage_display_name(index)
     };
     let ignore_cache = lw.options.no_cache
-        || info
-            .name
-            .as_ref()
-            .is_some_and(|name| lw.options.no_cache_filter.iter().any(|f| f.eq_ignore_ascii_case(name)));
+        || info.name.as_ref().is_some_and(|name| {
+            lw.options
+                .no_cache_filter
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+        });
 
     // The base: its root, config and (for a stage) the environment it left. An image's source op
     // is added once the step count (part of its description) is known.
@@ -72,12 +75,20 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
                 .add(Op::source(SourceOp::Scratch), OpMetadata::default())
                 .map_err(|e| lw.error(from_location, e.into()))?;
             let config = empty_image(&default_platform);
-            (Some(fresh_state(root, config, default_platform.clone(), None)), None, false)
+            (
+                Some(fresh_state(root, config, default_platform.clone(), None)),
+                None,
+                false,
+            )
         }
         StageBase::Context(name) => {
             let root = lw.local_source(name)?;
             let config = empty_image(&default_platform);
-            (Some(fresh_state(root, config, default_platform.clone(), None)), None, false)
+            (
+                Some(fresh_state(root, config, default_platform.clone(), None)),
+                None,
+                false,
+            )
         }
         StageBase::Image(reference) => {
             let resolved = lw.resolve_image(reference, &default_platform, from_location)?;
@@ -96,14 +107,14 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
     for trigger in &triggers {
         let mut instruction = parser::parse_instruction(trigger, lw.dockerfile.directives.escape)
             .map_err(|error| {
-                lw.error(
-                    from_location,
-                    LowerErrorKind::BadOnbuildTrigger {
-                        trigger: trigger.clone(),
-                        reason: error.to_string(),
-                    },
-                )
-            })?;
+            lw.error(
+                from_location,
+                LowerErrorKind::BadOnbuildTrigger {
+                    trigger: trigger.clone(),
+                    reason: error.to_string(),
+                },
+            )
+        })?;
         instruction.location = stage.location;
         trigger_instructions.push(instruction);
     }
@@ -125,9 +136,14 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
     let state = match (state, from_image) {
         (Some(state), _) => state,
         (None, Some((reference, config))) => {
-            let description = stage_description(&prefix_name, 1, total, false, &format!("FROM {reference}"));
-            let (root, _) =
-                lw.image_source(&reference, &default_platform, Some(description), from_location)?;
+            let description =
+                stage_description(&prefix_name, 1, total, false, &format!("FROM {reference}"));
+            let (root, _) = lw.image_source(
+                &reference,
+                &default_platform,
+                Some(description),
+                from_location,
+            )?;
             fresh_state(root, config, default_platform.clone(), Some(reference))
         }
         (None, None) => unreachable!("every stage base yields a state or an image"),
@@ -161,7 +177,13 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
 }
 
 /// `[name step/total] text` as BuildKit names a step's vertex (`[2/5] …` in a single-stage file).
-fn stage_description(prefix_name: &str, step: usize, total: usize, onbuild: bool, text: &str) -> String {
+fn stage_description(
+    prefix_name: &str,
+    step: usize,
+    total: usize,
+    onbuild: bool,
+    text: &str,
+) -> String {
     if total == 0 {
         return text.to_string();
     }
@@ -432,7 +454,11 @@ impl StageCx<'_, '_> {
                 Ok(())
             }
             InstructionKind::Onbuild(onbuild) => {
-                self.state.config.config.on_build.push(onbuild.trigger.clone());
+                self.state
+                    .config
+                    .config
+                    .on_build
+                    .push(onbuild.trigger.clone());
                 Ok(())
             }
             InstructionKind::Healthcheck(healthcheck) => {
@@ -510,7 +536,8 @@ impl StageCx<'_, '_> {
                 retries: i64::from(retries.unwrap_or(0)),
             },
         };
-        let duration = |ns: i64| names::go_duration(std::time::Duration::from_nanos(ns.max(0) as u64));
+        let duration =
+            |ns: i64| names::go_duration(std::time::Duration::from_nanos(ns.max(0) as u64));
         // Go's `%+v` of BuildKit's HealthcheckConfig.
         let message = format!(
             "HEALTHCHECK {{Test:{} Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
@@ -616,7 +643,7 @@ impl StageCx<'_, '_> {
     }
 
     /// Where `--from` (or `--mount from=`) points: a stage's root, a named context or an image.
-    fn from_source(&mut self, value: &str, at: Location) -> Result<OpRef, LowerError> {
+    fn source_for_from(&mut self, value: &str, at: Location) -> Result<OpRef, LowerError> {
         // Variables are not expanded in --from (BuildKit refuses them).
         let unexpanded = self
             .lw
@@ -636,10 +663,16 @@ impl StageCx<'_, '_> {
             if index >= count {
                 return Err(self.error(at, LowerErrorKind::InvalidStageIndex { index, count }));
             }
-            return Ok(self.lw.lower_stage(index, Some((self.index, Some(at))))?.root);
+            return Ok(self
+                .lw
+                .lower_stage(index, Some((self.index, Some(at))))?
+                .root);
         }
         if let Some(index) = self.lw.stage_by_reference(value) {
-            return Ok(self.lw.lower_stage(index, Some((self.index, Some(at))))?.root);
+            return Ok(self
+                .lw
+                .lower_stage(index, Some((self.index, Some(at))))?
+                .root);
         }
         let reference = match self.lw.options.named_contexts.get(value) {
             Some(NamedContext::Local) => return self.lw.local_source(value),
@@ -648,7 +681,10 @@ impl StageCx<'_, '_> {
         };
         let normalized = self.lw.normalize(&reference, Some(at))?;
         let platform = self.state.platform.clone();
-        Ok(self.lw.image_source(&normalized, &platform, None, Some(at))?.0)
+        Ok(self
+            .lw
+            .image_source(&normalized, &platform, None, Some(at))?
+            .0)
     }
 
     fn copy(
@@ -678,7 +714,8 @@ impl StageCx<'_, '_> {
         };
         let chmod = match &chmod_raw {
             Some(raw) => Some(
-                names::parse_chmod(raw).map_err(|reason| self.error(at, LowerErrorKind::BadChmod(reason)))?,
+                names::parse_chmod(raw)
+                    .map_err(|reason| self.error(at, LowerErrorKind::BadChmod(reason)))?,
             ),
             None => None,
         };
@@ -702,7 +739,9 @@ impl StageCx<'_, '_> {
                         .heredocs
                         .iter()
                         .find(|heredoc| heredoc.name == word.name)
-                        .ok_or_else(|| self.error(at, LowerErrorKind::MissingHeredoc(word.name.clone())))?;
+                        .ok_or_else(|| {
+                            self.error(at, LowerErrorKind::MissingHeredoc(word.name.clone()))
+                        })?;
                     heredocs.push(body.clone());
                 }
                 _ => paths.push(self.expand(source, at)?),
@@ -718,7 +757,10 @@ impl StageCx<'_, '_> {
                     LowerErrorKind::BadChecksum(format!("{checksum:?} is not sha256:<64 hex>")),
                 ));
             }
-            if paths.len() != 1 || !heredocs.is_empty() || !(is_http_url(&paths[0]) || git_url(&paths[0]).is_some()) {
+            if paths.len() != 1
+                || !heredocs.is_empty()
+                || !(is_http_url(&paths[0]) || git_url(&paths[0]).is_some())
+            {
                 return Err(self.error(
                     at,
                     LowerErrorKind::BadChecksum(
@@ -740,7 +782,7 @@ impl StageCx<'_, '_> {
         }
 
         let context_source = match &copy.from {
-            Some(from) => self.from_source(from, at)?,
+            Some(from) => self.source_for_from(from, at)?,
             None => self.lw.context_source()?,
         };
         let link = copy.link && chmod.is_none();
@@ -777,7 +819,8 @@ impl StageCx<'_, '_> {
                     }),
                     self.metadata(description.clone(), at),
                 )?;
-                let mut action = CopyAction::new(input_position(&mut inputs, git), "/", dest.clone());
+                let mut action =
+                    CopyAction::new(input_position(&mut inputs, git), "/", dest.clone());
                 action.follow_symlinks = false;
                 action.allow_wildcard = false;
                 action
@@ -812,8 +855,11 @@ impl StageCx<'_, '_> {
                     (src.clone(), String::new())
                 };
                 let index = input_position(&mut inputs, context_source.clone());
-                let mut action =
-                    CopyAction::new(index, names::clean_path(&format!("/{src_path}")), dest.clone());
+                let mut action = CopyAction::new(
+                    index,
+                    names::clean_path(&format!("/{src_path}")),
+                    dest.clone(),
+                );
                 if copy.parents {
                     let pattern = names::clean_path(&format!("/{include}"));
                     action.include_patterns = vec![pattern.trim_start_matches('/').to_string()];
@@ -865,7 +911,8 @@ impl StageCx<'_, '_> {
                     ..Default::default()
                 },
             )?;
-            let mut action = CopyAction::new(input_position(&mut inputs, document), path, dest.clone());
+            let mut action =
+                CopyAction::new(input_position(&mut inputs, document), path, dest.clone());
             action.follow_symlinks = false;
             action.allow_wildcard = false;
             action.dir_copy_contents = false;
@@ -944,7 +991,9 @@ impl StageCx<'_, '_> {
                                 }),
                             },
                             OpMetadata {
-                                description: Some("[internal] preparing inline document".to_string()),
+                                description: Some(
+                                    "[internal] preparing inline document".to_string(),
+                                ),
                                 ..Default::default()
                             },
                         )?;
@@ -979,23 +1028,28 @@ impl StageCx<'_, '_> {
             None | Some("default") => self.lw.options.network,
             Some("none") => NetworkMode::None,
             Some("host") => NetworkMode::Host,
-            Some(other) => return Err(self.error(at, LowerErrorKind::BadNetwork(other.to_string()))),
+            Some(other) => {
+                return Err(self.error(at, LowerErrorKind::BadNetwork(other.to_string())));
+            }
         };
         let security = match run.security.as_deref() {
             None | Some("sandbox") => SecurityMode::Sandbox,
             Some("insecure") => SecurityMode::Insecure,
-            Some(other) => return Err(self.error(at, LowerErrorKind::BadSecurity(other.to_string()))),
+            Some(other) => {
+                return Err(self.error(at, LowerErrorKind::BadSecurity(other.to_string())));
+            }
         };
 
         let mut secret_env = Vec::new();
         let mut ssh_count = 0;
         for raw in &run.mounts {
             // Values are expanded with quotes kept so the CSV quoting still splits fields.
-            let lexer = Lexer::new(self.lw.dockerfile.directives.escape).with_options(LexerOptions {
-                raw_quotes: true,
-                raw_escapes: true,
-                skip_unset: false,
-            });
+            let lexer =
+                Lexer::new(self.lw.dockerfile.directives.escape).with_options(LexerOptions {
+                    raw_quotes: true,
+                    raw_escapes: true,
+                    skip_unset: false,
+                });
             let expanded = lexer
                 .process_word(raw, &self.state.env)
                 .map_err(|error| self.error(at, error.into()))?
@@ -1030,7 +1084,7 @@ impl StageCx<'_, '_> {
             match mount.kind {
                 MountKind::Bind => {
                     let source = match &mount.from {
-                        Some(from) => self.from_source(from, at)?,
+                        Some(from) => self.source_for_from(from, at)?,
                         None => self.lw.context_source()?,
                     };
                     mounts.push(LlbMount {
@@ -1045,7 +1099,9 @@ impl StageCx<'_, '_> {
                 MountKind::Cache => {
                     let target = target.unwrap_or_default();
                     let input = match &mount.from {
-                        Some(from) => Some(input_position(&mut inputs, self.from_source(from, at)?)),
+                        Some(from) => {
+                            Some(input_position(&mut inputs, self.source_for_from(from, at)?))
+                        }
                         None => None,
                     };
                     mounts.push(LlbMount {
@@ -1189,7 +1245,10 @@ fn git_url(src: &str) -> Option<(String, Option<String>, Option<String>)> {
         || src.starts_with("git://")
         || src.starts_with("ssh://")
         || ((src.starts_with("http://") || src.starts_with("https://"))
-            && url.split('?').next().is_some_and(|path| path.ends_with(".git")));
+            && url
+                .split('?')
+                .next()
+                .is_some_and(|path| path.ends_with(".git")));
     if !is_git {
         return None;
     }
@@ -1209,10 +1268,7 @@ fn git_url(src: &str) -> Option<(String, Option<String>, Option<String>)> {
 /// The file name an ADD of `url` gets: the last path segment, or `__unnamed__`.
 fn url_filename(url: &str) -> String {
     let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = without_scheme
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default();
+    let path = without_scheme.split(['?', '#']).next().unwrap_or_default();
     let path = path.split_once('/').map_or("", |(_, path)| path);
     match path.trim_end_matches('/').rsplit('/').next() {
         Some(name) if !name.is_empty() && name != "." => name.to_string(),

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use kiln_image::config::ImageConfig;
-use kiln_llb::{
-    Chmod, ExecOp, FileAction, MountKind, NetworkMode, Op, OpKind, Platform, SourceOp,
-};
+use kiln_llb::{Chmod, ExecOp, FileAction, MountKind, NetworkMode, Op, OpKind, Platform, SourceOp};
 
 use super::*;
 
@@ -43,7 +41,11 @@ fn lower_err(text: &str) -> String {
 struct TableResolver(BTreeMap<String, ImageConfig>);
 
 impl ImageResolver for TableResolver {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, ResolveError> {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &Platform,
+    ) -> Result<ResolvedImage, ResolveError> {
         match self.0.get(reference) {
             Some(config) => Ok(ResolvedImage {
                 config: config.clone(),
@@ -82,9 +84,8 @@ fn op_of(lowered: &Lowered, root: &OpRef) -> Op {
 
 #[test]
 fn meta_args_reach_from_but_not_the_stage_unless_redeclared() {
-    let lowered = lower_ok(
-        "ARG TAG=3.20\nARG OTHER=x\nFROM alpine:$TAG\nARG TAG\nRUN echo $TAG $OTHER\n",
-    );
+    let lowered =
+        lower_ok("ARG TAG=3.20\nARG OTHER=x\nFROM alpine:$TAG\nARG TAG\nRUN echo $TAG $OTHER\n");
     let image = lowered
         .definition
         .ops()
@@ -110,8 +111,12 @@ fn meta_args_reach_from_but_not_the_stage_unless_redeclared() {
 #[test]
 fn build_args_override_defaults_and_env_wins_over_arg() {
     let mut options = options();
-    options.build_args.insert("A".to_string(), "from-cli".to_string());
-    options.build_args.insert("B".to_string(), "cli-b".to_string());
+    options
+        .build_args
+        .insert("A".to_string(), "from-cli".to_string());
+    options
+        .build_args
+        .insert("B".to_string(), "cli-b".to_string());
     let lowered = lower_with(
         "FROM scratch\nARG A=default\nARG B=bdefault\nENV B=env-b\nRUN x\n",
         &options,
@@ -123,7 +128,10 @@ fn build_args_override_defaults_and_env_wins_over_arg() {
     assert_eq!(lowered.target.config.config.env_get("B"), Some("env-b"));
     // ARGs are not part of the image config.
     assert_eq!(lowered.target.config.config.env_get("A"), None);
-    assert!(history(&lowered).contains(&"RUN |2 A=from-cli B=env-b /bin/sh -c x # buildkit".to_string()));
+    assert!(
+        history(&lowered)
+            .contains(&"RUN |2 A=from-cli B=env-b /bin/sh -c x # buildkit".to_string())
+    );
 }
 
 #[test]
@@ -156,9 +164,20 @@ fn proxy_args_go_to_run_without_declaration_or_history() {
         .insert("http_proxy".to_string(), "http://proxy:3128".to_string());
     let lowered = lower_with("FROM scratch\nRUN make\n", &options).unwrap();
     let exec = execs(&lowered)[0];
-    assert!(exec.proxy_env.contains(&"HTTP_PROXY=http://proxy:3128".to_string()));
-    assert!(exec.proxy_env.contains(&"http_proxy=http://proxy:3128".to_string()));
-    assert!(!exec.env.iter().any(|e| e.to_lowercase().starts_with("http_proxy")));
+    assert!(
+        exec.proxy_env
+            .contains(&"HTTP_PROXY=http://proxy:3128".to_string())
+    );
+    assert!(
+        exec.proxy_env
+            .contains(&"http_proxy=http://proxy:3128".to_string())
+    );
+    assert!(
+        !exec
+            .env
+            .iter()
+            .any(|e| e.to_lowercase().starts_with("http_proxy"))
+    );
     assert_eq!(history(&lowered), vec!["RUN /bin/sh -c make # buildkit"]);
     assert!(lowered.warnings.is_empty(), "{:?}", lowered.warnings);
 }
@@ -166,8 +185,12 @@ fn proxy_args_go_to_run_without_declaration_or_history() {
 #[test]
 fn unconsumed_build_args_are_reported() {
     let mut options = options();
-    options.build_args.insert("UNUSED".to_string(), "1".to_string());
-    options.build_args.insert("USED".to_string(), "1".to_string());
+    options
+        .build_args
+        .insert("UNUSED".to_string(), "1".to_string());
+    options
+        .build_args
+        .insert("USED".to_string(), "1".to_string());
     let lowered = lower_with("FROM scratch\nARG USED\n", &options).unwrap();
     assert_eq!(lowered.warnings.len(), 1);
     assert_eq!(
@@ -181,7 +204,10 @@ fn empty_build_arg_name_is_an_error() {
     let mut options = options();
     options.build_args.insert(String::new(), "x".to_string());
     let error = lower_with("FROM scratch\n", &options).unwrap_err();
-    assert!(error.to_string().contains("empty build arg name"), "{error}");
+    assert!(
+        error.to_string().contains("empty build arg name"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -204,10 +230,7 @@ fn shell_form_uses_the_shell_in_effect() {
         ])
     );
     assert!(lowered.target.config.config.args_escaped);
-    assert_eq!(
-        history(&lowered)[0],
-        "SHELL [/bin/bash -eo pipefail -c]"
-    );
+    assert_eq!(history(&lowered)[0], "SHELL [/bin/bash -eo pipefail -c]");
     assert_eq!(
         history(&lowered)[2],
         r#"CMD ["/bin/bash" "-eo" "pipefail" "-c" "run me"]"#
@@ -235,7 +258,10 @@ fn entrypoint_resets_an_inherited_cmd_but_not_one_set_in_the_stage() {
         &resolver,
     )
     .unwrap();
-    assert_eq!(kept.target.config.config.cmd, Some(vec!["serve".to_string()]));
+    assert_eq!(
+        kept.target.config.config.cmd,
+        Some(vec!["serve".to_string()])
+    );
     // A stage built FROM another inherits its CMD as "not set here".
     let from_stage = lower(
         &parse("FROM busybox AS a\nCMD [\"serve\"]\nFROM a\nENTRYPOINT [\"/app\"]\n"),
@@ -248,12 +274,24 @@ fn entrypoint_resets_an_inherited_cmd_but_not_one_set_in_the_stage() {
 
 #[test]
 fn workdirs_chain_and_make_one_mkdir_layer_each() {
-    let lowered = lower_ok("FROM scratch\nWORKDIR /app\nWORKDIR src\nWORKDIR ../lib\nWORKDIR /\nRUN pwd\n");
+    let lowered =
+        lower_ok("FROM scratch\nWORKDIR /app\nWORKDIR src\nWORKDIR ../lib\nWORKDIR /\nRUN pwd\n");
     assert_eq!(
         history(&lowered)[..4],
-        ["WORKDIR /app", "WORKDIR /app/src", "WORKDIR /app/lib", "WORKDIR /"]
+        [
+            "WORKDIR /app",
+            "WORKDIR /app/src",
+            "WORKDIR /app/lib",
+            "WORKDIR /"
+        ]
     );
-    let layers: Vec<bool> = lowered.target.config.history.iter().map(|h| h.empty_layer).collect();
+    let layers: Vec<bool> = lowered
+        .target
+        .config
+        .history
+        .iter()
+        .map(|h| h.empty_layer)
+        .collect();
     assert_eq!(layers, vec![false, false, false, true, false]);
     let mkdirs: Vec<String> = lowered
         .definition
@@ -321,12 +359,20 @@ fn copy_from_names_a_stage_by_name_or_index_or_an_image() {
     let lowered = lower_ok(
         "FROM scratch AS first\nRUN build\nFROM scratch\nCOPY --from=first /a /a\nCOPY --from=0 /b /b\nCOPY --from=nginx:1.27 /etc/nginx /etc/nginx\n",
     );
-    let first_root = lowered.stages.iter().find(|s| s.index == 0).unwrap().root.clone();
+    let first_root = lowered
+        .stages
+        .iter()
+        .find(|s| s.index == 0)
+        .unwrap()
+        .root
+        .clone();
     let copies: Vec<Op> = lowered
         .definition
         .ops()
         .iter()
-        .filter(|op| matches!(&op.kind, OpKind::File(f) if matches!(f.actions[0], FileAction::Copy(_))))
+        .filter(
+            |op| matches!(&op.kind, OpKind::File(f) if matches!(f.actions[0], FileAction::Copy(_))),
+        )
         .cloned()
         .collect();
     assert_eq!(copies.len(), 3);
@@ -348,21 +394,31 @@ fn stage_reference_errors_name_the_line() {
         "{forward}"
     );
     let index = lower_err("FROM scratch\nCOPY --from=5 /a /a\n");
-    assert!(index.contains("Dockerfile:2: invalid stage index 5"), "{index}");
+    assert!(
+        index.contains("Dockerfile:2: invalid stage index 5"),
+        "{index}"
+    );
     let variable = lower_err("FROM scratch\nARG S=x\nCOPY --from=$S /a /a\n");
-    assert!(variable.contains("variable expansion is not supported for --from"), "{variable}");
+    assert!(
+        variable.contains("variable expansion is not supported for --from"),
+        "{variable}"
+    );
 }
 
 #[test]
 fn circular_stage_references_are_reported() {
     let error = lower_err("FROM scratch AS a\nCOPY --from=b /x /x\nFROM a AS b\n");
-    assert!(error.contains("circular dependency detected on stage: a"), "{error}");
+    assert!(
+        error.contains("circular dependency detected on stage: a"),
+        "{error}"
+    );
     assert!(error.contains("a -> b -> a"), "{error}");
 }
 
 #[test]
 fn target_selects_the_stage_and_unneeded_stages_make_no_ops() {
-    let text = "FROM scratch AS a\nRUN only-a\nFROM scratch AS b\nRUN only-b\nFROM scratch\nRUN last\n";
+    let text =
+        "FROM scratch AS a\nRUN only-a\nFROM scratch AS b\nRUN only-b\nFROM scratch\nRUN last\n";
     let mut options = options();
     options.target = Some("A".to_string());
     let lowered = lower_with(text, &options).unwrap();
@@ -372,7 +428,10 @@ fn target_selects_the_stage_and_unneeded_stages_make_no_ops() {
     assert_eq!(args, vec!["only-a"]);
     options.target = Some("missing".to_string());
     let error = lower_with(text, &options).unwrap_err().to_string();
-    assert!(error.contains("target stage \"missing\" could not be found"), "{error}");
+    assert!(
+        error.contains("target stage \"missing\" could not be found"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -408,7 +467,9 @@ fn from_another_stage_continues_its_result_and_config() {
 #[test]
 fn options_labels_go_to_the_target_only() {
     let mut options = options();
-    options.labels.insert("built.by".to_string(), "kiln".to_string());
+    options
+        .labels
+        .insert("built.by".to_string(), "kiln".to_string());
     let lowered = lower_with("FROM scratch AS a\nFROM a\nLABEL x=1\n", &options).unwrap();
     assert_eq!(lowered.target.config.config.labels.len(), 2);
     assert!(lowered.stages[0].config.config.labels.is_empty());
@@ -468,9 +529,13 @@ fn onbuild_instructions_are_recorded_not_run() {
 #[test]
 fn unresolvable_base_image_is_an_error_with_its_line() {
     let resolver = TableResolver(BTreeMap::new());
-    let error = lower(&parse("FROM scratch\n\nFROM nothere:1\n"), &options(), &resolver)
-        .unwrap_err()
-        .to_string();
+    let error = lower(
+        &parse("FROM scratch\n\nFROM nothere:1\n"),
+        &options(),
+        &resolver,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         error.starts_with("Dockerfile:3: failed to resolve image docker.io/library/nothere:1"),
         "{error}"
@@ -482,9 +547,16 @@ fn run_heredoc_with_shebang_runs_a_file() {
     let lowered = lower_ok("FROM scratch\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n");
     let exec = execs(&lowered)[0];
     assert_eq!(exec.args, vec!["/bin/sh", "-c", "/dev/pipes/EOF"]);
-    let pipe = exec.mounts.iter().find(|m| m.target == "/dev/pipes/").unwrap();
+    let pipe = exec
+        .mounts
+        .iter()
+        .find(|m| m.target == "/dev/pipes/")
+        .unwrap();
     assert!(pipe.readonly);
-    let document = lowered.definition.get(&op_of(&lowered, &lowered.target.root).inputs[1].digest).unwrap();
+    let document = lowered
+        .definition
+        .get(&op_of(&lowered, &lowered.target.root).inputs[1].digest)
+        .unwrap();
     match &document.kind {
         OpKind::File(file) => match &file.actions[0] {
             FileAction::Mkfile(mkfile) => {
@@ -559,10 +631,16 @@ fn add_urls_git_and_local_archives() {
             _ => None,
         })
         .collect();
-    assert!(!copies[0].attempt_unpack, "remote archives are not unpacked");
+    assert!(
+        !copies[0].attempt_unpack,
+        "remote archives are not unpacked"
+    );
     assert!(copies[2].attempt_unpack, "local archives are unpacked");
     let copy_url = lower_err("FROM scratch\nCOPY https://example.com/x /x\n");
-    assert!(copy_url.contains("source can't be a URL for COPY"), "{copy_url}");
+    assert!(
+        copy_url.contains("source can't be a URL for COPY"),
+        "{copy_url}"
+    );
 }
 
 #[test]
@@ -585,8 +663,12 @@ fn copy_flags_and_paths() {
         "FROM scratch\nWORKDIR /app\nCOPY --chown=app:staff --chmod=0640 --exclude=*.md a b ./\n",
     );
     let root = op_of(&lowered, &lowered.target.root);
-    let OpKind::File(file) = &root.kind else { panic!() };
-    let FileAction::Copy(copy) = &file.actions[1] else { panic!() };
+    let OpKind::File(file) = &root.kind else {
+        panic!()
+    };
+    let FileAction::Copy(copy) = &file.actions[1] else {
+        panic!()
+    };
     assert_eq!(copy.src_path, "/b");
     assert_eq!(copy.dest, "/app/");
     assert_eq!(copy.chmod, Some(Chmod::Octal(0o640)));
@@ -596,7 +678,10 @@ fn copy_flags_and_paths() {
         "COPY --chown=app:staff --chmod=0640 a b ./ # buildkit"
     );
     let bad = lower_err("FROM scratch\n\nCOPY --chmod=9z9 a /b\n");
-    assert!(bad.starts_with("Dockerfile:3: invalid chmod parameter"), "{bad}");
+    assert!(
+        bad.starts_with("Dockerfile:3: invalid chmod parameter"),
+        "{bad}"
+    );
 }
 
 #[test]
@@ -607,14 +692,33 @@ fn run_flags_and_mounts() {
     let exec = execs(&lowered)[0];
     assert_eq!(exec.network, NetworkMode::None);
     assert_eq!(exec.security, kiln_llb::SecurityMode::Insecure);
-    let cache = exec.mounts.iter().find(|m| m.target == "/go/pkg/mod").unwrap();
-    assert!(matches!(&cache.kind, MountKind::Cache { id, sharing: kiln_llb::CacheSharing::Locked, .. } if id == "gomod"));
+    let cache = exec
+        .mounts
+        .iter()
+        .find(|m| m.target == "/go/pkg/mod")
+        .unwrap();
+    assert!(
+        matches!(&cache.kind, MountKind::Cache { id, sharing: kiln_llb::CacheSharing::Locked, .. } if id == "gomod")
+    );
     assert_eq!(exec.secret_env[0].name, "TOKEN");
-    assert!(exec.mounts.iter().any(|m| m.target == "/run/buildkit/ssh_agent.0"));
-    let bind = exec.mounts.iter().find(|m| m.target == "/src/deps").unwrap();
+    assert!(
+        exec.mounts
+            .iter()
+            .any(|m| m.target == "/run/buildkit/ssh_agent.0")
+    );
+    let bind = exec
+        .mounts
+        .iter()
+        .find(|m| m.target == "/src/deps")
+        .unwrap();
     assert_eq!(bind.selector.as_deref(), Some("/out"));
     assert!(bind.readonly);
-    assert!(exec.mounts.iter().any(|m| matches!(m.kind, MountKind::Tmpfs { size: Some(1048576) })));
+    assert!(exec.mounts.iter().any(|m| matches!(
+        m.kind,
+        MountKind::Tmpfs {
+            size: Some(1048576)
+        }
+    )));
     let bad = lower_err("FROM scratch\nRUN --mount=type=cache make\n");
     assert!(bad.contains("Dockerfile:2: invalid RUN --mount"), "{bad}");
     let network = lower_err("FROM scratch\nRUN --network=bridge make\n");
@@ -652,7 +756,10 @@ fn metadata_history_formats() {
     let bad_signal = lower_err("FROM scratch\nSTOPSIGNAL SIGNOPE\n");
     assert!(bad_signal.contains("invalid STOPSIGNAL"), "{bad_signal}");
     let bad_port = lower_err("FROM scratch\nEXPOSE 80/icmp\n");
-    assert!(bad_port.contains("Dockerfile:2: invalid EXPOSE value"), "{bad_port}");
+    assert!(
+        bad_port.contains("Dockerfile:2: invalid EXPOSE value"),
+        "{bad_port}"
+    );
 }
 
 #[test]
@@ -664,7 +771,10 @@ fn scratch_config_has_path_and_root_workdir() {
         config.config.env,
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     );
-    assert_eq!((config.os.as_str(), config.architecture.as_str()), ("linux", "amd64"));
+    assert_eq!(
+        (config.os.as_str(), config.architecture.as_str()),
+        ("linux", "amd64")
+    );
 }
 
 #[test]
@@ -713,7 +823,11 @@ fn descriptions_number_the_steps_per_stage() {
 fn no_cache_marks_ops() {
     let mut options = options();
     options.no_cache_filter = vec!["build".to_string()];
-    let lowered = lower_with("FROM scratch AS build\nRUN a\nFROM build\nRUN b\n", &options).unwrap();
+    let lowered = lower_with(
+        "FROM scratch AS build\nRUN a\nFROM build\nRUN b\n",
+        &options,
+    )
+    .unwrap();
     let marks: Vec<bool> = lowered
         .definition
         .iter()
@@ -726,7 +840,10 @@ fn no_cache_marks_ops() {
 #[test]
 fn empty_base_name_and_bad_platform_are_errors() {
     let empty = lower_err("ARG IMG\nFROM $IMG\n");
-    assert!(empty.contains("Dockerfile:2: base name ($IMG) should not be blank"), "{empty}");
+    assert!(
+        empty.contains("Dockerfile:2: base name ($IMG) should not be blank"),
+        "{empty}"
+    );
     let platform = lower_err("FROM --platform=linux//x scratch\n");
     assert!(platform.contains("invalid platform"), "{platform}");
 }

@@ -30,7 +30,9 @@ pub struct Node {
 }
 
 fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr_list(path) else { return Vec::new() };
+    let Ok(names) = xattr_list(path) else {
+        return Vec::new();
+    };
     let mut out: Vec<_> = names
         .into_iter()
         .filter(|n| !n.starts_with(b"trusted.overlay.") && n != b"security.selinux")
@@ -47,7 +49,11 @@ fn xattr_list(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(buf[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| n.to_vec()).collect())
+    Ok(buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.to_vec())
+        .collect())
 }
 
 fn xattr_get(path: &Path, name: &[u8]) -> Option<Vec<u8>> {
@@ -61,8 +67,22 @@ fn xattr_get(path: &Path, name: &[u8]) -> Option<Vec<u8>> {
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let cn = std::ffi::CString::new(name).unwrap();
-    let rc = unsafe { libc::lsetxattr(c.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(rc, 0, "setxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Every path below `root` (not `root` itself) with its metadata and content.
@@ -73,12 +93,24 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Node> {
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>, inodes: &mut HashMap<(u64, u64), String>) {
-    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, Node>,
+    inodes: &mut HashMap<(u64, u64), String>,
+) {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     for name in names {
         let path = dir.join(&name);
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(&path).unwrap();
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
@@ -114,9 +146,24 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>, inodes: &mut 
             uid: meta.uid(),
             gid: meta.gid(),
             mtime: meta.mtime(),
-            content: if ft.is_file() { fs::read(&path).unwrap() } else { Vec::new() },
-            link: if ft.is_symlink() { fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes() } else { Vec::new() },
-            rdev: if ft.is_char_device() || ft.is_block_device() { meta.rdev() } else { 0 },
+            content: if ft.is_file() {
+                fs::read(&path).unwrap()
+            } else {
+                Vec::new()
+            },
+            link: if ft.is_symlink() {
+                fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                Vec::new()
+            },
+            rdev: if ft.is_char_device() || ft.is_block_device() {
+                meta.rdev()
+            } else {
+                0
+            },
             xattrs: xattrs_of(&path),
             hardlink_of,
         };
@@ -142,7 +189,14 @@ pub fn assert_same_tree(expected: &BTreeMap<String, Node>, actual: &BTreeMap<Str
 
 pub fn set_mtime(path: &Path, secs: i64) {
     let t = TimeSpec::new(secs, 0);
-    utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink).unwrap();
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
 }
 
 pub fn chown(path: &Path, uid: u32, gid: u32) {
@@ -155,11 +209,19 @@ pub fn chmod(path: &Path, mode: u32) {
 }
 
 pub fn mknod_at(path: &Path, kind: SFlag, mode: u32, major: u64, minor: u64) {
-    mknod(path, kind, Mode::from_bits_truncate(mode), makedev(major, minor)).unwrap();
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(major, minor),
+    )
+    .unwrap();
 }
 
 /// A valid `security.capability` value (revision 2) granting cap_net_raw, effective.
-pub const CAP_NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+pub const CAP_NET_RAW: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 /// A tree with every kind of entry a layer must carry.
 pub fn build_rich_tree(root: &Path) {
@@ -223,7 +285,9 @@ fn walkdir_paths(root: &Path) -> Vec<std::path::PathBuf> {
 }
 
 pub fn run(cmd: &mut Command) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         output.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -234,5 +298,10 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 pub fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
