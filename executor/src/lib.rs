@@ -24,5 +24,5 @@ pub use sandbox::{
 };
 pub use snapshot::{
     MountStub, NativeSnapshotter, OverlaySnapshotter, RootMount, Snapshot, SnapshotError,
-    Snapshotter,
+    Snapshotter, default_snapshotter,
 };

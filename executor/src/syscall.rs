@@ -15,6 +15,7 @@ use nix::errno::Errno;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x10;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -43,7 +44,8 @@ pub trait Syscall {
     fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno>;
     /// open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount at `path`.
     fn open_tree(&self, path: &CStr) -> Result<RawFd, Errno>;
-    /// move_mount(2) of a detached mount fd onto `target`.
+    /// move_mount(2) of a detached mount fd onto `target`, following symlinks in `target` (called
+    /// after pivot_root, so they resolve inside the container: `/etc/resolv.conf -> ../run/...`).
     fn move_mount(&self, mount_fd: RawFd, target: &CStr) -> Result<(), Errno>;
     /// fsopen(2).
     fn fsopen(&self, fstype: &CStr) -> Result<RawFd, Errno>;
@@ -178,7 +180,7 @@ impl Syscall for LinuxSyscall {
                 empty.as_ptr(),
                 libc::AT_FDCWD,
                 target.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS,
             )
         })
         .map(drop)

@@ -527,3 +527,34 @@ fn measure_overhead() {
         );
     }
 }
+
+#[test]
+fn etc_file_symlinked_in_the_image_is_mounted_at_its_target() {
+    if !is_root() {
+        return;
+    }
+    let fixture = Fixture::with_layers(&OverlaySnapshotter, |dir| {
+        let layer = dir.join("layer-resolv");
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        fs::create_dir_all(layer.join("run/resolve")).unwrap();
+        fs::write(
+            layer.join("run/resolve/resolv.conf"),
+            "nameserver 192.0.2.1\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../run/resolve/resolv.conf", layer.join("etc/resolv.conf"))
+            .unwrap();
+        vec![layer]
+    });
+    let (status, stdout, stderr) =
+        run_capture(&fixture.spec("readlink /etc/resolv.conf; grep -q 192.0.2.1 /etc/resolv.conf && echo image || echo generated"));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stdout, "../run/resolve/resolv.conf\ngenerated\n",
+        "the generated file is mounted over the link's target"
+    );
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+        panic!()
+    };
+    assert_eq!(fs::read_dir(upper_dir).unwrap().count(), 0);
+}

@@ -226,6 +226,10 @@ fn overlay_is_detected_here() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(kiln_executor::snapshot::overlay_supported(tmp.path()));
     assert_eq!(
+        kiln_executor::default_snapshotter(tmp.path()).name(),
+        "overlay"
+    );
+    assert_eq!(
         fs::read_dir(tmp.path()).unwrap().count(),
         0,
         "the probe cleans up"
@@ -260,4 +264,26 @@ fn overlay_mounts_130_lower_dirs() {
     assert_eq!(stdout, "130\n129\n");
     let diff = OverlaySnapshotter.diff(&fixture.snapshot).unwrap();
     assert_eq!(fs::read_to_string(diff.join("value")).unwrap(), "top\n");
+}
+
+#[test]
+fn overlay_upper_root_takes_the_image_root_metadata() {
+    if !is_root() {
+        return;
+    }
+    let fixture = Fixture::with_layers(&OverlaySnapshotter, |dir| {
+        let layer = dir.join("layer-root");
+        fs::create_dir_all(&layer).unwrap();
+        std::os::unix::fs::chown(&layer, Some(12), Some(34)).unwrap();
+        fs::set_permissions(&layer, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+        vec![layer]
+    });
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+        panic!()
+    };
+    let meta = fs::metadata(upper_dir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (12, 34, 0o750)
+    );
 }

@@ -88,6 +88,15 @@ fn from_errors() {
 }
 
 #[test]
+fn duplicate_stage_names_are_rejected() {
+    let err = parse_dockerfile("FROM a AS x\nRUN y\nFROM b AS X\n", "Dockerfile").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Dockerfile:3:1: duplicate stage name \"x\" (first defined on line 1)"
+    );
+}
+
+#[test]
 fn only_arg_may_precede_from() {
     let err = parse_dockerfile("ARG a\n  RUN x\nFROM b\n", "Dockerfile").unwrap_err();
     assert_eq!((err.line, err.column), (2, 3));

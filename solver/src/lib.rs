@@ -1,2 +1,31 @@
-//! The solver: cache keys for ops, parallel DAG scheduling, cache lookup and record, progress events
-//! and cache-miss explanations. It knows ops and keys, never Dockerfiles.
+//! The solver: executes an LLB [`Definition`](kiln_llb::Definition) for a target and produces a layer
+//! chain in the store, then assembles images from chains. It knows ops, layers and the store; it never
+//! sees a Dockerfile (descriptions and locations arrive as op metadata).
+//!
+//! - [`solve`]: [`Solver::solve`] walks the ops the target needs, each once, in dependency order, and
+//!   hands each to [`ops::execute_op`] — a pure "run one op given its inputs' results" function, so a
+//!   parallel scheduler and the content-addressed cache can be put in front of it later.
+//! - [`ops`]: one module per op kind (sources, file ops, exec); [`layers`] turns snapshot diffs into
+//!   committed layers and extracts image layers into `layers/`.
+//! - [`image`]: finding and pulling base images, writing an image (config + manifest) from a chain,
+//!   and the merged root filesystem for `type=local`/`type=tar` exports.
+//! - [`progress`]: the events a display receives; [`error`]: [`SolveError`] naming the failing step.
+//!
+//! Mounts happen only on short-lived threads in private mount namespaces (see `mount`), so a killed
+//! kiln never leaves a mount behind; temporary dirs live in the store's session scratch dir.
+
+pub mod error;
+pub mod image;
+pub mod layers;
+mod mount;
+pub mod ops;
+pub mod progress;
+pub mod result;
+pub mod scratch;
+pub mod solve;
+
+pub use error::{OpError, SolveError};
+pub use progress::{NoProgress, Progress, ProgressEvent, StepId};
+pub use result::{Layer, LocalDir, OpOutput};
+pub use scratch::ScratchDir;
+pub use solve::{LocalSource, SnapshotterKind, SolveOptions, Solver};

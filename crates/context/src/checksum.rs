@@ -100,7 +100,7 @@ pub struct EntryRecord {
 }
 
 /// Counters of one checksum run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChecksumStats {
     /// Regular files seen.
     pub files: usize,
@@ -112,14 +112,16 @@ pub struct ChecksumStats {
     pub bytes_hashed: u64,
 }
 
-/// The checksum of a selection, with the per-entry records behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The checksum of a selection, with the per-entry records behind it (serialisable, so that a
+/// cache record can keep them for explaining a later miss).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentChecksum {
     /// `sha256:<hex>` over the sources and every entry.
     pub digest: String,
     /// One record per entry, in walk order (a path selected twice is listed once).
     pub entries: Vec<EntryRecord>,
-    /// What the run did.
+    /// What the run did (not part of the identity of the content).
+    #[serde(default, skip_serializing)]
     pub stats: ChecksumStats,
 }
 

@@ -11,6 +11,7 @@
 //! - [`sources`]: COPY/ADD source resolution with wildcards, confined to a root ([`resolve_sources`]).
 //! - [`mod@checksum`]: content checksums with per-path records ([`checksum()`]).
 //! - [`stat_cache`]: the stat cache trait and its racy-entry rule.
+//! - [`stdin_context`]: a context (or a Dockerfile) read from stdin ([`read_stdin_context`]).
 //! - [`glob`]: Go's `filepath.Match` and `path.Clean`, the primitives under all of the above.
 
 pub mod checksum;
@@ -19,6 +20,7 @@ pub mod glob;
 pub mod ignore_file;
 pub mod sources;
 pub mod stat_cache;
+pub mod stdin_context;
 pub mod walk;
 
 pub use checksum::{
@@ -31,4 +33,5 @@ pub use sources::{
     ResolvedSource, SelectedSource, SourceError, SourceOptions, resolve_sources, select_entries,
 };
 pub use stat_cache::{CachedDigest, MemoryStatCache, NoStatCache, StatCache, StatKey};
+pub use stdin_context::{Compression, StdinContext, StdinContextError, read_stdin_context};
 pub use walk::{Entry, FileKind, WalkError, walk_context};

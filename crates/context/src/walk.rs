@@ -7,6 +7,9 @@
 //! reported only if something inside it is, and a permission error while reading it is ignored —
 //! BuildKit's context filter behaves the same, so an unreadable excluded directory never breaks a
 //! build.
+//!
+//! Paths are matched as text: a name that is not UTF-8 is an error only if it is part of the
+//! context (excluded ones are skipped).
 
 use std::fs::{self, Metadata};
 use std::io;
@@ -322,11 +325,14 @@ fn walk_dir_inner<F: Filter>(
     };
     for name in names {
         let absolute = dir_abs.join(&name);
-        let name = name.into_string().map_err(|_| WalkError::NonUtf8Name {
-            path: absolute.clone(),
-        })?;
-        let rel = join_rel(dir_rel, &name);
+        // Patterns are text: a name that is not UTF-8 is matched in its lossy form and is an
+        // error only if the entry is kept.
+        let utf8 = name.to_str().is_some();
+        let rel = join_rel(dir_rel, &name.to_string_lossy());
         let excluded = filters.iter().any(|f| f.excludes(&rel));
+        let non_utf8 = || WalkError::NonUtf8Name {
+            path: absolute.clone(),
+        };
         let metadata = match fs::symlink_metadata(&absolute) {
             Ok(metadata) => metadata,
             // Removed while we walk: nothing to report.
@@ -344,6 +350,9 @@ fn walk_dir_inner<F: Filter>(
         };
         let is_dir = metadata.file_type().is_dir();
         if !excluded {
+            if !utf8 {
+                return Err(non_utf8());
+            }
             out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
             if is_dir {
                 walk_dir_inner(root, &rel, filters, false, out)?;
@@ -354,6 +363,9 @@ fn walk_dir_inner<F: Filter>(
         // reported only if one of them is found.
         let excluding: Vec<&F> = filters.iter().filter(|f| f.excludes(&rel)).collect();
         if is_dir && excluding.iter().all(|f| f.may_reinclude_below(&rel)) {
+            if !utf8 {
+                return Err(non_utf8());
+            }
             let placeholder = out.len();
             out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
             walk_dir_inner(root, &rel, filters, true, out)?;
@@ -426,6 +438,20 @@ mod tests {
         let ignore = IgnorePatterns::parse("*\n!*.md\n").expect("patterns");
         let entries = walk_context(dir.path(), &ignore).expect("walk");
         assert_eq!(paths(&entries), vec!["README.md"]);
+    }
+
+    #[test]
+    fn non_utf8_names_fail_only_when_kept() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let odd = OsStr::from_bytes(b"odd\xff.bin");
+        fs::write(dir.path().join(odd), "x").expect("write");
+        fs::write(dir.path().join("ok"), "x").expect("write");
+        let ignore = IgnorePatterns::parse("*.bin\n").expect("patterns");
+        let entries = walk_context(dir.path(), &ignore).expect("excluded odd name is skipped");
+        assert_eq!(paths(&entries), vec!["ok"]);
+        let err = walk_context(dir.path(), &IgnorePatterns::empty()).expect_err("kept odd name");
+        assert!(matches!(err, WalkError::NonUtf8Name { .. }), "{err}");
     }
 
     #[test]

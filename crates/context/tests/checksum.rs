@@ -390,3 +390,20 @@ fn xattr_change_changes_the_checksum() {
     assert_ne!(before.digest, after.digest);
     assert_eq!(changes(&before, &after), vec!["src/main.rs xattrs changed"]);
 }
+
+#[test]
+fn records_survive_serialisation_for_later_explanations() {
+    let dir = context();
+    let before = sum_of(dir.path(), "src", &[], &NoStatCache);
+    let stored = serde_json::to_string(&before).expect("serialise");
+    let restored: ContentChecksum = serde_json::from_str(&stored).expect("deserialise");
+    assert_eq!(restored.digest, before.digest);
+    assert_eq!(restored.entries, before.entries);
+    fs::remove_file(dir.path().join("src/lib.rs")).expect("rm");
+    fs::write(dir.path().join("src/new.rs"), "new").expect("write");
+    let after = sum_of(dir.path(), "src", &[], &NoStatCache);
+    assert_eq!(
+        changes(&restored, &after),
+        vec!["src/new.rs added", "src/lib.rs removed"]
+    );
+}

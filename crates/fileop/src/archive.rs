@@ -7,7 +7,11 @@
 //! `openat2(RESOLVE_BENEATH)` from the destination directory, so an entry that climbs out with
 //! `../`, or that is written through a symlink leading outside the destination (an absolute one, or
 //! a relative one that climbs out) — whether the archive planted it or the image had it — is
-//! refused with [`FileOpError::ArchiveEscape`] instead of being written.
+//! refused with [`FileOpError::ArchiveEscape`] instead of being written. Extracting into the
+//! image's root (`ADD rootfs.tar.xz /`, how base images are made) is the one case where absolute
+//! symlinks such as `/var/run -> /run` are followed — inside the root, with
+//! `openat2(RESOLVE_IN_ROOT)` — since there is nothing of the image outside the root to protect;
+//! `../` names are refused there too, as BuildKit does.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -139,12 +143,33 @@ pub(crate) fn detect(src: &Root, op: &str, rel: &str) -> Result<Option<String>> 
     })
 }
 
-/// Resolution flags for everything below the extraction directory.
-fn beneath() -> ResolveFlag {
-    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
+/// How paths below the extraction directory are resolved.
+#[derive(Debug, Clone, Copy)]
+enum Confinement {
+    /// Extracting into a directory of the image: nothing may resolve outside it (`..` or a
+    /// symlink that leaves it, absolute symlinks included).
+    Beneath,
+    /// Extracting into the image's root (`ADD rootfs.tar /`): absolute symlinks (`/var/run ->
+    /// /run`) mean the image's own paths, so they are followed inside the root.
+    InRoot,
 }
 
-fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+impl Confinement {
+    fn flags(self) -> ResolveFlag {
+        let scope = match self {
+            Confinement::Beneath => ResolveFlag::RESOLVE_BENEATH,
+            Confinement::InRoot => ResolveFlag::RESOLVE_IN_ROOT,
+        };
+        scope | ResolveFlag::RESOLVE_NO_MAGICLINKS
+    }
+}
+
+fn open_confined(
+    confinement: Confinement,
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlag,
+) -> nix::Result<OwnedFd> {
     let path = if path.is_empty() {
         b".".as_slice()
     } else {
@@ -152,7 +177,7 @@ fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: OFlag) -> nix::Result<O
     };
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(beneath());
+        .resolve(confinement.flags());
     loop {
         match openat2(dir, OsStr::from_bytes(path), how) {
             Err(Errno::EAGAIN) => continue,
@@ -183,6 +208,7 @@ struct Extractor<'a> {
     archive: &'a str,
     dest_shown: String,
     dest: OwnedFd,
+    confinement: Confinement,
     owner: Option<(u32, u32)>,
     /// Directories extracted, with their times, applied at the end so later entries do not bump them.
     dir_times: Vec<(Vec<u8>, TimeSpec)>,
@@ -219,7 +245,8 @@ impl Extractor<'_> {
     /// holding an entry.
     fn parent_dir(&self, entry: &[u8], parents: &[Vec<u8>]) -> Result<OwnedFd> {
         let joined = parents.join(&b'/');
-        match open_beneath(
+        match open_confined(
+            self.confinement,
             self.dest.as_fd(),
             &joined,
             OFlag::O_PATH | OFlag::O_DIRECTORY,
@@ -229,14 +256,20 @@ impl Extractor<'_> {
             Err(e) => return Err(self.resolve_err(entry, e)),
         }
         let mut prefix: Vec<u8> = Vec::new();
-        let mut current = open_beneath(self.dest.as_fd(), b"", OFlag::O_PATH | OFlag::O_DIRECTORY)
-            .map_err(|e| self.resolve_err(entry, e))?;
+        let mut current = open_confined(
+            self.confinement,
+            self.dest.as_fd(),
+            b"",
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        )
+        .map_err(|e| self.resolve_err(entry, e))?;
         for component in parents {
             if !prefix.is_empty() {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(component);
-            current = match open_beneath(
+            current = match open_confined(
+                self.confinement,
                 self.dest.as_fd(),
                 &prefix,
                 OFlag::O_PATH | OFlag::O_DIRECTORY,
@@ -258,7 +291,8 @@ impl Extractor<'_> {
                         None,
                         false,
                     )?;
-                    open_beneath(
+                    open_confined(
+                        self.confinement,
                         self.dest.as_fd(),
                         &prefix,
                         OFlag::O_PATH | OFlag::O_DIRECTORY,
@@ -271,9 +305,15 @@ impl Extractor<'_> {
         Ok(current)
     }
 
-    fn apply_xattrs(&self, entry: &[u8], fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    fn apply_xattrs(
+        &self,
+        entry: &[u8],
+        fd: BorrowedFd<'_>,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
         for (name, value) in xattrs {
-            crate::xattr::set_xattr(fd, name, value).map_err(|e| self.fail(entry, io::Error::from(e)))?;
+            crate::xattr::set_xattr(fd, name, value)
+                .map_err(|e| self.fail(entry, io::Error::from(e)))?;
         }
         Ok(())
     }
@@ -390,7 +430,8 @@ impl Extractor<'_> {
                 let Some(target_name) = target_parts.pop() else {
                     return Err(self.fail(&raw, "hardlink to the extraction directory itself"));
                 };
-                let target_parent = open_beneath(
+                let target_parent = open_confined(
+                    self.confinement,
                     self.dest.as_fd(),
                     &target_parts.join(&b'/'),
                     OFlag::O_PATH | OFlag::O_DIRECTORY,
@@ -458,18 +499,16 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(Vec<u8>
 }
 
 /// Extracts source archive `archive_rel` (`shown` as the user named it) into destination directory
-/// `dest_fd` (at `dest_rel`). `owner` (from `--chown`) replaces the archive's owners.
-#[allow(clippy::too_many_arguments)]
+/// `dest_fd` (at `dest_rel`). `owner` (from `--chown`) replaces the archive's owners. Entries keep
+/// the archive's times: as in BuildKit, an `mtime` override only applies to the created directory.
 pub(crate) fn unpack(
     src: &Root,
     archive_rel: &str,
     shown: &str,
-    _dst: &Root,
     dest_fd: OwnedFd,
     dest_rel: &str,
     op: &str,
     owner: Option<(u32, u32)>,
-    _mtime: Option<TimeSpec>,
 ) -> Result<()> {
     let fd = src
         .open_in(archive_rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
@@ -481,6 +520,12 @@ pub(crate) fn unpack(
         archive: shown,
         dest_shown: display(dest_rel),
         dest: dest_fd,
+        // The destination root itself has nothing outside it to protect inside the image.
+        confinement: if dest_rel.is_empty() {
+            Confinement::InRoot
+        } else {
+            Confinement::Beneath
+        },
         owner,
         dir_times: Vec::new(),
     };
@@ -490,7 +535,8 @@ pub(crate) fn unpack(
         extractor.extract(entry)?;
     }
     for (path, time) in std::mem::take(&mut extractor.dir_times).into_iter().rev() {
-        let fd = open_beneath(
+        let fd = open_confined(
+            extractor.confinement,
             extractor.dest.as_fd(),
             &path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY,

@@ -43,8 +43,7 @@ use crate::mode::Chmod;
 use crate::owner::Chown;
 use crate::pattern::{PatternSet, glob_match, has_wildcards};
 use crate::root::{
-    Root, base_name, clean_rel, dir_path_flags, display, file_type, join_rel, set_metadata_at,
-    split_parent,
+    Root, clean_rel, dir_path_flags, display, file_type, join_rel, set_metadata_at, split_parent,
 };
 
 /// What to copy and how. [`CopyOptions::new`] gives the Dockerfile's settings for `COPY src… dest`.
@@ -75,7 +74,8 @@ pub struct CopyOptions {
     pub create_dest_path: bool,
     /// Expand wildcards in sources.
     pub allow_wildcard: bool,
-    /// A wildcard that matches nothing is not an error.
+    /// A wildcard that matches nothing is not an error. Off in [`CopyOptions::new`]: Docker fails
+    /// such a `COPY` ("not found", raised by BuildKit while computing the cache key).
     pub allow_empty_wildcard: bool,
     /// `--exclude` patterns (`.dockerignore` syntax).
     pub excludes: Vec<String>,
@@ -215,18 +215,16 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
     let mut created = Vec::new();
     for item in &items {
         if opts.attempt_unpack && item.include.is_none() {
-            if let Some(archive_rel) = archive::detect(&src, op, &item.rel)? {
+            if let Some(archive_rel) = archive::detect(&src, op, &item.rel.to_string_lossy())? {
                 let dest_fd = dst.mkdir_all(op, &dest_rel, 0o755, owner, mtime, &mut created)?;
                 archive::unpack(
                     &src,
                     &archive_rel,
                     &item.shown,
-                    &dst,
                     dest_fd,
                     &dest_rel,
                     op,
                     owner,
-                    mtime,
                 )?;
                 copier.report.unpacked.push(item.shown.clone());
                 copier.report.targets.push(display(&dest_rel));
@@ -305,7 +303,7 @@ fn resolve_sources(
                 continue;
             }
             items.push(SourceItem {
-                shown: full.clone(),
+                shown: full.to_string_lossy().into_owned(),
                 rel: full,
                 include: None,
             });
@@ -341,9 +339,17 @@ pub(crate) fn resolve_wildcards(
     // A malformed pattern fails even when nothing would match it, as in Go.
     glob_match(&rest, "")?;
     let mut out = Vec::new();
-    walk_matches(op, base_fd.as_fd(), Path::new(""), "", depth, &rest, &mut |exact, below| {
-        out.push((base_real.join(exact), below.to_string()));
-    })?;
+    walk_matches(
+        op,
+        base_fd.as_fd(),
+        Path::new(""),
+        "",
+        depth,
+        &rest,
+        &mut |exact, below| {
+            out.push((base_real.join(exact), below.to_string()));
+        },
+    )?;
     Ok(out)
 }
 
@@ -462,23 +468,24 @@ impl Copier<'_> {
         // Locate the source as (parent directory, name); follow a symlink named directly if asked.
         let src_rel = if opts.follow_symlinks || item.include.is_some() {
             self.src
-                .resolve_follow(&item.rel)
+                .resolve_follow_path(&item.rel)
                 .map_err(|e| sys_err(op, "resolve", &item.shown, e))?
         } else {
             item.rel.clone()
         };
-        let (src_parent, src_name) = match split_parent(&src_rel) {
-            None => (
+        let (src_parent, src_name) = if src_rel.as_os_str().is_empty() {
+            (
                 self.src
                     .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
                     .map_err(|e| sys_err(op, "open", "/", e))?,
                 OsString::from("."),
-            ),
-            Some(_) => match self.src.parent_of(&src_rel) {
-                Ok((fd, _, name)) => (fd, name),
+            )
+        } else {
+            match self.src.parent_dir_of(&src_rel) {
+                Ok(found) => found,
                 Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Err(not_found()),
                 Err(e) => return Err(sys_err(op, "resolve", &item.shown, e)),
-            },
+            }
         };
         let src_stat = match fstatat(
             src_parent.as_fd(),
@@ -499,49 +506,61 @@ impl Copier<'_> {
             self.dst
                 .mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
         }
-        let mut target = self
+        let dest_target = self
             .dst
             .resolve_follow(dest_rel)
             .map_err(|e| sys_err(op, "resolve", dest_rel, e))?;
-        let target_is_dir = match self.dst.open_in(&target, OFlag::O_PATH) {
+        let target_is_dir = match self.dst.open_in(&dest_target, OFlag::O_PATH) {
             Ok(fd) => Some(
                 fstat(fd.as_fd())
                     .map(|st| file_type(&st) == SFlag::S_IFDIR)
-                    .map_err(|e| sys_err(op, "stat", &target, e))?,
+                    .map_err(|e| sys_err(op, "stat", &dest_target, e))?,
             ),
             Err(Errno::ENOENT) => None,
-            Err(e) => return Err(sys_err(op, "resolve", &target, e)),
+            Err(e) => return Err(sys_err(op, "resolve", &dest_target, e)),
         };
-        let into_existing_dir = target_is_dir == Some(true);
+        let mut target = PathBuf::from(&dest_target);
         if (!opts.dir_copy_contents && src_is_dir && target_is_dir.is_some())
-            || (!src_is_dir && into_existing_dir)
+            || (!src_is_dir && target_is_dir == Some(true))
         {
-            target = join_rel(&target, base_name(&src_rel));
+            if let Some(name) = src_rel.file_name() {
+                target.push(name);
+            }
         }
         if opts.dir_copy_contents && src_is_dir && target_is_dir.is_none() {
             self.dst
-                .mkdir_all(op, &target, 0o755, self.owner, self.mtime, created)?;
-        } else if let Some((parent, _)) = split_parent(&target) {
-            self.dst
-                .mkdir_all(op, parent, 0o755, self.owner, self.mtime, created)?;
+                .mkdir_all(op, &dest_target, 0o755, self.owner, self.mtime, created)?;
+        } else if let Some(parent) = target.parent() {
+            self.dst.mkdir_all(
+                op,
+                &parent.to_string_lossy(),
+                0o755,
+                self.owner,
+                self.mtime,
+                created,
+            )?;
         }
 
         // The frame holding the target: its parent directory, or the root for a root target.
-        let (parent_fd, parent_rel, name) = match split_parent(&target) {
-            None => {
-                let fd = self
-                    .dst
-                    .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
-                    .map_err(|e| sys_err(op, "open", "/", e))?;
-                (fd, String::new(), OsString::from("."))
-            }
-            Some(_) => self
+        let (parent_fd, parent_rel, name) = if target.as_os_str().is_empty() {
+            let fd = self
                 .dst
-                .parent_of(&target)
-                .map_err(|e| sys_err(op, "resolve", &target, e))?,
+                .open_in("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+                .map_err(|e| sys_err(op, "open", "/", e))?;
+            (fd, PathBuf::new(), OsString::from("."))
+        } else {
+            let (fd, name) = self
+                .dst
+                .parent_dir_of(&target)
+                .map_err(|e| sys_err(op, "resolve", &shown(&target), e))?;
+            let real = self
+                .dst
+                .rel_path_of(fd.as_fd())
+                .map_err(|e| sys_err(op, "resolve", &shown(&target), e))?;
+            (fd, real, name)
         };
         self.stack.push(DirFrame {
-            rel: PathBuf::from(parent_rel),
+            rel: parent_rel,
             fd: Some(parent_fd),
             name: OsString::new(),
             src_stat: None,
@@ -552,7 +571,7 @@ impl Copier<'_> {
         let result = self.copy_entry(src_parent.as_fd(), &src_name, &src_stat, "", &name);
         self.stack.pop();
         result?;
-        Ok(target)
+        Ok(shown(&target))
     }
 
     /// Copies one entry of the source into the innermost frame under `dst_name`.
@@ -622,8 +641,9 @@ impl Copier<'_> {
             }
             let (parent, parent_rel) = match self.stack[i - 1].fd.as_ref() {
                 Some(fd) => (
-                    fd.try_clone()
-                        .map_err(|e| crate::error::io_err(op, "open", &shown(&self.stack[i].rel), e))?,
+                    fd.try_clone().map_err(|e| {
+                        crate::error::io_err(op, "open", &shown(&self.stack[i].rel), e)
+                    })?,
                     self.stack[i - 1].rel.clone(),
                 ),
                 None => continue,
@@ -660,7 +680,10 @@ impl Copier<'_> {
                 Ok((fd, rel.to_path_buf(), false))
             }
             Ok(st) if file_type(&st) == SFlag::S_IFLNK => {
-                match self.dst.open_in_path(rel, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                match self
+                    .dst
+                    .open_in_path(rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                {
                     Ok(fd) => {
                         let real = self
                             .dst
@@ -695,7 +718,11 @@ impl Copier<'_> {
         include: bool,
     ) -> Result<()> {
         let op = self.op;
-        let rel = if dst_name == "." { self.parent_rel() } else { self.parent_rel().join(dst_name) };
+        let rel = if dst_name == "." {
+            self.parent_rel()
+        } else {
+            self.parent_rel().join(dst_name)
+        };
         let src_rel_shown = if comps.is_empty() {
             src_name.to_string_lossy().into_owned()
         } else {

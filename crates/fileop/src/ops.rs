@@ -20,7 +20,7 @@ use crate::copy::{read_dir_sorted, to_timespec};
 use crate::error::{FileOpError, Result, io_err, sys_err};
 use crate::owner::Chown;
 use crate::pattern::has_wildcards;
-use crate::root::{Root, clean_rel, display, file_type, join_rel, set_metadata_at, split_parent};
+use crate::root::{Root, clean_rel, display, file_type, join_rel, set_metadata_at};
 
 /// Creates directory `path` in `dest_root` with `mode`. With `make_parents`, missing parents are
 /// created too, each with `mode`, `owner` and `mtime` (as BuildKit's `MkdirAll`); an existing
@@ -192,23 +192,27 @@ pub fn rm(dest_root: &Path, path: &str, allow_not_found: bool, allow_wildcard: b
         }
         return Ok(());
     }
-    rm_path(&root, op, &rel, allow_not_found)
+    rm_path(&root, op, Path::new(&rel), allow_not_found)
 }
 
-fn rm_path(root: &Root, op: &str, rel: &str, allow_not_found: bool) -> Result<()> {
-    if split_parent(rel).is_none() {
+fn rm_path(root: &Root, op: &str, rel: &Path, allow_not_found: bool) -> Result<()> {
+    let rel_shown = rel.to_string_lossy();
+    if rel.file_name().is_none() {
         return Err(FileOpError::InvalidPath {
             op: op.to_string(),
-            path: display(rel),
+            path: display(&rel_shown),
             reason: "cannot remove the root directory",
         });
     }
-    let (parent, parent_real, name) = match root.parent_of(rel) {
+    let (parent, name) = match root.parent_dir_of(rel) {
         Ok(found) => found,
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) if allow_not_found => return Ok(()),
-        Err(e) => return Err(sys_err(op, "remove", rel, e)),
+        Err(e) => return Err(sys_err(op, "remove", &rel_shown, e)),
     };
-    let shown = join_rel(&parent_real, &name.to_string_lossy());
+    let parent_real = root
+        .rel_path_of(parent.as_fd())
+        .map_err(|e| sys_err(op, "resolve", &rel_shown, e))?;
+    let shown = parent_real.join(&name).to_string_lossy().into_owned();
     if !allow_not_found {
         // BuildKit stats the path (following a final link) before removing it.
         if let Err(e) = fstatat(parent.as_fd(), name.as_os_str(), AtFlags::empty()) {

@@ -54,7 +54,11 @@ impl Root {
 
     /// [`Root::open_in`] for paths that need not be UTF-8 (entries found while walking).
     pub(crate) fn open_in_path(&self, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-        let path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -102,7 +106,10 @@ impl Root {
     /// and returns the real root-relative path it names. The path need not exist; when its parent
     /// does not exist either, the lexical path is returned (creating it follows links anyway).
     pub(crate) fn resolve_follow(&self, rel: &str) -> nix::Result<String> {
-        Ok(self.resolve_follow_path(Path::new(rel))?.to_string_lossy().into_owned())
+        Ok(self
+            .resolve_follow_path(Path::new(rel))?
+            .to_string_lossy()
+            .into_owned())
     }
 
     /// [`Root::resolve_follow`] for paths that need not be UTF-8.
@@ -119,7 +126,11 @@ impl Root {
                 Err(e) => return Err(e),
             };
             let parent_real = self.rel_path_of(parent_fd.as_fd())?;
-            match fstatat(parent_fd.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            match fstatat(
+                parent_fd.as_fd(),
+                name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
                 Ok(st) if file_type(&st) == SFlag::S_IFLNK => {
                     let target = nix::fcntl::readlinkat(parent_fd.as_fd(), name.as_os_str())?;
                     let target = Path::new(&target);
@@ -395,11 +406,6 @@ pub(crate) fn split_parent(rel: &str) -> Option<(&str, &str)> {
         Some(i) => (&rel[..i], &rel[i + 1..]),
         None => ("", rel),
     })
-}
-
-/// The final component of a root-relative path (`""` for the root).
-pub(crate) fn base_name(rel: &str) -> &str {
-    split_parent(rel).map(|(_, name)| name).unwrap_or("")
 }
 
 /// A root-relative path as shown in messages (absolute).

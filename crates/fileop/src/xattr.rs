@@ -44,7 +44,15 @@ pub(crate) fn set_xattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> nix::R
     let mut cname = name.to_vec();
     cname.push(0);
     // SAFETY: `cname` is NUL-terminated and `value` outlives the call.
-    let res = unsafe { libc::fsetxattr(fd.as_raw_fd(), cname.as_ptr().cast(), value.as_ptr().cast(), value.len(), 0) };
+    let res = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            cname.as_ptr().cast(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     match Errno::result(res) {
         Ok(_) | Err(Errno::ENOTSUP) => Ok(()),
         Err(e) => Err(e),

@@ -308,7 +308,15 @@ fn add_tar_restores_pax_xattrs() {
     let f = write(&tree, "with_xattr", "x");
     let path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
     // SAFETY: valid NUL-terminated strings and buffer.
-    let res = unsafe { libc::setxattr(path.as_ptr(), c"user.kiln".as_ptr(), b"tagged".as_ptr().cast(), 6, 0) };
+    let res = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.kiln".as_ptr(),
+            b"tagged".as_ptr().cast(),
+            6,
+            0,
+        )
+    };
     assert_eq!(res, 0, "this test needs a filesystem with user xattrs");
     let status = Command::new("tar")
         .args(["--xattrs", "--xattrs-include=user.*", "--format=pax", "-C"])
@@ -323,7 +331,65 @@ fn add_tar_restores_pax_xattrs() {
     let out = std::ffi::CString::new(r.dst.join("out/with_xattr").to_str().unwrap()).unwrap();
     let mut buf = [0u8; 16];
     // SAFETY: valid strings and a buffer of the given size.
-    let n = unsafe { libc::getxattr(out.as_ptr(), c"user.kiln".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            out.as_ptr(),
+            c"user.kiln".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, 6);
     assert_eq!(&buf[..6], b"tagged");
+}
+
+#[test]
+fn add_rootfs_tar_into_root_follows_absolute_symlinks_inside_root() {
+    let r = roots();
+    raw_tar(
+        &r.src.join("rootfs.tar"),
+        &[
+            ("run/", tar::EntryType::Directory, "", ""),
+            ("var/", tar::EntryType::Directory, "", ""),
+            ("var/run", tar::EntryType::Symlink, "/run", ""),
+            ("var/run/app.pid", tar::EntryType::Regular, "", "42"),
+        ],
+    );
+    copy(&r.src, &r.dst, &add(&["rootfs.tar"], "/")).unwrap();
+    assert_eq!(read(&r.dst, "run/app.pid"), "42");
+    assert_eq!(
+        fs::read_link(r.dst.join("var/run")).unwrap().to_str(),
+        Some("/run")
+    );
+}
+
+#[test]
+fn add_tar_into_root_still_rejects_dotdot() {
+    let r = roots();
+    raw_tar(
+        &r.src.join("evil.tar"),
+        &[("../escaped", tar::EntryType::Regular, "", "bad")],
+    );
+    let err = copy(&r.src, &r.dst, &add(&["evil.tar"], "/")).unwrap_err();
+    assert!(matches!(err, FileOpError::ArchiveEscape { .. }), "{err}");
+    assert!(!exists(r.dst.parent().unwrap(), "escaped"));
+}
+
+#[test]
+fn add_tar_into_subdir_rejects_write_through_image_absolute_symlink() {
+    let r = roots();
+    // The image has /app/cache -> /var/cache (absolute): outside the extraction directory /app.
+    fs::create_dir_all(r.dst.join("app")).unwrap();
+    fs::create_dir_all(r.dst.join("var/cache")).unwrap();
+    symlink("/var/cache", r.dst.join("app/cache")).unwrap();
+    raw_tar(
+        &r.src.join("a.tar"),
+        &[("cache/x", tar::EntryType::Regular, "", "x")],
+    );
+    let err = copy(&r.src, &r.dst, &add(&["a.tar"], "/app")).unwrap_err();
+    assert!(
+        matches!(err, FileOpError::ArchiveEscape { ref entry, .. } if entry == "cache/x"),
+        "{err}"
+    );
+    assert!(!exists(&r.dst, "var/cache/x"));
 }

@@ -800,5 +800,46 @@ fn non_utf8_names_and_hardlinks_between_them_copied() {
     let a = fs::metadata(out.join(OsStr::from_bytes(b"\xff\xfe.bin"))).unwrap();
     let b = fs::metadata(out.join(OsStr::from_bytes(b"second\x80"))).unwrap();
     assert_eq!(a.ino(), b.ino());
-    assert_eq!(fs::read_to_string(out.join(OsStr::from_bytes(b"\xff\xfe.bin"))).unwrap(), "bytes");
+    assert_eq!(
+        fs::read_to_string(out.join(OsStr::from_bytes(b"\xff\xfe.bin"))).unwrap(),
+        "bytes"
+    );
+}
+
+#[test]
+fn wildcard_matching_non_utf8_names_copies_them() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let r = roots();
+    fs::write(r.src.join(OsStr::from_bytes(b"data-\xff.bin")), "raw").unwrap();
+    fs::write(r.src.join("data-ok.bin"), "ok").unwrap();
+    let report = copy(&r.src, &r.dst, &opts(&["data-*.bin"], "/out/")).unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(
+        fs::read_to_string(r.dst.join("out").join(OsStr::from_bytes(b"data-\xff.bin"))).unwrap(),
+        "raw"
+    );
+}
+
+#[test]
+fn file_onto_existing_top_level_symlink_writes_its_target_inside_root() {
+    // BuildKit resolves the destination path (link included) inside the root before copying.
+    let r = roots();
+    write(&r.src, "conf", "new");
+    write(&r.dst, "etc/real.conf", "old");
+    symlink("/etc/real.conf", r.dst.join("link.conf")).unwrap();
+    copy(&r.src, &r.dst, &opts(&["conf"], "/link.conf")).unwrap();
+    assert_eq!(read(&r.dst, "etc/real.conf"), "new");
+    assert!(fs::symlink_metadata(r.dst.join("link.conf")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn chown_group_only_keeps_root_user() {
+    let r = roots();
+    write(&r.src, "f", "f");
+    write(&r.dst, "etc/group", "staff:x:50:\n");
+    let mut o = opts(&["f"], "/f");
+    o.chown = Some(Chown::Spec(":staff".into()));
+    copy(&r.src, &r.dst, &o).unwrap();
+    assert_eq!(owner(&r.dst, "f"), (0, 50));
 }

@@ -56,10 +56,19 @@ impl JsonShape {
         }
         let mut out = Map::new();
         for key in &self.order {
-            if let Some(value) = generated.remove(key) {
-                out.insert(key.clone(), value);
-            } else if let Some(empty) = self.empties.get(key) {
-                out.insert(key.clone(), empty.clone());
+            let original_empty = self.empties.get(key);
+            match (generated.remove(key), original_empty) {
+                // Still empty: spelled as the original did (`null` stays `null`, `[]` stays `[]`).
+                (Some(value), Some(empty)) if is_empty_value(&value) => {
+                    out.insert(key.clone(), empty.clone());
+                }
+                (Some(value), _) => {
+                    out.insert(key.clone(), value);
+                }
+                (None, Some(empty)) => {
+                    out.insert(key.clone(), empty.clone());
+                }
+                (None, None) => {}
             }
         }
         for (key, value) in generated {
@@ -259,14 +268,19 @@ pub struct Healthcheck {
 
 /// The layers of the image by uncompressed digest (`diff_ids`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct RootFs {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub kind: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub diff_ids: Vec<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    #[serde(skip)]
+    shape: JsonShape,
 }
+
+shaped_serde!(RootFs);
 
 impl Default for RootFs {
     fn default() -> Self {
@@ -274,6 +288,7 @@ impl Default for RootFs {
             kind: "layers".to_string(),
             diff_ids: Vec::new(),
             extra: Map::new(),
+            shape: JsonShape::default(),
         }
     }
 }
@@ -358,6 +373,7 @@ impl ImageConfig {
     pub fn clear_shape(&mut self) {
         self.shape = JsonShape::default();
         self.config.shape = JsonShape::default();
+        self.rootfs.shape = JsonShape::default();
         for entry in &mut self.history {
             entry.shape = JsonShape::default();
         }
@@ -583,6 +599,18 @@ mod tests {
             String::from_utf8(to_go_json(text)).unwrap(),
             r#""a\u003cb\u003e\u0026c\u2028\"\n""#
         );
+    }
+
+    #[test]
+    fn sparse_configs_round_trip_without_invented_fields() {
+        for json in [
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":null}}"#,
+            r#"{"architecture":"amd64","os":"linux","config":{"Healthcheck":{"Test":["NONE"]}},"rootfs":{"type":"layers"}}"#,
+            r#"{"os":"linux","rootfs":{"diff_ids":[],"type":"layers"},"history":[{"empty_layer":false,"created_by":"x"}]}"#,
+        ] {
+            let config = ImageConfig::from_json(json.as_bytes()).unwrap();
+            assert_eq!(String::from_utf8(config.to_docker_json()).unwrap(), json);
+        }
     }
 
     #[test]

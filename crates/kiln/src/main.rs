@@ -5,7 +5,9 @@
 mod cli;
 mod commands;
 mod output_spec;
+mod progress;
 mod resolver;
+mod store_blobs;
 
 use std::process::ExitCode;
 

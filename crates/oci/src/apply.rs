@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,24 @@ pub struct ApplyOptions {
     pub whiteouts: WhiteoutMode,
     /// Set owners from the archive (needs root); otherwise files belong to the caller.
     pub chown: bool,
+}
+
+impl ApplyOptions {
+    /// Merged-tree whiteouts; owners applied when running as root.
+    pub fn merged() -> ApplyOptions {
+        ApplyOptions {
+            whiteouts: WhiteoutMode::Merged,
+            chown: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    /// Overlay lower-dir whiteouts; owners applied when running as root.
+    pub fn overlay_lower() -> ApplyOptions {
+        ApplyOptions {
+            whiteouts: WhiteoutMode::OverlayLower,
+            chown: nix::unistd::geteuid().is_root(),
+        }
+    }
 }
 
 /// What happened while applying.
@@ -124,6 +142,7 @@ pub fn apply_layer<R: Read>(
         stats: ApplyStats::default(),
         written: HashSet::new(),
         dir_times: Vec::new(),
+        copy_buffer: vec![0; 256 * 1024],
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(ApplyError::Read)? {
@@ -176,19 +195,45 @@ struct Applier {
     written: HashSet<Vec<u8>>,
     /// Directories whose mtime is set at the end.
     dir_times: Vec<(Vec<Vec<u8>>, TimeSpec)>,
+    /// Reused for file contents: bigger than `io::copy`'s 8 KiB, so a compressed stream is decoded
+    /// in fewer, larger steps.
+    copy_buffer: Vec<u8>,
 }
 
+/// Copies `from` to its end into `to` through `buffer`.
+fn copy_with(buffer: &mut [u8], from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = match from.read(buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..n])?;
+        total += n as u64;
+    }
+}
+
+/// A PAX time `secs[.fraction]`, possibly negative (`-1.5` is 1.5 s before the epoch).
 fn parse_pax_time(value: &str) -> Option<TimeSpec> {
+    let negative = value.starts_with('-');
     let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
     let secs: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let mut nanos_text: String = frac.chars().take(9).collect();
     while nanos_text.len() < 9 {
         nanos_text.push('0');
     }
     let nanos: i64 = nanos_text.parse().ok()?;
-    // A negative time with a fraction means secs - fraction.
-    let nanos = if secs < 0 && nanos > 0 { -nanos } else { nanos };
-    Some(TimeSpec::new(secs, nanos))
+    if negative && nanos > 0 {
+        // timespec wants 0 <= tv_nsec < 1e9: borrow one second.
+        Some(TimeSpec::new(secs - 1, 1_000_000_000 - nanos))
+    } else {
+        Some(TimeSpec::new(secs, nanos))
+    }
 }
 
 impl Applier {
@@ -354,10 +399,12 @@ impl Applier {
                 )
                 .map_err(Self::entry_error(&raw, "creating the file"))?;
                 let mut file = File::from(fd);
-                io::copy(&mut entry, &mut file).map_err(|source| ApplyError::Entry {
-                    entry: lossy(&raw),
-                    action: "writing its content".into(),
-                    source,
+                copy_with(&mut self.copy_buffer, &mut entry, &mut file).map_err(|source| {
+                    ApplyError::Entry {
+                        entry: lossy(&raw),
+                        action: "writing its content".into(),
+                        source,
+                    }
                 })?;
                 self.set_fd_metadata(file.as_fd(), &raw, &meta)?;
                 futimens(file.as_fd(), &meta.mtime, &meta.mtime)
@@ -582,17 +629,8 @@ impl Applier {
                     )
                 }
                 WhiteoutMode::Merged => {
-                    let prefix = parent.join(&b'/');
-                    let written = &self.written;
-                    empty_dir(readable.as_fd(), &|child: &[u8]| {
-                        let path = if prefix.is_empty() {
-                            child.to_vec()
-                        } else {
-                            [&prefix[..], b"/", child].concat()
-                        };
-                        written.contains(&path)
-                    })
-                    .map_err(Self::entry_error(raw, "emptying the opaque directory"))
+                    prune_unwritten(readable.as_fd(), &parent.join(&b'/'), &self.written)
+                        .map_err(Self::entry_error(raw, "emptying the opaque directory"))
                 }
             };
         }
@@ -680,12 +718,58 @@ fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    empty_dir(child.as_fd(), &|_| false)?;
+    empty_dir(child.as_fd())?;
     unlinkat(dir, name, UnlinkatFlags::RemoveDir)
 }
 
-/// Removes every child of the directory `dir` for which `keep(name)` is false.
-fn empty_dir(dir: BorrowedFd<'_>, keep: &dyn Fn(&[u8]) -> bool) -> Result<(), Errno> {
+/// Removes everything below the directory `dir` (at archive path `prefix`) that this layer did not
+/// write; directories this layer wrote are kept and pruned in turn, as Docker does for opaque dirs.
+fn prune_unwritten(
+    dir: BorrowedFd<'_>,
+    prefix: &[u8],
+    written: &HashSet<Vec<u8>>,
+) -> Result<(), Errno> {
+    let mut listing = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut children = Vec::new();
+    for child in listing.iter() {
+        let child = child?;
+        let name = child.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            children.push(name.to_vec());
+        }
+    }
+    for name in children {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            [prefix, b"/", &name].concat()
+        };
+        if !written.contains(&path) {
+            remove_all_at(dir, os(&name))?;
+            continue;
+        }
+        match openat(
+            dir,
+            os(&name),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(child) => prune_unwritten(child.as_fd(), &path, written)?,
+            // Not a directory (or a symlink): nothing below it.
+            Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes every child of the directory `dir`.
+fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), Errno> {
     let mut listing = Dir::openat(
         dir,
         ".",
@@ -696,7 +780,7 @@ fn empty_dir(dir: BorrowedFd<'_>, keep: &dyn Fn(&[u8]) -> bool) -> Result<(), Er
     for child in listing.iter() {
         let child = child?;
         let name = child.file_name().to_bytes();
-        if name != b"." && name != b".." && !keep(name) {
+        if name != b"." && name != b".." {
             names.push(name.to_vec());
         }
     }
@@ -727,6 +811,12 @@ mod tests {
     fn pax_times_with_fractions_parse() {
         assert_eq!(parse_pax_time("12.5"), Some(TimeSpec::new(12, 500_000_000)));
         assert_eq!(parse_pax_time("12"), Some(TimeSpec::new(12, 0)));
+        assert_eq!(
+            parse_pax_time("-1.25"),
+            Some(TimeSpec::new(-2, 750_000_000))
+        );
+        assert_eq!(parse_pax_time("-0.5"), Some(TimeSpec::new(-1, 500_000_000)));
+        assert_eq!(parse_pax_time("1.x"), None);
         assert_eq!(parse_pax_time("x"), None);
     }
 }

@@ -166,11 +166,7 @@ impl<W: Write> Walker<W> {
     }
 
     /// The xattrs to record for `path`: all but overlay bookkeeping and SELinux labels.
-    fn xattrs_of(
-        &self,
-        path: &Path,
-        archive_path: &[u8],
-    ) -> Result<xattrs::XattrList, DiffError> {
+    fn xattrs_of(&self, path: &Path, archive_path: &[u8]) -> Result<xattrs::XattrList, DiffError> {
         let all = xattrs::list(path).map_err(read_err(path))?;
         let mut kept = Vec::new();
         for (name, value) in all {

@@ -319,7 +319,12 @@ fn a_tampered_blob_is_refused_on_load() {
         Vec::new(),
     )
     .unwrap();
-    // Flip one byte of the "hello from kiln" content inside the gzip layer: find the layer by its magic.
+    // A single-image archive needs no reference for skopeo.
+    let path = work.path().join("single.tar");
+    fs::write(&path, &archive).unwrap();
+    let inspected = skopeo_inspect(&format!("oci-archive:{}", path.display()));
+    assert_eq!(inspected["Labels"]["marker"], "one");
+    // Flip one byte inside the gzip layer: find the layer by its magic.
     let mut tampered = archive.clone();
     let gzip_at = tampered
         .windows(3)

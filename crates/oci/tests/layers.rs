@@ -287,6 +287,12 @@ fn opaque_marker_keeps_what_the_same_layer_wrote_before_it() {
     let base = tempfile::tempdir().unwrap();
     fs::create_dir_all(base.path().join("d")).unwrap();
     fs::write(base.path().join("d/old"), b"old").unwrap();
+    fs::create_dir_all(base.path().join("d/-early-dir")).unwrap();
+    fs::write(
+        base.path().join("d/-early-dir/lower-child"),
+        b"hidden by the opaque dir",
+    )
+    .unwrap();
     let mut w = kiln_oci::tar_writer::TarWriter::new(Vec::new());
     let mut dir =
         kiln_oci::tar_writer::TarEntry::new("d/", kiln_oci::tar_writer::EntryKind::Directory);
@@ -297,6 +303,12 @@ fn opaque_marker_keeps_what_the_same_layer_wrote_before_it() {
     early.mode = 0o644;
     early.size = 1;
     w.append(&early, Some(&mut &b"e"[..])).unwrap();
+    let mut early_dir = kiln_oci::tar_writer::TarEntry::new(
+        "d/-early-dir/",
+        kiln_oci::tar_writer::EntryKind::Directory,
+    );
+    early_dir.mode = 0o755;
+    w.append(&early_dir, None).unwrap();
     let opq = kiln_oci::tar_writer::TarEntry::new(
         "d/.wh..wh..opq",
         kiln_oci::tar_writer::EntryKind::File,
@@ -305,6 +317,8 @@ fn opaque_marker_keeps_what_the_same_layer_wrote_before_it() {
     let tar = w.finish().unwrap();
     apply_layer(&tar[..], base.path(), &MERGED).unwrap();
     assert!(base.path().join("d/-early").exists());
+    assert!(base.path().join("d/-early-dir").is_dir());
+    assert!(!base.path().join("d/-early-dir/lower-child").exists());
     assert!(!base.path().join("d/old").exists());
 }
 

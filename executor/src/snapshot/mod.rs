@@ -199,6 +199,17 @@ pub trait Snapshotter: Send + Sync {
     fn diff(&self, snapshot: &Snapshot) -> Result<PathBuf, SnapshotError>;
 }
 
+/// The snapshotter for this host: overlay when [`overlay_supported`] (probing under `scratch`), the
+/// copying one otherwise.
+pub fn default_snapshotter(scratch: &Path) -> Box<dyn Snapshotter> {
+    if overlay_supported(scratch) {
+        Box::new(OverlaySnapshotter)
+    } else {
+        tracing::warn!("overlayfs unavailable: using the copying snapshotter");
+        Box::new(NativeSnapshotter)
+    }
+}
+
 /// Creates `stubs` under `root` where nothing exists yet, never following symlinks (an image's absolute
 /// symlink must not lead the host). Paths whose parent is a symlink or a non-dir are left alone: the
 /// sandbox resolves mount targets inside the container and reports a missing one there.

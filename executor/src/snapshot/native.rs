@@ -2,14 +2,15 @@
 //!
 //! `prepare` copies the layers' merged view into `scratch/rootfs` (bottom layer first; an overlay
 //! whiteout removes the path, an opaque dir empties its copy first), creates the mount stubs, and then
-//! records a *base record*: for every path its device, inode and ctime. The sandbox bind-mounts the
-//! rootfs read-write.
+//! records a *base record*: for every path its device, inode, birth time and ctime. The sandbox
+//! bind-mounts the rootfs read-write.
 //!
 //! `diff` compares the rootfs against that record and writes the changes to `scratch/diff` in overlay
 //! upper-dir form. The comparison is by (inode, ctime) rather than by content: the kernel bumps ctime on
 //! every write, chmod, chown, xattr change, link and rename, and nobody can set it back, so an
 //! untouched entry is exactly one whose stamp is unchanged — as exact as overlay's copy-up, without
-//! reading any content. A directory with a new inode where one existed was replaced (`rm -rf d; mkdir
+//! reading any content. A directory that is a different inode where one existed (new number, or the
+//! same number with a new birth time: filesystems reuse freed inodes) was replaced (`rm -rf d; mkdir
 //! d`) and becomes opaque; a recorded path that is gone, under a parent that still is the same dir,
 //! becomes a char 0/0 whiteout.
 
@@ -32,11 +33,13 @@ use crate::fsutil::{
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NativeSnapshotter;
 
-/// What identifies an entry of the base: if any of it changed, the entry changed.
+/// What identifies an entry of the base: if any of it changed, the entry changed. The birth time tells
+/// a recreated entry from the original even when the filesystem reuses the freed inode number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
+    born: Option<std::time::SystemTime>,
     ctime: i64,
     ctime_nsec: i64,
     is_dir: bool,
@@ -47,10 +50,16 @@ impl Stamp {
         Stamp {
             dev: meta.dev(),
             ino: meta.ino(),
+            born: meta.created().ok(),
             ctime: meta.ctime(),
             ctime_nsec: meta.ctime_nsec(),
             is_dir: meta.is_dir(),
         }
+    }
+
+    /// Same inode (not merely the same number).
+    fn same_entry(&self, other: &Stamp) -> bool {
+        (self.dev, self.ino, self.born) == (other.dev, other.ino, other.born)
     }
 }
 
@@ -204,7 +213,7 @@ impl DiffWriter<'_> {
             if meta.is_dir() {
                 copy_dir_node(&source, &meta, &target).map_err(io_err("copy dir", &target))?;
                 self.made_dirs.push(path.clone());
-                let replaced = old.is_some_and(|old| old.dev != now.dev || old.ino != now.ino);
+                let replaced = old.is_some_and(|old| !old.same_entry(&now));
                 if replaced {
                     xattr::set(&target, OPAQUE_XATTR, b"y")
                         .map_err(io_err("mark opaque", &target))?;
@@ -243,9 +252,7 @@ impl DiffWriter<'_> {
                     self.base.entries.get(parent),
                     fs::symlink_metadata(self.rootfs.join(parent)),
                 ) {
-                    (Some(old), Ok(meta)) => {
-                        meta.is_dir() && old.dev == meta.dev() && old.ino == meta.ino()
-                    }
+                    (Some(old), Ok(meta)) => meta.is_dir() && old.same_entry(&Stamp::of(&meta)),
                     _ => false,
                 },
             };

@@ -2,12 +2,13 @@
 //! layer at the very bottom, the upper dir starts empty and *is* the diff afterwards.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::{
-    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs,
+    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs, io_err,
     make_dir,
 };
 
@@ -38,6 +39,15 @@ impl Snapshotter for OverlaySnapshotter {
             make_dir(dir)?;
         }
         create_stubs(&stub_dir, stubs)?;
+        // overlayfs shows the upper dir's root as "/": give it the image root's owner and mode, or the
+        // layer would record a changed "/" (containerd does the same).
+        if let Some(top) = layers.last() {
+            let meta = fs::symlink_metadata(top).map_err(io_err("stat layer", top))?;
+            std::os::unix::fs::lchown(&upper_dir, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err("chown", &upper_dir))?;
+            fs::set_permissions(&upper_dir, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io_err("chmod", &upper_dir))?;
+        }
         let mut lower_dirs: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         lower_dirs.push(stub_dir);
         Ok(Snapshot {

@@ -56,6 +56,11 @@ pub struct LowerOptions {
 }
 
 impl LowerOptions {
+    /// Defaults for building on (and for) the platform kiln runs on.
+    pub fn for_host() -> LowerOptions {
+        LowerOptions::new(llb_platform(&kiln_image::Platform::host()))
+    }
+
     /// Defaults for building on (and for) `build_platform`.
     pub fn new(build_platform: Platform) -> LowerOptions {
         LowerOptions {
@@ -71,6 +76,15 @@ impl LowerOptions {
             no_cache: false,
             no_cache_filter: Vec::new(),
         }
+    }
+}
+
+/// The llb form of an image platform.
+pub fn llb_platform(platform: &kiln_image::Platform) -> Platform {
+    Platform {
+        os: platform.os.clone(),
+        architecture: platform.architecture.clone(),
+        variant: platform.variant.clone(),
     }
 }
 
@@ -486,7 +500,7 @@ impl<'a> Lowerer<'a> {
     /// Expands every FROM and finds each stage's base and dependencies.
     fn stage_infos(&self) -> Result<Vec<StageInfo>, LowerError> {
         let mut infos: Vec<StageInfo> = Vec::new();
-        for (index, stage) in self.dockerfile.stages.iter().enumerate() {
+        for stage in &self.dockerfile.stages {
             let at = Some(stage.location);
             let image = self
                 .lexer
@@ -552,7 +566,6 @@ impl<'a> Lowerer<'a> {
                 platform,
                 deps,
             });
-            let _ = index;
         }
         Ok(infos)
     }

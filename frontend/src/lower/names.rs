@@ -8,183 +8,39 @@ use std::time::Duration;
 use kiln_llb::{Chmod, Chown, Platform, UserSpec};
 
 /// Normalises an image reference the way Docker does: default registry `docker.io`, `library/`
-/// for official images, tag `latest` when neither tag nor digest is given.
+/// for official images, tag `latest` when neither tag nor digest is given (the rules live in
+/// `kiln_image::reference`).
 ///
 /// # Errors
 /// A message when the reference is not a valid image name.
 pub fn normalize_reference(reference: &str) -> Result<String, String> {
-    if reference.is_empty() {
-        return Err("empty image reference".to_string());
-    }
-    let (name_and_tag, digest) = match reference.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (reference, None),
-    };
-    if let Some(digest) = digest {
-        let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
-            !algorithm.is_empty()
-                && hex.len() >= 32
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        });
-        if !valid {
-            return Err(format!("invalid digest {digest:?}"));
-        }
-    }
-    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
-    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
-        Some(colon) => (
-            &name_and_tag[..last_slash + colon],
-            Some(&name_and_tag[last_slash + colon + 1..]),
-        ),
-        None => (name_and_tag, None),
-    };
-    if let Some(tag) = tag {
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid {
-            return Err(format!("invalid tag {tag:?}"));
-        }
-    }
-    let (domain, path) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (first.to_string(), rest.to_string())
-        }
-        _ => ("docker.io".to_string(), name.to_string()),
-    };
-    let domain = if domain == "index.docker.io" {
-        "docker.io".to_string()
-    } else {
-        domain
-    };
-    let path = if domain == "docker.io" && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path
-    };
-    if path
-        .split('/')
-        .any(|component| !valid_path_component(component))
-    {
-        return Err(format!(
-            "invalid reference format: repository name ({path}) must be lowercase and made of \
-             [a-z0-9] separated by '.', '_', '__' or '-'"
-        ));
-    }
-    let mut out = format!("{domain}/{path}");
-    match (tag, digest) {
-        (Some(tag), _) => {
-            out.push(':');
-            out.push_str(tag);
-        }
-        (None, None) => out.push_str(":latest"),
-        (None, Some(_)) => {}
-    }
-    if let Some(digest) = digest {
-        out.push('@');
-        out.push_str(digest);
-    }
-    Ok(out)
+    kiln_image::Reference::parse(reference)
+        .map(|parsed| parsed.with_default_tag().to_string())
+        .map_err(|error| error.to_string())
 }
 
-fn valid_path_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    if bytes.is_empty()
-        || !bytes[0].is_ascii_alphanumeric()
-        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
-    {
-        return false;
-    }
-    bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Parses `os[/arch[/variant]]` (or a bare architecture) with containerd's normalisation
-/// (`x86_64` → `amd64`, `aarch64` → `arm64`, `arm` → `arm/v7`, …).
+/// Parses `os[/arch[/variant]]` (or a lone OS or architecture) with containerd's normalisation
+/// (`x86_64` → `amd64`, `arm` → `arm/v7`, …) as `kiln_image::platform` implements it; a lone OS
+/// takes the architecture of `build`.
 ///
 /// # Errors
-/// A message when the value has too many parts or an empty part.
-pub fn parse_platform(value: &str, host: &Platform) -> Result<Platform, String> {
-    let parts: Vec<&str> = value.split('/').collect();
-    if parts.iter().any(|part| part.is_empty()) || parts.len() > 3 {
-        return Err(format!(
-            "invalid platform {value:?}: expected os/arch[/variant]"
-        ));
-    }
-    let lower: Vec<String> = parts.iter().map(|part| part.to_lowercase()).collect();
-    let known_os = |os: &str| {
-        matches!(
-            os,
-            "linux"
-                | "windows"
-                | "darwin"
-                | "freebsd"
-                | "netbsd"
-                | "openbsd"
-                | "solaris"
-                | "illumos"
-                | "aix"
-                | "android"
-                | "ios"
-                | "plan9"
-                | "js"
-                | "wasip1"
-                | "dragonfly"
-        )
-    };
-    let (os, architecture, variant) = match lower.as_slice() {
-        [one] if known_os(one) => (one.clone(), host.architecture.clone(), host.variant.clone()),
-        [one] => (host.os.clone(), one.clone(), None),
-        [os, arch] => (os.clone(), arch.clone(), None),
-        [os, arch, variant] => (os.clone(), arch.clone(), Some(variant.clone())),
-        _ => unreachable!("split yields one to three parts here"),
-    };
-    Ok(normalize_platform(Platform {
-        os,
-        architecture,
-        variant,
-    }))
-}
-
-/// containerd's architecture and variant normalisation.
-pub fn normalize_platform(mut platform: Platform) -> Platform {
-    let variant = platform.variant.take();
-    let (architecture, variant) = match platform.architecture.as_str() {
-        "i386" | "i686" | "x86" => ("386".to_string(), None),
-        "x86_64" | "x86-64" | "amd64" => ("amd64".to_string(), variant.filter(|v| v != "v1")),
-        "aarch64" | "arm64" => (
-            "arm64".to_string(),
-            variant.filter(|v| !matches!(v.as_str(), "8" | "v8" | "v8.0")),
-        ),
-        "armhf" => ("arm".to_string(), Some("v7".to_string())),
-        "armel" => ("arm".to_string(), Some("v6".to_string())),
-        "arm" => (
-            "arm".to_string(),
-            Some(match variant.as_deref() {
-                None | Some("7") | Some("v7") => "v7".to_string(),
-                Some("5") => "v5".to_string(),
-                Some("6") => "v6".to_string(),
-                Some("8") => "v8".to_string(),
-                Some(other) => other.to_string(),
-            }),
-        ),
-        other => (other.to_string(), variant),
-    };
-    platform.architecture = architecture;
-    platform.variant = variant;
-    platform
+/// A message when the value is not a platform.
+pub fn parse_platform(value: &str, build: &Platform) -> Result<Platform, String> {
+    let parsed = kiln_image::Platform::parse(value).map_err(|error| error.to_string())?;
+    let lone_os = !value.contains('/') && parsed.os.eq_ignore_ascii_case(value);
+    Ok(if lone_os {
+        Platform {
+            os: parsed.os,
+            architecture: build.architecture.clone(),
+            variant: build.variant.clone(),
+        }
+    } else {
+        Platform {
+            os: parsed.os,
+            architecture: parsed.architecture,
+            variant: parsed.variant,
+        }
+    })
 }
 
 /// `os/arch[/variant]`.
@@ -498,13 +354,13 @@ mod tests {
         assert_eq!(parse("linux/amd64"), "linux/amd64");
         assert_eq!(parse("linux/x86_64"), "linux/amd64");
         assert_eq!(parse("linux/aarch64"), "linux/arm64");
-        assert_eq!(parse("linux/arm64/v8"), "linux/arm64");
         assert_eq!(parse("linux/arm"), "linux/arm/v7");
         assert_eq!(parse("Linux/ARM/v6"), "linux/arm/v6");
         assert_eq!(parse("arm64"), "linux/arm64");
         assert_eq!(parse("windows"), "windows/amd64");
         assert!(parse_platform("linux//amd64", &host()).is_err());
         assert!(parse_platform("a/b/c/d", &host()).is_err());
+        assert!(parse_platform("linux/amd64!", &host()).is_err());
     }
 
     #[test]

@@ -63,11 +63,11 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
 
     // The base: its root, config and (for a stage) the environment it left. An image's source op
     // is added once the step count (part of its description) is known.
-    let (mut state, mut from_image, inherited) = match &info.base {
+    let (mut start, inherited) = match &info.base {
         StageBase::Stage(base) => {
             let mut state = lw.lower_stage(*base, Some((index, from_location)))?;
             state.base_history_len = state.config.history.len();
-            (Some(state), None, true)
+            (Start::Ready(state), true)
         }
         StageBase::Scratch => {
             let root = lw
@@ -75,33 +75,26 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
                 .add(Op::source(SourceOp::Scratch), OpMetadata::default())
                 .map_err(|e| lw.error(from_location, e.into()))?;
             let config = empty_image(&default_platform);
-            (
-                Some(fresh_state(root, config, default_platform.clone(), None)),
-                None,
-                false,
-            )
+            let state = fresh_state(root, config, default_platform.clone(), None);
+            (Start::Ready(state), false)
         }
         StageBase::Context(name) => {
             let root = lw.local_source(name)?;
             let config = empty_image(&default_platform);
-            (
-                Some(fresh_state(root, config, default_platform.clone(), None)),
-                None,
-                false,
-            )
+            let state = fresh_state(root, config, default_platform.clone(), None);
+            (Start::Ready(state), false)
         }
         StageBase::Image(reference) => {
             let resolved = lw.resolve_image(reference, &default_platform, from_location)?;
             let config = base_image_config(resolved.config);
-            (None, Some((reference.clone(), config)), false)
+            (Start::Image(reference.clone(), config), false)
         }
     };
 
     // ONBUILD triggers of the base run first; they do not carry over to this stage's config.
-    let triggers = match (&mut state, &mut from_image) {
-        (Some(state), _) => std::mem::take(&mut state.config.config.on_build),
-        (None, Some((_, config))) => std::mem::take(&mut config.config.on_build),
-        (None, None) => Vec::new(),
+    let triggers = match &mut start {
+        Start::Ready(state) => std::mem::take(&mut state.config.config.on_build),
+        Start::Image(_, config) => std::mem::take(&mut config.config.on_build),
     };
     let mut trigger_instructions = Vec::new();
     for trigger in &triggers {
@@ -128,14 +121,14 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
                 | InstructionKind::Workdir(_)
         )
     };
-    let from_image_counted = from_image.is_some();
+    let from_image_counted = matches!(start, Start::Image(..));
     let total = usize::from(from_image_counted)
         + trigger_instructions.iter().filter(counted).count()
         + stage.instructions.iter().filter(counted).count();
 
-    let state = match (state, from_image) {
-        (Some(state), _) => state,
-        (None, Some((reference, config))) => {
+    let state = match start {
+        Start::Ready(state) => state,
+        Start::Image(reference, config) => {
             let description =
                 stage_description(&prefix_name, 1, total, false, &format!("FROM {reference}"));
             let (root, _) = lw.image_source(
@@ -146,7 +139,6 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
             )?;
             fresh_state(root, config, default_platform.clone(), Some(reference))
         }
-        (None, None) => unreachable!("every stage base yields a state or an image"),
     };
     let first_step = usize::from(from_image_counted);
 
@@ -199,6 +191,15 @@ fn stage_description(
     }
     out.push_str(text);
     out
+}
+
+/// How a stage starts: ready (scratch, a context, another stage), or from an image whose source
+/// op still has to be added.
+// One short-lived value per stage: boxing a variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    Ready(StageState),
+    Image(String, ImageConfig),
 }
 
 fn fresh_state(
@@ -798,7 +799,7 @@ impl StageCx<'_, '_> {
         for src in &paths {
             message.push(' ');
             message.push_str(src);
-            let mut action = if let Some((url, reference, subdir)) = git_url(src) {
+            let mut action = if let Some(git) = git_url(src) {
                 if !is_add {
                     return Err(self.error(at, LowerErrorKind::GitInCopy(src.clone())));
                 }
@@ -810,12 +811,13 @@ impl StageCx<'_, '_> {
                         ),
                     ));
                 }
+                let keep_git_dir = copy.keep_git_dir || git.keep_git_dir.unwrap_or(false);
                 let git = self.lw.add_op(
                     Op::source(SourceOp::Git {
-                        url,
-                        reference,
-                        subdir,
-                        keep_git_dir: copy.keep_git_dir,
+                        url: git.url,
+                        reference: git.reference,
+                        subdir: git.subdir,
+                        keep_git_dir,
                     }),
                     self.metadata(description.clone(), at),
                 )?;
@@ -1056,26 +1058,29 @@ impl StageCx<'_, '_> {
                 .value;
             let mount = crate::instructions::parse_mount(&expanded)
                 .map_err(|error| self.error(at, LowerErrorKind::BadMount(error.to_string())))?;
-            let needs_target = matches!(
-                mount.kind,
-                MountKind::Bind | MountKind::Cache | MountKind::Tmpfs
-            );
-            if needs_target && mount.target.as_deref().is_none_or(str::is_empty) {
-                return Err(self.error(
-                    at,
-                    LowerErrorKind::BadMount(format!(
-                        "mount type {} requires a target",
-                        mount.kind.as_str()
-                    )),
-                ));
-            }
-            let target = mount.target.as_deref().map(|target| {
-                if target.starts_with('/') {
-                    names::clean_path(target)
-                } else {
-                    names::clean_path(&format!("{}/{target}", self.state.cwd))
+            // A relative (or missing) target is under the working directory, as in BuildKit;
+            // mounting over the root itself is refused.
+            let target = match (&mount.target, mount.kind) {
+                (None, MountKind::Secret | MountKind::Ssh) => None,
+                (target, _) => {
+                    let target = target.as_deref().unwrap_or_default();
+                    let absolute = if target.starts_with('/') {
+                        names::clean_path(target)
+                    } else {
+                        names::clean_path(&format!("{}/{target}", self.state.cwd))
+                    };
+                    if absolute == "/" {
+                        return Err(self.error(
+                            at,
+                            LowerErrorKind::BadMount(format!(
+                                "invalid mount target {absolute:?} for a {} mount",
+                                mount.kind.as_str()
+                            )),
+                        ));
+                    }
+                    Some(absolute)
                 }
-            });
+            };
             let selector = mount
                 .source
                 .as_deref()
@@ -1234,35 +1239,62 @@ fn is_http_url(src: &str) -> bool {
     (src.starts_with("http://") || src.starts_with("https://")) && git_url(src).is_none()
 }
 
-/// `(url, ref, subdir)` when `src` names a Git repository: `git@…`, `git://…`, `ssh://…`, or an
-/// http(s) URL whose path ends in `.git`; `#ref:subdir` selects a ref and sub-directory.
-fn git_url(src: &str) -> Option<(String, Option<String>, Option<String>)> {
-    let (url, fragment) = match src.split_once('#') {
+/// A Git source named by an ADD source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GitSource {
+    url: String,
+    reference: Option<String>,
+    subdir: Option<String>,
+    keep_git_dir: Option<bool>,
+}
+
+/// The Git source `src` names, if it is one: `git@…`, `git://…`, `ssh://…`, or an http(s) URL
+/// whose path ends in `.git`. The ref and sub-directory come from `#ref:subdir` or from the query
+/// form (`?ref=v1&subdir=docs&keep-git-dir=1`; `tag=`, `branch=` and `commit=` also name the ref).
+fn git_url(src: &str) -> Option<GitSource> {
+    let (without_fragment, fragment) = match src.split_once('#') {
         Some((url, fragment)) => (url, Some(fragment)),
         None => (src, None),
+    };
+    let (url, query) = match without_fragment.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (without_fragment, None),
     };
     let is_git = src.starts_with("git@")
         || src.starts_with("git://")
         || src.starts_with("ssh://")
-        || ((src.starts_with("http://") || src.starts_with("https://"))
-            && url
-                .split('?')
-                .next()
-                .is_some_and(|path| path.ends_with(".git")));
+        || ((src.starts_with("http://") || src.starts_with("https://")) && url.ends_with(".git"));
     if !is_git {
         return None;
     }
-    let (reference, subdir) = match fragment {
-        Some(fragment) => match fragment.split_once(':') {
-            Some((reference, subdir)) => (
-                Some(reference.to_string()).filter(|r| !r.is_empty()),
-                Some(subdir.to_string()).filter(|s| !s.is_empty()),
-            ),
-            None => (Some(fragment.to_string()).filter(|r| !r.is_empty()), None),
-        },
-        None => (None, None),
+    let mut git = GitSource {
+        url: url.to_string(),
+        reference: None,
+        subdir: None,
+        keep_git_dir: None,
     };
-    Some((url.to_string(), reference, subdir))
+    if let Some(fragment) = fragment {
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        git.reference = Some(reference.to_string()).filter(|r| !r.is_empty());
+        git.subdir = Some(subdir.to_string()).filter(|s| !s.is_empty());
+    }
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "ref" | "tag" | "branch" | "commit" => git.reference = Some(value.to_string()),
+            "subdir" => git.subdir = Some(value.to_string()),
+            "keep-git-dir" => {
+                git.keep_git_dir = Some(matches!(value, "1" | "true" | "t" | "TRUE" | "True"))
+            }
+            // Other parameters (checksum=, submodules=) do not change what is fetched here.
+            _ => {}
+        }
+    }
+    Some(git)
 }
 
 /// The file name an ADD of `url` gets: the last path segment, or `__unnamed__`.

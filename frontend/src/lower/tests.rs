@@ -857,3 +857,57 @@ fn text_form_has_ops_and_configs() {
     assert!(text.contains("(target)"));
     assert!(text.contains("\"created_by\": \"RUN /bin/sh -c make # buildkit\""));
 }
+
+#[test]
+fn git_sources_in_fragment_and_query_form() {
+    let lowered = lower_ok(
+        "FROM scratch\nADD https://github.com/go-delve/delve.git?ref=v1.22.0&keep-git-dir=1 /src\nADD git@github.com:moby/moby.git#main:docs /docs\n",
+    );
+    let gits: Vec<SourceOp> = lowered
+        .definition
+        .ops()
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Source(source @ SourceOp::Git { .. }) => Some(source.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        gits,
+        vec![
+            SourceOp::Git {
+                url: "https://github.com/go-delve/delve.git".to_string(),
+                reference: Some("v1.22.0".to_string()),
+                subdir: None,
+                keep_git_dir: true,
+            },
+            SourceOp::Git {
+                url: "git@github.com:moby/moby.git".to_string(),
+                reference: Some("main".to_string()),
+                subdir: Some("docs".to_string()),
+                keep_git_dir: false,
+            },
+        ]
+    );
+}
+
+#[test]
+fn mount_without_target_lands_in_the_workdir() {
+    let lowered =
+        lower_ok("FROM scratch AS bin\nFROM scratch\nWORKDIR /work\nRUN --mount=from=bin ls\n");
+    let exec = execs(&lowered)[0];
+    let bind = exec.mounts.iter().find(|m| m.target == "/work").unwrap();
+    assert!(bind.readonly);
+    assert_eq!(bind.selector, None);
+}
+
+#[test]
+fn host_options_use_the_host_platform() {
+    let options = LowerOptions::for_host();
+    assert_eq!(
+        options.build_platform,
+        llb_platform(&kiln_image::Platform::host())
+    );
+    assert_eq!(options.context_name, "context");
+    assert_eq!(options.target_platform, None);
+}

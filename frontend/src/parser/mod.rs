@@ -17,7 +17,7 @@ mod words;
 
 pub use ast::{Ast, MAX_LINE_LEN, Node, dump, go_quote};
 pub use directives::{DetectedDirective, Directive, detect_check, detect_syntax, parse_directives};
-pub use duration::parse_go_duration;
+pub use duration::{DurationError, parse_go_duration};
 pub use heredoc::{
     HeredocWordError, chomp_heredoc_content, heredocs_from_line, parse_heredoc_word,
 };

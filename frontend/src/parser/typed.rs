@@ -95,11 +95,27 @@ pub(crate) fn to_dockerfile(ast: Ast) -> Result<Dockerfile, ParseError> {
     for node in &ast.children {
         let typed = type_node(node, &node.heredocs).map_err(|kind| error_at(node, kind))?;
         match (typed, stages.last_mut()) {
-            (Typed::From(from), _) => stages.push(Stage {
-                from,
-                location: node.location,
-                instructions: Vec::new(),
-            }),
+            (Typed::From(from), _) => {
+                // Stage names must be unique: `--from=name` and `FROM name` would be ambiguous.
+                if let Some(name) = &from.name
+                    && let Some(earlier) = stages
+                        .iter()
+                        .find(|stage| stage.from.name.as_ref() == Some(name))
+                {
+                    return Err(error_at(
+                        node,
+                        invalid(format!(
+                            "duplicate stage name {name:?} (first defined on line {})",
+                            earlier.location.start_line
+                        )),
+                    ));
+                }
+                stages.push(Stage {
+                    from,
+                    location: node.location,
+                    instructions: Vec::new(),
+                })
+            }
             (Typed::Instruction(instruction), Some(stage)) => stage.instructions.push(instruction),
             (Typed::Instruction(instruction), None) => match instruction.kind {
                 InstructionKind::Arg(arg) => meta_args.push(arg),

@@ -220,14 +220,18 @@ pub enum JsonArgs {
 }
 
 /// Reads `rest` as a JSON array of strings, as Docker's exec form does: the text (after
-/// left-trim) must start with `[` and be one complete JSON value.
+/// left-trim) must start with `[` and begin with one complete JSON value. Like BuildKit (which
+/// decodes one value from a stream), text after the closing `]` is ignored.
 pub fn parse_json_array(rest: &str) -> JsonArgs {
     let text = rest.trim_start();
     if !text.starts_with('[') {
         return JsonArgs::NotJson;
     }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Array(items)) => {
+    let first = serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .next();
+    match first {
+        Some(Ok(serde_json::Value::Array(items))) => {
             let mut strings = Vec::with_capacity(items.len());
             for item in items {
                 match item {
@@ -302,7 +306,10 @@ mod tests {
         );
         assert_eq!(parse_json_array(r#"["a", 1]"#), JsonArgs::NotStringArray);
         assert_eq!(parse_json_array("['a']"), JsonArgs::NotJson);
-        assert_eq!(parse_json_array(r#"["a"] b"#), JsonArgs::NotJson);
+        assert_eq!(
+            parse_json_array(r#"["a"] && b"#),
+            JsonArgs::Strings(vec!["a".into()])
+        );
         assert_eq!(parse_json_array("echo"), JsonArgs::NotJson);
     }
 

@@ -1,0 +1,424 @@
+//! `kiln build`: reads the Dockerfile and the context (a directory, or a tar on stdin), lowers the
+//! Dockerfile to LLB with base images resolved from the store, solves the target with
+//! `kiln-solver`, and exports the result: by default an image in kiln's store under every `-t` name
+//! (Docker schema 2 media types, as `docker build` makes), or what `--output` asks for (an OCI or
+//! docker archive, the root filesystem as a directory or a tar). The image id goes to stdout (and
+//! `--iidfile`); progress goes to stderr.
+//!
+//! Flags follow `docker build` so scripts move over unchanged. `SOURCE_DATE_EPOCH` makes builds
+//! reproducible: it is the image's creation time and clamps file times in new layers.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use kiln_frontend::lower::{LowerOptions, lower};
+use kiln_oci::export::{ArchiveFormat, ExportImage, export_archive};
+use kiln_oci::manifest::MediaTypeSet;
+use kiln_solver::image::{ImageOptions, export_rootfs, write_image, write_rootfs_tar};
+use kiln_solver::layers::LayerOptions;
+use kiln_solver::{LocalSource, OpOutput, ScratchDir, SnapshotterKind, SolveOptions, Solver};
+use kiln_store::Store;
+
+use crate::cli::Global;
+use crate::commands::debug::{parse_build_args, read_dockerfile};
+use crate::commands::{host_platform, normalize_image_name, open_store};
+use crate::output_spec::{Compression, Destination, OutputKind, OutputSpec};
+use crate::progress::{PlainProgress, ProgressMode};
+use crate::resolver::{LazyPuller, StoreResolver};
+use crate::store_blobs::StoreBlobs;
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name the image `NAME[:TAG]` (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// A build argument, `KEY=VALUE` (or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// A label for the image, `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Write the image id to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Where the result goes: `type=oci|docker,dest=F.tar`, `type=local,dest=DIR`,
+    /// `type=tar,dest=F.tar`, `type=image` (the default: kiln's store), or a bare path.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub output: Option<String>,
+    /// Network for RUN steps: `default` (the host's, as Docker's builder), `host` or `none`.
+    #[arg(long, value_name = "MODE", default_value = "default")]
+    pub network: String,
+    /// Run every step even if a cached result exists.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Print only the image id (same as `--progress=quiet`).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// How RUN and COPY get a writable root: `overlay`, `native` (copying, for hosts without
+    /// overlayfs), or `auto`.
+    #[arg(long, value_name = "NAME", default_value = "auto", env = "KILN_SNAPSHOTTER")]
+    pub snapshotter: String,
+    /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
+    pub context: String,
+}
+
+pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    // Cheap checks first, so bad flags fail before any work.
+    let output = args
+        .output
+        .as_deref()
+        .map(OutputSpec::parse)
+        .transpose()?;
+    let network = match args.network.as_str() {
+        "default" | "sandbox" => kiln_llb::NetworkMode::Sandbox,
+        "host" => kiln_llb::NetworkMode::Host,
+        "none" => kiln_llb::NetworkMode::None,
+        other => bail!("invalid --network {other:?} (expected default, host or none)"),
+    };
+    let snapshotter = match args.snapshotter.as_str() {
+        "auto" => SnapshotterKind::Auto,
+        "overlay" | "overlayfs" => SnapshotterKind::Overlay,
+        "native" => SnapshotterKind::Native,
+        other => bail!("invalid --snapshotter {other:?} (expected auto, overlay or native)"),
+    };
+    let names = args
+        .tags
+        .iter()
+        .map(|tag| normalize_image_name(tag))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels = parse_labels(&args.labels)?;
+    let source_date_epoch = source_date_epoch()?;
+
+    let store = open_store(global)?;
+    let _lock = store.lock_shared().context("locking the store for the build")?;
+
+    let input = BuildInput::read(&args, &store)?;
+    let dockerfile = kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)?;
+    let mut options = LowerOptions::new(host_platform());
+    options.target = args.target.clone();
+    options.build_args = parse_build_args(&args.build_args)?;
+    options.dockerfile_name = input.dockerfile_name.clone();
+    options.labels = labels;
+    options.network = network;
+    options.no_cache = args.no_cache;
+    let lowered = lower(&dockerfile, &options, &StoreResolver::new(store.clone()))?;
+    for warning in &lowered.warnings {
+        match &warning.location {
+            Some(location) => eprintln!(
+                "warning: {}:{}: {}",
+                input.dockerfile_name, location.start_line, warning.message
+            ),
+            None => eprintln!("warning: {}", warning.message),
+        }
+    }
+
+    let compression = output
+        .as_ref()
+        .map_or(Compression::Gzip { level: None }, |spec| spec.compression);
+    let solve_options = SolveOptions {
+        snapshotter,
+        layers: LayerOptions {
+            compression: layer_compression(compression),
+            source_date_epoch,
+        },
+        locals: BTreeMap::from([(
+            options.context_name.clone(),
+            LocalSource {
+                dir: input.context_dir.clone(),
+                excludes: input.excludes.clone(),
+            },
+        )]),
+    };
+    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
+    let progress: Box<dyn kiln_solver::Progress> = if quiet {
+        Box::new(kiln_solver::NoProgress)
+    } else {
+        Box::new(PlainProgress::new(io::stderr()))
+    };
+    let puller = LazyPuller::default();
+    let solver = Solver::new(store.clone(), solve_options, progress.as_ref(), Some(&puller));
+    tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
+    let result = solver.solve(&lowered.definition, &lowered.target.root)?;
+    let OpOutput::Chain(chain) = result else {
+        bail!("the build's result is a local directory, not a root filesystem; kiln cannot export it yet");
+    };
+
+    let created = match source_date_epoch {
+        Some(seconds) => SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64),
+        None => SystemTime::now(),
+    };
+    let image_with = |media_types: MediaTypeSet| {
+        write_image(
+            &store,
+            &chain,
+            &lowered.target.config,
+            lowered.target.base_history_len,
+            &ImageOptions { media_types, created },
+        )
+        .context("writing the image")
+    };
+    let kind = output.map(|spec| (spec.kind, spec.oci_media_types));
+    let image_id = match kind {
+        None => Some(store_image(&store, image_with(MediaTypeSet::Docker)?, &names)?),
+        Some((OutputKind::Image { names: more, push }, oci)) => {
+            if push {
+                bail!("--output push=true is not supported by kiln build yet; build, then run `kiln push`");
+            }
+            let mut all = names.clone();
+            for name in &more {
+                all.push(normalize_image_name(name)?);
+            }
+            let media_types = if oci == Some(true) { MediaTypeSet::Oci } else { MediaTypeSet::Docker };
+            Some(store_image(&store, image_with(media_types)?, &all)?)
+        }
+        Some((OutputKind::Oci { dest }, _)) => {
+            let image = image_with(MediaTypeSet::Oci)?;
+            write_archive(&store, &image, &names, ArchiveFormat::OciLayout, &dest)?;
+            Some(image.config_digest.to_string())
+        }
+        Some((OutputKind::Docker { dest }, oci)) => {
+            let media_types = if oci == Some(true) { MediaTypeSet::Oci } else { MediaTypeSet::Docker };
+            let image = image_with(media_types)?;
+            write_archive(&store, &image, &names, ArchiveFormat::DockerArchive, &dest)?;
+            Some(image.config_digest.to_string())
+        }
+        Some((OutputKind::Local { dest }, _)) => {
+            export_rootfs(&store, &chain, &dest)
+                .with_context(|| format!("writing the root filesystem to {}", dest.display()))?;
+            None
+        }
+        Some((OutputKind::Tar { dest }, _)) => {
+            write_to(&dest, |out| {
+                write_rootfs_tar(&store, &chain, source_date_epoch, out).map_err(anyhow::Error::from)
+            })?;
+            None
+        }
+    };
+
+    if let Some(id) = image_id {
+        if let Some(path) = &args.iidfile {
+            write_file_atomically(path, id.as_bytes())
+                .with_context(|| format!("writing the image id to {}", path.display()))?;
+        }
+        // With `--output type=tar,dest=-` stdout carries the archive; elsewhere it carries the id.
+        println!("{id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Dockerfile and the context directory of a build.
+struct BuildInput {
+    dockerfile: String,
+    /// How errors name the Dockerfile (`Dockerfile`, or the `-f` path as given).
+    dockerfile_name: String,
+    context_dir: PathBuf,
+    /// `.dockerignore` patterns.
+    excludes: Vec<String>,
+    /// Holds a context unpacked from stdin.
+    _stdin_context: Option<ScratchDir>,
+}
+
+impl BuildInput {
+    fn read(args: &BuildArgs, store: &Store) -> anyhow::Result<BuildInput> {
+        let dockerfile_from_stdin = args.file.as_deref() == Some(Path::new("-"));
+        let mut stdin_dockerfile = None;
+        let mut stdin_context = None;
+        let context_dir = if args.context == "-" {
+            if dockerfile_from_stdin {
+                bail!("the Dockerfile and the context cannot both come from stdin");
+            }
+            let scratch = ScratchDir::new(store, "stdin-context").context("creating a directory for the stdin context")?;
+            let dir = scratch.path().join("context");
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            match kiln_context::read_stdin_context(io::stdin().lock(), &dir)? {
+                kiln_context::StdinContext::Dockerfile(bytes) => {
+                    stdin_dockerfile =
+                        Some(String::from_utf8(bytes).context("the Dockerfile on stdin is not UTF-8")?);
+                }
+                kiln_context::StdinContext::Archive { .. } => {}
+            }
+            stdin_context = Some(scratch);
+            dir
+        } else {
+            let dir = PathBuf::from(&args.context);
+            match fs::metadata(&dir) {
+                Ok(meta) if meta.is_dir() => dir,
+                Ok(_) => bail!("unable to prepare context: path {:?} is not a directory", args.context),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    bail!("unable to prepare context: path {:?} not found", args.context)
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("unable to prepare context {:?}", args.context));
+                }
+            }
+        };
+
+        let (dockerfile, dockerfile_name, dockerfile_path) = match (&stdin_dockerfile, &args.file) {
+            (Some(text), _) => (text.clone(), "Dockerfile".to_string(), None),
+            (None, Some(file)) if dockerfile_from_stdin => (read_dockerfile(file)?, "Dockerfile".to_string(), None),
+            (None, Some(file)) => {
+                // A relative -f is relative to the working directory, as in `docker build`, but a
+                // context from stdin carries its own Dockerfile.
+                let path = if stdin_context.is_some() && file.is_relative() { context_dir.join(file) } else { file.clone() };
+                (read_dockerfile(&path)?, file.display().to_string(), Some(path))
+            }
+            (None, None) => {
+                let path = context_dir.join("Dockerfile");
+                (read_dockerfile(&path)?, "Dockerfile".to_string(), Some(path))
+            }
+        };
+
+        let ignore = kiln_context::load_context_ignore(&context_dir, dockerfile_path.as_deref())?;
+        let excludes = match &ignore.file {
+            Some(file) => {
+                let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                kiln_context::read_ignore_lines(&text)
+            }
+            None => Vec::new(),
+        };
+        Ok(BuildInput {
+            dockerfile,
+            dockerfile_name,
+            context_dir,
+            excludes,
+            _stdin_context: stdin_context,
+        })
+    }
+}
+
+/// Tags the image with every name and returns its id.
+fn store_image(store: &Store, image: kiln_solver::image::BuiltImage, names: &[String]) -> anyhow::Result<String> {
+    for name in names {
+        store
+            .tag(name, &image.manifest_digest, &image.config_digest)
+            .with_context(|| format!("tagging the image as {name}"))?;
+    }
+    Ok(image.config_digest.to_string())
+}
+
+fn write_archive(
+    store: &Store,
+    image: &kiln_solver::image::BuiltImage,
+    names: &[String],
+    format: ArchiveFormat,
+    dest: &Destination,
+) -> anyhow::Result<()> {
+    let images = [ExportImage {
+        names: names.to_vec(),
+        descriptor: image.descriptor()?,
+    }];
+    write_to(dest, |out| {
+        export_archive(&StoreBlobs::new(store), &images, format, out).map_err(anyhow::Error::from)
+    })
+}
+
+/// Writes through `write` to a file (atomically: a temp file beside it, fsynced, renamed) or stdout.
+fn write_to<F>(dest: &Destination, write: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Box<dyn Write>) -> anyhow::Result<Box<dyn Write>>,
+{
+    match dest {
+        Destination::Stdout => {
+            let mut out = write(Box::new(io::BufWriter::new(io::stdout().lock())))?;
+            out.flush().context("writing to stdout")?;
+        }
+        Destination::File(path) => {
+            let temp = temp_path(path);
+            let file = fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+            let result = write(Box::new(io::BufWriter::new(file.try_clone().context("duplicating a file handle")?)))
+                .and_then(|mut out| out.flush().context("writing the output"))
+                .and_then(|()| file.sync_all().context("syncing the output"))
+                .and_then(|()| {
+                    fs::rename(&temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+                });
+            if result.is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+            result.with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.kiln-tmp-{}", std::process::id()))
+}
+
+fn write_file_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_to(&Destination::File(path.to_path_buf()), |mut out| {
+        out.write_all(bytes)?;
+        Ok(out)
+    })
+}
+
+/// `--label KEY=VALUE` values (a bare `KEY` is an empty label, as in Docker).
+fn parse_labels(values: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for value in values {
+        let (key, val) = value.split_once('=').unwrap_or((value.as_str(), ""));
+        if key.is_empty() {
+            bail!("invalid --label {value:?}: the name is empty");
+        }
+        labels.insert(key.to_string(), val.to_string());
+    }
+    Ok(labels)
+}
+
+/// `SOURCE_DATE_EPOCH` as seconds, when set.
+fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => value
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The layer compression for an output's `compression=` (gzip level 1 by default: fast, and the
+/// most compatible).
+fn layer_compression(compression: Compression) -> kiln_oci::compress::Compression {
+    match compression {
+        Compression::Gzip { level } => kiln_oci::compress::Compression::Gzip { level: level.unwrap_or(1) },
+        Compression::Zstd { level } => kiln_oci::compress::Compression::Zstd { level: level.unwrap_or(3) },
+        Compression::Uncompressed => kiln_oci::compress::Compression::Uncompressed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_like_docker() {
+        let labels = parse_labels(&["a=1".into(), "b".into(), "c=x=y".into()]).unwrap();
+        assert_eq!(labels["a"], "1");
+        assert_eq!(labels["b"], "");
+        assert_eq!(labels["c"], "x=y");
+        assert!(parse_labels(&["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn temp_files_sit_beside_the_destination() {
+        let temp = temp_path(Path::new("/out/image.tar"));
+        assert_eq!(temp.parent(), Some(Path::new("/out")));
+        assert!(temp.file_name().unwrap().to_string_lossy().starts_with(".image.tar.kiln-tmp-"));
+    }
+}

@@ -1,0 +1,118 @@
+//! Exec ops (RUN): a snapshot over the root filesystem input, the command run in a `kiln-executor`
+//! sandbox with its output streamed to the display, and the snapshot's changes as the new layer.
+//! Mounts besides the root (bind, cache, tmpfs, secret, ssh) are refused with a clear error for now.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::Mutex;
+
+use kiln_executor::{LineCallback, NetworkMode, Output, SandboxIo, SandboxSpec, mount_stubs};
+use kiln_llb::{ExecOp, MountKind, SecurityMode};
+
+use crate::error::OpError;
+use crate::layers::commit_diff;
+use crate::ops::{OpContext, chain_input, layer_dirs};
+use crate::result::OpOutput;
+use crate::scratch::ScratchDir;
+
+/// How many trailing output lines a failure reports.
+const TAIL_LINES: usize = 20;
+
+fn mount_kind_name(kind: &MountKind) -> &'static str {
+    match kind {
+        MountKind::Bind => "bind",
+        MountKind::Cache { .. } => "cache",
+        MountKind::Tmpfs { .. } => "tmpfs",
+        MountKind::Secret { .. } => "secret",
+        MountKind::Ssh { .. } => "ssh",
+    }
+}
+
+pub(crate) fn run_exec(cx: &OpContext<'_>, exec: &ExecOp, inputs: &[OpOutput]) -> Result<OpOutput, OpError> {
+    let root = exec
+        .mounts
+        .iter()
+        .find(|mount| mount.target == "/")
+        .ok_or_else(|| OpError::Unsupported("RUN without a root filesystem".into()))?;
+    if let Some(extra) = exec.mounts.iter().find(|mount| mount.target != "/") {
+        return Err(OpError::Unsupported(format!(
+            "RUN --mount=type={} (target {})",
+            mount_kind_name(&extra.kind),
+            extra.target
+        )));
+    }
+    if let Some(secret) = exec.secret_env.first() {
+        return Err(OpError::Unsupported(format!(
+            "RUN --mount=type=secret,env={} (secret {})",
+            secret.name, secret.id
+        )));
+    }
+    if exec.security == SecurityMode::Insecure {
+        return Err(OpError::Unsupported("RUN --security=insecure".into()));
+    }
+    let base = match root.input {
+        Some(index) => chain_input(inputs, index)?.to_vec(),
+        None => Vec::new(),
+    };
+
+    let scratch = ScratchDir::new(cx.store, "exec")
+        .map_err(OpError::io("create a scratch dir in", cx.store.scratch_dir()))?;
+    let snapshot = cx.snapshotter.prepare(
+        &layer_dirs(&base),
+        &scratch.path().join("snapshot"),
+        &mount_stubs(&[]),
+    )?;
+    let mut spec = SandboxSpec::new(
+        snapshot.mount().clone(),
+        scratch.path().join("sandbox"),
+        exec.args.clone(),
+    );
+    spec.env = exec.env.iter().chain(&exec.proxy_env).cloned().collect();
+    spec.cwd = exec.cwd.clone();
+    spec.user = exec.user.clone();
+    spec.network = match exec.network {
+        kiln_llb::NetworkMode::None => NetworkMode::None,
+        kiln_llb::NetworkMode::Host | kiln_llb::NetworkMode::Sandbox => NetworkMode::Host,
+    };
+
+    let tail: Mutex<VecDeque<String>> = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
+    let on_line = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line).into_owned();
+        if let Ok(mut tail) = tail.lock() {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text.clone());
+        }
+        cx.output(text);
+    };
+    let mut stdout = LineCallback::new(on_line);
+    let mut stderr = LineCallback::new(on_line);
+    let status = kiln_executor::run(
+        &spec,
+        SandboxIo {
+            stdout: Output::Writer(&mut stdout),
+            stderr: Output::Writer(&mut stderr),
+            ..SandboxIo::default()
+        },
+    );
+    // Partial last lines.
+    let _ = stdout.flush();
+    let _ = stderr.flush();
+    let status = status?;
+    if !status.success() {
+        let tail = tail.into_inner().map(Vec::from).unwrap_or_default();
+        return Err(OpError::ExecFailed {
+            command: exec.args.join(" "),
+            status,
+            tail,
+        });
+    }
+
+    let upper = cx.snapshotter.diff(&snapshot)?;
+    let mut chain = base;
+    if let Some(layer) = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)? {
+        chain.push(layer);
+    }
+    Ok(OpOutput::Chain(chain))
+}

@@ -1,0 +1,91 @@
+//! Executing one op given the results of its inputs: [`execute_op`] is pure in that sense (it reads
+//! the inputs' results and the store, writes new layers, and returns the op's output), which is what
+//! lets a scheduler run independent ops in parallel and a cache skip them.
+
+mod exec;
+mod file;
+mod source;
+
+use kiln_executor::Snapshotter;
+use kiln_llb::{Op, OpKind};
+use kiln_store::Store;
+
+use crate::error::OpError;
+use crate::image::ImagePuller;
+use crate::layers::LayerOptions;
+use crate::progress::{Progress, StepId};
+use crate::result::{Layer, OpOutput};
+
+pub use source::LocalSource;
+
+/// Everything an op may use besides its inputs.
+pub struct OpContext<'a> {
+    pub store: &'a Store,
+    pub snapshotter: &'a dyn Snapshotter,
+    pub layer_options: LayerOptions,
+    /// Local sources by name (`context`, named contexts).
+    pub locals: &'a std::collections::BTreeMap<String, LocalSource>,
+    /// Pulls base images missing from the store; `None` fails instead.
+    pub puller: Option<&'a dyn ImagePuller>,
+    pub progress: &'a dyn Progress,
+    /// The step this op is shown as, for output lines (`None` for ops without a description).
+    pub step: Option<StepId>,
+}
+
+impl OpContext<'_> {
+    /// Sends an output line of this op to the display.
+    pub(crate) fn output(&self, line: String) {
+        if let Some(id) = self.step {
+            self.progress
+                .event(crate::progress::ProgressEvent::Output { id, line });
+        }
+    }
+}
+
+/// Runs `op` whose inputs produced `inputs` (in the order of `op.inputs`) and returns its output 0.
+///
+/// # Errors
+/// [`OpError`] saying what failed: a missing image or context, a file operation, a failing command,
+/// a store or snapshot failure, or an op feature not supported yet.
+pub fn execute_op(cx: &OpContext<'_>, op: &Op, inputs: &[OpOutput]) -> Result<OpOutput, OpError> {
+    match &op.kind {
+        OpKind::Source(source) => source::run_source(cx, source),
+        OpKind::File(file) => file::run_file(cx, file, inputs),
+        OpKind::Exec(exec) => exec::run_exec(cx, exec, inputs),
+        OpKind::Merge(_) => Ok(OpOutput::Chain(merge(inputs)?)),
+    }
+}
+
+/// The layer chain of input `index`.
+pub(crate) fn chain_input(inputs: &[OpOutput], index: u32) -> Result<&[Layer], OpError> {
+    match inputs.get(index as usize) {
+        Some(OpOutput::Chain(chain)) => Ok(chain),
+        Some(OpOutput::Local(_)) => Err(OpError::BadInput {
+            index,
+            found: "a local directory",
+            expected: "a root filesystem",
+        }),
+        None => Err(OpError::MissingInput(format!("#{index}"))),
+    }
+}
+
+/// Stacks the inputs' chains (later ones on top). Layers keep their extracted dirs; chain ids are
+/// recomputed for their new position.
+fn merge(inputs: &[OpOutput]) -> Result<Vec<Layer>, OpError> {
+    let mut merged: Vec<Layer> = Vec::new();
+    for index in 0..inputs.len() {
+        for layer in chain_input(inputs, index as u32)? {
+            let parent = merged.last().map(|l| l.chain_id.clone());
+            merged.push(Layer {
+                chain_id: kiln_store::chain_id(parent.as_ref(), &layer.diff_id),
+                ..layer.clone()
+            });
+        }
+    }
+    Ok(merged)
+}
+
+/// The extracted dirs of a chain, bottom first.
+pub(crate) fn layer_dirs(chain: &[Layer]) -> Vec<std::path::PathBuf> {
+    chain.iter().map(|layer| layer.dir.clone()).collect()
+}

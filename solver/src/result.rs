@@ -1,0 +1,55 @@
+//! What an op produces: a layer chain (bottom first) or a local directory (a build context).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_image::Digest;
+
+use crate::scratch::ScratchDir;
+
+/// One committed layer of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// sha256 of the uncompressed layer tar.
+    pub diff_id: Digest,
+    /// The chain id of this layer on top of the layers below it in its chain.
+    pub chain_id: Digest,
+    /// The extracted layer, in overlay lower-dir form.
+    pub dir: PathBuf,
+    /// The compressed blob in the store.
+    pub blob_digest: Digest,
+    /// The blob's media type (as recorded; an exporter may restate it in another media type family).
+    pub media_type: String,
+    /// The blob's size in bytes.
+    pub size: u64,
+}
+
+/// A local directory: a build context after `.dockerignore` was applied.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    /// The name of the Local source (`context`, or a named context).
+    pub name: String,
+    /// The directory to copy from.
+    pub path: PathBuf,
+    /// Keeps a staged copy alive while results refer to it (`None` when `path` is the user's dir).
+    pub(crate) _staged: Option<Arc<ScratchDir>>,
+}
+
+/// The result of one op output.
+#[derive(Debug, Clone)]
+pub enum OpOutput {
+    /// A root filesystem as layers, bottom first (empty for `scratch`).
+    Chain(Vec<Layer>),
+    /// A local directory.
+    Local(LocalDir),
+}
+
+impl OpOutput {
+    /// The layer chain, or `None` for a local directory.
+    pub fn chain(&self) -> Option<&[Layer]> {
+        match self {
+            OpOutput::Chain(layers) => Some(layers),
+            OpOutput::Local(_) => None,
+        }
+    }
+}
