@@ -846,10 +846,10 @@ impl Copier<'_> {
             .parent_fd()?
             .try_clone_to_owned()
             .map_err(|e| crate::error::io_err(op, "open", &rel, e))?;
-        self.clear_target(parent.as_fd(), dst_name, &rel)?;
         let link_key = (st.st_dev, st.st_ino);
         if st.st_nlink > 1 {
             if let Some(first) = self.links.get(&link_key).cloned() {
+                self.clear_target(parent.as_fd(), dst_name, &rel)?;
                 let (first_parent, first_name) = self
                     .dst
                     .parent_dir_of(&first)
@@ -875,6 +875,9 @@ impl Copier<'_> {
             )
             .map_err(|e| sys_err(op, "open source", &src_name.to_string_lossy(), e))?,
         );
+        // Cleared only once the source is open, so even a source that is the very file being
+        // replaced is copied whole.
+        self.clear_target(parent.as_fd(), dst_name, &rel)?;
         let mut dest = File::from(
             openat(
                 parent.as_fd(),

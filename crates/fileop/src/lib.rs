@@ -11,6 +11,25 @@
 //!
 //! Behaviour follows BuildKit (`solver/llbsolver/file`, `fsutil/copy`); where kiln differs it says so in
 //! the module docs.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use kiln_fileop::{Chmod, Chown, CopyOptions, copy, mkdir};
+//!
+//! # fn main() -> kiln_fileop::Result<()> {
+//! let rootfs = Path::new("/var/lib/kiln/tmp/step-4/merged");
+//! // WORKDIR /app
+//! mkdir(rootfs, "/app", 0o755, true, None, None)?;
+//! // COPY --chown=app:app --chmod=0644 src/ config.toml ./
+//! let mut opts = CopyOptions::new(vec!["src/".into(), "config.toml".into()], "./");
+//! opts.workdir = "/app".into();
+//! opts.chown = Some(Chown::Spec("app:app".into()));
+//! opts.chmod = Some(Chmod::parse("0644")?);
+//! let report = copy(Path::new("/home/me/project"), rootfs, &opts)?;
+//! println!("{} files, {} bytes", report.files, report.bytes);
+//! # Ok(())
+//! # }
+//! ```
 
 mod archive;
 mod copy;

@@ -830,7 +830,12 @@ fn file_onto_existing_top_level_symlink_writes_its_target_inside_root() {
     symlink("/etc/real.conf", r.dst.join("link.conf")).unwrap();
     copy(&r.src, &r.dst, &opts(&["conf"], "/link.conf")).unwrap();
     assert_eq!(read(&r.dst, "etc/real.conf"), "new");
-    assert!(fs::symlink_metadata(r.dst.join("link.conf")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(r.dst.join("link.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]

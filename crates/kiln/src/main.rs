@@ -16,6 +16,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.global.debug);
+    raise_open_file_limit();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -34,6 +35,25 @@ fn init_logging(debug: bool) {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+}
+
+/// Copies and layer walks hold a descriptor per directory level and the solver runs several at
+/// once; the default soft limit (1024) is too low for deep trees, so raise it to the hard limit
+/// (as Go programs like BuildKit do at start-up). Failure leaves the limit as it was.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open file limit");
+            }
+        }
+    }
 }
 
 /// Prints an error and its causes, one per line, the way users read them: what failed, then why.

@@ -87,6 +87,9 @@ pub struct ApplyStats {
     /// Xattrs the filesystem refused with "not supported" or "not permitted": (entry, xattr name).
     /// Docker tolerates the same two errors.
     pub skipped_xattrs: Vec<(String, String)>,
+    /// Device nodes not created because the caller may not (`mknod` refused without root, i.e. when
+    /// [`ApplyOptions::chown`] is off), as rootless Docker skips them.
+    pub skipped_devices: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -478,14 +481,21 @@ impl Applier {
                 let header = entry.header();
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                mknodat(
+                let created = mknodat(
                     parent_fd,
                     os(name),
                     kind,
                     Mode::from_bits_truncate(0o600),
                     makedev(u64::from(major), u64::from(minor)),
-                )
-                .map_err(Self::entry_error(&raw, "creating the device node"))?;
+                );
+                match created {
+                    Ok(()) => {}
+                    Err(Errno::EPERM) if !self.options.chown && kind != SFlag::S_IFIFO => {
+                        self.stats.skipped_devices.push(lossy(&raw));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Self::entry_error(&raw, "creating the device node")(e)),
+                }
                 self.set_at_metadata(parent_fd, name, &raw, &meta, true)?;
             }
             other => {

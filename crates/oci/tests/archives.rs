@@ -411,3 +411,54 @@ fn parallel_gzip_and_zstd_layers_decompress_with_the_real_tools() {
         "expected several gzip members, found {members}"
     );
 }
+
+#[test]
+fn archives_written_by_skopeo_load() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = LayoutDir::create(&work.path().join("store")).unwrap();
+    let (manifest, diff_id) = build_image(&layout, MediaTypeSet::Oci, "conv");
+    let ours = work.path().join("ours.tar");
+    let images = [ExportImage {
+        names: vec!["docker.io/library/conv:v1".into()],
+        descriptor: manifest,
+    }];
+    export_archive(
+        &layout,
+        &images,
+        ArchiveFormat::OciLayout,
+        fs::File::create(&ours).unwrap(),
+    )
+    .unwrap();
+    let source = format!("oci-archive:{}", ours.display());
+
+    // containers/image's docker-archive: `<hex>.json` config, uncompressed `<hex>.tar` layers, symlinks.
+    let docker = work.path().join("skopeo-docker.tar");
+    run(Command::new("skopeo")
+        .arg("copy")
+        .arg("-q")
+        .arg(&source)
+        .arg(format!("docker-archive:{}:conv:v1", docker.display())));
+    let sink = LayoutDir::create(&work.path().join("l1")).unwrap();
+    let loaded = load_archive(fs::File::open(&docker).unwrap(), &sink).unwrap();
+    assert_eq!(loaded.kind, ArchiveKind::LegacyDocker);
+    assert_eq!(loaded.images[0].names, ["docker.io/library/conv:v1"]);
+    let layers = loaded.images[0].manifests[0].manifest.layers();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].digest().to_string(), diff_id.to_string());
+    assert!(String::from_utf8_lossy(&loaded.images[0].manifests[0].config).contains("conv"));
+
+    // containers/image's OCI archive: only `org.opencontainers.image.ref.name`.
+    let oci = work.path().join("skopeo-oci.tar");
+    run(Command::new("skopeo")
+        .arg("copy")
+        .arg("-q")
+        .arg(&source)
+        .arg(format!("oci-archive:{}:v9", oci.display())));
+    let sink = LayoutDir::create(&work.path().join("l2")).unwrap();
+    let loaded = load_archive(fs::File::open(&oci).unwrap(), &sink).unwrap();
+    assert_eq!(loaded.kind, ArchiveKind::OciLayout);
+    assert_eq!(loaded.images[0].names, ["v9"]);
+    let layer = &loaded.images[0].manifests[0].manifest.layers()[0];
+    let digest: Digest = layer.digest().to_string().parse().unwrap();
+    assert_eq!(sink.blob_size(&digest).unwrap(), layer.size());
+}

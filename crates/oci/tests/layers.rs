@@ -343,3 +343,95 @@ fn compressed_layers_apply_by_magic_bytes() {
         assert_same_tree(&expected, &snapshot(dst.path()));
     }
 }
+
+/// Drops CAP_MKNOD from the calling thread's effective set (capabilities are per thread in Linux,
+/// so the rest of the test process keeps it).
+fn drop_mknod_capability_of_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_MKNOD: u32 = 27;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_MKNOD);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn without_mknod_rights_devices_are_skipped_and_reported_but_fifos_made() {
+    let src = tempfile::tempdir().unwrap();
+    mknod_at(
+        &src.path().join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        0o666,
+        1,
+        3,
+    );
+    mknod_at(
+        &src.path().join("pipe"),
+        nix::sys::stat::SFlag::S_IFIFO,
+        0o644,
+        0,
+        0,
+    );
+    let tar = diff(src.path(), &DiffOptions::plain());
+    let dst = tempfile::tempdir().unwrap();
+    let dst_path = dst.path().to_path_buf();
+    let rootless = ApplyOptions {
+        whiteouts: WhiteoutMode::Merged,
+        chown: false,
+    };
+    let stats = std::thread::spawn(move || {
+        drop_mknod_capability_of_this_thread();
+        apply_layer(&tar[..], &dst_path, &rootless)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.skipped_devices, ["null"]);
+    assert!(!dst.path().join("null").exists());
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(dst.path().join("pipe"))
+            .unwrap()
+            .file_type()
+    ));
+
+    // With chown on (root), a refused mknod is an error naming the entry.
+    let tar = diff(src.path(), &DiffOptions::plain());
+    let dst2 = tempfile::tempdir().unwrap();
+    let dst2_path = dst2.path().to_path_buf();
+    let err = std::thread::spawn(move || {
+        drop_mknod_capability_of_this_thread();
+        apply_layer(&tar[..], &dst2_path, &MERGED)
+    })
+    .join()
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("layer entry null: creating the device node"),
+        "{err}"
+    );
+}

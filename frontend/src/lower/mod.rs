@@ -390,6 +390,8 @@ struct StageInfo {
     platform: Option<Platform>,
     /// Stages referred to by FROM, `COPY --from` and `RUN --mount from=`, for the cycle check.
     deps: BTreeSet<usize>,
+    /// A named build context of the stage's name stands in for the whole stage.
+    replaced: bool,
 }
 
 /// Lowering state shared by all stages.
@@ -535,7 +537,21 @@ impl<'a> Lowerer<'a> {
             let earlier_stage = infos
                 .iter()
                 .position(|info| info.name.as_deref() == Some(image.to_lowercase().as_str()));
-            let base = if let Some(base) = earlier_stage {
+            // `--build-context NAME=…` for a stage's own name replaces the whole stage.
+            let replacement = stage
+                .from
+                .name
+                .as_deref()
+                .filter(|name| !matches!(*name, "scratch" | "context"))
+                .and_then(|name| self.options.named_contexts.get(name).map(|c| (name, c)));
+            let base = if let Some((name, context)) = replacement {
+                match context {
+                    NamedContext::Local => StageBase::Context(name.to_string()),
+                    NamedContext::Image(reference) => {
+                        StageBase::Image(self.normalize(reference, at)?)
+                    }
+                }
+            } else if let Some(base) = earlier_stage {
                 StageBase::Stage(base)
             } else if image.eq_ignore_ascii_case("scratch") {
                 StageBase::Scratch
@@ -553,7 +569,7 @@ impl<'a> Lowerer<'a> {
             if let StageBase::Stage(base) = base {
                 deps.insert(base);
             }
-            for instruction in &stage.instructions {
+            for instruction in stage.instructions.iter().filter(|_| replacement.is_none()) {
                 for from in referenced_from_values(&instruction.kind) {
                     if let Some(dep) = self.stage_by_reference(&from) {
                         deps.insert(dep);
@@ -565,6 +581,7 @@ impl<'a> Lowerer<'a> {
                 base,
                 platform,
                 deps,
+                replaced: replacement.is_some(),
             });
         }
         Ok(infos)

@@ -91,7 +91,13 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
         }
     };
 
-    // ONBUILD triggers of the base run first; they do not carry over to this stage's config.
+    // ONBUILD triggers of the base run first; they do not carry over to this stage's config. A
+    // stage replaced by a named context runs nothing.
+    let instructions: &[Instruction] = if info.replaced {
+        &[]
+    } else {
+        &stage.instructions
+    };
     let triggers = match &mut start {
         Start::Ready(state) => std::mem::take(&mut state.config.config.on_build),
         Start::Image(_, config) => std::mem::take(&mut config.config.on_build),
@@ -124,7 +130,7 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
     let from_image_counted = matches!(start, Start::Image(..));
     let total = usize::from(from_image_counted)
         + trigger_instructions.iter().filter(counted).count()
-        + stage.instructions.iter().filter(counted).count();
+        + instructions.iter().filter(counted).count();
 
     let state = match start {
         Start::Ready(state) => state,
@@ -161,7 +167,6 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
         cx.dispatch(instruction)?;
     }
     cx.onbuild = false;
-    let instructions = &cx.lw.dockerfile.stages[index].instructions;
     for instruction in instructions {
         cx.dispatch(instruction)?;
     }

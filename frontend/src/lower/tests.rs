@@ -911,3 +911,39 @@ fn host_options_use_the_host_platform() {
     assert_eq!(options.context_name, "context");
     assert_eq!(options.target_platform, None);
 }
+
+#[test]
+fn named_contexts_stand_in_for_images_and_stages() {
+    let mut options = options();
+    options.named_contexts.insert(
+        "alpine".to_string(),
+        NamedContext::Image("alpine:3.19".to_string()),
+    );
+    options
+        .named_contexts
+        .insert("deps".to_string(), NamedContext::Local);
+    let lowered = lower_with(
+        "FROM scratch AS deps\nRUN never\nFROM alpine\nCOPY --from=deps /x /x\n",
+        &options,
+    )
+    .unwrap();
+    assert!(
+        execs(&lowered).is_empty(),
+        "the replaced stage runs nothing"
+    );
+    let sources: Vec<SourceOp> = lowered
+        .definition
+        .ops()
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Source(source) => Some(source.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(sources.iter().any(|s| matches!(s, SourceOp::Image { reference, .. } if reference == "docker.io/library/alpine:3.19")));
+    assert!(
+        sources
+            .iter()
+            .any(|s| matches!(s, SourceOp::Local { name, .. } if name == "deps"))
+    );
+}
