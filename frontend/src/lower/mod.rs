@@ -258,6 +258,8 @@ pub enum LowerErrorKind {
     BadStopSignal(String),
     #[error("invalid ONBUILD trigger {trigger:?} of the base image: {reason}")]
     BadOnbuildTrigger { trigger: String, reason: String },
+    #[error("invalid SOURCE_DATE_EPOCH {0:?}: expected seconds since 1970 as an integer")]
+    BadSourceDateEpoch(String),
     #[error("the definition is inconsistent (a kiln bug): {0}")]
     Definition(kiln_llb::DefinitionError),
 }
@@ -410,6 +412,8 @@ struct Lowerer<'a> {
     declared_args: BTreeSet<String>,
     resolved_images: HashMap<(String, Platform), ResolvedImage>,
     context_source: Option<OpRef>,
+    /// `SOURCE_DATE_EPOCH` as RFC 3339: the creation time of every new history entry.
+    epoch: Option<String>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -431,6 +435,14 @@ impl<'a> Lowerer<'a> {
             return Err(error(None, LowerErrorKind::NoStages));
         }
         let lexer = Lexer::new(dockerfile.directives.escape);
+        let epoch = match options.build_args.get("SOURCE_DATE_EPOCH") {
+            Some(value) if !value.is_empty() => {
+                Some(names::rfc3339_utc(value.parse::<u64>().map_err(|_| {
+                    error(None, LowerErrorKind::BadSourceDateEpoch(value.clone()))
+                })?))
+            }
+            _ => None,
+        };
         let target_name = match &options.target {
             Some(target) => target.clone(),
             None => dockerfile
@@ -486,6 +498,7 @@ impl<'a> Lowerer<'a> {
             declared_args,
             resolved_images: HashMap::new(),
             context_source: None,
+            epoch,
         };
         lowerer.stages = lowerer.stage_infos()?;
         Ok(lowerer)

@@ -319,6 +319,7 @@ impl StageCx<'_, '_> {
     fn commit(&mut self, created_by: String, empty_layer: bool) {
         let mut entry = History::new(created_by, empty_layer);
         entry.comment = HISTORY_COMMENT.to_string();
+        entry.created = self.lw.epoch.clone();
         self.state.config.history.push(entry);
     }
 

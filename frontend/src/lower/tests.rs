@@ -947,3 +947,24 @@ fn named_contexts_stand_in_for_images_and_stages() {
             .any(|s| matches!(s, SourceOp::Local { name, .. } if name == "deps"))
     );
 }
+
+#[test]
+fn source_date_epoch_dates_new_history_entries() {
+    let mut options = options();
+    options
+        .build_args
+        .insert("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string());
+    let lowered = lower_with("FROM scratch\nENV A=1\n", &options).unwrap();
+    assert_eq!(
+        lowered.target.config.history[0].created.as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
+    assert!(lowered.warnings.is_empty());
+    options
+        .build_args
+        .insert("SOURCE_DATE_EPOCH".to_string(), "yesterday".to_string());
+    let error = lower_with("FROM scratch\n", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("invalid SOURCE_DATE_EPOCH"), "{error}");
+}

@@ -1,0 +1,482 @@
+//! The solver against a real store (run as root, as the tests of this workspace are): file ops, exec
+//! ops, merges, local sources with excludes, error reporting, progress events, and image writing.
+//! Each case runs with both snapshotters where it matters.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use kiln_image::config::{History, ImageConfig};
+use kiln_llb::{
+    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Mount,
+    MountKind, NetworkMode, Op, OpKind, OpMetadata, OpRef, RmAction, SecurityMode, SourceLocation, SourceOp,
+};
+use kiln_oci::manifest::MediaTypeSet;
+use kiln_solver::image::{ImageOptions, find_image, write_image};
+use kiln_solver::{
+    LocalSource, NoProgress, OpError, OpOutput, Progress, ProgressEvent, SnapshotterKind, SolveOptions, Solver,
+};
+use kiln_store::Store;
+
+const BOTH: [SnapshotterKind; 2] = [SnapshotterKind::Overlay, SnapshotterKind::Native];
+
+fn described(text: &str, line: usize) -> OpMetadata {
+    OpMetadata {
+        description: Some(text.to_string()),
+        location: Some(SourceLocation {
+            file: "Dockerfile".to_string(),
+            start_line: line,
+            end_line: line,
+        }),
+        ignore_cache: false,
+    }
+}
+
+fn file_op(base: Option<OpRef>, extra_inputs: Vec<OpRef>, actions: Vec<FileAction>) -> Op {
+    let mut inputs: Vec<OpRef> = base.iter().cloned().collect();
+    inputs.extend(extra_inputs);
+    Op {
+        inputs,
+        kind: OpKind::File(FileOp {
+            base: base.map(|_| 0),
+            actions,
+        }),
+    }
+}
+
+fn mkfile(path: &str, data: &str) -> FileAction {
+    FileAction::Mkfile(MkfileAction {
+        path: path.to_string(),
+        data: data.to_string(),
+        mode: 0o644,
+        owner: None,
+    })
+}
+
+fn options(snapshotter: SnapshotterKind) -> SolveOptions {
+    SolveOptions {
+        snapshotter,
+        ..SolveOptions::default()
+    }
+}
+
+fn chain(output: OpOutput) -> Vec<kiln_solver::Layer> {
+    match output {
+        OpOutput::Chain(chain) => chain,
+        OpOutput::Local(_) => panic!("expected a chain"),
+    }
+}
+
+fn read_merged(chain: &[kiln_solver::Layer], path: &str) -> Option<String> {
+    chain
+        .iter()
+        .rev()
+        .find_map(|layer| std::fs::read_to_string(layer.dir.join(path)).ok())
+}
+
+#[test]
+fn file_ops_make_one_layer_each_on_top_of_the_base() {
+    for kind in BOTH {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let mut builder = DefinitionBuilder::new();
+        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let first = builder
+            .add(file_op(Some(scratch), vec![], vec![mkfile("/a.txt", "a")]), described("[1/2] A", 1))
+            .unwrap();
+        let second = builder
+            .add(
+                file_op(
+                    Some(first),
+                    vec![],
+                    vec![
+                        FileAction::Mkdir(MkdirAction {
+                            path: "/d/e".into(),
+                            mode: 0o755,
+                            make_parents: true,
+                            owner: None,
+                        }),
+                        mkfile("/d/e/b.txt", "b"),
+                        FileAction::Rm(RmAction {
+                            path: "/a.txt".into(),
+                            allow_not_found: false,
+                            allow_wildcard: false,
+                        }),
+                    ],
+                ),
+                described("[2/2] B", 2),
+            )
+            .unwrap();
+        let definition = builder.build();
+        let solver = Solver::new(store.clone(), options(kind), &NoProgress, None);
+        let layers = chain(solver.solve(&definition, &second).unwrap());
+        assert_eq!(layers.len(), 2, "{kind:?}");
+        assert_eq!(read_merged(&layers[..1], "a.txt").as_deref(), Some("a"));
+        assert_eq!(std::fs::read_to_string(layers[1].dir.join("d/e/b.txt")).unwrap(), "b");
+        // The removal is an overlay whiteout (a 0/0 char device) in the second layer.
+        use std::os::unix::fs::FileTypeExt;
+        let whiteout = std::fs::symlink_metadata(layers[1].dir.join("a.txt")).unwrap();
+        assert!(whiteout.file_type().is_char_device(), "{kind:?}");
+        // Blobs are in the store and indexed by diff id.
+        for layer in &layers {
+            assert!(store.has_blob(&layer.blob_digest));
+            let blob = store
+                .blob_for_diff_id(&layer.diff_id, kiln_store::Compression::Gzip)
+                .unwrap()
+                .unwrap();
+            assert_eq!(blob.blob_digest, layer.blob_digest);
+        }
+        assert_eq!(layers[1].chain_id, kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id));
+    }
+}
+
+#[test]
+fn ops_not_needed_by_the_target_never_run() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    // An image nobody has: solving it would fail.
+    builder
+        .add(
+            Op::source(SourceOp::Image {
+                reference: "docker.io/library/absent:1".into(),
+                platform: None,
+            }),
+            described("FROM absent", 1),
+        )
+        .unwrap();
+    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let target = builder
+        .add(file_op(Some(scratch), vec![], vec![mkfile("/x", "x")]), described("X", 2))
+        .unwrap();
+    let definition = builder.build();
+    let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
+    assert_eq!(chain(solver.solve(&definition, &target).unwrap()).len(), 1);
+}
+
+#[test]
+fn a_missing_image_without_a_puller_names_the_step_and_the_image() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    let image = builder
+        .add(
+            Op::source(SourceOp::Image {
+                reference: "docker.io/library/absent:1".into(),
+                platform: None,
+            }),
+            described("[1/1] FROM absent:1", 4),
+        )
+        .unwrap();
+    let definition = builder.build();
+    let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
+    let error = solver.solve(&definition, &image).unwrap_err();
+    assert_eq!(error.to_string(), "Dockerfile:4: [1/1] FROM absent:1");
+    assert!(error.kind.to_string().contains("docker.io/library/absent:1"), "{}", error.kind);
+}
+
+#[test]
+fn local_sources_honour_excludes_and_copy_reads_them() {
+    for kind in BOTH {
+        let root = tempfile::tempdir().unwrap();
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("keep.txt"), "keep").unwrap();
+        std::fs::write(context.path().join("drop.txt"), "drop").unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let mut builder = DefinitionBuilder::new();
+        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let local = builder
+            .add(
+                Op::source(SourceOp::Local {
+                    name: "context".into(),
+                    include_patterns: vec![],
+                    exclude_patterns: vec![],
+                    follow_paths: vec![],
+                }),
+                OpMetadata::default(),
+            )
+            .unwrap();
+        let copy = builder
+            .add(
+                file_op(Some(scratch.clone()), vec![local.clone()], vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))]),
+                described("COPY . /ctx/", 2),
+            )
+            .unwrap();
+        let missing = builder
+            .add(
+                file_op(Some(scratch), vec![local], vec![FileAction::Copy(CopyAction::new(1, "/drop.txt", "/"))]),
+                described("COPY drop.txt /", 3),
+            )
+            .unwrap();
+        let definition = builder.build();
+        let mut opts = options(kind);
+        opts.locals = BTreeMap::from([(
+            "context".to_string(),
+            LocalSource {
+                dir: context.path().to_path_buf(),
+                excludes: vec!["drop.txt".into()],
+            },
+        )]);
+        let solver = Solver::new(store, opts, &NoProgress, None);
+        let layers = chain(solver.solve(&definition, &copy).unwrap());
+        assert!(layers[0].dir.join("ctx/keep.txt").is_file());
+        assert!(!layers[0].dir.join("ctx/drop.txt").exists());
+        let error = solver.solve(&definition, &missing).unwrap_err();
+        assert_eq!(error.location.as_ref().map(|l| l.start_line), Some(3));
+        assert!(matches!(error.kind, OpError::FileOp(_)), "{:?}", error.kind);
+        assert!(error.kind.to_string().contains("drop.txt"));
+    }
+}
+
+#[test]
+fn an_unknown_local_source_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    let local = builder
+        .add(
+            Op::source(SourceOp::Local {
+                name: "other".into(),
+                include_patterns: vec![],
+                exclude_patterns: vec![],
+                follow_paths: vec![],
+            }),
+            described("load other", 1),
+        )
+        .unwrap();
+    let definition = builder.build();
+    let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
+    let error = solver.solve(&definition, &local).unwrap_err();
+    assert!(matches!(error.kind, OpError::MissingLocal(ref name) if name == "other"));
+}
+
+#[test]
+fn an_empty_diff_adds_no_layer() {
+    for kind in BOTH {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let mut builder = DefinitionBuilder::new();
+        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let made = builder
+            .add(file_op(Some(scratch), vec![], vec![mkfile("/f", "f")]), described("A", 1))
+            .unwrap();
+        // Removing something absent (allowed) changes nothing.
+        let noop = builder
+            .add(
+                file_op(
+                    Some(made),
+                    vec![],
+                    vec![FileAction::Rm(RmAction {
+                        path: "/absent".into(),
+                        allow_not_found: true,
+                        allow_wildcard: false,
+                    })],
+                ),
+                described("B", 2),
+            )
+            .unwrap();
+        let definition = builder.build();
+        let solver = Solver::new(store, options(kind), &NoProgress, None);
+        assert_eq!(chain(solver.solve(&definition, &noop).unwrap()).len(), 1, "{kind:?}");
+    }
+}
+
+#[test]
+fn merge_stacks_chains_with_recomputed_chain_ids() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let a = builder
+        .add(file_op(Some(scratch.clone()), vec![], vec![mkfile("/a", "a")]), described("A", 1))
+        .unwrap();
+    let b = builder
+        .add(file_op(Some(scratch), vec![], vec![mkfile("/b", "b")]), described("B", 2))
+        .unwrap();
+    let merged = builder
+        .add(
+            Op {
+                inputs: vec![a, b],
+                kind: OpKind::Merge(MergeOp {}),
+            },
+            described("MERGE", 3),
+        )
+        .unwrap();
+    let definition = builder.build();
+    let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
+    let layers = chain(solver.solve(&definition, &merged).unwrap());
+    assert_eq!(layers.len(), 2);
+    assert_eq!(layers[0].chain_id, layers[0].diff_id);
+    assert_eq!(layers[1].chain_id, kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id));
+    assert!(layers[1].dir.join("b").is_file());
+}
+
+fn exec_op(base: OpRef, script: &str) -> Op {
+    Op {
+        inputs: vec![base],
+        kind: OpKind::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::None,
+            security: SecurityMode::Sandbox,
+            mounts: vec![Mount {
+                target: "/".into(),
+                input: Some(0),
+                selector: None,
+                readonly: false,
+                output: Some(0),
+                kind: MountKind::Bind,
+            }],
+            secret_env: vec![],
+            proxy_env: vec![],
+        }),
+    }
+}
+
+/// A File op that copies the host's busybox-static into an empty root, with `sh` and `echo` links.
+fn busybox_base(builder: &mut DefinitionBuilder, host_dir: &std::path::Path) -> (OpRef, LocalSource) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed");
+    std::fs::create_dir_all(host_dir.join("bin")).unwrap();
+    std::fs::copy(busybox, host_dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "seq"] {
+        std::os::unix::fs::symlink("busybox", host_dir.join("bin").join(applet)).unwrap();
+    }
+    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let local = builder
+        .add(
+            Op::source(SourceOp::Local {
+                name: "context".into(),
+                include_patterns: vec![],
+                exclude_patterns: vec![],
+                follow_paths: vec![],
+            }),
+            OpMetadata::default(),
+        )
+        .unwrap();
+    let base = builder
+        .add(
+            file_op(Some(scratch), vec![local], vec![FileAction::Copy(CopyAction::new(1, "/", "/"))]),
+            described("COPY busybox", 1),
+        )
+        .unwrap();
+    (
+        base,
+        LocalSource {
+            dir: host_dir.to_path_buf(),
+            excludes: vec![],
+        },
+    )
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ProgressEvent>>);
+
+impl Progress for Recorder {
+    fn event(&self, event: ProgressEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+#[test]
+fn exec_output_streams_and_failures_carry_the_tail() {
+    for kind in BOTH {
+        let root = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let mut builder = DefinitionBuilder::new();
+        let (base, local) = busybox_base(&mut builder, host.path());
+        let ok = builder
+            .add(exec_op(base.clone(), "echo out; echo made > /made"), described("[2/2] RUN ok", 2))
+            .unwrap();
+        let failing = builder
+            .add(
+                exec_op(base, "for i in $(seq 1 25); do echo l$i; done; exit 4"),
+                described("[2/2] RUN fail", 3),
+            )
+            .unwrap();
+        let definition = builder.build();
+        let mut opts = options(kind);
+        opts.locals.insert("context".into(), local);
+        let recorder = Recorder::default();
+        let solver = Solver::new(store, opts, &recorder, None);
+        let layers = chain(solver.solve(&definition, &ok).unwrap());
+        assert_eq!(std::fs::read_to_string(layers[1].dir.join("made")).unwrap(), "made\n", "{kind:?}");
+        let events = recorder.0.lock().unwrap().clone();
+        let run_id = events
+            .iter()
+            .find_map(|e| match e {
+                ProgressEvent::Started { id, description } if description == "[2/2] RUN ok" => Some(*id),
+                _ => None,
+            })
+            .unwrap();
+        assert!(events.contains(&ProgressEvent::Output {
+            id: run_id,
+            line: "out".into()
+        }));
+        assert!(matches!(events.last(), Some(ProgressEvent::Done { id, .. }) if *id == run_id));
+
+        let error = solver.solve(&definition, &failing).unwrap_err();
+        assert_eq!(error.to_string(), "Dockerfile:3: [2/2] RUN fail");
+        match &error.kind {
+            OpError::ExecFailed { status, tail, .. } => {
+                assert_eq!(status.code(), 4);
+                assert_eq!(tail.len(), 20);
+                assert_eq!(tail.first().map(String::as_str), Some("l6"));
+                assert_eq!(tail.last().map(String::as_str), Some("l25"));
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert!(matches!(
+            recorder.0.lock().unwrap().last(),
+            Some(ProgressEvent::Failed { .. })
+        ));
+    }
+}
+
+#[test]
+fn written_images_pair_history_with_layers_and_are_found_by_digest() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let a = builder
+        .add(file_op(Some(scratch), vec![], vec![mkfile("/a", "a")]), described("A", 1))
+        .unwrap();
+    let definition = builder.build();
+    let solver = Solver::new(store.clone(), options(SnapshotterKind::Native), &NoProgress, None);
+    let layers = chain(solver.solve(&definition, &a).unwrap());
+
+    let mut config = ImageConfig::empty("linux", "amd64", None);
+    config.history = vec![History::new("COPY a /", false), History::new("WORKDIR /", false), History::new("CMD", true)];
+    let created = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let image = write_image(
+        &store,
+        &layers,
+        &config,
+        0,
+        &ImageOptions {
+            media_types: MediaTypeSet::Docker,
+            created,
+        },
+    )
+    .unwrap();
+    assert_eq!(image.manifest_media_type, "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(image.config.created.as_deref(), Some("2023-11-14T22:13:20Z"));
+    assert_eq!(image.config.rootfs.diff_ids, vec![layers[0].diff_id.to_string()]);
+    let with_layers = image.config.history.iter().filter(|h| !h.empty_layer).count();
+    assert_eq!(with_layers, 1);
+    assert!(image.config.history.iter().all(|h| h.created.as_deref() == Some("2023-11-14T22:13:20Z")));
+
+    let record = find_image(&store, &format!("docker.io/library/x@{}", image.manifest_digest))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.config_digest, image.config_digest);
+    assert_eq!(record.layers[0].media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    // The config blob's digest is the image id.
+    let bytes = store.read_blob_to_vec(&image.config_digest, 1 << 20).unwrap();
+    assert_eq!(kiln_image::Digest::of(&bytes), image.config_digest);
+}
