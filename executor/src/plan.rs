@@ -15,6 +15,21 @@ use crate::snapshot::OVERLAY_OPTIONS;
 use crate::snapshot::RootMount;
 use crate::syscall::Syscall;
 
+/// Why a step list could not be built (all before anything runs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0:?} contains a NUL byte")]
+    NulByte(String),
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("path {0} is not UTF-8 (overlay options are strings)")]
+    NonUtf8Path(std::path::PathBuf),
+    #[error("an overlay root needs at least one lower dir")]
+    NoLowerDirs,
+    #[error("working dir {0:?} contains '..'")]
+    DotDotInWorkdir(String),
+}
+
 /// Mount option strings longer than this do not fit mount(2)'s one-page copy; such overlays use the
 /// new mount API with one `lowerdir+` per layer instead.
 pub const MAX_MOUNT_DATA: usize = 4095;
@@ -32,13 +47,13 @@ pub struct ExecArgs {
 }
 
 impl ExecArgs {
-    /// Prepares `args` (argv[0] searched in `path_var` unless it contains '/') and `env` (KEY=VALUE).
+    /// Prepares `args` (`argv[0]` searched in `path_var` unless it contains '/') and `env` (KEY=VALUE).
     ///
     /// # Errors
-    /// A string contains a NUL byte (the error says which).
-    pub fn new(args: &[String], env: &[String], path_var: &str) -> Result<ExecArgs, String> {
-        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-        let program = args.first().ok_or_else(|| "empty command".to_string())?;
+    /// An empty `args`, or a string containing a NUL byte.
+    pub fn new(args: &[String], env: &[String], path_var: &str) -> Result<ExecArgs, PlanError> {
+        let cstring = cstr;
+        let program = args.first().ok_or(PlanError::EmptyCommand)?;
         let candidates = if program.contains('/') {
             vec![cstring(program)?]
         } else {
@@ -383,18 +398,21 @@ pub fn describe_mount_flags(flags: libc::c_ulong) -> String {
     }
 }
 
-pub(crate) fn cpath(path: &Path) -> Result<CString, String> {
+pub(crate) fn cpath(path: &Path) -> Result<CString, PlanError> {
     CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("path {} contains a NUL byte", path.display()))
+        .map_err(|_| PlanError::NulByte(path.display().to_string()))
 }
 
-pub(crate) fn cstr(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+pub(crate) fn cstr(s: &str) -> Result<CString, PlanError> {
+    CString::new(s).map_err(|_| PlanError::NulByte(s.to_string()))
 }
 
 /// The step that mounts `root` on `target`: one mount(2) when the option string fits a page and the
 /// paths need no escaping, else the new mount API.
-pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> {
+///
+/// # Errors
+/// No lower dirs, a non-UTF-8 or NUL-containing path.
+pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, PlanError> {
     let target = cpath(target)?;
     match root {
         RootMount::Bind { source } => Ok(Step::Mount {
@@ -410,7 +428,7 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> 
             work_dir,
         } => {
             if lower_dirs.is_empty() {
-                return Err("overlay root without lower dirs".to_string());
+                return Err(PlanError::NoLowerDirs);
             }
             let strings: Vec<String> = lower_dirs
                 .iter()
@@ -418,7 +436,7 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, String> 
                 .map(|p| {
                     p.to_str()
                         .map(str::to_string)
-                        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))
+                        .ok_or_else(|| PlanError::NonUtf8Path(p.clone()))
                 })
                 .collect::<Result<_, _>>()?;
             let (lowers, rest) = strings.split_at(lower_dirs.len());

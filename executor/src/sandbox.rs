@@ -39,7 +39,7 @@ use nix::unistd::{Pid, pipe2};
 use thiserror::Error;
 
 use crate::cgroup::{self, CgroupError, CgroupSupport, ResourceLimits, SandboxCgroup};
-use crate::plan::{self, ExecArgs, Step, StepFailure, cpath, cstr};
+use crate::plan::{self, ExecArgs, PlanError, Step, StepFailure, cpath, cstr};
 use crate::snapshot::{MountStub, RootMount, StubKind};
 use crate::syscall::LinuxSyscall;
 
@@ -53,6 +53,8 @@ const DEV_SIZE: &str = "65536k";
 pub enum SandboxError {
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
+    #[error("invalid sandbox spec: {0}")]
+    Plan(#[from] PlanError),
     #[error("resolving user {user:?}: {source}")]
     User { user: String, source: UserError },
     #[error("reading {path} from the root filesystem: {source}")]
@@ -452,12 +454,12 @@ fn prepare(spec: &SandboxSpec, tty: bool) -> Result<Prepared, SandboxError> {
 }
 
 /// Every `/`-prefix of `path`, for a mkdir -p that chowns what it creates.
-fn path_prefixes(path: &str) -> Result<Vec<CString>, String> {
+fn path_prefixes(path: &str) -> Result<Vec<CString>, PlanError> {
     let mut prefixes = Vec::new();
     let mut current = String::new();
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
         if part == ".." {
-            return Err(format!("working dir {path:?} contains '..'"));
+            return Err(PlanError::DotDotInWorkdir(path.to_string()));
         }
         current.push('/');
         current.push_str(part);
@@ -473,7 +475,7 @@ fn build_plan(
     stdio: &ChildStdio,
     cgroup_procs: Option<RawFd>,
 ) -> Result<Plan, SandboxError> {
-    build_plan_inner(spec, prepared, stdio, cgroup_procs).map_err(SandboxError::InvalidSpec)
+    build_plan_inner(spec, prepared, stdio, cgroup_procs).map_err(SandboxError::Plan)
 }
 
 fn build_plan_inner(
@@ -481,10 +483,10 @@ fn build_plan_inner(
     prepared: &Prepared,
     stdio: &ChildStdio,
     cgroup_procs: Option<RawFd>,
-) -> Result<Plan, String> {
+) -> Result<Plan, PlanError> {
     let mount =
         |source: Option<&str>, target: &str, fstype: Option<&str>, flags, data: Option<&str>| {
-            Ok::<_, String>(Step::Mount {
+            Ok::<_, PlanError>(Step::Mount {
                 source: source.map(cstr).transpose()?,
                 target: cstr(target)?,
                 fstype: fstype.map(cstr).transpose()?,
@@ -538,7 +540,7 @@ fn build_plan_inner(
                     source: &Path,
                     target: PathBuf,
                     read_only: bool|
-     -> Result<Attach, String> {
+     -> Result<Attach, PlanError> {
         steps.push(Step::OpenTree {
             source: cpath(source)?,
             slot: slots,
@@ -924,7 +926,11 @@ fn copy_window_size(master: &OwnedFd) {
     }
 }
 
-/// Runs `spec.args` in a sandbox and waits for it. Output streams to `io` while it runs.
+/// Runs `spec.args` in a sandbox and waits for it. Output streams to `io` while it runs. Blocks the
+/// calling thread (call it from `spawn_blocking` in async code); needs root (CAP_SYS_ADMIN).
+///
+/// Typical use: `stubs = mount_stubs(&mounts)`, `snapshot = snapshotter.prepare(&layers, scratch,
+/// &stubs)`, `spec.rootfs = snapshot.mount().clone()`, `run(&spec, io)`, then `snapshotter.diff(&snapshot)`.
 ///
 /// # Errors
 /// An invalid spec, a user that does not resolve, a failed setup step (the message names it), a

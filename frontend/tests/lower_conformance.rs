@@ -103,3 +103,36 @@ fn every_real_world_dockerfile_lowers_offline() {
         "only {lowered_count} Dockerfiles were lowered"
     );
 }
+
+/// BuildKit's parser test files: lowering may reject some (they test syntax, not builds), but it
+/// must never panic, and what it accepts must be a consistent definition.
+#[test]
+fn parser_testfiles_lower_without_panicking() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/conformance/parser/testfiles"
+    );
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    entries.sort();
+    let (mut lowered_count, mut rejected) = (0, Vec::new());
+    for case in entries {
+        let Ok(text) = std::fs::read_to_string(case.join("Dockerfile")) else {
+            continue;
+        };
+        let Ok(dockerfile) = kiln_frontend::parser::parse_dockerfile(&text, "Dockerfile") else {
+            continue;
+        };
+        match lower(&dockerfile, &options(), &OfflineResolver) {
+            Ok(lowered) => {
+                lowered.definition.validate().unwrap();
+                lowered_count += 1;
+            }
+            Err(error) => rejected.push(format!("{}: {error}", case.display())),
+        }
+    }
+    println!("lowered {lowered_count} parser test files; rejected: {rejected:#?}");
+    assert!(lowered_count > 20, "only {lowered_count} lowered");
+}

@@ -17,8 +17,9 @@ pub struct SolveError {
     pub description: String,
     /// Where the step comes from in the Dockerfile, when known.
     pub location: Option<SourceLocation>,
+    /// Boxed: the step's cause is large and errors travel through every `Result` of a solve.
     #[source]
-    pub kind: OpError,
+    pub kind: Box<OpError>,
 }
 
 fn location_prefix(location: &Option<SourceLocation>) -> String {
@@ -101,7 +102,10 @@ fn format_tail(tail: &[String]) -> String {
 }
 
 impl OpError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OpError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> OpError {
         let path = path.into();
         move |source| OpError::Io {
             action,

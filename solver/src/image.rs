@@ -72,7 +72,12 @@ pub trait ImagePuller: Send + Sync {
     ///
     /// # Errors
     /// The registry refuses or the transfer fails.
-    fn pull(&self, store: &Store, reference: &str, platform: &Platform) -> Result<ManifestRecord, ImageError>;
+    fn pull(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ManifestRecord, ImageError>;
 }
 
 /// Pulls with kiln-registry, authenticated from Docker's `config.json`.
@@ -95,7 +100,12 @@ impl RegistryPuller {
 }
 
 impl ImagePuller for RegistryPuller {
-    fn pull(&self, store: &Store, reference: &str, platform: &Platform) -> Result<ManifestRecord, ImageError> {
+    fn pull(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ManifestRecord, ImageError> {
         let parsed = Reference::parse(reference).map_err(|e| ImageError::InvalidReference {
             reference: reference.to_string(),
             reason: e.to_string(),
@@ -127,7 +137,11 @@ impl ImagePuller for RegistryPuller {
                 source,
             })?;
         if parsed.digest().is_none() {
-            store.tag(reference, &pulled.manifest.digest, &pulled.manifest.config_digest)?;
+            store.tag(
+                reference,
+                &pulled.manifest.digest,
+                &pulled.manifest.config_digest,
+            )?;
         }
         Ok(pulled.manifest)
     }
@@ -139,10 +153,13 @@ impl ImagePuller for RegistryPuller {
 /// A store failure.
 pub fn find_image(store: &Store, reference: &str) -> Result<Option<ManifestRecord>, ImageError> {
     if let Some((_, digest)) = reference.rsplit_once('@') {
-        let digest: Digest = digest.parse().map_err(|e: kiln_image::DigestError| ImageError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })?;
+        let digest: Digest =
+            digest
+                .parse()
+                .map_err(|e: kiln_image::DigestError| ImageError::InvalidReference {
+                    reference: reference.to_string(),
+                    reason: e.to_string(),
+                })?;
         return Ok(store.manifest(&digest)?);
     }
     match store.resolve_image(reference)? {
@@ -224,7 +241,10 @@ pub fn rfc3339(time: SystemTime) -> String {
     };
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
@@ -299,7 +319,11 @@ pub fn write_image(
             MediaTypeSet::Oci => compression.oci_media_type().to_string(),
         }
     };
-    let config_descriptor = descriptor(media_types.config(), &config_digest, config_bytes.len() as u64)?;
+    let config_descriptor = descriptor(
+        media_types.config(),
+        &config_digest,
+        config_bytes.len() as u64,
+    )?;
     let layer_descriptors = chain
         .iter()
         .map(|layer| {
@@ -355,8 +379,9 @@ pub fn export_rootfs(store: &Store, chain: &[Layer], dest: &Path) -> Result<(), 
     for layer in chain {
         let blob = store.open_blob(&layer.blob_digest)?;
         let path = blob.path().to_path_buf();
-        apply_layer(blob, dest, &options)
-            .map_err(|e| ImageError::Export(format!("applying layer blob {}: {e}", path.display())))?;
+        apply_layer(blob, dest, &options).map_err(|e| {
+            ImageError::Export(format!("applying layer blob {}: {e}", path.display()))
+        })?;
     }
     Ok(())
 }
@@ -383,7 +408,8 @@ pub fn write_rootfs_tar<W: Write>(
         source_date_epoch,
         ..DiffOptions::plain()
     };
-    let (out, _) = write_layer_tar(&root, &options, out).map_err(|e| ImageError::Export(e.to_string()))?;
+    let (out, _) =
+        write_layer_tar(&root, &options, out).map_err(|e| ImageError::Export(e.to_string()))?;
     Ok(out)
 }
 
@@ -397,7 +423,11 @@ mod tests {
 
     #[test]
     fn surplus_history_entries_are_marked_empty_from_the_end() {
-        let mut history = vec![entry("COPY a /", false), entry("ENV A=b", true), entry("WORKDIR /x", false)];
+        let mut history = vec![
+            entry("COPY a /", false),
+            entry("ENV A=b", true),
+            entry("WORKDIR /x", false),
+        ];
         pair_history(&mut history, 1);
         assert!(!history[0].empty_layer);
         assert!(history[2].empty_layer);

@@ -92,7 +92,8 @@ pub fn commit_diff(
             let temp = store.prepare_layer_dir()?;
             // The upper dir is already in lower-dir form: move it instead of copying.
             fs::remove_dir(temp.path()).map_err(OpError::io("replace layer dir", temp.path()))?;
-            fs::rename(upper, temp.path()).map_err(OpError::io("move the diff into", temp.path()))?;
+            fs::rename(upper, temp.path())
+                .map_err(OpError::io("move the diff into", temp.path()))?;
             store.commit_layer(temp, &chain, &digests.diff_id, parent_chain)?
         }
     };
@@ -111,7 +112,10 @@ pub fn commit_diff(
 /// # Errors
 /// A blob is missing or corrupted (the store's error names its path), it unpacks to another diff
 /// id, or extraction fails.
-pub fn ensure_extracted(store: &Store, manifest_layers: &[ManifestLayer]) -> Result<Vec<Layer>, OpError> {
+pub fn ensure_extracted(
+    store: &Store,
+    manifest_layers: &[ManifestLayer],
+) -> Result<Vec<Layer>, OpError> {
     let mut chain: Vec<Layer> = Vec::with_capacity(manifest_layers.len());
     for layer in manifest_layers {
         let parent = chain.last().map(|l| l.chain_id.clone());

@@ -52,7 +52,8 @@ where
         .iter()
         .any(|(root, _)| matches!(root, RootMount::Overlay { .. }));
     if needs_mounts {
-        unshare(CloneFlags::CLONE_NEWNS).map_err(mount_err("unshare the mount namespace of", Path::new("/")))?;
+        unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(mount_err("unshare the mount namespace of", Path::new("/")))?;
         mount(
             None::<&str>,
             "/",
@@ -72,7 +73,8 @@ where
                 upper_dir,
                 work_dir,
             } => {
-                std::fs::create_dir_all(target).map_err(OpError::io("create mount point", target))?;
+                std::fs::create_dir_all(target)
+                    .map_err(OpError::io("create mount point", target))?;
                 let lower = lower_dirs
                     .iter()
                     .map(|dir| dir.display().to_string())

@@ -102,7 +102,7 @@ impl<'a> Solver<'a> {
                     .clone()
                     .unwrap_or_else(|| format!("{} op {}", op.kind_name(), digest.short())),
                 location: location.clone(),
-                kind,
+                kind: Box::new(kind),
             };
             let inputs = op
                 .inputs
@@ -162,12 +162,10 @@ impl<'a> Solver<'a> {
                 }
             }
         }
-        results
-            .remove(&target.digest)
-            .ok_or_else(|| SolveError {
-                description: format!("target {}", target.digest.short()),
-                location: None,
-                kind: OpError::MissingInput(target.digest.to_string()),
-            })
+        results.remove(&target.digest).ok_or_else(|| SolveError {
+            description: format!("target {}", target.digest.short()),
+            location: None,
+            kind: Box::new(OpError::MissingInput(target.digest.to_string())),
+        })
     }
 }

@@ -7,13 +7,15 @@ use std::sync::Mutex;
 
 use kiln_image::config::{History, ImageConfig};
 use kiln_llb::{
-    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Mount,
-    MountKind, NetworkMode, Op, OpKind, OpMetadata, OpRef, RmAction, SecurityMode, SourceLocation, SourceOp,
+    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction,
+    Mount, MountKind, NetworkMode, Op, OpKind, OpMetadata, OpRef, RmAction, SecurityMode,
+    SourceLocation, SourceOp,
 };
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::image::{ImageOptions, find_image, write_image};
 use kiln_solver::{
-    LocalSource, NoProgress, OpError, OpOutput, Progress, ProgressEvent, SnapshotterKind, SolveOptions, Solver,
+    LocalSource, NoProgress, OpError, OpOutput, Progress, ProgressEvent, SnapshotterKind,
+    SolveOptions, Solver,
 };
 use kiln_store::Store;
 
@@ -79,9 +81,14 @@ fn file_ops_make_one_layer_each_on_top_of_the_base() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let scratch = builder
+            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+            .unwrap();
         let first = builder
-            .add(file_op(Some(scratch), vec![], vec![mkfile("/a.txt", "a")]), described("[1/2] A", 1))
+            .add(
+                file_op(Some(scratch), vec![], vec![mkfile("/a.txt", "a")]),
+                described("[1/2] A", 1),
+            )
             .unwrap();
         let second = builder
             .add(
@@ -111,7 +118,10 @@ fn file_ops_make_one_layer_each_on_top_of_the_base() {
         let layers = chain(solver.solve(&definition, &second).unwrap());
         assert_eq!(layers.len(), 2, "{kind:?}");
         assert_eq!(read_merged(&layers[..1], "a.txt").as_deref(), Some("a"));
-        assert_eq!(std::fs::read_to_string(layers[1].dir.join("d/e/b.txt")).unwrap(), "b");
+        assert_eq!(
+            std::fs::read_to_string(layers[1].dir.join("d/e/b.txt")).unwrap(),
+            "b"
+        );
         // The removal is an overlay whiteout (a 0/0 char device) in the second layer.
         use std::os::unix::fs::FileTypeExt;
         let whiteout = std::fs::symlink_metadata(layers[1].dir.join("a.txt")).unwrap();
@@ -125,7 +135,10 @@ fn file_ops_make_one_layer_each_on_top_of_the_base() {
                 .unwrap();
             assert_eq!(blob.blob_digest, layer.blob_digest);
         }
-        assert_eq!(layers[1].chain_id, kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id));
+        assert_eq!(
+            layers[1].chain_id,
+            kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id)
+        );
     }
 }
 
@@ -144,9 +157,14 @@ fn ops_not_needed_by_the_target_never_run() {
             described("FROM absent", 1),
         )
         .unwrap();
-    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
     let target = builder
-        .add(file_op(Some(scratch), vec![], vec![mkfile("/x", "x")]), described("X", 2))
+        .add(
+            file_op(Some(scratch), vec![], vec![mkfile("/x", "x")]),
+            described("X", 2),
+        )
         .unwrap();
     let definition = builder.build();
     let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
@@ -171,7 +189,14 @@ fn a_missing_image_without_a_puller_names_the_step_and_the_image() {
     let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
     let error = solver.solve(&definition, &image).unwrap_err();
     assert_eq!(error.to_string(), "Dockerfile:4: [1/1] FROM absent:1");
-    assert!(error.kind.to_string().contains("docker.io/library/absent:1"), "{}", error.kind);
+    assert!(
+        error
+            .kind
+            .to_string()
+            .contains("docker.io/library/absent:1"),
+        "{}",
+        error.kind
+    );
 }
 
 #[test]
@@ -183,7 +208,9 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
         std::fs::write(context.path().join("drop.txt"), "drop").unwrap();
         let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let scratch = builder
+            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+            .unwrap();
         let local = builder
             .add(
                 Op::source(SourceOp::Local {
@@ -197,13 +224,21 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
             .unwrap();
         let copy = builder
             .add(
-                file_op(Some(scratch.clone()), vec![local.clone()], vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))]),
+                file_op(
+                    Some(scratch.clone()),
+                    vec![local.clone()],
+                    vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))],
+                ),
                 described("COPY . /ctx/", 2),
             )
             .unwrap();
         let missing = builder
             .add(
-                file_op(Some(scratch), vec![local], vec![FileAction::Copy(CopyAction::new(1, "/drop.txt", "/"))]),
+                file_op(
+                    Some(scratch),
+                    vec![local],
+                    vec![FileAction::Copy(CopyAction::new(1, "/drop.txt", "/"))],
+                ),
                 described("COPY drop.txt /", 3),
             )
             .unwrap();
@@ -222,7 +257,11 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
         assert!(!layers[0].dir.join("ctx/drop.txt").exists());
         let error = solver.solve(&definition, &missing).unwrap_err();
         assert_eq!(error.location.as_ref().map(|l| l.start_line), Some(3));
-        assert!(matches!(error.kind, OpError::FileOp(_)), "{:?}", error.kind);
+        assert!(
+            matches!(*error.kind, OpError::FileOp(_)),
+            "{:?}",
+            error.kind
+        );
         assert!(error.kind.to_string().contains("drop.txt"));
     }
 }
@@ -246,7 +285,7 @@ fn an_unknown_local_source_is_an_error() {
     let definition = builder.build();
     let solver = Solver::new(store, options(SnapshotterKind::Native), &NoProgress, None);
     let error = solver.solve(&definition, &local).unwrap_err();
-    assert!(matches!(error.kind, OpError::MissingLocal(ref name) if name == "other"));
+    assert!(matches!(*error.kind, OpError::MissingLocal(ref name) if name == "other"));
 }
 
 #[test]
@@ -255,9 +294,14 @@ fn an_empty_diff_adds_no_layer() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+        let scratch = builder
+            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+            .unwrap();
         let made = builder
-            .add(file_op(Some(scratch), vec![], vec![mkfile("/f", "f")]), described("A", 1))
+            .add(
+                file_op(Some(scratch), vec![], vec![mkfile("/f", "f")]),
+                described("A", 1),
+            )
             .unwrap();
         // Removing something absent (allowed) changes nothing.
         let noop = builder
@@ -276,7 +320,11 @@ fn an_empty_diff_adds_no_layer() {
             .unwrap();
         let definition = builder.build();
         let solver = Solver::new(store, options(kind), &NoProgress, None);
-        assert_eq!(chain(solver.solve(&definition, &noop).unwrap()).len(), 1, "{kind:?}");
+        assert_eq!(
+            chain(solver.solve(&definition, &noop).unwrap()).len(),
+            1,
+            "{kind:?}"
+        );
     }
 }
 
@@ -285,12 +333,20 @@ fn merge_stacks_chains_with_recomputed_chain_ids() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
     let a = builder
-        .add(file_op(Some(scratch.clone()), vec![], vec![mkfile("/a", "a")]), described("A", 1))
+        .add(
+            file_op(Some(scratch.clone()), vec![], vec![mkfile("/a", "a")]),
+            described("A", 1),
+        )
         .unwrap();
     let b = builder
-        .add(file_op(Some(scratch), vec![], vec![mkfile("/b", "b")]), described("B", 2))
+        .add(
+            file_op(Some(scratch), vec![], vec![mkfile("/b", "b")]),
+            described("B", 2),
+        )
         .unwrap();
     let merged = builder
         .add(
@@ -306,7 +362,10 @@ fn merge_stacks_chains_with_recomputed_chain_ids() {
     let layers = chain(solver.solve(&definition, &merged).unwrap());
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0].chain_id, layers[0].diff_id);
-    assert_eq!(layers[1].chain_id, kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id));
+    assert_eq!(
+        layers[1].chain_id,
+        kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id)
+    );
     assert!(layers[1].dir.join("b").is_file());
 }
 
@@ -335,7 +394,10 @@ fn exec_op(base: OpRef, script: &str) -> Op {
 }
 
 /// A File op that copies the host's busybox-static into an empty root, with `sh` and `echo` links.
-fn busybox_base(builder: &mut DefinitionBuilder, host_dir: &std::path::Path) -> (OpRef, LocalSource) {
+fn busybox_base(
+    builder: &mut DefinitionBuilder,
+    host_dir: &std::path::Path,
+) -> (OpRef, LocalSource) {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -345,7 +407,9 @@ fn busybox_base(builder: &mut DefinitionBuilder, host_dir: &std::path::Path) -> 
     for applet in ["sh", "echo", "seq"] {
         std::os::unix::fs::symlink("busybox", host_dir.join("bin").join(applet)).unwrap();
     }
-    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
     let local = builder
         .add(
             Op::source(SourceOp::Local {
@@ -359,7 +423,11 @@ fn busybox_base(builder: &mut DefinitionBuilder, host_dir: &std::path::Path) -> 
         .unwrap();
     let base = builder
         .add(
-            file_op(Some(scratch), vec![local], vec![FileAction::Copy(CopyAction::new(1, "/", "/"))]),
+            file_op(
+                Some(scratch),
+                vec![local],
+                vec![FileAction::Copy(CopyAction::new(1, "/", "/"))],
+            ),
             described("COPY busybox", 1),
         )
         .unwrap();
@@ -390,7 +458,10 @@ fn exec_output_streams_and_failures_carry_the_tail() {
         let mut builder = DefinitionBuilder::new();
         let (base, local) = busybox_base(&mut builder, host.path());
         let ok = builder
-            .add(exec_op(base.clone(), "echo out; echo made > /made"), described("[2/2] RUN ok", 2))
+            .add(
+                exec_op(base.clone(), "echo out; echo made > /made"),
+                described("[2/2] RUN ok", 2),
+            )
             .unwrap();
         let failing = builder
             .add(
@@ -404,12 +475,18 @@ fn exec_output_streams_and_failures_carry_the_tail() {
         let recorder = Recorder::default();
         let solver = Solver::new(store, opts, &recorder, None);
         let layers = chain(solver.solve(&definition, &ok).unwrap());
-        assert_eq!(std::fs::read_to_string(layers[1].dir.join("made")).unwrap(), "made\n", "{kind:?}");
+        assert_eq!(
+            std::fs::read_to_string(layers[1].dir.join("made")).unwrap(),
+            "made\n",
+            "{kind:?}"
+        );
         let events = recorder.0.lock().unwrap().clone();
         let run_id = events
             .iter()
             .find_map(|e| match e {
-                ProgressEvent::Started { id, description } if description == "[2/2] RUN ok" => Some(*id),
+                ProgressEvent::Started { id, description } if description == "[2/2] RUN ok" => {
+                    Some(*id)
+                }
                 _ => None,
             })
             .unwrap();
@@ -421,7 +498,7 @@ fn exec_output_streams_and_failures_carry_the_tail() {
 
         let error = solver.solve(&definition, &failing).unwrap_err();
         assert_eq!(error.to_string(), "Dockerfile:3: [2/2] RUN fail");
-        match &error.kind {
+        match error.kind.as_ref() {
             OpError::ExecFailed { status, tail, .. } => {
                 assert_eq!(status.code(), 4);
                 assert_eq!(tail.len(), 20);
@@ -442,16 +519,30 @@ fn written_images_pair_history_with_layers_and_are_found_by_digest() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder.add(Op::source(SourceOp::Scratch), OpMetadata::default()).unwrap();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
     let a = builder
-        .add(file_op(Some(scratch), vec![], vec![mkfile("/a", "a")]), described("A", 1))
+        .add(
+            file_op(Some(scratch), vec![], vec![mkfile("/a", "a")]),
+            described("A", 1),
+        )
         .unwrap();
     let definition = builder.build();
-    let solver = Solver::new(store.clone(), options(SnapshotterKind::Native), &NoProgress, None);
+    let solver = Solver::new(
+        store.clone(),
+        options(SnapshotterKind::Native),
+        &NoProgress,
+        None,
+    );
     let layers = chain(solver.solve(&definition, &a).unwrap());
 
     let mut config = ImageConfig::empty("linux", "amd64", None);
-    config.history = vec![History::new("COPY a /", false), History::new("WORKDIR /", false), History::new("CMD", true)];
+    config.history = vec![
+        History::new("COPY a /", false),
+        History::new("WORKDIR /", false),
+        History::new("CMD", true),
+    ];
     let created = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     let image = write_image(
         &store,
@@ -464,19 +555,47 @@ fn written_images_pair_history_with_layers_and_are_found_by_digest() {
         },
     )
     .unwrap();
-    assert_eq!(image.manifest_media_type, "application/vnd.docker.distribution.manifest.v2+json");
-    assert_eq!(image.config.created.as_deref(), Some("2023-11-14T22:13:20Z"));
-    assert_eq!(image.config.rootfs.diff_ids, vec![layers[0].diff_id.to_string()]);
-    let with_layers = image.config.history.iter().filter(|h| !h.empty_layer).count();
+    assert_eq!(
+        image.manifest_media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        image.config.created.as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
+    assert_eq!(
+        image.config.rootfs.diff_ids,
+        vec![layers[0].diff_id.to_string()]
+    );
+    let with_layers = image
+        .config
+        .history
+        .iter()
+        .filter(|h| !h.empty_layer)
+        .count();
     assert_eq!(with_layers, 1);
-    assert!(image.config.history.iter().all(|h| h.created.as_deref() == Some("2023-11-14T22:13:20Z")));
+    assert!(
+        image
+            .config
+            .history
+            .iter()
+            .all(|h| h.created.as_deref() == Some("2023-11-14T22:13:20Z"))
+    );
 
-    let record = find_image(&store, &format!("docker.io/library/x@{}", image.manifest_digest))
-        .unwrap()
-        .unwrap();
+    let record = find_image(
+        &store,
+        &format!("docker.io/library/x@{}", image.manifest_digest),
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(record.config_digest, image.config_digest);
-    assert_eq!(record.layers[0].media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    assert_eq!(
+        record.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
     // The config blob's digest is the image id.
-    let bytes = store.read_blob_to_vec(&image.config_digest, 1 << 20).unwrap();
+    let bytes = store
+        .read_blob_to_vec(&image.config_digest, 1 << 20)
+        .unwrap();
     assert_eq!(kiln_image::Digest::of(&bytes), image.config_digest);
 }

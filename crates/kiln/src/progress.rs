@@ -53,7 +53,12 @@ impl<W: Write + Send> PlainProgress<W> {
         self.started
             .lock()
             .ok()
-            .and_then(|started| started.iter().find(|(step, _)| *step == id).map(|(_, at)| at.elapsed()))
+            .and_then(|started| {
+                started
+                    .iter()
+                    .find(|(step, _)| *step == id)
+                    .map(|(_, at)| at.elapsed())
+            })
             .unwrap_or_default()
     }
 }
@@ -113,7 +118,11 @@ mod tests {
         let text = String::from_utf8(progress.out.into_inner().unwrap()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "#3 [2/3] RUN echo hi");
-        assert!(lines[1].starts_with("#3 0.0") && lines[1].ends_with(" hi"), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("#3 0.0") && lines[1].ends_with(" hi"),
+            "{}",
+            lines[1]
+        );
         assert_eq!(lines[2], "#3 DONE 0.4s");
         assert_eq!(lines[3], "#4 ERROR: exit code 1");
     }

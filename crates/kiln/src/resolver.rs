@@ -18,7 +18,12 @@ pub struct LazyPuller {
 }
 
 impl ImagePuller for LazyPuller {
-    fn pull(&self, store: &Store, reference: &str, platform: &Platform) -> Result<ManifestRecord, ImageError> {
+    fn pull(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ManifestRecord, ImageError> {
         match self
             .puller
             .get_or_init(|| RegistryPuller::from_docker_config().map_err(|e| e.to_string()))

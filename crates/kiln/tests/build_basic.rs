@@ -81,12 +81,21 @@ fn busybox_base_built_by_kiln_is_tagged_and_usable_as_a_base() {
     let hex = id.trim_start_matches("sha256:");
     assert!(kiln.root.path().join("blobs/sha256").join(hex).is_file());
 
-    let context = kiln.context("app", &[("Dockerfile", "FROM busybox\nCOPY hello.txt /\n"), ("hello.txt", "hi\n")]);
+    let context = kiln.context(
+        "app",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY hello.txt /\n"),
+            ("hello.txt", "hi\n"),
+        ],
+    );
     let output = kiln.ok(&["build", "-t", "app:1", context.to_str().unwrap()]);
     let app_id = stdout(&output).trim().to_string();
     assert!(app_id.starts_with("sha256:") && app_id != id);
     let progress = common::stderr(&output);
-    assert!(progress.contains("[1/2] FROM docker.io/library/busybox:latest"), "{progress}");
+    assert!(
+        progress.contains("[1/2] FROM docker.io/library/busybox:latest"),
+        "{progress}"
+    );
     assert!(progress.contains("[2/2] COPY hello.txt /"), "{progress}");
     assert!(progress.contains(" DONE "), "{progress}");
 }
@@ -136,8 +145,14 @@ CMD ["cat $APP_HOME/hello.txt"]
     let container = &config["config"];
     assert_eq!(container["WorkingDir"], "/srv/app");
     assert_eq!(container["User"], "app");
-    assert_eq!(container["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
-    assert_eq!(container["Cmd"], serde_json::json!(["cat $APP_HOME/hello.txt"]));
+    assert_eq!(
+        container["Entrypoint"],
+        serde_json::json!(["/bin/sh", "-c"])
+    );
+    assert_eq!(
+        container["Cmd"],
+        serde_json::json!(["cat $APP_HOME/hello.txt"])
+    );
     assert_eq!(container["Labels"]["org.example.team"], "builders");
     assert_eq!(container["Labels"]["from.cli"], "yes");
     assert!(container["ExposedPorts"]["8080/tcp"].is_object());
@@ -149,22 +164,41 @@ CMD ["cat $APP_HOME/hello.txt"]
     let history = config["history"].as_array().unwrap();
     let with_layers = history.iter().filter(|h| h["empty_layer"] != true).count();
     assert_eq!(with_layers, diff_ids.len(), "{config}");
-    assert!(history.iter().any(|h| h["created_by"].as_str().unwrap().starts_with("ADD notes.txt")));
+    assert!(history.iter().any(|h| {
+        h["created_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("ADD notes.txt")
+    }));
 
     // The image id printed is the config digest in the archive.
     let manifest = skopeo_inspect(&archive, false);
     assert_eq!(manifest["Layers"].as_array().unwrap().len(), 5);
     let layout = untar(&archive, &kiln.work.path().join("raw"));
-    assert!(layout.join("blobs/sha256").join(id.trim_start_matches("sha256:")).is_file());
+    assert!(
+        layout
+            .join("blobs/sha256")
+            .join(id.trim_start_matches("sha256:"))
+            .is_file()
+    );
 
     // Files, owners and modes as an independent unpacker sees them.
     let rootfs = umoci_rootfs(&archive, "v1", kiln.work.path());
-    assert_eq!(std::fs::read_to_string(rootfs.join("srv/app/hello.txt")).unwrap(), "hello from kiln\n");
-    assert_eq!(std::fs::read_to_string(rootfs.join("opt/notes.txt")).unwrap(), "notes\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("srv/app/hello.txt")).unwrap(),
+        "hello from kiln\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("opt/notes.txt")).unwrap(),
+        "notes\n"
+    );
     assert!(rootfs.join("bin/busybox").is_file());
     use std::os::unix::fs::MetadataExt;
     let conf = std::fs::metadata(rootfs.join("etc/app/app.conf")).unwrap();
-    assert_eq!((conf.uid(), conf.gid(), conf.mode() & 0o7777), (1000, 50, 0o640));
+    assert_eq!(
+        (conf.uid(), conf.gid(), conf.mode() & 0o7777),
+        (1000, 50, 0o640)
+    );
 }
 
 #[test]
@@ -176,17 +210,39 @@ fn layer_tars_hold_exactly_what_each_step_wrote() {
     build_busybox_with_kiln(&kiln);
     let context = kiln.context(
         "app",
-        &[("Dockerfile", "FROM busybox\nCOPY a.txt b.txt /data/\n"), ("a.txt", "a"), ("b.txt", "b")],
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY a.txt b.txt /data/\n"),
+            ("a.txt", "a"),
+            ("b.txt", "b"),
+        ],
     );
     let archive = kiln.work.path().join("app.tar");
-    kiln.ok(&["build", "-q", "--output", &format!("type=oci,dest={}", archive.display()), context.to_str().unwrap()]);
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=oci,dest={}", archive.display()),
+        context.to_str().unwrap(),
+    ]);
     let manifest = skopeo_inspect(&archive, false);
     let layers = manifest["Layers"].as_array().unwrap();
-    let top = layers.last().unwrap().as_str().unwrap().trim_start_matches("sha256:");
+    let top = layers
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
     let layout = untar(&archive, &kiln.work.path().join("layout"));
-    let listing = Command::new("tar").arg("-tzf").arg(layout.join("blobs/sha256").join(top)).output().unwrap();
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(layout.join("blobs/sha256").join(top))
+        .output()
+        .unwrap();
     assert!(listing.status.success());
-    let mut entries: Vec<String> = String::from_utf8_lossy(&listing.stdout).lines().map(str::to_string).collect();
+    let mut entries: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
     entries.sort();
     assert_eq!(entries, ["data/", "data/a.txt", "data/b.txt"]);
 }
@@ -194,9 +250,17 @@ fn layer_tars_hold_exactly_what_each_step_wrote() {
 #[test]
 fn image_id_goes_to_stdout_and_iidfile() {
     let kiln = Kiln::new();
-    let context = kiln.context("app", &[("Dockerfile", "FROM scratch\nCOPY x /\n"), ("x", "x")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM scratch\nCOPY x /\n"), ("x", "x")],
+    );
     let iidfile = kiln.work.path().join("iid");
-    let output = kiln.ok(&["build", "--iidfile", iidfile.to_str().unwrap(), context.to_str().unwrap()]);
+    let output = kiln.ok(&[
+        "build",
+        "--iidfile",
+        iidfile.to_str().unwrap(),
+        context.to_str().unwrap(),
+    ]);
     let id = stdout(&output).trim().to_string();
     assert!(id.starts_with("sha256:"));
     assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), id);
@@ -211,7 +275,13 @@ fn source_date_epoch_makes_builds_reproducible() {
     build_busybox_with_kiln(&kiln);
     let context = kiln.context(
         "app",
-        &[("Dockerfile", "FROM busybox\nWORKDIR /app\nCOPY . .\nENV A=1\n"), ("f.txt", "content\n")],
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nWORKDIR /app\nCOPY . .\nENV A=1\n",
+            ),
+            ("f.txt", "content\n"),
+        ],
     );
     let build = |name: &str| {
         let archive = kiln.work.path().join(name);
@@ -251,12 +321,24 @@ fn dockerignore_keeps_files_out_of_copy_dot() {
         ],
     );
     let out = kiln.work.path().join("rootfs");
-    kiln.ok(&["build", "-q", "--output", &format!("type=local,dest={}", out.display()), context.to_str().unwrap()]);
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
     assert!(out.join("ctx/public.txt").is_file());
     assert!(!out.join("ctx/secret.txt").exists());
     assert!(!out.join("ctx/logs/a.log").exists());
-    assert_eq!(std::fs::read_to_string(out.join("ctx/logs/keep.log")).unwrap(), "keep");
-    assert!(out.join("bin/busybox").is_file(), "type=local writes the whole root filesystem");
+    assert_eq!(
+        std::fs::read_to_string(out.join("ctx/logs/keep.log")).unwrap(),
+        "keep"
+    );
+    assert!(
+        out.join("bin/busybox").is_file(),
+        "type=local writes the whole root filesystem"
+    );
 }
 
 #[test]
@@ -293,12 +375,27 @@ fn a_foreign_base_image_is_extracted_and_built_upon() {
     common::make_image(
         kiln.root.path(),
         "docker.io/library/base:latest",
-        &[&[("etc/os-release", "ID=test\n")], &[("usr/share/doc/readme", "r\n")]],
+        &[
+            &[("etc/os-release", "ID=test\n")],
+            &[("usr/share/doc/readme", "r\n")],
+        ],
     );
-    let context = kiln.context("app", &[("Dockerfile", "FROM base\nCOPY x /x\n"), ("x", "x")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM base\nCOPY x /x\n"), ("x", "x")],
+    );
     let out = kiln.work.path().join("rootfs");
-    kiln.ok(&["build", "-q", "--output", &format!("type=local,dest={}", out.display()), context.to_str().unwrap()]);
-    assert_eq!(std::fs::read_to_string(out.join("etc/os-release")).unwrap(), "ID=test\n");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/os-release")).unwrap(),
+        "ID=test\n"
+    );
     assert!(out.join("usr/share/doc/readme").is_file());
     assert!(out.join("x").is_file());
 }
@@ -309,7 +406,12 @@ fn target_and_build_args_select_what_is_built() {
     let dockerfile = "ARG NAME=default\nFROM scratch AS first\nARG NAME\nCOPY ${NAME}.txt /picked.txt\n\nFROM scratch\nCOPY other.txt /\n";
     let context = kiln.context(
         "app",
-        &[("Dockerfile", dockerfile), ("default.txt", "d"), ("chosen.txt", "c"), ("other.txt", "o")],
+        &[
+            ("Dockerfile", dockerfile),
+            ("default.txt", "d"),
+            ("chosen.txt", "c"),
+            ("other.txt", "o"),
+        ],
     );
     let out = kiln.work.path().join("rootfs");
     kiln.ok(&[
@@ -323,7 +425,10 @@ fn target_and_build_args_select_what_is_built() {
         &format!("type=local,dest={}", out.display()),
         context.to_str().unwrap(),
     ]);
-    assert_eq!(std::fs::read_to_string(out.join("picked.txt")).unwrap(), "c");
+    assert_eq!(
+        std::fs::read_to_string(out.join("picked.txt")).unwrap(),
+        "c"
+    );
     assert!(!out.join("other.txt").exists());
 }
 
@@ -334,8 +439,17 @@ fn copy_from_another_stage() {
     let dockerfile = "FROM busybox AS build\nCOPY src.txt /out/result.txt\n\nFROM scratch\nCOPY --from=build /out/ /dist/\n";
     let context = kiln.context("app", &[("Dockerfile", dockerfile), ("src.txt", "built")]);
     let out = kiln.work.path().join("rootfs");
-    kiln.ok(&["build", "-q", "--output", &format!("type=local,dest={}", out.display()), context.to_str().unwrap()]);
-    assert_eq!(std::fs::read_to_string(out.join("dist/result.txt")).unwrap(), "built");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("dist/result.txt")).unwrap(),
+        "built"
+    );
     assert!(!out.join("bin").exists());
 }
 
@@ -345,7 +459,10 @@ fn docker_archive_and_rootfs_tar_outputs() {
         return;
     }
     let kiln = Kiln::new();
-    let context = kiln.context("app", &[("Dockerfile", "FROM scratch\nCOPY x /x\n"), ("x", "x")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM scratch\nCOPY x /x\n"), ("x", "x")],
+    );
     let docker_tar = kiln.work.path().join("docker.tar");
     kiln.ok(&[
         "build",
@@ -356,7 +473,11 @@ fn docker_archive_and_rootfs_tar_outputs() {
         &format!("type=docker,dest={}", docker_tar.display()),
         context.to_str().unwrap(),
     ]);
-    let listing = Command::new("tar").arg("-tf").arg(&docker_tar).output().unwrap();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&docker_tar)
+        .output()
+        .unwrap();
     let names = String::from_utf8_lossy(&listing.stdout).to_string();
     assert!(names.lines().any(|l| l == "manifest.json"), "{names}");
     assert!(names.lines().any(|l| l == "index.json"), "{names}");
@@ -366,15 +487,31 @@ fn docker_archive_and_rootfs_tar_outputs() {
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["app:2"]));
 
     let rootfs_tar = kiln.work.path().join("rootfs.tar");
-    kiln.ok(&["build", "-q", "--output", &format!("type=tar,dest={}", rootfs_tar.display()), context.to_str().unwrap()]);
-    let listing = Command::new("tar").arg("-tf").arg(&rootfs_tar).output().unwrap();
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=tar,dest={}", rootfs_tar.display()),
+        context.to_str().unwrap(),
+    ]);
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&rootfs_tar)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&listing.stdout).trim(), "x");
 }
 
 #[test]
 fn context_and_dockerfile_from_stdin() {
     let kiln = Kiln::new();
-    let source = kiln.context("src", &[("Dockerfile", "FROM scratch\nCOPY in.txt /\n"), ("in.txt", "stdin")]);
+    let source = kiln.context(
+        "src",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY in.txt /\n"),
+            ("in.txt", "stdin"),
+        ],
+    );
     let archive = kiln.work.path().join("ctx.tar");
     let status = Command::new("tar")
         .arg("-cf")
@@ -395,7 +532,10 @@ fn context_and_dockerfile_from_stdin() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", common::stderr(&output));
-    assert_eq!(std::fs::read_to_string(out.join("in.txt")).unwrap(), "stdin");
+    assert_eq!(
+        std::fs::read_to_string(out.join("in.txt")).unwrap(),
+        "stdin"
+    );
 
     // A Dockerfile on stdin with `-f -` and a directory context.
     let out2 = kiln.work.path().join("rootfs2");
@@ -412,7 +552,9 @@ fn context_and_dockerfile_from_stdin() {
     {
         use std::io::Write as _;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"FROM scratch\nCOPY in.txt /renamed.txt\n").unwrap();
+        stdin
+            .write_all(b"FROM scratch\nCOPY in.txt /renamed.txt\n")
+            .unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", common::stderr(&output));

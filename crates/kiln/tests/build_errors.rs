@@ -17,7 +17,10 @@ fn missing_context_dir_is_named() {
     let kiln = Kiln::new();
     let missing = kiln.work.path().join("no-such-dir");
     let error = fails_with(&kiln, &["build", missing.to_str().unwrap()]);
-    assert!(error.contains("no-such-dir") && error.contains("not found"), "{error}");
+    assert!(
+        error.contains("no-such-dir") && error.contains("not found"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -31,7 +34,10 @@ fn missing_dockerfile_is_named() {
 #[test]
 fn missing_copy_source_names_the_source_and_the_line() {
     let kiln = Kiln::new();
-    let context = kiln.context("app", &[("Dockerfile", "FROM scratch\n\nCOPY nothere.txt /\n")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM scratch\n\nCOPY nothere.txt /\n")],
+    );
     let error = fails_with(&kiln, &["build", context.to_str().unwrap()]);
     assert!(error.contains("Dockerfile:3"), "{error}");
     assert!(error.contains("nothere.txt"), "{error}");
@@ -43,30 +49,59 @@ fn a_dockerignored_copy_source_is_not_found() {
     let kiln = Kiln::new();
     let context = kiln.context(
         "app",
-        &[("Dockerfile", "FROM scratch\nCOPY secret.env /\n"), (".dockerignore", "*.env\n"), ("secret.env", "KEY=1")],
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY secret.env /\n"),
+            (".dockerignore", "*.env\n"),
+            ("secret.env", "KEY=1"),
+        ],
     );
     let error = fails_with(&kiln, &["build", context.to_str().unwrap()]);
     assert!(error.contains("Dockerfile:2"), "{error}");
-    assert!(error.contains("secret.env") && error.contains("not found"), "{error}");
+    assert!(
+        error.contains("secret.env") && error.contains("not found"),
+        "{error}"
+    );
 }
 
 #[test]
 fn invalid_output_is_refused_before_building() {
     let kiln = Kiln::new();
     let context = kiln.context("app", &[("Dockerfile", "FROM scratch\n")]);
-    let error = fails_with(&kiln, &["build", "--output", "type=floppy,dest=x", context.to_str().unwrap()]);
-    assert!(error.contains("invalid --output") && error.contains("floppy"), "{error}");
-    let error = fails_with(&kiln, &["build", "--output", "type=oci", context.to_str().unwrap()]);
+    let error = fails_with(
+        &kiln,
+        &[
+            "build",
+            "--output",
+            "type=floppy,dest=x",
+            context.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        error.contains("invalid --output") && error.contains("floppy"),
+        "{error}"
+    );
+    let error = fails_with(
+        &kiln,
+        &["build", "--output", "type=oci", context.to_str().unwrap()],
+    );
     assert!(error.contains("needs dest"), "{error}");
     // Nothing was written to the store.
-    assert_eq!(std::fs::read_dir(kiln.root.path().join("blobs/sha256")).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(kiln.root.path().join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 }
 
 #[test]
 fn invalid_network_is_refused() {
     let kiln = Kiln::new();
     let context = kiln.context("app", &[("Dockerfile", "FROM scratch\n")]);
-    let error = fails_with(&kiln, &["build", "--network", "bridge2", context.to_str().unwrap()]);
+    let error = fails_with(
+        &kiln,
+        &["build", "--network", "bridge2", context.to_str().unwrap()],
+    );
     assert!(error.contains("--network"), "{error}");
 }
 
@@ -74,7 +109,10 @@ fn invalid_network_is_refused() {
 fn unknown_base_image_in_a_private_registry_names_the_image() {
     let kiln = Kiln::new();
     // 127.0.0.1:1 refuses connections at once: nothing is downloaded.
-    let context = kiln.context("app", &[("Dockerfile", "FROM 127.0.0.1:1/nothing/here:1\n")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM 127.0.0.1:1/nothing/here:1\n")],
+    );
     let error = fails_with(&kiln, &["build", context.to_str().unwrap()]);
     assert!(error.contains("Dockerfile:1"), "{error}");
     assert!(error.contains("127.0.0.1:1/nothing/here:1"), "{error}");
@@ -84,7 +122,11 @@ fn unknown_base_image_in_a_private_registry_names_the_image() {
 fn a_tampered_blob_in_the_store_is_named_by_path() {
     let kiln = Kiln::new();
     let id = build_busybox_with_kiln(&kiln);
-    let path = kiln.root.path().join("blobs/sha256").join(id.trim_start_matches("sha256:"));
+    let path = kiln
+        .root
+        .path()
+        .join("blobs/sha256")
+        .join(id.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&path).unwrap();
     bytes.extend_from_slice(b" ");
     let mut permissions = std::fs::metadata(&path).unwrap().permissions();
@@ -123,7 +165,12 @@ fn a_tampered_layer_blob_fails_the_export_naming_the_blob() {
     let dest = kiln.work.path().join("out.tar");
     let error = fails_with(
         &kiln,
-        &["build", "--output", &format!("type=oci,dest={}", dest.display()), context.to_str().unwrap()],
+        &[
+            "build",
+            "--output",
+            &format!("type=oci,dest={}", dest.display()),
+            context.to_str().unwrap(),
+        ],
     );
     let hex = layer.file_name().unwrap().to_str().unwrap();
     assert!(error.contains(hex), "{error}");

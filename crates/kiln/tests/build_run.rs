@@ -6,7 +6,12 @@ mod common;
 
 use common::{Kiln, build_busybox_with_kiln, stderr, stdout};
 
-fn rootfs_of(kiln: &Kiln, context: &std::path::Path, extra: &[&str], out_name: &str) -> std::path::PathBuf {
+fn rootfs_of(
+    kiln: &Kiln,
+    context: &std::path::Path,
+    extra: &[&str],
+    out_name: &str,
+) -> std::path::PathBuf {
     let out = kiln.work.path().join(out_name);
     let mut args = vec!["build".to_string(), "-q".to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -24,7 +29,10 @@ fn run_writes_into_the_next_layer() {
     build_busybox_with_kiln(&kiln);
     let context = kiln.context(
         "app",
-        &[("Dockerfile", "FROM busybox\nRUN echo hi > /x\nRUN rm /bin/vi && mkdir -p /made/here\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo hi > /x\nRUN rm /bin/vi && mkdir -p /made/here\n",
+        )],
     );
     let out = rootfs_of(&kiln, &context, &[], "rootfs");
     assert_eq!(std::fs::read_to_string(out.join("x")).unwrap(), "hi\n");
@@ -44,14 +52,22 @@ fn run_sees_env_workdir_and_user() {
     let context = kiln.context("app", &[("Dockerfile", dockerfile)]);
     let output = kiln.ok(&["build", "--progress", "plain", context.to_str().unwrap()]);
     let progress = stderr(&output);
-    assert!(progress.lines().any(|l| l.ends_with(" facts: blue /work 1000:1000")), "{progress}");
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.ends_with(" facts: blue /work 1000:1000")),
+        "{progress}"
+    );
 }
 
 #[test]
 fn run_output_streams_to_plain_progress() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
-    let context = kiln.context("app", &[("Dockerfile", "FROM busybox\nRUN echo visible-line\n")]);
+    let context = kiln.context(
+        "app",
+        &[("Dockerfile", "FROM busybox\nRUN echo visible-line\n")],
+    );
     let output = kiln.ok(&["build", "--progress", "plain", context.to_str().unwrap()]);
     let progress = stderr(&output);
     let step = progress
@@ -59,7 +75,12 @@ fn run_output_streams_to_plain_progress() {
         .find(|l| l.ends_with("[2/2] RUN echo visible-line"))
         .unwrap_or_else(|| panic!("no step line in:\n{progress}"));
     let number = step.split(' ').next().unwrap();
-    assert!(progress.lines().any(|l| l.starts_with(&format!("{number} ")) && l.ends_with(" visible-line")), "{progress}");
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with(&format!("{number} ")) && l.ends_with(" visible-line")),
+        "{progress}"
+    );
     assert!(progress.contains(&format!("{number} DONE ")), "{progress}");
     assert!(stdout(&output).trim().starts_with("sha256:"));
 }
@@ -68,16 +89,23 @@ fn run_output_streams_to_plain_progress() {
 fn failing_run_reports_instruction_exit_code_and_output_tail() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
-    let dockerfile = "FROM busybox\n\nRUN for i in $(seq 1 30); do echo line-$i; done; echo oops >&2; exit 7\n";
+    let dockerfile =
+        "FROM busybox\n\nRUN for i in $(seq 1 30); do echo line-$i; done; echo oops >&2; exit 7\n";
     let context = kiln.context("app", &[("Dockerfile", dockerfile)]);
     let output = kiln.run(&["build", context.to_str().unwrap()]);
     assert!(!output.status.success());
     let error = stderr(&output);
-    let report = error.split("error:").nth(1).unwrap_or_else(|| panic!("no error in:\n{error}"));
+    let report = error
+        .split("error:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no error in:\n{error}"));
     assert!(report.contains("Dockerfile:3"), "{report}");
     assert!(report.contains("RUN for i in"), "{report}");
     assert!(report.contains("exit code 7"), "{report}");
-    assert!(report.contains("oops") && report.contains("line-30"), "{report}");
+    assert!(
+        report.contains("oops") && report.contains("line-30"),
+        "{report}"
+    );
     // Only the last 20 lines are repeated in the error.
     assert!(!report.contains("line-5\n"), "{report}");
 }
@@ -86,18 +114,30 @@ fn failing_run_reports_instruction_exit_code_and_output_tail() {
 fn run_mounts_not_supported_yet_fail_clearly() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
-    let context = kiln.context("app", &[("Dockerfile", "FROM busybox\nRUN --mount=type=cache,target=/cache true\n")]);
+    let context = kiln.context(
+        "app",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/cache true\n",
+        )],
+    );
     let output = kiln.run(&["build", context.to_str().unwrap()]);
     assert!(!output.status.success());
     let error = stderr(&output);
-    assert!(error.contains("Dockerfile:2") && error.contains("type=cache") && error.contains("not supported yet"), "{error}");
+    assert!(
+        error.contains("Dockerfile:2")
+            && error.contains("type=cache")
+            && error.contains("not supported yet"),
+        "{error}"
+    );
 }
 
 #[test]
 fn native_and_overlay_snapshotters_give_the_same_image() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
-    let dockerfile = "FROM busybox\nRUN mkdir -p /a/b && echo x > /a/b/f && rm -r /etc/group\nCOPY c.txt /a/\n";
+    let dockerfile =
+        "FROM busybox\nRUN mkdir -p /a/b && echo x > /a/b/f && rm -r /etc/group\nCOPY c.txt /a/\n";
     let context = kiln.context("app", &[("Dockerfile", dockerfile), ("c.txt", "c")]);
     let build = |snapshotter: &str| {
         let output = kiln

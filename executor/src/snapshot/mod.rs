@@ -192,7 +192,9 @@ pub trait Snapshotter: Send + Sync {
         stubs: &[MountStub],
     ) -> Result<Snapshot, SnapshotError>;
 
-    /// After the sandbox has exited: the dir holding the changes in overlay upper-dir form.
+    /// After the sandbox has exited: the dir holding the changes in overlay upper-dir form. Besides
+    /// `trusted.overlay.opaque`, an overlay upper dir carries overlayfs bookkeeping xattrs
+    /// (`trusted.overlay.origin`, `impure`, `uuid`) that a layer differ must drop.
     ///
     /// # Errors
     /// Walking or copying failed, or `snapshot` came from another snapshotter.

@@ -20,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
                 InstructionKind::Onbuild(onbuild) => {
                     let reparsed = parse_instruction(&onbuild.trigger, escape)
                         .unwrap_or_else(|e| panic!("trigger {:?}: {e}", onbuild.trigger));
-                    assert_eq!(reparsed.kind, onbuild.instruction.kind);
+                    // A first line ending in an escaped blank becomes a continuation when
+                    // parsed again (as in Docker); otherwise the trigger must round-trip.
+                    let first_line = onbuild.trigger.lines().next().unwrap_or_default();
+                    if !first_line.trim_end_matches([' ', '\t']).ends_with(escape) {
+                        assert_eq!(reparsed.kind, onbuild.instruction.kind);
+                    }
                 }
                 InstructionKind::Run(run) => {
                     for mount in &run.mounts {

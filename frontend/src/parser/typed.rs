@@ -496,9 +496,16 @@ fn type_onbuild(node: &Node, heredocs: &[Heredoc]) -> Result<OnbuildInstruction,
         Typed::Instruction(instruction) => instruction,
         Typed::From(_) => return Err(invalid("FROM isn't allowed as an ONBUILD trigger")),
     };
-    // Docker stores the trigger as the text after ONBUILD, heredoc bodies appended so that it
-    // can be parsed again on its own.
-    let mut trigger = sub.original.trim().to_string();
+    // Docker stores the trigger as the logical line minus its leading `ONBUILD ` (trailing
+    // blanks kept), heredoc bodies appended so that it can be parsed again on its own.
+    let go_blank = |c: char| matches!(c, ' ' | '\t' | '\n' | '\u{0C}' | '\r');
+    let without_keyword = node
+        .original
+        .trim_start_matches(go_blank)
+        .get(node.keyword.len()..)
+        .unwrap_or_default()
+        .trim_start_matches(go_blank);
+    let mut trigger = without_keyword.to_string();
     for heredoc in heredocs {
         trigger.push('\n');
         trigger.push_str(&heredoc.content);

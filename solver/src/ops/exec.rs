@@ -28,7 +28,11 @@ fn mount_kind_name(kind: &MountKind) -> &'static str {
     }
 }
 
-pub(crate) fn run_exec(cx: &OpContext<'_>, exec: &ExecOp, inputs: &[OpOutput]) -> Result<OpOutput, OpError> {
+pub(crate) fn run_exec(
+    cx: &OpContext<'_>,
+    exec: &ExecOp,
+    inputs: &[OpOutput],
+) -> Result<OpOutput, OpError> {
     let root = exec
         .mounts
         .iter()
@@ -55,8 +59,10 @@ pub(crate) fn run_exec(cx: &OpContext<'_>, exec: &ExecOp, inputs: &[OpOutput]) -
         None => Vec::new(),
     };
 
-    let scratch = ScratchDir::new(cx.store, "exec")
-        .map_err(OpError::io("create a scratch dir in", cx.store.scratch_dir()))?;
+    let scratch = ScratchDir::new(cx.store, "exec").map_err(OpError::io(
+        "create a scratch dir in",
+        cx.store.scratch_dir(),
+    ))?;
     let snapshot = cx.snapshotter.prepare(
         &layer_dirs(&base),
         &scratch.path().join("snapshot"),

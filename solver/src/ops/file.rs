@@ -24,28 +24,40 @@ enum SourceRoot {
     Mounted(usize),
 }
 
-pub(crate) fn run_file(cx: &OpContext<'_>, file: &FileOp, inputs: &[OpOutput]) -> Result<OpOutput, OpError> {
+pub(crate) fn run_file(
+    cx: &OpContext<'_>,
+    file: &FileOp,
+    inputs: &[OpOutput],
+) -> Result<OpOutput, OpError> {
     let base = match file.base {
         Some(index) => chain_input(inputs, index)?.to_vec(),
         None => Vec::new(),
     };
-    let scratch = ScratchDir::new(cx.store, "file")
-        .map_err(OpError::io("create a scratch dir in", cx.store.scratch_dir()))?;
+    let scratch = ScratchDir::new(cx.store, "file").map_err(OpError::io(
+        "create a scratch dir in",
+        cx.store.scratch_dir(),
+    ))?;
     let dest = cx
         .snapshotter
         .prepare(&layer_dirs(&base), &scratch.path().join("dest"), &[])?;
-    let mut roots: Vec<(RootMount, PathBuf)> = vec![(dest.mount().clone(), scratch.path().join("dest-root"))];
+    let mut roots: Vec<(RootMount, PathBuf)> =
+        vec![(dest.mount().clone(), scratch.path().join("dest-root"))];
 
     // Each input a COPY reads: a local dir as is, a chain through its own (throwaway) snapshot.
     let mut sources: BTreeMap<u32, (SourceRoot, String)> = BTreeMap::new();
     let mut source_snapshots = Vec::new();
     for action in &file.actions {
-        let FileAction::Copy(copy) = action else { continue };
+        let FileAction::Copy(copy) = action else {
+            continue;
+        };
         if sources.contains_key(&copy.src) {
             continue;
         }
         let entry = match inputs.get(copy.src as usize) {
-            Some(OpOutput::Local(local)) => (SourceRoot::Dir(local.path.clone()), "build context".to_string()),
+            Some(OpOutput::Local(local)) => (
+                SourceRoot::Dir(local.path.clone()),
+                "build context".to_string(),
+            ),
             Some(OpOutput::Chain(chain)) => {
                 let snapshot = cx.snapshotter.prepare(
                     &layer_dirs(chain),
@@ -57,7 +69,10 @@ pub(crate) fn run_file(cx: &OpContext<'_>, file: &FileOp, inputs: &[OpOutput]) -
                     scratch.path().join(format!("src-{}-root", copy.src)),
                 ));
                 source_snapshots.push(snapshot);
-                (SourceRoot::Mounted(roots.len() - 1), "the source image".to_string())
+                (
+                    SourceRoot::Mounted(roots.len() - 1),
+                    "the source image".to_string(),
+                )
             }
             None => return Err(OpError::MissingInput(format!("#{}", copy.src))),
         };
@@ -100,11 +115,25 @@ fn apply_action(
         }
         FileAction::Mkdir(mkdir) => {
             let owner = mkdir.owner.as_ref().map(chown);
-            kiln_fileop::mkdir(dest_root, &mkdir.path, mkdir.mode, mkdir.make_parents, owner.as_ref(), None)?;
+            kiln_fileop::mkdir(
+                dest_root,
+                &mkdir.path,
+                mkdir.mode,
+                mkdir.make_parents,
+                owner.as_ref(),
+                None,
+            )?;
         }
         FileAction::Mkfile(mkfile) => {
             let owner = mkfile.owner.as_ref().map(chown);
-            kiln_fileop::mkfile(dest_root, &mkfile.path, mkfile.data.as_bytes(), mkfile.mode, owner.as_ref(), None)?;
+            kiln_fileop::mkfile(
+                dest_root,
+                &mkfile.path,
+                mkfile.data.as_bytes(),
+                mkfile.mode,
+                owner.as_ref(),
+                None,
+            )?;
         }
         FileAction::Rm(rm) => {
             kiln_fileop::rm(dest_root, &rm.path, rm.allow_not_found, rm.allow_wildcard)?;
@@ -120,21 +149,36 @@ fn chown(owner: &kiln_llb::Chown) -> Chown {
         kiln_llb::UserSpec::Name(name) => name.clone(),
     };
     match (&owner.user, &owner.group) {
-        (Some(kiln_llb::UserSpec::Id(uid)), Some(kiln_llb::UserSpec::Id(gid))) => Chown::Ids { uid: *uid, gid: *gid },
-        (user, Some(group)) => Chown::Spec(format!("{}:{}", user.as_ref().map(part).unwrap_or_default(), part(group))),
+        (Some(kiln_llb::UserSpec::Id(uid)), Some(kiln_llb::UserSpec::Id(gid))) => Chown::Ids {
+            uid: *uid,
+            gid: *gid,
+        },
+        (user, Some(group)) => Chown::Spec(format!(
+            "{}:{}",
+            user.as_ref().map(part).unwrap_or_default(),
+            part(group)
+        )),
         (Some(user), None) => Chown::Spec(part(user)),
         (None, None) => Chown::Ids { uid: 0, gid: 0 },
     }
 }
 
-fn copy_options(copy: &CopyAction, label: &str, from_context: bool) -> Result<CopyOptions, OpError> {
+fn copy_options(
+    copy: &CopyAction,
+    label: &str,
+    from_context: bool,
+) -> Result<CopyOptions, OpError> {
     // `--parents` with a `/./` pivot arrives as (pivot dir, pattern below it); fileop reads the
     // pivot from the source text.
     let source = match (copy.parents, copy.include_patterns.as_slice()) {
         (true, [pattern]) if copy.src_path == "/" => pattern.clone(),
         (true, [pattern]) => format!("{}/./{}", copy.src_path.trim_start_matches('/'), pattern),
         (_, []) => copy.src_path.clone(),
-        _ => return Err(OpError::Unsupported("COPY with several include patterns".into())),
+        _ => {
+            return Err(OpError::Unsupported(
+                "COPY with several include patterns".into(),
+            ));
+        }
     };
     let mut options = CopyOptions::new(vec![source], copy.dest.clone());
     options.op = if copy.attempt_unpack { "ADD" } else { "COPY" }.to_string();

@@ -31,7 +31,10 @@ pub(crate) fn run_source(cx: &OpContext<'_>, source: &SourceOp) -> Result<OpOutp
         } => {
             let platform = platform.clone().unwrap_or_else(host_platform);
             let manifest = resolve_image(cx.store, reference, &platform, cx.puller)?;
-            Ok(OpOutput::Chain(ensure_extracted(cx.store, &manifest.layers)?))
+            Ok(OpOutput::Chain(ensure_extracted(
+                cx.store,
+                &manifest.layers,
+            )?))
         }
         SourceOp::Local {
             name,
@@ -40,7 +43,9 @@ pub(crate) fn run_source(cx: &OpContext<'_>, source: &SourceOp) -> Result<OpOutp
             ..
         } => {
             if !include_patterns.is_empty() {
-                return Err(OpError::Unsupported("a local source with include patterns".into()));
+                return Err(OpError::Unsupported(
+                    "a local source with include patterns".into(),
+                ));
             }
             let local = cx
                 .locals
@@ -88,8 +93,10 @@ fn stage_local(
             _staged: None,
         }));
     }
-    let scratch = ScratchDir::new(cx.store, "context")
-        .map_err(OpError::io("create a scratch dir in", cx.store.scratch_dir()))?;
+    let scratch = ScratchDir::new(cx.store, "context").map_err(OpError::io(
+        "create a scratch dir in",
+        cx.store.scratch_dir(),
+    ))?;
     let staged = scratch.path().join("context");
     std::fs::create_dir_all(&staged).map_err(OpError::io("create", &staged))?;
     let mut options = CopyOptions::new(vec!["/".to_string()], "/");

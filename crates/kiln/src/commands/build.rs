@@ -70,7 +70,12 @@ pub struct BuildArgs {
     pub quiet: bool,
     /// How RUN and COPY get a writable root: `overlay`, `native` (copying, for hosts without
     /// overlayfs), or `auto`.
-    #[arg(long, value_name = "NAME", default_value = "auto", env = "KILN_SNAPSHOTTER")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "auto",
+        env = "KILN_SNAPSHOTTER"
+    )]
     pub snapshotter: String,
     /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
     pub context: String,
@@ -78,11 +83,7 @@ pub struct BuildArgs {
 
 pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     // Cheap checks first, so bad flags fail before any work.
-    let output = args
-        .output
-        .as_deref()
-        .map(OutputSpec::parse)
-        .transpose()?;
+    let output = args.output.as_deref().map(OutputSpec::parse).transpose()?;
     let network = match args.network.as_str() {
         "default" | "sandbox" => kiln_llb::NetworkMode::Sandbox,
         "host" => kiln_llb::NetworkMode::Host,
@@ -104,10 +105,13 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let source_date_epoch = source_date_epoch()?;
 
     let store = open_store(global)?;
-    let _lock = store.lock_shared().context("locking the store for the build")?;
+    let _lock = store
+        .lock_shared()
+        .context("locking the store for the build")?;
 
     let input = BuildInput::read(&args, &store)?;
-    let dockerfile = kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)?;
+    let dockerfile =
+        kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)?;
     let mut options = LowerOptions::new(host_platform());
     options.target = args.target.clone();
     options.build_args = parse_build_args(&args.build_args)?;
@@ -150,11 +154,18 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         Box::new(PlainProgress::new(io::stderr()))
     };
     let puller = LazyPuller::default();
-    let solver = Solver::new(store.clone(), solve_options, progress.as_ref(), Some(&puller));
+    let solver = Solver::new(
+        store.clone(),
+        solve_options,
+        progress.as_ref(),
+        Some(&puller),
+    );
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
     let result = solver.solve(&lowered.definition, &lowered.target.root)?;
     let OpOutput::Chain(chain) = result else {
-        bail!("the build's result is a local directory, not a root filesystem; kiln cannot export it yet");
+        bail!(
+            "the build's result is a local directory, not a root filesystem; kiln cannot export it yet"
+        );
     };
 
     let created = match source_date_epoch {
@@ -167,22 +178,35 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             &chain,
             &lowered.target.config,
             lowered.target.base_history_len,
-            &ImageOptions { media_types, created },
+            &ImageOptions {
+                media_types,
+                created,
+            },
         )
         .context("writing the image")
     };
     let kind = output.map(|spec| (spec.kind, spec.oci_media_types));
     let image_id = match kind {
-        None => Some(store_image(&store, image_with(MediaTypeSet::Docker)?, &names)?),
+        None => Some(store_image(
+            &store,
+            image_with(MediaTypeSet::Docker)?,
+            &names,
+        )?),
         Some((OutputKind::Image { names: more, push }, oci)) => {
             if push {
-                bail!("--output push=true is not supported by kiln build yet; build, then run `kiln push`");
+                bail!(
+                    "--output push=true is not supported by kiln build yet; build, then run `kiln push`"
+                );
             }
             let mut all = names.clone();
             for name in &more {
                 all.push(normalize_image_name(name)?);
             }
-            let media_types = if oci == Some(true) { MediaTypeSet::Oci } else { MediaTypeSet::Docker };
+            let media_types = if oci == Some(true) {
+                MediaTypeSet::Oci
+            } else {
+                MediaTypeSet::Docker
+            };
             Some(store_image(&store, image_with(media_types)?, &all)?)
         }
         Some((OutputKind::Oci { dest }, _)) => {
@@ -191,7 +215,11 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             Some(image.config_digest.to_string())
         }
         Some((OutputKind::Docker { dest }, oci)) => {
-            let media_types = if oci == Some(true) { MediaTypeSet::Oci } else { MediaTypeSet::Docker };
+            let media_types = if oci == Some(true) {
+                MediaTypeSet::Oci
+            } else {
+                MediaTypeSet::Docker
+            };
             let image = image_with(media_types)?;
             write_archive(&store, &image, &names, ArchiveFormat::DockerArchive, &dest)?;
             Some(image.config_digest.to_string())
@@ -203,7 +231,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
         Some((OutputKind::Tar { dest }, _)) => {
             write_to(&dest, |out| {
-                write_rootfs_tar(&store, &chain, source_date_epoch, out).map_err(anyhow::Error::from)
+                write_rootfs_tar(&store, &chain, source_date_epoch, out)
+                    .map_err(anyhow::Error::from)
             })?;
             None
         }
@@ -241,13 +270,15 @@ impl BuildInput {
             if dockerfile_from_stdin {
                 bail!("the Dockerfile and the context cannot both come from stdin");
             }
-            let scratch = ScratchDir::new(store, "stdin-context").context("creating a directory for the stdin context")?;
+            let scratch = ScratchDir::new(store, "stdin-context")
+                .context("creating a directory for the stdin context")?;
             let dir = scratch.path().join("context");
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             match kiln_context::read_stdin_context(io::stdin().lock(), &dir)? {
                 kiln_context::StdinContext::Dockerfile(bytes) => {
-                    stdin_dockerfile =
-                        Some(String::from_utf8(bytes).context("the Dockerfile on stdin is not UTF-8")?);
+                    stdin_dockerfile = Some(
+                        String::from_utf8(bytes).context("the Dockerfile on stdin is not UTF-8")?,
+                    );
                 }
                 kiln_context::StdinContext::Archive { .. } => {}
             }
@@ -257,35 +288,57 @@ impl BuildInput {
             let dir = PathBuf::from(&args.context);
             match fs::metadata(&dir) {
                 Ok(meta) if meta.is_dir() => dir,
-                Ok(_) => bail!("unable to prepare context: path {:?} is not a directory", args.context),
+                Ok(_) => bail!(
+                    "unable to prepare context: path {:?} is not a directory",
+                    args.context
+                ),
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    bail!("unable to prepare context: path {:?} not found", args.context)
+                    bail!(
+                        "unable to prepare context: path {:?} not found",
+                        args.context
+                    )
                 }
                 Err(error) => {
-                    return Err(error).with_context(|| format!("unable to prepare context {:?}", args.context));
+                    return Err(error)
+                        .with_context(|| format!("unable to prepare context {:?}", args.context));
                 }
             }
         };
 
         let (dockerfile, dockerfile_name, dockerfile_path) = match (&stdin_dockerfile, &args.file) {
             (Some(text), _) => (text.clone(), "Dockerfile".to_string(), None),
-            (None, Some(file)) if dockerfile_from_stdin => (read_dockerfile(file)?, "Dockerfile".to_string(), None),
+            (None, Some(file)) if dockerfile_from_stdin => {
+                (read_dockerfile(file)?, "Dockerfile".to_string(), None)
+            }
             (None, Some(file)) => {
                 // A relative -f is relative to the working directory, as in `docker build`, but a
                 // context from stdin carries its own Dockerfile.
-                let path = if stdin_context.is_some() && file.is_relative() { context_dir.join(file) } else { file.clone() };
-                (read_dockerfile(&path)?, file.display().to_string(), Some(path))
+                let path = if stdin_context.is_some() && file.is_relative() {
+                    context_dir.join(file)
+                } else {
+                    file.clone()
+                };
+                (
+                    read_dockerfile(&path)?,
+                    file.display().to_string(),
+                    Some(path),
+                )
             }
             (None, None) => {
                 let path = context_dir.join("Dockerfile");
-                (read_dockerfile(&path)?, "Dockerfile".to_string(), Some(path))
+                (
+                    read_dockerfile(&path)?,
+                    "Dockerfile".to_string(),
+                    Some(path),
+                )
             }
         };
 
         let ignore = kiln_context::load_context_ignore(&context_dir, dockerfile_path.as_deref())?;
         let excludes = match &ignore.file {
             Some(file) => {
-                let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                let text = fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
                 kiln_context::read_ignore_lines(&text)
             }
             None => Vec::new(),
@@ -301,7 +354,11 @@ impl BuildInput {
 }
 
 /// Tags the image with every name and returns its id.
-fn store_image(store: &Store, image: kiln_solver::image::BuiltImage, names: &[String]) -> anyhow::Result<String> {
+fn store_image(
+    store: &Store,
+    image: kiln_solver::image::BuiltImage,
+    names: &[String],
+) -> anyhow::Result<String> {
     for name in names {
         store
             .tag(name, &image.manifest_digest, &image.config_digest)
@@ -338,13 +395,17 @@ where
         }
         Destination::File(path) => {
             let temp = temp_path(path);
-            let file = fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
-            let result = write(Box::new(io::BufWriter::new(file.try_clone().context("duplicating a file handle")?)))
-                .and_then(|mut out| out.flush().context("writing the output"))
-                .and_then(|()| file.sync_all().context("syncing the output"))
-                .and_then(|()| {
-                    fs::rename(&temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
-                });
+            let file =
+                fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+            let result = write(Box::new(io::BufWriter::new(
+                file.try_clone().context("duplicating a file handle")?,
+            )))
+            .and_then(|mut out| out.flush().context("writing the output"))
+            .and_then(|()| file.sync_all().context("syncing the output"))
+            .and_then(|()| {
+                fs::rename(&temp, path)
+                    .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+            });
             if result.is_err() {
                 let _ = fs::remove_file(&temp);
             }
@@ -355,7 +416,10 @@ where
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.kiln-tmp-{}", std::process::id()))
 }
 
@@ -396,8 +460,12 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
 /// most compatible).
 fn layer_compression(compression: Compression) -> kiln_oci::compress::Compression {
     match compression {
-        Compression::Gzip { level } => kiln_oci::compress::Compression::Gzip { level: level.unwrap_or(1) },
-        Compression::Zstd { level } => kiln_oci::compress::Compression::Zstd { level: level.unwrap_or(3) },
+        Compression::Gzip { level } => kiln_oci::compress::Compression::Gzip {
+            level: level.unwrap_or(1),
+        },
+        Compression::Zstd { level } => kiln_oci::compress::Compression::Zstd {
+            level: level.unwrap_or(3),
+        },
         Compression::Uncompressed => kiln_oci::compress::Compression::Uncompressed,
     }
 }
@@ -419,6 +487,11 @@ mod tests {
     fn temp_files_sit_beside_the_destination() {
         let temp = temp_path(Path::new("/out/image.tar"));
         assert_eq!(temp.parent(), Some(Path::new("/out")));
-        assert!(temp.file_name().unwrap().to_string_lossy().starts_with(".image.tar.kiln-tmp-"));
+        assert!(
+            temp.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".image.tar.kiln-tmp-")
+        );
     }
 }

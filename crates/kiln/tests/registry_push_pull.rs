@@ -1,0 +1,284 @@
+//! End-to-end tests of `kiln push`, `pull`, `login` and `logout` against a real registry (Debian's
+//! `docker-registry` on 127.0.0.1), with Docker's config.json in a temp `DOCKER_CONFIG`.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{Kiln, TestRegistry, have, make_image, stderr, stdout};
+
+const APP: &str = "docker.io/library/app:latest";
+
+/// `kiln` with `DOCKER_CONFIG` set to `config_dir` and `args`, `stdin` fed to it.
+fn run_with(kiln: &Kiln, config_dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = kiln
+        .command()
+        .env("DOCKER_CONFIG", config_dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kiln output")
+}
+
+fn ok_with(kiln: &Kiln, config_dir: &Path, args: &[&str]) -> String {
+    let output = run_with(kiln, config_dir, args, "");
+    assert!(
+        output.status.success(),
+        "kiln {args:?} failed:\n{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn skopeo_digest(reference: &str) -> String {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    assert!(output.status.success(), "skopeo: {}", stderr(&output));
+    stdout(&output).trim().to_string()
+}
+
+#[test]
+fn push_then_pull_into_a_fresh_store_round_trips() {
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().expect("docker config dir");
+    let kiln = Kiln::new();
+    let app = make_image(kiln.root.path(), APP, &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]]);
+    let destination = format!("{}/team/app:v1", registry.host());
+
+    let pushed = ok_with(&kiln, config_dir.path(), &["push", "app", &destination]);
+    assert!(
+        pushed.contains(&format!("The push refers to repository [{}/team/app]", registry.host())),
+        "{pushed}"
+    );
+    for layer in &app.layer_blobs {
+        assert!(pushed.contains(&format!("{}: Pushed", &layer.hex()[..12])), "{pushed}");
+    }
+    let size = std::fs::metadata(kiln.root.path().join("blobs/sha256").join(app.manifest.hex()))
+        .expect("manifest blob")
+        .len();
+    assert!(
+        pushed.ends_with(&format!("v1: digest: {} size: {size}\n", app.manifest)),
+        "{pushed}"
+    );
+    if have("skopeo") {
+        assert_eq!(skopeo_digest(&destination), app.manifest.to_string());
+    }
+
+    let again = ok_with(&kiln, config_dir.path(), &["push", "app", &destination]);
+    assert!(again.contains("Layer already exists"), "{again}");
+
+    let fresh = Kiln::new();
+    let pulled = ok_with(&fresh, config_dir.path(), &["pull", &destination]);
+    assert!(pulled.starts_with("v1: Pulling from team/app\n"), "{pulled}");
+    for layer in &app.layer_blobs {
+        assert!(pulled.contains(&format!("{}: Pull complete", &layer.hex()[..12])), "{pulled}");
+    }
+    assert!(pulled.contains(&format!("Digest: {}\n", app.manifest)), "{pulled}");
+    assert!(
+        pulled.contains(&format!("Status: Downloaded newer image for {destination}\n")),
+        "{pulled}"
+    );
+    assert!(pulled.ends_with(&format!("{destination}\n")), "{pulled}");
+    let id = ok_with(&fresh, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    assert_eq!(id.trim(), app.config.to_string());
+
+    let repeat = ok_with(&fresh, config_dir.path(), &["pull", &destination]);
+    assert!(repeat.contains("Already exists"), "{repeat}");
+    assert!(
+        repeat.contains(&format!("Status: Image is up to date for {destination}")),
+        "{repeat}"
+    );
+
+    // A pulled image saves, as any other.
+    let archive = fresh.work.path().join("pulled.tar");
+    ok_with(
+        &fresh,
+        config_dir.path(),
+        &["save", "-o", archive.to_str().expect("path"), &destination],
+    );
+
+    let missing = run_with(
+        &fresh,
+        config_dir.path(),
+        &["pull", &format!("{}/team/nothing:v1", registry.host())],
+        "",
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("team/nothing"), "{}", stderr(&missing));
+}
+
+#[test]
+fn push_mounts_blobs_from_another_repository_of_the_same_image() {
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().expect("docker config dir");
+    let kiln = Kiln::new();
+    let app = make_image(kiln.root.path(), APP, &[&[("m.txt", "mount me\n")]]);
+    let first = format!("{}/first/app:v1", registry.host());
+    let second = format!("{}/second/app:v1", registry.host());
+    kiln.ok(&["tag", "app", &first]);
+    ok_with(&kiln, config_dir.path(), &["push", &first]);
+    kiln.ok(&["tag", "app", &second]);
+    let pushed = ok_with(&kiln, config_dir.path(), &["push", &second]);
+    assert!(
+        pushed.contains(&format!("{}: Mounted from first/app", &app.layer_blobs[0].hex()[..12])),
+        "{pushed}"
+    );
+    assert!(registry.log_count("mount=") >= 1, "the registry saw a mount request");
+    if have("skopeo") {
+        assert_eq!(skopeo_digest(&second), app.manifest.to_string());
+    }
+}
+
+#[test]
+fn pull_picks_the_requested_platform_from_an_index() {
+    if !have("skopeo") {
+        eprintln!("SKIP: skopeo is not installed");
+        return;
+    }
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().expect("docker config dir");
+    let kiln = Kiln::new();
+    let amd64 = make_image(kiln.root.path(), "docker.io/library/multi:amd64", &[&[("arch", "amd64\n")]]);
+    let arm64 = make_image(kiln.root.path(), "docker.io/library/multi:arm64", &[&[("arch", "arm64\n")]]);
+    // kiln's archive is an OCI layout: unpack it, add an index of both images, push that.
+    let archive = kiln.work.path().join("multi.tar");
+    kiln.ok(&["save", "-o", archive.to_str().expect("path"), "multi:amd64", "multi:arm64"]);
+    let layout = kiln.work.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("mkdir layout");
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar -x");
+    assert!(status.success());
+    let manifest_size = |digest: &kiln_image::Digest| {
+        std::fs::metadata(layout.join("blobs/sha256").join(digest.hex()))
+            .expect("manifest in layout")
+            .len()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": amd64.manifest.to_string(), "size": manifest_size(&amd64.manifest), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": arm64.manifest.to_string(), "size": manifest_size(&arm64.manifest), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    });
+    let index_bytes = serde_json::to_vec(&index).expect("index JSON");
+    let index_digest = kiln_image::Digest::of(&index_bytes);
+    std::fs::write(layout.join("blobs/sha256").join(index_digest.hex()), &index_bytes).expect("write index");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest.to_string(),
+            "size": index_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).expect("json")).expect("write index.json");
+    let destination = format!("{}/multi:v1", registry.host());
+    let copied = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{destination}"))
+        .output()
+        .expect("skopeo copy");
+    assert!(copied.status.success(), "skopeo copy: {}", stderr(&copied));
+
+    let fresh = Kiln::new();
+    let pulled = ok_with(&fresh, config_dir.path(), &["pull", "--platform", "linux/arm64", &destination]);
+    assert!(pulled.contains(&format!("Digest: {index_digest}")), "the index digest: {pulled}");
+    let id = ok_with(&fresh, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    assert_eq!(id.trim(), arm64.config.to_string());
+
+    let other = Kiln::new();
+    ok_with(&other, config_dir.path(), &["pull", "--platform", "linux/amd64", &destination]);
+    let id = ok_with(&other, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    assert_eq!(id.trim(), amd64.config.to_string());
+
+    let none = run_with(&other, config_dir.path(), &["pull", "--platform", "linux/s390x", &destination], "");
+    assert!(!none.status.success());
+    assert!(stderr(&none).contains("s390x"), "{}", stderr(&none));
+}
+
+#[test]
+fn login_stores_checked_credentials_and_logout_removes_them() {
+    let Some(registry) = TestRegistry::start_with_password("alice", "right-pw") else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().expect("docker config dir");
+    let config_file = config_dir.path().join("config.json");
+    let kiln = Kiln::new();
+    make_image(kiln.root.path(), APP, &[&[("secret.txt", "s\n")]]);
+    let destination = format!("{}/private/app:v1", registry.host());
+    let host = registry.host();
+
+    let anonymous = run_with(&kiln, config_dir.path(), &["push", "app", &destination], "");
+    assert!(!anonymous.status.success(), "push without credentials is refused");
+
+    let wrong = run_with(
+        &kiln,
+        config_dir.path(),
+        &["login", "-u", "alice", "--password-stdin", &host],
+        "wrong-pw\n",
+    );
+    assert!(!wrong.status.success(), "a wrong password fails: {}", stdout(&wrong));
+    assert!(stderr(&wrong).contains(&host), "{}", stderr(&wrong));
+    assert!(!config_file.exists(), "nothing stored after a failed login");
+
+    let login = run_with(
+        &kiln,
+        config_dir.path(),
+        &["login", "-u", "alice", "--password-stdin", &host],
+        "right-pw\n",
+    );
+    assert!(login.status.success(), "login failed: {}", stderr(&login));
+    assert_eq!(stdout(&login), "Login Succeeded\n");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json written")).expect("config JSON");
+    assert_eq!(
+        config["auths"][&host]["auth"],
+        "YWxpY2U6cmlnaHQtcHc=",
+        "base64 of alice:right-pw, as docker login writes it"
+    );
+
+    ok_with(&kiln, config_dir.path(), &["push", "app", &destination]);
+    let fresh = Kiln::new();
+    ok_with(&fresh, config_dir.path(), &["pull", &destination]);
+
+    let logout = ok_with(&kiln, config_dir.path(), &["logout", &host]);
+    assert_eq!(logout, format!("Removing login credentials for {host}\n"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json")).expect("config JSON");
+    assert!(config["auths"].get(&host).is_none(), "{config}");
+    let again = ok_with(&kiln, config_dir.path(), &["logout", &host]);
+    assert_eq!(again, format!("Not logged in to {host}\n"));
+
+    let after = Kiln::new();
+    let refused = run_with(&after, config_dir.path(), &["pull", &destination], "");
+    assert!(!refused.status.success(), "pull after logout is refused");
+}
