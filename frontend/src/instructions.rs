@@ -528,8 +528,7 @@ pub fn parse_mount(value: &str) -> Result<Mount, MountError> {
             "env" if kind == MountKind::Secret => mount.env = Some(val.to_string()),
             "env" => return Err(not_for_type("env")),
             _ => {
-                let suggestion =
-                    crate::parser::suggest::suggest(&key, KEYS).map(|k| k.to_ascii_lowercase());
+                let suggestion = crate::parser::suggest::suggest(&key, KEYS).map(str::to_string);
                 return Err(MountError::UnknownKey {
                     key,
                     field: field.to_string(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{archive, build, debug, images, registry};
+use crate::commands::{archive, build, debug, images, registry, run};
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "A daemonless container image builder")]
@@ -34,6 +34,8 @@ pub struct Global {
 pub enum Command {
     /// Build an image from a Dockerfile and a context.
     Build(build::BuildArgs),
+    /// Run a command in a new container from an image.
+    Run(run::RunArgs),
     /// List images.
     Images(images::ImagesArgs),
     /// Give an image another name.

@@ -35,7 +35,12 @@ fn path_str(path: &Path) -> &str {
 
 /// `REPOSITORY:TAG ID` lines of `kiln images`, sorted.
 fn listing(kiln: &Kiln) -> Vec<String> {
-    let out = stdout(&kiln.ok(&["images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]));
+    let out = stdout(&kiln.ok(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]));
     let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
     lines.sort();
     lines
@@ -87,7 +92,10 @@ fn saved_archive_is_read_by_skopeo() {
     names.stdout.retain(|b| *b != b'\r');
     let entries = String::from_utf8_lossy(&names.stdout);
     for expected in ["oci-layout", "index.json", "manifest.json", "repositories"] {
-        assert!(entries.lines().any(|l| l == expected), "{expected} in:\n{entries}");
+        assert!(
+            entries.lines().any(|l| l == expected),
+            "{expected} in:\n{entries}"
+        );
     }
 }
 
@@ -111,18 +119,33 @@ fn several_images_share_one_archive() {
         ]))
         .expect("skopeo config JSON");
         let diff_ids: Vec<String> = image.diff_ids.iter().map(ToString::to_string).collect();
-        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!(diff_ids), "{name}");
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!(diff_ids),
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn save_then_load_into_a_fresh_store_keeps_names_and_ids() {
     let kiln = Kiln::new();
-    make_image(kiln.root.path(), APP, &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]]);
+    make_image(
+        kiln.root.path(),
+        APP,
+        &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]],
+    );
     make_image(kiln.root.path(), OTHER, &[&[("o.txt", "o\n")]]);
     kiln.ok(&["tag", "app", "127.0.0.1:5000/team/app:v1"]);
     let archive = kiln.work.path().join("all.tar");
-    kiln.ok(&["save", "-o", path_str(&archive), "app", "other:1.0", "127.0.0.1:5000/team/app:v1"]);
+    kiln.ok(&[
+        "save",
+        "-o",
+        path_str(&archive),
+        "app",
+        "other:1.0",
+        "127.0.0.1:5000/team/app:v1",
+    ]);
 
     let fresh = Kiln::new();
     let loaded = stdout(&fresh.ok(&["load", "-i", path_str(&archive)]));
@@ -140,6 +163,18 @@ fn save_then_load_into_a_fresh_store_keeps_names_and_ids() {
     let original = stdout(&kiln.ok(&["inspect", "--format", "{{.Id}} {{json .RootFS}}", "app"]));
     let reloaded = stdout(&fresh.ok(&["inspect", "--format", "{{.Id}} {{json .RootFS}}", "app"]));
     assert_eq!(original, reloaded);
+
+    // To stdout, as `docker save > file` does: the same bytes (the archive is deterministic).
+    let piped_save = kiln
+        .command()
+        .args(["save", "app", "other:1.0", "127.0.0.1:5000/team/app:v1"])
+        .output()
+        .expect("kiln save to stdout");
+    assert!(piped_save.status.success(), "{}", stderr(&piped_save));
+    assert!(
+        piped_save.stdout == std::fs::read(&archive).expect("read archive"),
+        "save to stdout writes the same archive as -o"
+    );
 
     // From stdin, as `docker load < file` does.
     let piped = Kiln::new();
@@ -160,7 +195,11 @@ fn archives_written_by_skopeo_load() {
         return;
     }
     let kiln = Kiln::new();
-    let app = make_image(kiln.root.path(), APP, &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]]);
+    let app = make_image(
+        kiln.root.path(),
+        APP,
+        &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]],
+    );
     let archive = kiln.work.path().join("app.tar");
     kiln.ok(&["save", "-o", path_str(&archive), "app"]);
     let source = format!("docker-archive:{}", archive.display());
@@ -189,7 +228,11 @@ fn archives_written_by_skopeo_load() {
         assert_eq!(loaded, original, "{name}");
         if name == "copied:v1" {
             let id = stdout(&fresh.ok(&["inspect", "--format", "{{.Id}}", name]));
-            assert_eq!(id.trim(), app.config.to_string(), "a docker archive keeps the config");
+            assert_eq!(
+                id.trim(),
+                app.config.to_string(),
+                "a docker archive keeps the config"
+            );
         }
         // The loaded image is complete: it saves again and skopeo reads it.
         let again = fresh.work.path().join("again.tar");
@@ -218,7 +261,10 @@ fn a_corrupted_blob_is_never_exported() {
 
     let archive = kiln.work.path().join("bad.tar");
     let output = kiln.run(&["save", "-o", path_str(&archive), "app"]);
-    assert!(!output.status.success(), "save must fail on a corrupted blob");
+    assert!(
+        !output.status.success(),
+        "save must fail on a corrupted blob"
+    );
     assert!(
         stderr(&output).contains(&app.layer_blobs[0].to_string()),
         "the error names the bad blob: {}",
@@ -249,7 +295,11 @@ fn load_rejects_what_is_not_an_image_archive() {
     assert!(status.success());
     let output = kiln.run(&["load", "-i", path_str(&tar)]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("index.json"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("index.json"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(stdout(&kiln.ok(&["images", "-q"])), "");
 }
 
@@ -273,7 +323,11 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
         stderr(&loaded),
         dockerd.log_tail()
     );
-    assert!(stdout(&loaded).contains("Loaded image: kiln-busybox:latest"), "{}", stdout(&loaded));
+    assert!(
+        stdout(&loaded).contains("Loaded image: kiln-busybox:latest"),
+        "{}",
+        stdout(&loaded)
+    );
     let id = dockerd
         .docker()
         .args(["image", "inspect", "--format", "{{.Id}}", "kiln-busybox"])
@@ -286,7 +340,15 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
     );
     let ran = dockerd
         .docker()
-        .args(["run", "--rm", "--network", "none", "kiln-busybox", "echo", "hello from kiln"])
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "kiln-busybox",
+            "echo",
+            "hello from kiln",
+        ])
         .output()
         .expect("docker run");
     assert!(ran.status.success(), "docker run failed: {}", stderr(&ran));
@@ -296,10 +358,19 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
     let docker_archive = kiln.work.path().join("from-docker.tar");
     let saved = dockerd
         .docker()
-        .args(["save", "-o", path_str(&docker_archive), "kiln-busybox:latest"])
+        .args([
+            "save",
+            "-o",
+            path_str(&docker_archive),
+            "kiln-busybox:latest",
+        ])
         .output()
         .expect("docker save");
-    assert!(saved.status.success(), "docker save failed: {}", stderr(&saved));
+    assert!(
+        saved.status.success(),
+        "docker save failed: {}",
+        stderr(&saved)
+    );
     let fresh = Kiln::new();
     let out = stdout(&fresh.ok(&["load", "-i", path_str(&docker_archive)]));
     assert_eq!(out, "Loaded image: kiln-busybox:latest\n");

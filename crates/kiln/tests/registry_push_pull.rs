@@ -59,20 +59,35 @@ fn push_then_pull_into_a_fresh_store_round_trips() {
     };
     let config_dir = tempfile::tempdir().expect("docker config dir");
     let kiln = Kiln::new();
-    let app = make_image(kiln.root.path(), APP, &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]]);
+    let app = make_image(
+        kiln.root.path(),
+        APP,
+        &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]],
+    );
     let destination = format!("{}/team/app:v1", registry.host());
 
     let pushed = ok_with(&kiln, config_dir.path(), &["push", "app", &destination]);
     assert!(
-        pushed.contains(&format!("The push refers to repository [{}/team/app]", registry.host())),
+        pushed.contains(&format!(
+            "The push refers to repository [{}/team/app]",
+            registry.host()
+        )),
         "{pushed}"
     );
     for layer in &app.layer_blobs {
-        assert!(pushed.contains(&format!("{}: Pushed", &layer.hex()[..12])), "{pushed}");
+        assert!(
+            pushed.contains(&format!("{}: Pushed", &layer.hex()[..12])),
+            "{pushed}"
+        );
     }
-    let size = std::fs::metadata(kiln.root.path().join("blobs/sha256").join(app.manifest.hex()))
-        .expect("manifest blob")
-        .len();
+    let size = std::fs::metadata(
+        kiln.root
+            .path()
+            .join("blobs/sha256")
+            .join(app.manifest.hex()),
+    )
+    .expect("manifest blob")
+    .len();
     assert!(
         pushed.ends_with(&format!("v1: digest: {} size: {size}\n", app.manifest)),
         "{pushed}"
@@ -86,17 +101,32 @@ fn push_then_pull_into_a_fresh_store_round_trips() {
 
     let fresh = Kiln::new();
     let pulled = ok_with(&fresh, config_dir.path(), &["pull", &destination]);
-    assert!(pulled.starts_with("v1: Pulling from team/app\n"), "{pulled}");
-    for layer in &app.layer_blobs {
-        assert!(pulled.contains(&format!("{}: Pull complete", &layer.hex()[..12])), "{pulled}");
-    }
-    assert!(pulled.contains(&format!("Digest: {}\n", app.manifest)), "{pulled}");
     assert!(
-        pulled.contains(&format!("Status: Downloaded newer image for {destination}\n")),
+        pulled.starts_with("v1: Pulling from team/app\n"),
+        "{pulled}"
+    );
+    for layer in &app.layer_blobs {
+        assert!(
+            pulled.contains(&format!("{}: Pull complete", &layer.hex()[..12])),
+            "{pulled}"
+        );
+    }
+    assert!(
+        pulled.contains(&format!("Digest: {}\n", app.manifest)),
+        "{pulled}"
+    );
+    assert!(
+        pulled.contains(&format!(
+            "Status: Downloaded newer image for {destination}\n"
+        )),
         "{pulled}"
     );
     assert!(pulled.ends_with(&format!("{destination}\n")), "{pulled}");
-    let id = ok_with(&fresh, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    let id = ok_with(
+        &fresh,
+        config_dir.path(),
+        &["inspect", "--format", "{{.Id}}", &destination],
+    );
     assert_eq!(id.trim(), app.config.to_string());
 
     let repeat = ok_with(&fresh, config_dir.path(), &["pull", &destination]);
@@ -121,7 +151,11 @@ fn push_then_pull_into_a_fresh_store_round_trips() {
         "",
     );
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("team/nothing"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("team/nothing"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
@@ -139,10 +173,16 @@ fn push_mounts_blobs_from_another_repository_of_the_same_image() {
     kiln.ok(&["tag", "app", &second]);
     let pushed = ok_with(&kiln, config_dir.path(), &["push", &second]);
     assert!(
-        pushed.contains(&format!("{}: Mounted from first/app", &app.layer_blobs[0].hex()[..12])),
+        pushed.contains(&format!(
+            "{}: Mounted from first/app",
+            &app.layer_blobs[0].hex()[..12]
+        )),
         "{pushed}"
     );
-    assert!(registry.log_count("mount=") >= 1, "the registry saw a mount request");
+    assert!(
+        registry.log_count("mount=") >= 1,
+        "the registry saw a mount request"
+    );
     if have("skopeo") {
         assert_eq!(skopeo_digest(&second), app.manifest.to_string());
     }
@@ -159,11 +199,25 @@ fn pull_picks_the_requested_platform_from_an_index() {
     };
     let config_dir = tempfile::tempdir().expect("docker config dir");
     let kiln = Kiln::new();
-    let amd64 = make_image(kiln.root.path(), "docker.io/library/multi:amd64", &[&[("arch", "amd64\n")]]);
-    let arm64 = make_image(kiln.root.path(), "docker.io/library/multi:arm64", &[&[("arch", "arm64\n")]]);
+    let amd64 = make_image(
+        kiln.root.path(),
+        "docker.io/library/multi:amd64",
+        &[&[("arch", "amd64\n")]],
+    );
+    let arm64 = make_image(
+        kiln.root.path(),
+        "docker.io/library/multi:arm64",
+        &[&[("arch", "arm64\n")]],
+    );
     // kiln's archive is an OCI layout: unpack it, add an index of both images, push that.
     let archive = kiln.work.path().join("multi.tar");
-    kiln.ok(&["save", "-o", archive.to_str().expect("path"), "multi:amd64", "multi:arm64"]);
+    kiln.ok(&[
+        "save",
+        "-o",
+        archive.to_str().expect("path"),
+        "multi:amd64",
+        "multi:arm64",
+    ]);
     let layout = kiln.work.path().join("layout");
     std::fs::create_dir_all(&layout).expect("mkdir layout");
     let status = Command::new("tar")
@@ -189,7 +243,11 @@ fn pull_picks_the_requested_platform_from_an_index() {
     });
     let index_bytes = serde_json::to_vec(&index).expect("index JSON");
     let index_digest = kiln_image::Digest::of(&index_bytes);
-    std::fs::write(layout.join("blobs/sha256").join(index_digest.hex()), &index_bytes).expect("write index");
+    std::fs::write(
+        layout.join("blobs/sha256").join(index_digest.hex()),
+        &index_bytes,
+    )
+    .expect("write index");
     let top = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -199,7 +257,11 @@ fn pull_picks_the_requested_platform_from_an_index() {
             "annotations": {"org.opencontainers.image.ref.name": "multi"},
         }],
     });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).expect("json")).expect("write index.json");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&top).expect("json"),
+    )
+    .expect("write index.json");
     let destination = format!("{}/multi:v1", registry.host());
     let copied = Command::new("skopeo")
         .args(["copy", "--all", "--dest-tls-verify=false"])
@@ -210,17 +272,41 @@ fn pull_picks_the_requested_platform_from_an_index() {
     assert!(copied.status.success(), "skopeo copy: {}", stderr(&copied));
 
     let fresh = Kiln::new();
-    let pulled = ok_with(&fresh, config_dir.path(), &["pull", "--platform", "linux/arm64", &destination]);
-    assert!(pulled.contains(&format!("Digest: {index_digest}")), "the index digest: {pulled}");
-    let id = ok_with(&fresh, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    let pulled = ok_with(
+        &fresh,
+        config_dir.path(),
+        &["pull", "--platform", "linux/arm64", &destination],
+    );
+    assert!(
+        pulled.contains(&format!("Digest: {index_digest}")),
+        "the index digest: {pulled}"
+    );
+    let id = ok_with(
+        &fresh,
+        config_dir.path(),
+        &["inspect", "--format", "{{.Id}}", &destination],
+    );
     assert_eq!(id.trim(), arm64.config.to_string());
 
     let other = Kiln::new();
-    ok_with(&other, config_dir.path(), &["pull", "--platform", "linux/amd64", &destination]);
-    let id = ok_with(&other, config_dir.path(), &["inspect", "--format", "{{.Id}}", &destination]);
+    ok_with(
+        &other,
+        config_dir.path(),
+        &["pull", "--platform", "linux/amd64", &destination],
+    );
+    let id = ok_with(
+        &other,
+        config_dir.path(),
+        &["inspect", "--format", "{{.Id}}", &destination],
+    );
     assert_eq!(id.trim(), amd64.config.to_string());
 
-    let none = run_with(&other, config_dir.path(), &["pull", "--platform", "linux/s390x", &destination], "");
+    let none = run_with(
+        &other,
+        config_dir.path(),
+        &["pull", "--platform", "linux/s390x", &destination],
+        "",
+    );
     assert!(!none.status.success());
     assert!(stderr(&none).contains("s390x"), "{}", stderr(&none));
 }
@@ -238,7 +324,10 @@ fn login_stores_checked_credentials_and_logout_removes_them() {
     let host = registry.host();
 
     let anonymous = run_with(&kiln, config_dir.path(), &["push", "app", &destination], "");
-    assert!(!anonymous.status.success(), "push without credentials is refused");
+    assert!(
+        !anonymous.status.success(),
+        "push without credentials is refused"
+    );
 
     let wrong = run_with(
         &kiln,
@@ -246,7 +335,11 @@ fn login_stores_checked_credentials_and_logout_removes_them() {
         &["login", "-u", "alice", "--password-stdin", &host],
         "wrong-pw\n",
     );
-    assert!(!wrong.status.success(), "a wrong password fails: {}", stdout(&wrong));
+    assert!(
+        !wrong.status.success(),
+        "a wrong password fails: {}",
+        stdout(&wrong)
+    );
     assert!(stderr(&wrong).contains(&host), "{}", stderr(&wrong));
     assert!(!config_file.exists(), "nothing stored after a failed login");
 
@@ -259,10 +352,10 @@ fn login_stores_checked_credentials_and_logout_removes_them() {
     assert!(login.status.success(), "login failed: {}", stderr(&login));
     assert_eq!(stdout(&login), "Login Succeeded\n");
     let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json written")).expect("config JSON");
+        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json written"))
+            .expect("config JSON");
     assert_eq!(
-        config["auths"][&host]["auth"],
-        "YWxpY2U6cmlnaHQtcHc=",
+        config["auths"][&host]["auth"], "YWxpY2U6cmlnaHQtcHc=",
         "base64 of alice:right-pw, as docker login writes it"
     );
 
@@ -273,7 +366,8 @@ fn login_stores_checked_credentials_and_logout_removes_them() {
     let logout = ok_with(&kiln, config_dir.path(), &["logout", &host]);
     assert_eq!(logout, format!("Removing login credentials for {host}\n"));
     let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json")).expect("config JSON");
+        serde_json::from_slice(&std::fs::read(&config_file).expect("config.json"))
+            .expect("config JSON");
     assert!(config["auths"].get(&host).is_none(), "{config}");
     let again = ok_with(&kiln, config_dir.path(), &["logout", &host]);
     assert_eq!(again, format!("Not logged in to {host}\n"));

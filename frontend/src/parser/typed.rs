@@ -143,14 +143,15 @@ pub(crate) fn to_dockerfile(ast: Ast) -> Result<Dockerfile, ParseError> {
 /// Types the only instruction of `ast` (see `parse_instruction`).
 pub(crate) fn single_instruction(ast: Ast) -> Result<Instruction, ParseError> {
     let [node] = ast.children.as_slice() else {
-        let first = &ast.children[1.min(ast.children.len() - 1)];
-        return Err(error_at(
-            first,
-            invalid(format!(
-                "expected exactly one instruction, found {}",
-                ast.children.len()
-            )),
+        let message = invalid(format!(
+            "expected exactly one instruction, found {}",
+            ast.children.len()
         ));
+        // Point at the first instruction too many.
+        return Err(match ast.children.get(1) {
+            Some(extra) => error_at(extra, message),
+            None => ParseError::at(message, 0, 0, 0),
+        });
     };
     match type_node(node, &node.heredocs).map_err(|kind| error_at(node, kind))? {
         Typed::Instruction(instruction) => Ok(instruction),

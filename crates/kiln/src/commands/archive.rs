@@ -172,16 +172,25 @@ pub fn run_save(args: SaveArgs, global: &Global) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("finding manifest {}", entry.manifest_digest))?;
         images.push(ExportImage {
             names: entry.names.clone(),
-            descriptor: descriptor(entry.media_type.as_str().into(), &entry.manifest_digest, size)
-                .context("describing the manifest")?,
+            descriptor: descriptor(
+                entry.media_type.as_str().into(),
+                &entry.manifest_digest,
+                size,
+            )
+            .context("describing the manifest")?,
         });
     }
     let source = StoreBlobs::new(&store);
     match &args.output {
         Some(path) => {
             let mut file = AtomicFile::create(path)?;
-            export_archive(&source, &images, ArchiveFormat::DockerArchive, file.writer()?)
-                .with_context(|| format!("writing {}", path.display()))?;
+            export_archive(
+                &source,
+                &images,
+                ArchiveFormat::DockerArchive,
+                file.writer()?,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
             file.commit()?;
         }
         None => {
@@ -302,11 +311,7 @@ pub fn run_load(args: LoadArgs, global: &Global) -> anyhow::Result<ExitCode> {
     for image in &archive.images {
         let chosen = pick_manifest(image)?;
         let (manifest_digest, config_digest) = record_loaded(&store, chosen)?;
-        let names: Vec<String> = image
-            .names
-            .iter()
-            .filter_map(|n| archive_name(n))
-            .collect();
+        let names: Vec<String> = image.names.iter().filter_map(|n| archive_name(n)).collect();
         for name in &names {
             store
                 .tag(name, &manifest_digest, &config_digest)

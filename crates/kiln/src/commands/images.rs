@@ -344,11 +344,7 @@ fn select_path<'a>(value: &'a Value, path: &str) -> Option<Option<&'a Value>> {
     let fields = path.strip_prefix('.')?;
     let mut current = Some(value);
     for field in fields.split('.') {
-        if field.is_empty()
-            || !field
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '_')
-        {
+        if field.is_empty() || !field.chars().all(|c| c.is_alphanumeric() || c == '_') {
             return None;
         }
         current = current.and_then(|v| v.get(field));
@@ -569,7 +565,11 @@ pub fn run_tag(args: TagArgs, global: &Global) -> anyhow::Result<ExitCode> {
 fn single_repository(names: &[String]) -> bool {
     let repositories: BTreeSet<String> = names
         .iter()
-        .map(|n| Reference::parse(n).map(|r| r.name()).unwrap_or_else(|_| n.clone()))
+        .map(|n| {
+            Reference::parse(n)
+                .map(|r| r.name())
+                .unwrap_or_else(|_| n.clone())
+        })
         .collect();
     repositories.len() <= 1
 }
@@ -663,9 +663,18 @@ fn inspect_document(store: &Store, found: &StoredImage) -> anyhow::Result<Value>
     document.insert("Parent".into(), json!(""));
     document.insert(
         "Comment".into(),
-        json!(config.history.last().map(|h| h.comment.clone()).unwrap_or_default()),
+        json!(
+            config
+                .history
+                .last()
+                .map(|h| h.comment.clone())
+                .unwrap_or_default()
+        ),
     );
-    document.insert("Created".into(), json!(config.created.clone().unwrap_or_default()));
+    document.insert(
+        "Created".into(),
+        json!(config.created.clone().unwrap_or_default()),
+    );
     document.insert("DockerVersion".into(), json!(""));
     document.insert("Author".into(), json!(config.author));
     document.insert("Config".into(), container_config);
@@ -699,8 +708,7 @@ pub fn run_inspect(args: InspectArgs, global: &Global) -> anyhow::Result<ExitCod
     for name in &args.images {
         match find_image(&store, name)? {
             Some(found) => documents.push(
-                inspect_document(&store, &found)
-                    .with_context(|| format!("inspecting {name}"))?,
+                inspect_document(&store, &found).with_context(|| format!("inspecting {name}"))?,
             ),
             None => {
                 eprintln!("Error: No such image: {name}");
@@ -838,7 +846,11 @@ pub fn run_prune(args: PruneArgs, global: &Global) -> anyhow::Result<ExitCode> {
         cache_mounts: args.all,
     };
     let report = store.prune(&options).context("pruning the store")?;
-    let verb = if args.dry_run { "Would delete" } else { "Deleted" };
+    let verb = if args.dry_run {
+        "Would delete"
+    } else {
+        "Deleted"
+    };
     let mut out = String::new();
     if !report.removed_blobs.is_empty() {
         let _ = writeln!(out, "{verb} blobs:");
@@ -853,7 +865,10 @@ pub fn run_prune(args: PruneArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     let counts = [
-        (report.removed_orphan_layer_dirs, "orphaned layer directories"),
+        (
+            report.removed_orphan_layer_dirs,
+            "orphaned layer directories",
+        ),
         (report.removed_cache_records, "build cache records"),
         (report.removed_stale_leases, "stale leases"),
         (report.removed_cache_mounts, "cache mounts"),
@@ -892,7 +907,10 @@ mod tests {
     #[test]
     fn durations_read_as_docker_writes_them() {
         let secs = Duration::from_secs;
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(human_duration(secs(1)), "1 second");
         assert_eq!(human_duration(secs(42)), "42 seconds");
         assert_eq!(human_duration(secs(61)), "About a minute");

@@ -6,6 +6,7 @@ pub mod build;
 pub mod debug;
 pub mod images;
 pub mod registry;
+pub mod run;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Build(args) => build::run(args, &global),
+        Command::Run(args) => run::run(args, &global),
         Command::Images(args) => images::run_images(args, &global),
         Command::Tag(args) => images::run_tag(args, &global),
         Command::Rmi(args) => images::run_rmi(args, &global),

@@ -19,7 +19,7 @@ use kiln_registry::{
     ClientOptions, CredentialSource, RegistryClient, Repository, TransferEvent, WantedPlatform,
 };
 
-use super::images::{require_image, short_id};
+use super::images::{find_image, short_id};
 use super::open_store;
 use crate::cli::Global;
 
@@ -134,7 +134,9 @@ pub fn run_pull(args: PullArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid image name {:?}", args.name))?
         .with_default_tag();
     let platform = match &args.platform {
-        Some(text) => Platform::parse(text).with_context(|| format!("invalid platform {text:?}"))?,
+        Some(text) => {
+            Platform::parse(text).with_context(|| format!("invalid platform {text:?}"))?
+        }
         None => Platform::host(),
     };
     let wanted = WantedPlatform {
@@ -189,10 +191,17 @@ pub fn run_pull(args: PullArgs, global: &Global) -> anyhow::Result<ExitCode> {
         ))
         .with_context(|| format!("pulling {}", reference.familiar()))?;
     store
-        .tag(&name, &pulled.manifest.digest, &pulled.manifest.config_digest)
+        .tag(
+            &name,
+            &pulled.manifest.digest,
+            &pulled.manifest.config_digest,
+        )
         .with_context(|| format!("tagging {}", reference.familiar()))?;
     if !args.quiet {
-        let digest = pulled.index_digest.as_ref().unwrap_or(&pulled.manifest.digest);
+        let digest = pulled
+            .index_digest
+            .as_ref()
+            .unwrap_or(&pulled.manifest.digest);
         println!("Digest: {digest}");
         let up_to_date = previous.is_some_and(|p| p.manifest_digest == pulled.manifest.digest);
         if up_to_date {
@@ -210,8 +219,8 @@ pub fn run_pull(args: PullArgs, global: &Global) -> anyhow::Result<ExitCode> {
 
 pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let store = open_store(global)?;
-    let source = require_image(&store, &args.name).map_err(|_| {
-        anyhow::anyhow!(
+    let source = find_image(&store, &args.name)?.with_context(|| {
+        format!(
             "An image does not exist locally with the tag: {}",
             args.name
         )
@@ -234,7 +243,9 @@ pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
         if let Ok(other) = Reference::parse(&record.name) {
             let other = repository_of(&other);
-            if other.registry == repo.registry && other.name != repo.name && !mount_from.contains(&other)
+            if other.registry == repo.registry
+                && other.name != repo.name
+                && !mount_from.contains(&other)
             {
                 mount_from.push(other);
             }
@@ -261,7 +272,10 @@ pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
                 print_event(format!("{}: Layer already exists", short_id(&digest)));
             }
             TransferEvent::Mounted { digest } => {
-                print_event(format!("{}: Mounted from {mounted_from}", short_id(&digest)));
+                print_event(format!(
+                    "{}: Mounted from {mounted_from}",
+                    short_id(&digest)
+                ));
             }
             TransferEvent::Started { digest, .. } => {
                 print_event(format!("{}: Pushing", short_id(&digest)));
@@ -406,7 +420,10 @@ mod tests {
     #[test]
     fn login_servers_normalise_to_registry_hosts() {
         assert_eq!(registry_host(None), "docker.io");
-        assert_eq!(registry_host(Some("https://index.docker.io/v1/")), "docker.io");
+        assert_eq!(
+            registry_host(Some("https://index.docker.io/v1/")),
+            "docker.io"
+        );
         assert_eq!(registry_host(Some("127.0.0.1:5000")), "127.0.0.1:5000");
         assert_eq!(
             registry_host(Some("http://registry.local:5000/v2/")),
