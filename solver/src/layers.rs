@@ -52,17 +52,9 @@ pub fn compression_of(media_type: &str) -> LayerCompression {
     layer_compression(media_type).unwrap_or(LayerCompression::Gzip)
 }
 
-/// Whether a directory has no entries.
-fn is_empty_dir(dir: &Path) -> Result<bool, OpError> {
-    Ok(fs::read_dir(dir)
-        .map_err(OpError::io("read the diff dir", dir))?
-        .next()
-        .is_none())
-}
-
 /// Turns the changes in `upper` (overlay upper-dir form) into a layer on top of `parent`: writes the
-/// compressed blob, records it, and moves `upper` into `layers/`. Returns `None` when there are no
-/// changes (an empty diff adds no layer, as in BuildKit).
+/// compressed blob, records it, and moves `upper` into `layers/`. A step that changed nothing still
+/// gets a layer (an empty tar), as in BuildKit, so every history entry with a layer has one.
 ///
 /// # Errors
 /// Reading the tree, writing the blob, or committing the layer failed.
@@ -71,10 +63,7 @@ pub fn commit_diff(
     upper: &Path,
     parent: Option<&Layer>,
     options: &LayerOptions,
-) -> Result<Option<Layer>, OpError> {
-    if is_empty_dir(upper)? {
-        return Ok(None);
-    }
+) -> Result<Layer, OpError> {
     let diff_options = DiffOptions {
         source: DiffSource::OverlayUpper,
         source_date_epoch: options.source_date_epoch,
@@ -97,14 +86,14 @@ pub fn commit_diff(
             store.commit_layer(temp, &chain, &digests.diff_id, parent_chain)?
         }
     };
-    Ok(Some(Layer {
+    Ok(Layer {
         diff_id: digests.diff_id,
         chain_id: chain,
         dir,
         blob_digest: blob.digest,
         media_type: media_type.to_string(),
         size: blob.size,
-    }))
+    })
 }
 
 /// Makes sure every layer of a manifest is extracted under `layers/` and returns the chain.

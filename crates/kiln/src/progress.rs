@@ -9,11 +9,15 @@
 //! #3 DONE 0.2s
 //! ```
 //!
-//! `quiet` prints nothing; `auto` is plain (a terminal display with indicatif is still to come).
+//! `tty` (what `auto` picks when stderr is a terminal) shows a spinner per running step with
+//! indicatif and prints output lines above them; `quiet` prints nothing.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use kiln_solver::{Progress, ProgressEvent};
 
@@ -24,6 +28,24 @@ pub enum ProgressMode {
     Plain,
     Tty,
     Quiet,
+}
+
+impl ProgressMode {
+    /// The display for this mode: `auto` and `tty` show the terminal display when stderr is a
+    /// terminal, plain text otherwise.
+    pub fn display(self) -> Box<dyn Progress> {
+        match self {
+            ProgressMode::Quiet => Box::new(kiln_solver::NoProgress),
+            ProgressMode::Plain => Box::new(PlainProgress::new(std::io::stderr())),
+            // indicatif draws nothing on a non-terminal, so `tty` falls back to plain there.
+            ProgressMode::Tty | ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                Box::new(TtyProgress::new(ProgressDrawTarget::stderr()))
+            }
+            ProgressMode::Tty | ProgressMode::Auto => {
+                Box::new(PlainProgress::new(std::io::stderr()))
+            }
+        }
+    }
 }
 
 /// Writes events in BuildKit's plain format to a writer (stderr in the CLI).
@@ -91,6 +113,63 @@ impl<W: Write + Send> Progress for PlainProgress<W> {
     }
 }
 
+/// A terminal display: one spinner line per running step, output lines printed above them, and a
+/// summary line per finished step.
+pub struct TtyProgress {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<usize, (ProgressBar, String)>>,
+}
+
+impl TtyProgress {
+    pub fn new(target: ProgressDrawTarget) -> TtyProgress {
+        TtyProgress {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, id: usize) -> Option<(ProgressBar, String)> {
+        self.bars.lock().ok().and_then(|mut bars| bars.remove(&id))
+    }
+}
+
+impl Progress for TtyProgress {
+    fn event(&self, event: ProgressEvent) {
+        match event {
+            ProgressEvent::Started { id, description } => {
+                let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let bar = self.multi.add(ProgressBar::new_spinner().with_style(style));
+                bar.set_message(format!("#{id} {description}"));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                if let Ok(mut bars) = self.bars.lock() {
+                    bars.insert(id, (bar, description));
+                }
+            }
+            ProgressEvent::Output { id, line } => {
+                // A display that cannot draw must not fail the build.
+                let _ = self.multi.println(format!("#{id} {line}"));
+            }
+            ProgressEvent::Done { id, elapsed } => {
+                if let Some((bar, description)) = self.take(id) {
+                    bar.finish_and_clear();
+                    let _ = self
+                        .multi
+                        .println(format!("#{id} {description} DONE {}", seconds(elapsed)));
+                }
+            }
+            ProgressEvent::Failed { id, error, .. } => {
+                if let Some((bar, description)) = self.take(id) {
+                    bar.finish_and_clear();
+                    let _ = self
+                        .multi
+                        .println(format!("#{id} {description} ERROR: {error}"));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +204,29 @@ mod tests {
         );
         assert_eq!(lines[2], "#3 DONE 0.4s");
         assert_eq!(lines[3], "#4 ERROR: exit code 1");
+    }
+
+    #[test]
+    fn tty_display_tracks_running_steps() {
+        let progress = TtyProgress::new(ProgressDrawTarget::hidden());
+        progress.event(ProgressEvent::Started {
+            id: 1,
+            description: "[1/2] COPY a /".into(),
+        });
+        progress.event(ProgressEvent::Started {
+            id: 2,
+            description: "[2/2] RUN true".into(),
+        });
+        assert_eq!(progress.bars.lock().unwrap().len(), 2);
+        progress.event(ProgressEvent::Done {
+            id: 1,
+            elapsed: Duration::from_millis(5),
+        });
+        progress.event(ProgressEvent::Failed {
+            id: 2,
+            elapsed: Duration::from_millis(5),
+            error: "boom".into(),
+        });
+        assert!(progress.bars.lock().unwrap().is_empty());
     }
 }

@@ -307,8 +307,15 @@ fn load_rejects_what_is_not_an_image_archive() {
 fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
     let kiln = Kiln::new();
     let image = make_busybox_image(kiln.root.path(), "docker.io/library/kiln-busybox:latest");
+    let extra = make_image(kiln.root.path(), OTHER, &[&[("o.txt", "o\n")]]);
     let archive = kiln.work.path().join("busybox.tar");
-    kiln.ok(&["save", "-o", path_str(&archive), "kiln-busybox"]);
+    kiln.ok(&[
+        "save",
+        "-o",
+        path_str(&archive),
+        "kiln-busybox",
+        "other:1.0",
+    ]);
     let Some(dockerd) = TestDockerd::start() else {
         return;
     };
@@ -327,6 +334,21 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
         stdout(&loaded).contains("Loaded image: kiln-busybox:latest"),
         "{}",
         stdout(&loaded)
+    );
+    assert!(
+        stdout(&loaded).contains("Loaded image: other:1.0"),
+        "both images of the archive load: {}",
+        stdout(&loaded)
+    );
+    let other_id = dockerd
+        .docker()
+        .args(["image", "inspect", "--format", "{{.Id}}", "other:1.0"])
+        .output()
+        .expect("docker image inspect");
+    let other_id = stdout(&other_id).trim().to_string();
+    assert!(
+        other_id == extra.config.to_string() || other_id == extra.manifest.to_string(),
+        "docker's id {other_id} is kiln's second image"
     );
     let id = dockerd
         .docker()
@@ -376,4 +398,199 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
     assert_eq!(out, "Loaded image: kiln-busybox:latest\n");
     let reloaded = stdout(&fresh.ok(&["inspect", "--format", "{{.Id}}", "kiln-busybox"]));
     assert_eq!(reloaded.trim(), image.config.to_string());
+}
+
+#[test]
+fn loading_a_multi_platform_layout_keeps_this_machines_image() {
+    let kiln = Kiln::new();
+    let here = make_image(
+        kiln.root.path(),
+        "docker.io/library/multi:here",
+        &[&[("p", "here\n")]],
+    );
+    let elsewhere = make_image(
+        kiln.root.path(),
+        "docker.io/library/multi:elsewhere",
+        &[&[("p", "there\n")]],
+    );
+    let archive = kiln.work.path().join("two.tar");
+    kiln.ok(&[
+        "save",
+        "-o",
+        path_str(&archive),
+        "multi:here",
+        "multi:elsewhere",
+    ]);
+    let layout = kiln.work.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("mkdir layout");
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar -x");
+    assert!(status.success());
+    // Replace kiln's files with an OCI layout whose one entry is an index of both images.
+    std::fs::remove_file(layout.join("manifest.json")).expect("rm manifest.json");
+    std::fs::remove_file(layout.join("repositories")).expect("rm repositories");
+    let host = kiln_image::Platform::host();
+    let other_arch = if host.architecture == "s390x" {
+        "ppc64le"
+    } else {
+        "s390x"
+    };
+    let size = |digest: &kiln_image::Digest| {
+        std::fs::metadata(layout.join("blobs/sha256").join(digest.hex()))
+            .expect("manifest in layout")
+            .len()
+    };
+    let mut here_platform = serde_json::json!({"os": "linux", "architecture": host.architecture});
+    if let Some(variant) = &host.variant {
+        here_platform["variant"] = serde_json::json!(variant);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": elsewhere.manifest.to_string(), "size": size(&elsewhere.manifest), "platform": {"os": "linux", "architecture": other_arch}},
+            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": here.manifest.to_string(), "size": size(&here.manifest), "platform": here_platform},
+        ],
+    });
+    let index_bytes = serde_json::to_vec(&index).expect("index JSON");
+    let index_digest = kiln_image::Digest::of(&index_bytes);
+    std::fs::write(
+        layout.join("blobs/sha256").join(index_digest.hex()),
+        &index_bytes,
+    )
+    .expect("write index");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest.to_string(),
+            "size": index_bytes.len(),
+            "annotations": {
+                "io.containerd.image.name": "docker.io/library/multi:v1",
+                "org.opencontainers.image.ref.name": "v1",
+            },
+        }],
+    });
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&top).expect("json"),
+    )
+    .expect("write index.json");
+    let layout_tar = kiln.work.path().join("multi-oci.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&layout_tar)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .status()
+        .expect("tar -c");
+    assert!(status.success());
+
+    let fresh = Kiln::new();
+    let out = stdout(&fresh.ok(&["load", "-i", path_str(&layout_tar)]));
+    assert_eq!(out, "Loaded image: multi:v1\n");
+    let id = stdout(&fresh.ok(&["inspect", "--format", "{{.Id}}", "multi:v1"]));
+    assert_eq!(id.trim(), here.config.to_string(), "the image for {host}");
+}
+
+/// Bytes that do not compress: a simple linear congruential generator.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn prune_waits_for_a_load_in_progress() {
+    let source = Kiln::new();
+    let layer_dir = source.work.path().join("big");
+    std::fs::create_dir_all(&layer_dir).expect("mkdir");
+    std::fs::write(layer_dir.join("noise.bin"), noise(6 << 20)).expect("write noise");
+    let image = common::make_image_from_dirs(source.root.path(), APP, &[layer_dir], &[]);
+    let archive = source.work.path().join("big.tar");
+    source.ok(&["save", "-o", path_str(&archive), "app"]);
+    let bytes = std::fs::read(&archive).expect("read archive");
+
+    let kiln = Kiln::new();
+    let mut load = kiln
+        .command()
+        .arg("load")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln load");
+    let mut stdin = load.stdin.take().expect("load stdin");
+    use std::io::Write as _;
+    let half = bytes.len() / 2;
+    stdin
+        .write_all(&bytes[..half])
+        .expect("feed half the archive");
+    stdin.flush().expect("flush");
+    // Wait until the load is ingesting the big layer (it took the store lock before that);
+    // layers above kiln-oci's 4 MiB small-file limit stream straight into the store.
+    let tmp = kiln.root.path().join("tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ingesting = || {
+        std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|session| {
+                std::fs::read_dir(session.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|entry| entry.file_name().to_string_lossy().starts_with("ingest"))
+            })
+    };
+    while !ingesting() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never started ingesting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let mut prune = kiln
+        .command()
+        .arg("prune")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln prune");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(
+        prune.try_wait().expect("poll prune").is_none(),
+        "prune must wait while a load holds the store"
+    );
+    stdin.write_all(&bytes[half..]).expect("feed the rest");
+    drop(stdin);
+    let loaded = load.wait_with_output().expect("load output");
+    assert!(loaded.status.success(), "load failed: {}", stderr(&loaded));
+    let pruned = prune.wait_with_output().expect("prune output");
+    assert!(pruned.status.success(), "prune failed: {}", stderr(&pruned));
+    assert!(
+        !stdout(&pruned).contains(&image.layer_blobs[0].to_string()),
+        "prune kept the loaded layer: {}",
+        stdout(&pruned)
+    );
+    let again = kiln.work.path().join("again.tar");
+    kiln.ok(&["save", "-o", path_str(&again), "app"]);
+    assert!(
+        std::fs::read(&again).expect("read") == bytes,
+        "every blob survived"
+    );
 }

@@ -560,3 +560,121 @@ fn context_and_dockerfile_from_stdin() {
     assert!(output.status.success(), "{}", common::stderr(&output));
     assert!(out2.join("renamed.txt").is_file());
 }
+
+#[test]
+fn steps_that_change_nothing_keep_history_and_layers_paired() {
+    if !tools_present() {
+        return;
+    }
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    // /etc exists already: WORKDIR changes nothing, and still gets its (empty) layer, as in BuildKit.
+    let context = kiln.context(
+        "app",
+        &[
+            ("Dockerfile", "FROM busybox\nWORKDIR /etc\nCOPY x /x\n"),
+            ("x", "x"),
+        ],
+    );
+    let archive = kiln.work.path().join("app.tar");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=oci,dest={}", archive.display()),
+        context.to_str().unwrap(),
+    ]);
+    let config = skopeo_inspect(&archive, true);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.len(), 3, "{config}");
+    assert_eq!(
+        diff_ids[1],
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+    );
+    let history = config["history"].as_array().unwrap();
+    let layered: Vec<&str> = history
+        .iter()
+        .filter(|h| h["empty_layer"] != true)
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(layered.len(), 3, "{config}");
+    assert_eq!(layered[1], "WORKDIR /etc");
+}
+
+#[test]
+fn add_unpacks_a_local_archive_and_copy_does_not() {
+    let kiln = Kiln::new();
+    let context = kiln.context(
+        "app",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nADD bundle.tar.gz /unpacked/\nCOPY bundle.tar.gz /copied/\n",
+            ),
+            ("payload/inner.txt", "inner"),
+        ],
+    );
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(context.join("bundle.tar.gz"))
+        .arg("-C")
+        .arg(context.join("payload"))
+        .arg("inner.txt")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = kiln.work.path().join("rootfs");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("unpacked/inner.txt")).unwrap(),
+        "inner"
+    );
+    assert!(out.join("copied/bundle.tar.gz").is_file());
+}
+
+#[test]
+fn two_stores_build_identical_images_from_scratch_with_source_date_epoch() {
+    if !tools_present() {
+        return;
+    }
+    // Everything from the base up, RUN included, in two separate stores and work dirs.
+    let build_everything = || {
+        let kiln = Kiln::new();
+        let base = kiln.work.path().join("base");
+        common::busybox_rootfs(&base.join("rootfs"));
+        std::fs::write(base.join("Dockerfile"), "FROM scratch\nCOPY rootfs/ /\n").unwrap();
+        let app = kiln.context(
+            "app",
+            &[
+                ("Dockerfile", "FROM busybox\nCOPY f.txt /srv/\nRUN echo built > /srv/out && mkdir /srv/d\n"),
+                ("f.txt", "content\n"),
+            ],
+        );
+        let archive = kiln.work.path().join("app.tar");
+        for args in [
+            vec!["build".to_string(), "-q".into(), "-t".into(), "busybox".into(), base.display().to_string()],
+            vec![
+                "build".to_string(),
+                "-q".into(),
+                "--output".into(),
+                format!("type=oci,dest={}", archive.display()),
+                app.display().to_string(),
+            ],
+        ] {
+            let output = kiln.command().env("SOURCE_DATE_EPOCH", "1700000000").args(&args).output().unwrap();
+            assert!(output.status.success(), "{}", common::stderr(&output));
+        }
+        let digest = skopeo_inspect(&archive, false)["Digest"].clone();
+        (kiln, digest)
+    };
+    let (_first_kiln, first) = build_everything();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_second_kiln, second) = build_everything();
+    assert_eq!(first, second);
+}

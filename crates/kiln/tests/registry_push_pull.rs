@@ -376,3 +376,59 @@ fn login_stores_checked_credentials_and_logout_removes_them() {
     let refused = run_with(&after, config_dir.path(), &["pull", &destination], "");
     assert!(!refused.status.success(), "pull after logout is refused");
 }
+
+#[test]
+fn push_all_tags_pushes_every_local_tag_of_the_repository() {
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().expect("docker config dir");
+    let kiln = Kiln::new();
+    let one = make_image(kiln.root.path(), APP, &[&[("one", "1\n")]]);
+    let two = make_image(
+        kiln.root.path(),
+        "docker.io/library/two:latest",
+        &[&[("two", "2\n")]],
+    );
+    let repository = format!("{}/many", registry.host());
+    kiln.ok(&["tag", "app", &format!("{repository}:one")]);
+    kiln.ok(&["tag", "two", &format!("{repository}:two")]);
+    let pushed = ok_with(
+        &kiln,
+        config_dir.path(),
+        &["push", "--all-tags", &repository],
+    );
+    assert_eq!(
+        pushed.matches("The push refers to repository").count(),
+        1,
+        "{pushed}"
+    );
+    assert!(
+        pushed.contains(&format!("one: digest: {}", one.manifest)),
+        "{pushed}"
+    );
+    assert!(
+        pushed.contains(&format!("two: digest: {}", two.manifest)),
+        "{pushed}"
+    );
+    if have("skopeo") {
+        assert_eq!(
+            skopeo_digest(&format!("{repository}:one")),
+            one.manifest.to_string()
+        );
+        assert_eq!(
+            skopeo_digest(&format!("{repository}:two")),
+            two.manifest.to_string()
+        );
+    }
+    let tagged = run_with(
+        &kiln,
+        config_dir.path(),
+        &["push", "--all-tags", &format!("{repository}:one")],
+        "",
+    );
+    assert!(
+        !tagged.status.success(),
+        "--all-tags takes a repository without a tag"
+    );
+}

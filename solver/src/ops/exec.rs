@@ -117,8 +117,7 @@ pub(crate) fn run_exec(
 
     let upper = cx.snapshotter.diff(&snapshot)?;
     let mut chain = base;
-    if let Some(layer) = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)? {
-        chain.push(layer);
-    }
+    let layer = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)?;
+    chain.push(layer);
     Ok(OpOutput::Chain(chain))
 }

@@ -89,9 +89,8 @@ pub(crate) fn run_file(
 
     let upper = cx.snapshotter.diff(&dest)?;
     let mut chain = base;
-    if let Some(layer) = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)? {
-        chain.push(layer);
-    }
+    let layer = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)?;
+    chain.push(layer);
     Ok(OpOutput::Chain(chain))
 }
 

@@ -28,7 +28,7 @@ use crate::cli::Global;
 use crate::commands::debug::{parse_build_args, read_dockerfile};
 use crate::commands::{host_platform, normalize_image_name, open_store};
 use crate::output_spec::{Compression, Destination, OutputKind, OutputSpec};
-use crate::progress::{PlainProgress, ProgressMode};
+use crate::progress::ProgressMode;
 use crate::resolver::{LazyPuller, StoreResolver};
 use crate::store_blobs::StoreBlobs;
 
@@ -147,12 +147,12 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             },
         )]),
     };
-    let quiet = args.quiet || args.progress == ProgressMode::Quiet;
-    let progress: Box<dyn kiln_solver::Progress> = if quiet {
-        Box::new(kiln_solver::NoProgress)
+    let progress = if args.quiet {
+        ProgressMode::Quiet
     } else {
-        Box::new(PlainProgress::new(io::stderr()))
-    };
+        args.progress
+    }
+    .display();
     let puller = LazyPuller::default();
     let solver = Solver::new(
         store.clone(),

@@ -34,6 +34,9 @@ pub struct ImagesArgs {
     /// Only print image ids.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Accepted for Docker compatibility: kiln keeps no intermediate images, so all are shown.
+    #[arg(short, long)]
+    pub all: bool,
     /// Show the manifest digests.
     #[arg(long)]
     pub digests: bool,
@@ -628,6 +631,60 @@ pub fn run_rmi(args: RmiArgs, global: &Global) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The image's container config in the shape `docker image inspect` prints it: Docker's key
+/// order, with the fields Docker always prints present (empty when unset), so templates such as
+/// `{{.Config.User}}` give what they give with Docker.
+fn docker_container_config(generated: Value) -> Value {
+    // (key, value when unset or None when Docker leaves the key out when unset).
+    let layout: [(&str, Option<Value>); 25] = [
+        ("Hostname", Some(json!(""))),
+        ("Domainname", Some(json!(""))),
+        ("User", Some(json!(""))),
+        ("AttachStdin", Some(json!(false))),
+        ("AttachStdout", Some(json!(false))),
+        ("AttachStderr", Some(json!(false))),
+        ("ExposedPorts", None),
+        ("Tty", Some(json!(false))),
+        ("OpenStdin", Some(json!(false))),
+        ("StdinOnce", Some(json!(false))),
+        ("Env", Some(Value::Null)),
+        ("Cmd", Some(Value::Null)),
+        ("Healthcheck", None),
+        ("ArgsEscaped", None),
+        ("Image", Some(json!(""))),
+        ("Volumes", Some(Value::Null)),
+        ("WorkingDir", Some(json!(""))),
+        ("Entrypoint", Some(Value::Null)),
+        ("NetworkDisabled", None),
+        ("MacAddress", None),
+        ("OnBuild", Some(Value::Null)),
+        ("Labels", Some(Value::Null)),
+        ("StopSignal", None),
+        ("StopTimeout", None),
+        ("Shell", None),
+    ];
+    let mut fields = match generated {
+        Value::Object(fields) => fields,
+        other => return other,
+    };
+    let mut out = Map::new();
+    for (key, unset) in layout {
+        match fields.remove(key) {
+            Some(value) => {
+                out.insert(key.to_string(), value);
+            }
+            None => {
+                if let Some(unset) = unset {
+                    out.insert(key.to_string(), unset);
+                }
+            }
+        }
+    }
+    // Whatever else the image carries, after Docker's own fields.
+    out.extend(fields);
+    Value::Object(out)
+}
+
 /// The `docker image inspect` document for one image.
 fn inspect_document(store: &Store, found: &StoredImage) -> anyhow::Result<Value> {
     let record = &found.record;
@@ -654,8 +711,9 @@ fn inspect_document(store: &Store, found: &StoredImage) -> anyhow::Result<Value>
         }
     }
     let last_tag_ns = all.iter().map(|r| r.updated_ns).max().unwrap_or(0);
-    let container_config =
-        serde_json::to_value(&config.config).context("serialising the container config")?;
+    let container_config = docker_container_config(
+        serde_json::to_value(&config.config).context("serialising the container config")?,
+    );
     let mut document = Map::new();
     document.insert("Id".into(), json!(record.config_digest.to_string()));
     document.insert("RepoTags".into(), json!(repo_tags));
@@ -957,6 +1015,50 @@ mod tests {
         );
         assert!(render_template("{{range .Config.Env}}", &value).is_err());
         assert!(render_template("{{.Id", &value).is_err());
+    }
+
+    #[test]
+    fn inspect_config_has_dockers_fields_in_dockers_order() {
+        let config = docker_container_config(json!({
+            "Env": ["A=1"], "Cmd": ["sh"], "Labels": {"x": "y"}, "Custom": 1
+        }));
+        let keys: Vec<&str> = config
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "Hostname",
+                "Domainname",
+                "User",
+                "AttachStdin",
+                "AttachStdout",
+                "AttachStderr",
+                "Tty",
+                "OpenStdin",
+                "StdinOnce",
+                "Env",
+                "Cmd",
+                "Image",
+                "Volumes",
+                "WorkingDir",
+                "Entrypoint",
+                "OnBuild",
+                "Labels",
+                "Custom"
+            ]
+        );
+        assert_eq!(config["User"], "");
+        assert_eq!(config["Entrypoint"], Value::Null);
+        assert_eq!(config["Cmd"], json!(["sh"]));
+        assert_eq!(
+            render_template("[{{.User}}]", &config).unwrap(),
+            "[]",
+            "an unset user prints as Docker prints it"
+        );
     }
 
     #[test]

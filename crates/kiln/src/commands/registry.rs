@@ -18,6 +18,7 @@ use kiln_registry::credentials::{Credentials, CredentialsError, DockerConfig};
 use kiln_registry::{
     ClientOptions, CredentialSource, RegistryClient, Repository, TransferEvent, WantedPlatform,
 };
+use kiln_store::Store;
 
 use super::images::{find_image, short_id};
 use super::open_store;
@@ -48,6 +49,9 @@ pub struct PushArgs {
     /// Print only errors and the digest line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Push every local tag of the repository NAME.
+    #[arg(short, long)]
+    pub all_tags: bool,
     /// The local image: a name or an image id.
     #[arg(value_name = "NAME[:TAG]")]
     pub name: String,
@@ -217,28 +221,23 @@ pub fn run_pull(args: PullArgs, global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let store = open_store(global)?;
-    let source = find_image(&store, &args.name)?.with_context(|| {
-        format!(
-            "An image does not exist locally with the tag: {}",
-            args.name
-        )
-    })?;
-    let destination_text = args.destination.as_deref().unwrap_or(&args.name);
-    let destination = Reference::parse(destination_text)
-        .with_context(|| format!("invalid destination {destination_text:?}"))?;
-    if destination.digest().is_some() {
-        bail!("cannot push to a digest reference ({destination_text}): name a tag");
-    }
-    let destination = destination.with_default_tag();
-    let repo = repository_of(&destination);
+/// Pushes the stored image with manifest `manifest_digest` to `destination` (which has a tag),
+/// printing Docker's lines (the last one names the pushed manifest digest).
+fn push_one(
+    store: &Store,
+    client: &RegistryClient,
+    runtime: &tokio::runtime::Runtime,
+    manifest_digest: &Digest,
+    destination: &Reference,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let repo = repository_of(destination);
     let tag = destination.tag_or_latest().to_string();
 
     // Other repositories of the same registry that hold this image can lend their blobs.
     let mut mount_from: Vec<Repository> = Vec::new();
     for record in store.list_images().context("listing images")? {
-        if record.manifest_digest != source.record.manifest_digest {
+        if record.manifest_digest != *manifest_digest {
             continue;
         }
         if let Ok(other) = Reference::parse(&record.name) {
@@ -255,13 +254,6 @@ pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
         [only] => only.name.clone(),
         _ => "another repository".to_string(),
     };
-
-    let credentials: Arc<dyn CredentialSource> = Arc::new(docker_config()?);
-    let client = client(credentials, &args.insecure_registries)?;
-    if !args.quiet {
-        println!("The push refers to repository [{}]", destination.name());
-    }
-    let quiet = args.quiet;
     let progress = move |event: TransferEvent| {
         if quiet {
             return;
@@ -285,12 +277,11 @@ pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let _lock = store.lock_shared().context("locking the store")?;
-    let pushed: Digest = runtime()?
+    let pushed: Digest = runtime
         .block_on(kiln_registry::push(
-            &client,
-            &store,
-            &source.record.manifest_digest,
+            client,
+            store,
+            manifest_digest,
             &repo,
             &tag,
             &mount_from,
@@ -300,7 +291,78 @@ pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let size = store
         .blob_size(&pushed)
         .with_context(|| format!("finding manifest {pushed}"))?;
-    println!("{tag}: digest: {pushed} size: {size}");
+    print_event(format!("{tag}: digest: {pushed} size: {size}"));
+    Ok(())
+}
+
+pub fn run_push(args: PushArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let store = open_store(global)?;
+    // (manifest to push, where to push it)
+    let mut pushes: Vec<(Digest, Reference)> = Vec::new();
+    if args.all_tags {
+        if args.destination.is_some() {
+            bail!("--all-tags pushes the local tags under their own names: give no DEST");
+        }
+        let repository = Reference::parse(&args.name)
+            .with_context(|| format!("invalid repository {:?}", args.name))?;
+        if repository.tag().is_some() || repository.digest().is_some() {
+            bail!("--all-tags takes a repository without a tag: {}", args.name);
+        }
+        for record in store.list_images().context("listing images")? {
+            if let Ok(reference) = Reference::parse(&record.name)
+                && reference.name() == repository.name()
+                && reference.tag().is_some()
+                && reference.digest().is_none()
+            {
+                pushes.push((record.manifest_digest, reference));
+            }
+        }
+        if pushes.is_empty() {
+            bail!(
+                "An image does not exist locally with the tag: {}",
+                args.name
+            );
+        }
+    } else {
+        let source = find_image(&store, &args.name)?.with_context(|| {
+            format!(
+                "An image does not exist locally with the tag: {}",
+                args.name
+            )
+        })?;
+        let destination_text = args.destination.as_deref().unwrap_or(&args.name);
+        let destination = Reference::parse(destination_text)
+            .with_context(|| format!("invalid destination {destination_text:?}"))?;
+        if destination.digest().is_some() {
+            bail!("cannot push to a digest reference ({destination_text}): name a tag");
+        }
+        pushes.push((
+            source.record.manifest_digest,
+            destination.with_default_tag(),
+        ));
+    }
+
+    let credentials: Arc<dyn CredentialSource> = Arc::new(docker_config()?);
+    let client = client(credentials, &args.insecure_registries)?;
+    let runtime = runtime()?;
+    // Held through the uploads: a prune must not delete blobs while they are read.
+    let _lock = store.lock_shared().context("locking the store")?;
+    let mut announced = Vec::new();
+    for (manifest_digest, destination) in &pushes {
+        let repository = destination.name();
+        if !args.quiet && !announced.contains(&repository) {
+            print_event(format!("The push refers to repository [{repository}]"));
+            announced.push(repository);
+        }
+        push_one(
+            &store,
+            &client,
+            &runtime,
+            manifest_digest,
+            destination,
+            args.quiet,
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -515,3 +515,69 @@ pub fn build_busybox_with_kiln(kiln: &Kiln) -> String {
     let output = kiln.ok(&["build", "-q", "-t", "busybox", dir.to_str().expect("utf-8 path")]);
     stdout(&output).trim().to_string()
 }
+
+/// A one-layer busybox image (the rootfs of [`busybox_rootfs`]) tagged `name` in the store at
+/// `root`, whose container config is `container_config` (the image config's `config` object, e.g.
+/// `{"Entrypoint": ["echo"], "Cmd": ["hi"], "Env": [...]}`) as is. Written with the store API, so
+/// tests of `kiln run` do not depend on `kiln build`.
+pub fn make_busybox_image_with_config(
+    root: &Path,
+    name: &str,
+    container_config: serde_json::Value,
+) -> TestImage {
+    let work = tempfile::tempdir().expect("work dir");
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let store = kiln_store::Store::open(root).expect("open store");
+    let (blob, diff_id) = tar_gz_dir(&rootfs);
+    let layer_digest = ingest_bytes(&store, &blob);
+    let layer = kiln_store::ManifestLayer {
+        blob_digest: layer_digest,
+        diff_id,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        size: blob.len() as u64,
+    };
+    let config = serde_json::json!({
+        "architecture": kiln_image::Platform::host().architecture,
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": container_config,
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "COPY rootfs/ / # buildkit"}],
+    });
+    let config_bytes = serde_json::to_vec(&config).expect("config json");
+    let config_digest = ingest_bytes(&store, &config_bytes);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": [{
+            "mediaType": layer.media_type,
+            "digest": layer.blob_digest.to_string(),
+            "size": layer.size,
+        }],
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest json");
+    let manifest_digest = ingest_bytes(&store, &manifest_bytes);
+    store
+        .record_manifest(&kiln_store::ManifestRecord {
+            digest: manifest_digest.clone(),
+            config_digest: config_digest.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            layers: vec![layer.clone()],
+        })
+        .expect("record manifest");
+    store
+        .tag(name, &manifest_digest, &config_digest)
+        .expect("tag image");
+    TestImage {
+        manifest: manifest_digest,
+        config: config_digest,
+        layer_blobs: vec![layer.blob_digest],
+        diff_ids: vec![layer.diff_id],
+    }
+}

@@ -1,0 +1,88 @@
+//! A base image missing from the store is pulled from its registry during `kiln build` (Docker's
+//! behaviour), and a local image wins over the registry. The registry is Debian's
+//! `docker-registry` on 127.0.0.1; the image is pushed there with skopeo, a tool independent of kiln.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Kiln, TestRegistry, build_busybox_with_kiln, have, stderr};
+
+#[test]
+fn a_missing_base_image_is_pulled_then_used_from_the_store() {
+    if !have("skopeo") {
+        eprintln!("SKIP: skopeo is not installed");
+        return;
+    }
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    // Make a busybox image with one kiln, export it, and push it with skopeo.
+    let builder = Kiln::new();
+    build_busybox_with_kiln(&builder);
+    let base_context = builder.context(
+        "base",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY marker /marker\n"),
+            ("marker", "from the registry\n"),
+        ],
+    );
+    let archive = builder.work.path().join("base.tar");
+    builder.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=oci,dest={}", archive.display()),
+        base_context.to_str().unwrap(),
+    ]);
+    let reference = format!("{}/test/base:1", registry.host());
+    let pushed = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "skopeo copy: {}", stderr(&pushed));
+
+    // A fresh store: the build pulls the base.
+    let kiln = Kiln::new();
+    let context = kiln.context(
+        "app",
+        &[(
+            "Dockerfile",
+            &format!("FROM {reference}\nRUN cat /marker > /copied\n"),
+        )],
+    );
+    let out = kiln.work.path().join("rootfs");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        "from the registry\n"
+    );
+    let manifests_fetched = registry.log_count("GET /v2/test/base/manifests/1");
+    assert!(
+        manifests_fetched >= 1,
+        "the first build asked the registry for the manifest"
+    );
+
+    // The pulled image is in the store now: a second build does not ask the registry for it again.
+    let out2 = kiln.work.path().join("rootfs2");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=local,dest={}", out2.display()),
+        context.to_str().unwrap(),
+    ]);
+    assert!(out2.join("copied").is_file());
+    assert_eq!(
+        registry.log_count("GET /v2/test/base/manifests/1"),
+        manifests_fetched
+    );
+}
