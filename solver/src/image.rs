@@ -45,6 +45,12 @@ pub enum ImageError {
         #[source]
         source: RegistryError,
     },
+    #[error("pushing {reference}: {source}")]
+    Push {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
     #[error("setting up the registry client: {0}")]
     Client(String),
     #[error("image config {digest} is not valid: {source}")]
@@ -80,26 +86,67 @@ pub trait ImagePuller: Send + Sync {
     ) -> Result<ManifestRecord, ImageError>;
 }
 
-/// Pulls with kiln-registry, authenticated from Docker's `config.json`.
-pub struct RegistryPuller {
+/// Pulls (and pushes) with kiln-registry, authenticated from Docker's `config.json`.
+pub struct RegistryTransport {
     client: RegistryClient,
 }
 
-impl RegistryPuller {
+impl RegistryTransport {
     /// A puller using `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`) for credentials.
     ///
     /// # Errors
     /// The config file is unreadable, or the HTTP client cannot be built.
-    pub fn from_docker_config() -> Result<RegistryPuller, ImageError> {
+    pub fn from_docker_config() -> Result<RegistryTransport, ImageError> {
         let config = DockerConfig::load(&DockerConfig::default_path())
             .map_err(|e| ImageError::Client(e.to_string()))?;
         let client = RegistryClient::new(Arc::new(config), ClientOptions::default())
             .map_err(|e| ImageError::Client(e.to_string()))?;
-        Ok(RegistryPuller { client })
+        Ok(RegistryTransport { client })
     }
 }
 
-impl ImagePuller for RegistryPuller {
+impl RegistryTransport {
+    /// Pushes the manifest `manifest_digest` from the store to `reference` (a normalised name with
+    /// a tag) and returns the pushed manifest's digest.
+    ///
+    /// # Errors
+    /// An invalid reference, or the push fails (the registry refuses, a blob is damaged).
+    pub fn push(
+        &self,
+        store: &Store,
+        manifest_digest: &Digest,
+        reference: &str,
+    ) -> Result<Digest, ImageError> {
+        let parsed = Reference::parse(reference).map_err(|e| ImageError::InvalidReference {
+            reference: reference.to_string(),
+            reason: e.to_string(),
+        })?;
+        let repo = Repository {
+            registry: parsed.registry().to_string(),
+            name: parsed.repository().to_string(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ImageError::Client(e.to_string()))?;
+        runtime
+            .block_on(kiln_registry::push(
+                &self.client,
+                store,
+                manifest_digest,
+                &repo,
+                parsed.tag_or_latest(),
+                &[],
+                &|_| {},
+            ))
+            .map_err(|source| ImageError::Push {
+                reference: reference.to_string(),
+                source,
+            })
+    }
+}
+
+impl ImagePuller for RegistryTransport {
     fn pull(
         &self,
         store: &Store,

@@ -7,14 +7,14 @@ use std::sync::OnceLock;
 
 use kiln_frontend::lower::{ImageResolver, ResolveError, ResolvedImage};
 use kiln_llb::Platform;
-use kiln_solver::image::{ImageError, ImagePuller, RegistryPuller, read_config, resolve_image};
+use kiln_solver::image::{ImageError, ImagePuller, RegistryTransport, read_config, resolve_image};
 use kiln_store::{ManifestRecord, Store};
 
 /// A registry puller created on first use, so builds that never pull never read Docker's
 /// credentials or set up TLS.
 #[derive(Default)]
 pub struct LazyPuller {
-    puller: OnceLock<Result<RegistryPuller, String>>,
+    puller: OnceLock<Result<RegistryTransport, String>>,
 }
 
 impl ImagePuller for LazyPuller {
@@ -26,7 +26,7 @@ impl ImagePuller for LazyPuller {
     ) -> Result<ManifestRecord, ImageError> {
         match self
             .puller
-            .get_or_init(|| RegistryPuller::from_docker_config().map_err(|e| e.to_string()))
+            .get_or_init(|| RegistryTransport::from_docker_config().map_err(|e| e.to_string()))
         {
             Ok(puller) => puller.pull(store, reference, platform),
             Err(message) => Err(ImageError::Client(message.clone())),

@@ -652,13 +652,22 @@ fn two_stores_build_identical_images_from_scratch_with_source_date_epoch() {
         let app = kiln.context(
             "app",
             &[
-                ("Dockerfile", "FROM busybox\nCOPY f.txt /srv/\nRUN echo built > /srv/out && mkdir /srv/d\n"),
+                (
+                    "Dockerfile",
+                    "FROM busybox\nCOPY f.txt /srv/\nRUN echo built > /srv/out && mkdir /srv/d\n",
+                ),
                 ("f.txt", "content\n"),
             ],
         );
         let archive = kiln.work.path().join("app.tar");
         for args in [
-            vec!["build".to_string(), "-q".into(), "-t".into(), "busybox".into(), base.display().to_string()],
+            vec![
+                "build".to_string(),
+                "-q".into(),
+                "-t".into(),
+                "busybox".into(),
+                base.display().to_string(),
+            ],
             vec![
                 "build".to_string(),
                 "-q".into(),
@@ -667,7 +676,12 @@ fn two_stores_build_identical_images_from_scratch_with_source_date_epoch() {
                 app.display().to_string(),
             ],
         ] {
-            let output = kiln.command().env("SOURCE_DATE_EPOCH", "1700000000").args(&args).output().unwrap();
+            let output = kiln
+                .command()
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(&args)
+                .output()
+                .unwrap();
             assert!(output.status.success(), "{}", common::stderr(&output));
         }
         let digest = skopeo_inspect(&archive, false)["Digest"].clone();

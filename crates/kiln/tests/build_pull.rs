@@ -86,3 +86,58 @@ fn a_missing_base_image_is_pulled_then_used_from_the_store() {
         manifests_fetched
     );
 }
+
+#[test]
+fn push_sends_the_built_image_to_its_registry() {
+    if !have("skopeo") {
+        eprintln!("SKIP: skopeo is not installed");
+        return;
+    }
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let kiln = Kiln::new();
+    let context = kiln.context(
+        "app",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY x /x\nCMD [\"/x\"]\n"),
+            ("x", "x"),
+        ],
+    );
+    let name = format!("{}/test/pushed:2", registry.host());
+    let output = kiln.ok(&["build", "--push", "-t", &name, context.to_str().unwrap()]);
+    let id = common::stdout(&output).trim().to_string();
+    let inspected = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(
+        inspected.status.success(),
+        "skopeo inspect: {}",
+        stderr(&inspected)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["/x"]));
+    // The registry holds exactly the config kiln reported as the image id.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(manifest["config"]["digest"], serde_json::Value::String(id));
+
+    // --push with an archive output is refused.
+    let refused = kiln.run(&[
+        "build",
+        "--push",
+        "-t",
+        &name,
+        "--output",
+        "type=tar,dest=x.tar",
+        context.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--push"), "{}", stderr(&refused));
+}

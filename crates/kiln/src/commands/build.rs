@@ -19,7 +19,9 @@ use anyhow::{Context as _, bail};
 use kiln_frontend::lower::{LowerOptions, lower};
 use kiln_oci::export::{ArchiveFormat, ExportImage, export_archive};
 use kiln_oci::manifest::MediaTypeSet;
-use kiln_solver::image::{ImageOptions, export_rootfs, write_image, write_rootfs_tar};
+use kiln_solver::image::{
+    ImageOptions, RegistryTransport, export_rootfs, write_image, write_rootfs_tar,
+};
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{LocalSource, OpOutput, ScratchDir, SnapshotterKind, SolveOptions, Solver};
 use kiln_store::Store;
@@ -62,6 +64,10 @@ pub struct BuildArgs {
     /// Run every step even if a cached result exists.
     #[arg(long)]
     pub no_cache: bool,
+    /// Push the image to its registry under every `-t` name after building (same as
+    /// `--output type=image,push=true`).
+    #[arg(long)]
+    pub push: bool,
     /// How to show progress.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
@@ -101,6 +107,15 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|tag| normalize_image_name(tag))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push {
+        match output.as_ref().map(|spec| &spec.kind) {
+            None if names.is_empty() => bail!("--push needs a name: give -t NAME"),
+            None | Some(OutputKind::Image { .. }) => {}
+            Some(_) => {
+                bail!("--push needs the image output; it cannot be combined with this --output")
+            }
+        }
+    }
     let labels = parse_labels(&args.labels)?;
     let source_date_epoch = source_date_epoch()?;
 
@@ -187,17 +202,15 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     };
     let kind = output.map(|spec| (spec.kind, spec.oci_media_types));
     let image_id = match kind {
-        None => Some(store_image(
-            &store,
-            image_with(MediaTypeSet::Docker)?,
-            &names,
-        )?),
-        Some((OutputKind::Image { names: more, push }, oci)) => {
-            if push {
-                bail!(
-                    "--output push=true is not supported by kiln build yet; build, then run `kiln push`"
-                );
+        None => {
+            let image = image_with(MediaTypeSet::Docker)?;
+            store_image(&store, &image, &names)?;
+            if args.push {
+                push_image(&store, &image, &names)?;
             }
+            Some(image.config_digest.to_string())
+        }
+        Some((OutputKind::Image { names: more, push }, oci)) => {
             let mut all = names.clone();
             for name in &more {
                 all.push(normalize_image_name(name)?);
@@ -207,7 +220,12 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             } else {
                 MediaTypeSet::Docker
             };
-            Some(store_image(&store, image_with(media_types)?, &all)?)
+            let image = image_with(media_types)?;
+            store_image(&store, &image, &all)?;
+            if push || args.push {
+                push_image(&store, &image, &all)?;
+            }
+            Some(image.config_digest.to_string())
         }
         Some((OutputKind::Oci { dest }, _)) => {
             let image = image_with(MediaTypeSet::Oci)?;
@@ -353,18 +371,35 @@ impl BuildInput {
     }
 }
 
-/// Tags the image with every name and returns its id.
+/// Tags the image with every name.
 fn store_image(
     store: &Store,
-    image: kiln_solver::image::BuiltImage,
+    image: &kiln_solver::image::BuiltImage,
     names: &[String],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<()> {
     for name in names {
         store
             .tag(name, &image.manifest_digest, &image.config_digest)
             .with_context(|| format!("tagging the image as {name}"))?;
     }
-    Ok(image.config_digest.to_string())
+    Ok(())
+}
+
+/// Pushes the image to every name's registry.
+fn push_image(
+    store: &Store,
+    image: &kiln_solver::image::BuiltImage,
+    names: &[String],
+) -> anyhow::Result<()> {
+    if names.is_empty() {
+        bail!("pushing needs a name: give -t NAME (or name= in --output)");
+    }
+    let transport = RegistryTransport::from_docker_config()?;
+    for name in names {
+        let digest = transport.push(store, &image.manifest_digest, name)?;
+        eprintln!("pushed {name}@{digest}");
+    }
+    Ok(())
 }
 
 fn write_archive(

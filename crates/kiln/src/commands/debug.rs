@@ -80,7 +80,7 @@ pub fn parse_build_args(values: &[String]) -> anyhow::Result<BTreeMap<String, St
     let mut args = BTreeMap::new();
     for value in values {
         match value.split_once('=') {
-            Some((key, _)) if key.is_empty() => bail!("invalid --build-arg {value:?}: the name is empty"),
+            Some(("", _)) => bail!("invalid --build-arg {value:?}: the name is empty"),
             Some((key, val)) => {
                 args.insert(key.to_string(), val.to_string());
             }
