@@ -140,3 +140,18 @@ def big_context(work: Path, megabytes: int = 1024) -> Path:
                 f.write(os.urandom(1 << 20))
     _write(ctx / "Dockerfile", f"FROM {BASE_IMAGE}\nCOPY data/ /data/\n")
     return ctx
+
+
+def five_layer_image(work: Path, megabytes: int = 200) -> Path:
+    """An image of five layers of incompressible data (`megabytes` in all), each from its own COPY:
+    the registry push/pull workload."""
+    ctx = _fresh(work / f"five-layers-{megabytes}m")
+    per_layer = max(1, megabytes // 5)
+    lines = ["FROM scratch"]
+    for i in range(5):
+        with open(ctx / f"part{i}.bin", "wb") as f:
+            for _ in range(per_layer):
+                f.write(os.urandom(1 << 20))
+        lines.append(f"COPY part{i}.bin /data/part{i}.bin")
+    _write(ctx / "Dockerfile", "\n".join(lines) + "\n")
+    return ctx

@@ -118,7 +118,7 @@ fn run_mounts_not_supported_yet_fail_clearly() {
         "app",
         &[(
             "Dockerfile",
-            "FROM busybox\nRUN --mount=type=cache,target=/cache true\n",
+            "FROM busybox\nRUN --mount=type=secret,id=token cat /run/secrets/token\n",
         )],
     );
     let output = kiln.run(&["build", context.to_str().unwrap()]);
@@ -126,9 +126,54 @@ fn run_mounts_not_supported_yet_fail_clearly() {
     let error = stderr(&output);
     assert!(
         error.contains("Dockerfile:2")
-            && error.contains("type=cache")
+            && error.contains("type=secret,id=token")
             && error.contains("not supported yet"),
         "{error}"
+    );
+}
+
+#[test]
+fn cache_tmpfs_and_bind_mounts() {
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    let dockerfile = "FROM busybox AS stage\nCOPY data.txt /from-stage.txt\n\nFROM busybox\n\
+RUN --mount=type=cache,target=/cache --mount=type=tmpfs,target=/scratch \\\n\
+    --mount=type=bind,source=data.txt,target=/in/data.txt \\\n\
+    --mount=type=bind,from=stage,source=/from-stage.txt,target=/in/stage.txt \\\n\
+    echo run >> /cache/runs && echo \"runs: $(wc -l < /cache/runs)\" \\\n\
+    && echo t > /scratch/t && cat /in/data.txt /in/stage.txt > /result\n";
+    let context = kiln.context("app", &[("Dockerfile", dockerfile), ("data.txt", "data\n")]);
+    let build = |out: &str| {
+        let out = kiln.work.path().join(out);
+        let output = kiln.ok(&[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            "--output",
+            &format!("type=local,dest={}", out.display()),
+            context.to_str().unwrap(),
+        ]);
+        (out, stderr(&output))
+    };
+    let (first, progress) = build("one");
+    assert!(
+        progress.lines().any(|l| l.ends_with(" runs: 1")),
+        "{progress}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join("result")).unwrap(),
+        "data\ndata\n"
+    );
+    // Mounted content never lands in the layer.
+    assert!(!first.join("cache/runs").exists());
+    assert!(!first.join("scratch/t").exists());
+    assert!(!first.join("in/data.txt").exists());
+    // The cache persists to the next build.
+    let (_, progress) = build("two");
+    assert!(
+        progress.lines().any(|l| l.ends_with(" runs: 2")),
+        "{progress}"
     );
 }
 
@@ -151,4 +196,42 @@ fn native_and_overlay_snapshotters_give_the_same_image() {
         stdout(&output).trim().to_string()
     };
     assert_eq!(build("overlay"), build("native"));
+}
+
+#[test]
+fn network_none_leaves_only_loopback() {
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    // /proc/net/dev: two header lines, then one line per interface.
+    let dockerfile = "FROM busybox\nRUN echo \"interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"\n";
+    let context = kiln.context("app", &[("Dockerfile", dockerfile)]);
+    let output = kiln.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--network",
+        "none",
+        context.to_str().unwrap(),
+    ]);
+    let progress = stderr(&output);
+    assert!(
+        progress.lines().any(|l| l.ends_with(" interfaces: lo ")),
+        "{progress}"
+    );
+}
+
+#[test]
+fn copy_from_an_image_reads_its_root_filesystem() {
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    let context = kiln.context(
+        "app",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=busybox /bin/busybox /tools/busybox\n",
+        )],
+    );
+    let out = rootfs_of(&kiln, &context, &[], "rootfs");
+    assert!(out.join("tools/busybox").is_file());
+    assert!(!out.join("bin").exists());
 }
