@@ -61,7 +61,13 @@ fn image_is_found_by_short_name_full_name_and_id_prefix() {
     let kiln = Kiln::new();
     let image = make_busybox_image(kiln.root.path(), BUSYBOX);
     let id_hex = image.config.to_string()["sha256:".len()..].to_string();
-    for name in ["busybox", "busybox:latest", BUSYBOX, &id_hex[..12], &format!("sha256:{id_hex}")] {
+    for name in [
+        "busybox",
+        "busybox:latest",
+        BUSYBOX,
+        &id_hex[..12],
+        &format!("sha256:{id_hex}"),
+    ] {
         assert_eq!(run_ok(&kiln, &[name, "echo", "found"]), "found\n", "{name}");
     }
 }
@@ -129,8 +135,9 @@ fn missing_image_and_missing_command_give_docker_s_codes() {
     let output = kiln.run(&["run", "nothere"]);
     assert_eq!(code(&output), Some(125));
     assert!(
-        stderr(&output)
-            .contains("image nothere:latest not found in kiln's store; kiln pull or kiln build it first"),
+        stderr(&output).contains(
+            "image nothere:latest not found in kiln's store; kiln pull or kiln build it first"
+        ),
         "{}",
         stderr(&output)
     );
@@ -151,7 +158,11 @@ fn missing_image_and_missing_command_give_docker_s_codes() {
     // kiln's own errors before the start are 125 as well.
     let output = kiln.run(&["run", "-w", "relative", "busybox", "true"]);
     assert_eq!(code(&output), Some(125));
-    assert!(stderr(&output).contains("absolute path"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("absolute path"),
+        "{}",
+        stderr(&output)
+    );
     let output = kiln.run(&["run", "-u", "ghost", "busybox", "true"]);
     assert_eq!(code(&output), Some(125));
     assert!(stderr(&output).contains("ghost"), "{}", stderr(&output));
@@ -181,8 +192,20 @@ fn env_comes_from_image_then_env_files_then_flags() {
         .env("PASSED", "passed-value")
         .env_remove("NOT_SET_ANYWHERE")
         .args([
-            "run", "--rm", "--env-file", env_file, "-e", "OVER=flag", "-e", "PASSED", "-e",
-            "NOT_SET_ANYWHERE", "-e", "EMPTY=", "envy", "env",
+            "run",
+            "--rm",
+            "--env-file",
+            env_file,
+            "-e",
+            "OVER=flag",
+            "-e",
+            "PASSED",
+            "-e",
+            "NOT_SET_ANYWHERE",
+            "-e",
+            "EMPTY=",
+            "envy",
+            "env",
         ])
         .output()
         .unwrap();
@@ -194,7 +217,11 @@ fn env_comes_from_image_then_env_files_then_flags() {
         .collect();
     let get = |k: &str| env.get(k).map(String::as_str);
     assert_eq!(get("FROM_IMAGE"), Some("1"));
-    assert_eq!(get("OVER"), Some("flag"), "-e wins over the env file and the image");
+    assert_eq!(
+        get("OVER"),
+        Some("flag"),
+        "-e wins over the env file and the image"
+    );
     assert_eq!(get("FILE_ONLY"), Some("with spaces "));
     assert_eq!(get("FROM_KILN"), Some("kiln-value"));
     assert_eq!(get("PASSED"), Some("passed-value"));
@@ -232,7 +259,17 @@ fn workdir_flag_overrides_the_image_and_is_created() {
     assert_eq!(run_ok(&kiln, &["wd"]), "/srv/app\n");
     assert_eq!(run_ok(&kiln, &["-w", "/new/dir", "wd"]), "/new/dir\n");
     assert_eq!(
-        run_ok(&kiln, &["-w", "/tmp", "wd", "sh", "-c", "pwd; ls -d /new 2>&1 || true"]),
+        run_ok(
+            &kiln,
+            &[
+                "-w",
+                "/tmp",
+                "wd",
+                "sh",
+                "-c",
+                "pwd; ls -d /new 2>&1 || true"
+            ]
+        ),
         "/tmp\nls: /new: No such file or directory\n",
         "the dir made by the last run is gone"
     );
@@ -271,10 +308,23 @@ fn interfaces(net_dev: &str) -> Vec<String> {
 #[test]
 fn network_none_has_only_loopback_and_host_is_the_default() {
     let kiln = kiln_with_busybox();
-    let none = run_ok(&kiln, &["--network", "none", "busybox", "cat", "/proc/net/dev"]);
+    let none = run_ok(
+        &kiln,
+        &["--network", "none", "busybox", "cat", "/proc/net/dev"],
+    );
     assert_eq!(interfaces(&none), ["lo"]);
     // lo is up: something can listen and connect on it.
-    let up = run_ok(&kiln, &["--network", "none", "busybox", "sh", "-c", "cat /sys/class/net/lo/operstate; ip link show lo"]);
+    let up = run_ok(
+        &kiln,
+        &[
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /sys/class/net/lo/operstate; ip link show lo",
+        ],
+    );
     assert!(up.contains("LOOPBACK,UP"), "{up}");
     let host_ifaces = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
     let default = run_ok(&kiln, &["busybox", "cat", "/proc/net/dev"]);
@@ -283,7 +333,10 @@ fn network_none_has_only_loopback_and_host_is_the_default() {
     seen.sort();
     expected.sort();
     assert_eq!(seen, expected, "the host's network by default");
-    let host = run_ok(&kiln, &["--network", "host", "busybox", "cat", "/proc/net/dev"]);
+    let host = run_ok(
+        &kiln,
+        &["--network", "host", "busybox", "cat", "/proc/net/dev"],
+    );
     assert_eq!(interfaces(&host).len(), host_ifaces.len());
     let output = kiln.run(&["run", "--network", "bridge", "busybox", "true"]);
     assert!(!output.status.success());
@@ -294,14 +347,27 @@ fn hostname_is_random_by_default_or_the_flag() {
     let kiln = kiln_with_busybox();
     let named = run_ok(
         &kiln,
-        &["--hostname", "box", "busybox", "sh", "-c", "hostname; cat /etc/hostname; echo $HOSTNAME; grep -c box /etc/hosts"],
+        &[
+            "--hostname",
+            "box",
+            "busybox",
+            "sh",
+            "-c",
+            "hostname; cat /etc/hostname; echo $HOSTNAME; grep -c box /etc/hosts",
+        ],
     );
     assert_eq!(named, "box\nbox\nbox\n1\n");
-    let first = run_ok(&kiln, &["busybox", "sh", "-c", "echo $(hostname) $HOSTNAME"]);
+    let first = run_ok(
+        &kiln,
+        &["busybox", "sh", "-c", "echo $(hostname) $HOSTNAME"],
+    );
     let (name, env) = first.trim().split_once(' ').unwrap();
     assert_eq!(name, env);
     assert_eq!(name.len(), 12, "{name}");
-    assert!(name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     let second = run_ok(&kiln, &["busybox", "hostname"]);
     assert_ne!(second.trim(), name, "every container gets a new id");
 }
@@ -313,7 +379,17 @@ fn volumes_bind_host_paths_read_write_or_read_only() {
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in.txt"), "from host\n").unwrap();
     let rw = format!("{}:/data", host.display());
-    let out = run_ok(&kiln, &["-v", &rw, "busybox", "sh", "-c", "cat /data/in.txt; echo from container > /data/out.txt"]);
+    let out = run_ok(
+        &kiln,
+        &[
+            "-v",
+            &rw,
+            "busybox",
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo from container > /data/out.txt",
+        ],
+    );
     assert_eq!(out, "from host\n");
     assert_eq!(
         std::fs::read_to_string(host.join("out.txt")).unwrap(),
@@ -321,15 +397,30 @@ fn volumes_bind_host_paths_read_write_or_read_only() {
     );
 
     let ro = format!("{}:/mnt/ro:ro", host.display());
-    let output = kiln.run(&["run", "-v", &ro, "busybox", "sh", "-c", "cat /mnt/ro/in.txt && echo x > /mnt/ro/new.txt"]);
+    let output = kiln.run(&[
+        "run",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /mnt/ro/in.txt && echo x > /mnt/ro/new.txt",
+    ]);
     assert_eq!(stdout(&output), "from host\n");
     assert_eq!(code(&output), Some(1));
-    assert!(stderr(&output).contains("Read-only file system"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Read-only file system"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!host.join("new.txt").exists());
 
     // A single file, explicitly rw, at a path the image does not have.
     let file = format!("{}:/etc/app/config:rw", host.join("in.txt").display());
-    assert_eq!(run_ok(&kiln, &["-v", &file, "busybox", "cat", "/etc/app/config"]), "from host\n");
+    assert_eq!(
+        run_ok(&kiln, &["-v", &file, "busybox", "cat", "/etc/app/config"]),
+        "from host\n"
+    );
 
     for bad in [
         "relative:/data".to_string(),
@@ -339,7 +430,11 @@ fn volumes_bind_host_paths_read_write_or_read_only() {
     ] {
         let output = kiln.run(&["run", "-v", &bad, "busybox", "true"]);
         assert_eq!(code(&output), Some(125), "{bad}");
-        assert!(stderr(&output).contains("invalid volume"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("invalid volume"),
+            "{}",
+            stderr(&output)
+        );
     }
 }
 
@@ -356,27 +451,54 @@ fn read_only_root_refuses_writes_but_mounts_stay_writable() {
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
     assert!(out.contains("touch: /x: Read-only file system"), "{out}");
-    assert!(out.contains("mkdir: can't create directory '/tmp/y': Read-only file system"), "{out}");
+    assert!(
+        out.contains("mkdir: can't create directory '/tmp/y': Read-only file system"),
+        "{out}"
+    );
     assert!(out.contains("root:x:0:0"), "{out}");
     assert!(out.contains("proc"), "{out}");
     assert_eq!(std::fs::read_to_string(host.join("f")).unwrap(), "ok\n");
     // Without the flag the same write works.
-    assert_eq!(run_ok(&kiln, &["busybox", "sh", "-c", "touch /x && echo wrote"]), "wrote\n");
+    assert_eq!(
+        run_ok(&kiln, &["busybox", "sh", "-c", "touch /x && echo wrote"]),
+        "wrote\n"
+    );
     // Nothing of the read-only mount is left on the host.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(kiln.root.path().to_str().unwrap()), "{mounts}");
+    assert!(
+        !mounts.contains(kiln.root.path().to_str().unwrap()),
+        "{mounts}"
+    );
 }
 
 #[test]
 fn container_files_are_not_kept_after_the_run() {
     let kiln = kiln_with_busybox();
     assert_eq!(
-        run_ok(&kiln, &["busybox", "sh", "-c", "echo kept > /root/file && rm /bin/vi && cat /root/file"]),
+        run_ok(
+            &kiln,
+            &[
+                "busybox",
+                "sh",
+                "-c",
+                "echo kept > /root/file && rm /bin/vi && cat /root/file"
+            ]
+        ),
         "kept\n"
     );
     let output = kiln.run(&["run", "busybox", "sh", "-c", "test -e /root/file"]);
-    assert_eq!(code(&output), Some(1), "a file written by the last run is gone");
-    assert_eq!(run_ok(&kiln, &["busybox", "sh", "-c", "test -e /bin/vi && echo back"]), "back\n");
+    assert_eq!(
+        code(&output),
+        Some(1),
+        "a file written by the last run is gone"
+    );
+    assert_eq!(
+        run_ok(
+            &kiln,
+            &["busybox", "sh", "-c", "test -e /bin/vi && echo back"]
+        ),
+        "back\n"
+    );
     // Same with --rm (accepted; containers are never kept either way) and without it.
     kiln.ok(&["run", "--name", "first", "busybox", "touch", "/made"]);
     let output = kiln.run(&["run", "busybox", "test", "-e", "/made"]);

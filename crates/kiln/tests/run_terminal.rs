@@ -59,7 +59,14 @@ fn interactive_attaches_stdin_and_without_it_stdin_is_empty() {
 fn tty_gives_the_command_a_terminal() {
     let kiln = kiln_with_busybox();
     // -t alone, output to a pipe: the command still sees a terminal (CRLF line ends).
-    let output = kiln.ok(&["run", "-t", "busybox", "sh", "-c", "tty; echo $TERM; test -t 0 && echo stdin-tty"]);
+    let output = kiln.ok(&[
+        "run",
+        "-t",
+        "busybox",
+        "sh",
+        "-c",
+        "tty; echo $TERM; test -t 0 && echo stdin-tty",
+    ]);
     assert_eq!(stdout(&output), "/dev/pts/0\r\nxterm\r\nstdin-tty\r\n");
     let output = kiln.ok(&["run", "busybox", "sh", "-c", "tty || true"]);
     assert_eq!(stdout(&output), "not a tty\n");
@@ -78,7 +85,9 @@ fn interactive_tty_through_a_pty() {
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
     let mut child = command.spawn().expect("spawn kiln");
-    // The reader sees EIO once the last slave fd (kiln's) is closed.
+    // The Command holds our copies of the slave: drop them, so that the reader sees EIO once
+    // kiln (the last holder) exits.
+    drop(command);
     let mut reader = master.try_clone().unwrap();
     let collected = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -138,7 +147,14 @@ fn a_prune_waits_for_a_running_container() {
     let kiln = kiln_with_busybox();
     let mut child = kiln
         .command()
-        .args(["run", "--rm", "busybox", "sh", "-c", "echo started; sleep 2; head -1 /etc/passwd; ls /bin/busybox"])
+        .args([
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; sleep 2; head -1 /etc/passwd; ls /bin/busybox",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -65,6 +65,7 @@ pub enum NetworkArg {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(override_usage = "kiln run [OPTIONS] IMAGE [COMMAND] [ARG...]")]
 pub struct RunArgs {
     /// Remove the container when it exits. Accepted for Docker compatibility: kiln keeps no
     /// containers yet, so every container is removed when its command exits.
@@ -122,7 +123,7 @@ pub struct RunArgs {
 
     /// The image (a name or an image id prefix), then the command and its arguments.
     #[arg(
-        value_name = "IMAGE [COMMAND [ARG...]]",
+        value_name = "IMAGE [COMMAND] [ARG...]",
         required = true,
         num_args = 1..,
         trailing_var_arg = true,
@@ -151,7 +152,7 @@ pub enum RunError {
     #[error("preparing the container's root filesystem: {0}")]
     Snapshot(#[from] SnapshotError),
     #[error("mounting the read-only root at {path}: {source}")]
-    ReadOnlyRoot { path: PathBuf, source: Errno },
+    ReadOnlyRoot { path: PathBuf, source: io::Error },
     #[error("mounting the read-only root: {0}")]
     ReadOnlyPlan(#[from] PlanError),
     #[error("creating a scratch dir in the store: {0}")]
@@ -199,15 +200,22 @@ fn exit_code_of(status: ExitStatus) -> ExitCode {
 /// Prints an error and its causes as `main` does for other commands.
 fn report(error: &RunError) {
     eprintln!("error: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
-        source = cause.source();
-    }
-    if let RunError::Other(inner) = error {
-        for cause in inner.chain().skip(1) {
+    // `Other` is transparent: its Display is the anyhow error's own message, and the anyhow
+    // chain holds the causes its source() would not show.
+    let causes: Vec<String> = match error {
+        RunError::Other(inner) => inner.chain().skip(1).map(ToString::to_string).collect(),
+        _ => std::iter::successors(std::error::Error::source(error), |cause| cause.source())
+            .map(ToString::to_string)
+            .collect(),
+    };
+    // Our typed errors already say their source in their message: print a cause only when the
+    // line before does not contain it.
+    let mut previous = error.to_string();
+    for cause in causes {
+        if !previous.contains(&cause) {
             eprintln!("  caused by: {cause}");
         }
+        previous = cause;
     }
 }
 
@@ -264,9 +272,13 @@ impl RunOptions {
                 check_hostname(&name)?;
                 name
             }
-            None => random_container_id()
-                .map_err(|e| RunError::Other(anyhow::Error::new(e).context("making a container id")))?[..12]
-                .to_string(),
+            None => {
+                let id = random_container_id().map_err(|e| {
+                    RunError::Other(anyhow::Error::new(e).context("making a container id"))
+                })?;
+                // Docker's short id: the first 12 hex digits.
+                id.chars().take(12).collect()
+            }
         };
         Ok(RunOptions {
             image,
@@ -539,7 +551,8 @@ fn parse_env_file(
 /// `-v /host:/container[:ro|rw]`: a bind mount of an existing host path onto an absolute
 /// container path.
 fn parse_volume(spec: &str) -> Result<ExtraMount, RunError> {
-    let invalid = |reason: &str| RunError::InvalidOption(format!("invalid volume {spec:?}: {reason}"));
+    let invalid =
+        |reason: &str| RunError::InvalidOption(format!("invalid volume {spec:?}: {reason}"));
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
         [source, target] => (*source, *target, None),
@@ -595,8 +608,8 @@ fn parse_volume(spec: &str) -> Result<ExtraMount, RunError> {
 fn check_container_name(name: &str) -> Result<(), RunError> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = name.len() >= 2
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let rest_ok =
+        name.len() >= 2 && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if first_ok && rest_ok {
         Ok(())
     } else {
@@ -636,9 +649,9 @@ struct ReadOnlyRoot {
 
 impl ReadOnlyRoot {
     fn mount(root: &RootMount, path: &Path) -> Result<ReadOnlyRoot, RunError> {
-        let failed = |source| RunError::ReadOnlyRoot {
+        let failed = |errno: Errno| RunError::ReadOnlyRoot {
             path: path.to_path_buf(),
-            source,
+            source: io::Error::from(errno),
         };
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(failed)?;
         nix::mount::mount(
@@ -649,7 +662,10 @@ impl ReadOnlyRoot {
             None::<&str>,
         )
         .map_err(failed)?;
-        fs::create_dir_all(path).map_err(|e| failed(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        fs::create_dir_all(path).map_err(|source| RunError::ReadOnlyRoot {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let step = plan::root_mount_step(root, path)?;
         plan::execute(&[step], &LinuxSyscall, &mut []).map_err(|failure| failed(failure.errno))?;
         let mounted = ReadOnlyRoot {
@@ -776,7 +792,10 @@ mod tests {
             parse_env_file(file, &lookup).unwrap(),
             args(&["A=  spaced value ", "SET=from-kiln", "B="])
         );
-        assert_eq!(parse_env_file("OK=1\nBAD KEY=1\n", &lookup).unwrap_err().0, 2);
+        assert_eq!(
+            parse_env_file("OK=1\nBAD KEY=1\n", &lookup).unwrap_err().0,
+            2
+        );
         assert_eq!(parse_env_file("=1\n", &lookup).unwrap_err().0, 1);
     }
 

@@ -96,7 +96,10 @@ pub fn busybox_rootfs(dir: &Path) {
         .expect("busybox-static is installed (./setup.sh deps)");
     std::fs::create_dir_all(dir.join("bin")).expect("mkdir bin");
     std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let applet = applet.trim();
         if applet.is_empty() || applet == "busybox" {
@@ -107,7 +110,9 @@ pub fn busybox_rootfs(dir: &Path) {
             std::os::unix::fs::symlink("busybox", &link).expect("applet symlink");
         }
     }
-    for empty in ["etc", "tmp", "root", "home/app", "var", "proc", "sys", "dev"] {
+    for empty in [
+        "etc", "tmp", "root", "home/app", "var", "proc", "sys", "dev",
+    ] {
         std::fs::create_dir_all(dir.join(empty)).expect("mkdir");
     }
     std::fs::write(
@@ -269,7 +274,10 @@ pub fn make_image_from_dirs(root: &Path, name: &str, dirs: &[PathBuf], env: &[&s
     TestImage {
         manifest: manifest_digest,
         config: config_digest,
-        layer_blobs: layer_records.iter().map(|l| l.blob_digest.clone()).collect(),
+        layer_blobs: layer_records
+            .iter()
+            .map(|l| l.blob_digest.clone())
+            .collect(),
         diff_ids: layer_records.iter().map(|l| l.diff_id.clone()).collect(),
     }
 }
@@ -471,7 +479,9 @@ impl TestDockerd {
     /// The docker client pointed at this daemon.
     pub fn docker(&self) -> Command {
         let mut command = Command::new("docker");
-        command.arg("--host").arg(format!("unix://{}", self.socket.display()));
+        command
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()));
         command.env("DOCKER_CONFIG", self.dir.path().join("client"));
         command
     }
@@ -512,7 +522,13 @@ pub fn build_busybox_with_kiln(kiln: &Kiln) -> String {
         "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/sh\"]\n",
     )
     .expect("write busybox Dockerfile");
-    let output = kiln.ok(&["build", "-q", "-t", "busybox", dir.to_str().expect("utf-8 path")]);
+    let output = kiln.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "busybox",
+        dir.to_str().expect("utf-8 path"),
+    ]);
     stdout(&output).trim().to_string()
 }
 

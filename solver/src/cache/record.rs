@@ -1,0 +1,351 @@
+//! Cache records in the store, and the store as the stat cache of context checksums.
+//!
+//! A record (`kiln.v1:<hex>` → [`CacheEntry`]) holds the step's result as a layer chain (diff ids,
+//! chain ids, blobs with media types and sizes) and the [`KeyComponents`] behind the key; its
+//! store references are every layer and blob of the chain, so prune keeps what a hit needs.
+//!
+//! A second, small record per step *position* (`kiln.v1.pos:<hex>` of the step's description and
+//! the local directories it may read) points to the latest key computed there: on a miss it finds
+//! the previous build of "the same step" to compare components with.
+
+use std::sync::Mutex;
+
+use kiln_context::{CachedDigest, StatCache, StatKey};
+use kiln_image::Digest;
+use kiln_store::{CacheValue, Resource, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::key::KeyComponents;
+use crate::result::Layer;
+
+/// Reading or writing a cache record failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cache record {key}: {source}")]
+    Store {
+        key: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("encoding cache record {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One layer of a recorded result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    pub blob_digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// What a cache record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The step's description when it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub components: KeyComponents,
+    /// The result chain, bottom first.
+    pub layers: Vec<LayerRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PositionEntry {
+    key: String,
+}
+
+impl CacheEntry {
+    /// A record of `chain` computed from `components`.
+    pub fn new(description: Option<String>, components: KeyComponents, chain: &[Layer]) -> Self {
+        CacheEntry {
+            description,
+            components,
+            layers: chain
+                .iter()
+                .map(|layer| LayerRecord {
+                    diff_id: layer.diff_id.clone(),
+                    chain_id: layer.chain_id.clone(),
+                    blob_digest: layer.blob_digest.clone(),
+                    media_type: layer.media_type.clone(),
+                    size: layer.size,
+                })
+                .collect(),
+        }
+    }
+
+    /// The record under `key`, if there is one that decodes (an undecodable record, e.g. from
+    /// another kiln version, is treated as absent).
+    ///
+    /// # Errors
+    /// [`RecordError::Store`] on a store failure.
+    pub fn load(store: &Store, key: &str) -> Result<Option<CacheEntry>, RecordError> {
+        let record = store
+            .get_cache_record(key)
+            .map_err(|source| RecordError::Store {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(match record.map(|r| r.value) {
+            Some(CacheValue::Json(json)) => match serde_json::from_value(json) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    tracing::debug!(key, %error, "ignoring an undecodable cache record");
+                    None
+                }
+            },
+            _ => None,
+        })
+    }
+
+    /// Stores this entry under `key` with references to its layers and blobs, and points the
+    /// position record `position` (see [`position_key`]) at it.
+    ///
+    /// # Errors
+    /// [`RecordError`] when encoding or the store fails.
+    pub fn save(&self, store: &Store, key: &str, position: Option<&str>) -> Result<(), RecordError> {
+        let json = serde_json::to_value(self).map_err(|source| RecordError::Encode {
+            key: key.to_string(),
+            source,
+        })?;
+        let mut refs = Vec::with_capacity(self.layers.len() * 2);
+        for layer in &self.layers {
+            refs.push(Resource::Layer(layer.chain_id.clone()));
+            refs.push(Resource::Blob(layer.blob_digest.clone()));
+        }
+        let store_error = |key: &str| {
+            let key = key.to_string();
+            move |source| RecordError::Store { key, source }
+        };
+        store
+            .put_cache_record(key, &CacheValue::Json(json), &refs)
+            .map_err(store_error(key))?;
+        if let Some(position) = position {
+            let pointer = serde_json::json!({ "key": key });
+            store
+                .put_cache_record(position, &CacheValue::Json(pointer), &[])
+                .map_err(store_error(position))?;
+        }
+        Ok(())
+    }
+
+    /// The record last saved at `position`, if any.
+    ///
+    /// # Errors
+    /// [`RecordError::Store`] on a store failure.
+    pub fn load_at_position(store: &Store, position: &str) -> Result<Option<CacheEntry>, RecordError> {
+        let record = store
+            .get_cache_record(position)
+            .map_err(|source| RecordError::Store {
+                key: position.to_string(),
+                source,
+            })?;
+        let Some(CacheValue::Json(json)) = record.map(|r| r.value) else {
+            return Ok(None);
+        };
+        match serde_json::from_value::<PositionEntry>(json) {
+            Ok(pointer) => CacheEntry::load(store, &pointer.key),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The recorded chain with its extracted dirs, or `None` when a layer or blob is no longer in
+    /// the store (then the step must run again).
+    ///
+    /// # Errors
+    /// [`RecordError::Store`] on a store failure.
+    pub fn restore(&self, store: &Store) -> Result<Option<Vec<Layer>>, RecordError> {
+        let mut chain = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let dir = store
+                .layer_path(&layer.chain_id)
+                .map_err(|source| RecordError::Store {
+                    key: layer.chain_id.to_string(),
+                    source,
+                })?;
+            let Some(dir) = dir else {
+                return Ok(None);
+            };
+            if !store.has_blob(&layer.blob_digest) {
+                return Ok(None);
+            }
+            chain.push(Layer {
+                diff_id: layer.diff_id.clone(),
+                chain_id: layer.chain_id.clone(),
+                dir,
+                blob_digest: layer.blob_digest.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+            });
+        }
+        Ok(Some(chain))
+    }
+}
+
+/// The position record key of a step: its description plus the local directories of the build
+/// (so two projects with a step `[2/4] RUN make` each compare with their own history).
+pub fn position_key(description: &str, local_dirs: &[String]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"kiln.cache.position.v1\n");
+    hasher.update(description.as_bytes());
+    for dir in local_dirs {
+        hasher.update(b"\0");
+        hasher.update(dir.as_bytes());
+    }
+    format!("kiln.v1.pos:{}", Digest::from_hasher(hasher).hex())
+}
+
+/// The store's persistent stat cache behind kiln-context's [`StatCache`]. Lookups go to the store
+/// (which applies the racy rule too); new entries are buffered and written in one transaction by
+/// [`StoreStatCache::flush`].
+pub struct StoreStatCache<'a> {
+    store: &'a Store,
+    pending: Mutex<Vec<(i64, kiln_store::StatKey, Digest)>>,
+}
+
+impl<'a> StoreStatCache<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        StoreStatCache {
+            store,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Writes the buffered entries (grouped by recording time). A failure only costs re-hashing
+    /// next time, so it is logged, not returned.
+    pub fn flush(&self) {
+        let mut pending = match self.pending.lock() {
+            Ok(pending) => std::mem::take(&mut *pending),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        pending.sort_by_key(|(at, _, _)| *at);
+        for group in pending.chunk_by(|a, b| a.0 == b.0) {
+            let at = group[0].0;
+            let entries: Vec<(kiln_store::StatKey, Digest)> =
+                group.iter().map(|(_, key, digest)| (*key, digest.clone())).collect();
+            if let Err(error) = self.store.put_stat_cache_many(&entries, at) {
+                tracing::warn!(%error, "could not record the stat cache");
+            }
+        }
+    }
+}
+
+fn store_key(key: &StatKey) -> kiln_store::StatKey {
+    kiln_store::StatKey {
+        dev: key.dev,
+        ino: key.ino,
+        size: key.size,
+        mtime_ns: key.mtime_ns,
+        ctime_ns: key.ctime_ns,
+    }
+}
+
+impl StatCache for StoreStatCache<'_> {
+    fn get(&self, key: &StatKey) -> Option<CachedDigest> {
+        match self.store.get_stat_cache(&store_key(key)) {
+            Ok(Some(entry)) => {
+                let bytes = hex::decode(entry.sha256.hex()).ok()?;
+                let sha256: [u8; 32] = bytes.try_into().ok()?;
+                Some(CachedDigest {
+                    sha256,
+                    recorded_at_ns: entry.recorded_at_ns,
+                })
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(%error, "stat cache lookup failed; hashing the file");
+                None
+            }
+        }
+    }
+
+    fn put(&self, key: &StatKey, digest: CachedDigest) {
+        let Ok(sha) = Digest::from_hex(&hex::encode(digest.sha256)) else {
+            return;
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push((digest.recorded_at_ns, store_key(key), sha));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_stat_cache_round_trips_old_files_only_after_flush() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let cache = StoreStatCache::new(&store);
+        let key = StatKey {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 1_000_000_000,
+            ctime_ns: 1_000_000_000,
+        };
+        let digest = CachedDigest {
+            sha256: [9; 32],
+            recorded_at_ns: 100_000_000_000,
+        };
+        cache.put(&key, digest);
+        assert_eq!(cache.get(&key), None, "not written before flush");
+        cache.flush();
+        assert_eq!(cache.get(&key), Some(digest));
+        // A file changed within the margin of the recording is never served.
+        let racy = StatKey {
+            mtime_ns: 99_500_000_000,
+            ..key
+        };
+        cache.put(&racy, digest);
+        cache.flush();
+        assert_eq!(cache.get(&racy), None);
+    }
+
+    #[test]
+    fn records_round_trip_and_position_points_to_the_latest() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let components = KeyComponents {
+            op_digest: "ab".into(),
+            op: Default::default(),
+            inputs: Vec::new(),
+            contents: Vec::new(),
+        };
+        let entry = CacheEntry {
+            description: Some("[1/1] RUN x".into()),
+            components: components.clone(),
+            layers: Vec::new(),
+        };
+        let position = position_key("[1/1] RUN x", &[]);
+        entry.save(&store, "kiln.v1:1", Some(&position)).unwrap();
+        assert_eq!(CacheEntry::load(&store, "kiln.v1:1").unwrap(), Some(entry.clone()));
+        assert_eq!(CacheEntry::load(&store, "kiln.v1:2").unwrap(), None);
+        let newer = CacheEntry {
+            description: Some("[1/1] RUN y".into()),
+            ..entry
+        };
+        newer.save(&store, "kiln.v1:2", Some(&position)).unwrap();
+        assert_eq!(
+            CacheEntry::load_at_position(&store, &position).unwrap(),
+            Some(newer)
+        );
+        // An empty chain restores as an empty chain.
+        assert_eq!(
+            CacheEntry::load(&store, "kiln.v1:1")
+                .unwrap()
+                .unwrap()
+                .restore(&store)
+                .unwrap()
+                .map(|c| c.len()),
+            Some(0)
+        );
+    }
+}
