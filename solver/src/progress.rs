@@ -15,6 +15,11 @@ pub enum ProgressEvent {
     Output { id: StepId, line: String },
     /// The step finished successfully.
     Done { id: StepId, elapsed: Duration },
+    /// The step's result came from the build cache; it did not run.
+    Cached { id: StepId },
+    /// The step missed the cache and is about to run; `reason` says why (`src/main.rs content
+    /// changed`).
+    CacheMiss { id: StepId, reason: String },
     /// The step failed with `error`.
     Failed {
         id: StepId,

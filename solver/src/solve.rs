@@ -1,21 +1,32 @@
-//! The solve loop: the ops the target needs, each once (ops are deduplicated by digest in the
-//! definition), in dependency order, one at a time for now. Each op goes through
-//! [`crate::ops::execute_op`]; this module owns only ordering, bookkeeping and progress events, so a
-//! parallel scheduler can replace the loop without touching the ops.
+//! Solving a definition: the ops the target needs, each once (ops are deduplicated by digest in the
+//! definition), scheduled in parallel as soon as their inputs are ready ([`crate::schedule`]), each
+//! through the content-addressed cache ([`crate::cache`]) before [`crate::ops::execute_op`].
+//!
+//! Per op: compute its cache key from its inputs' results and what it reads from local sources;
+//! on a hit restore the recorded layer chain (`#N CACHED`); on a miss say why (`#N cache miss: …`),
+//! run it, and record the result. Local sources are materialised (staged with `.dockerignore`) only
+//! when an op that reads them actually runs, so a fully cached build never copies its context.
+//! [`Solver::explain`] walks the same graph without running anything.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_executor::{NativeSnapshotter, OverlaySnapshotter, Snapshotter};
-use kiln_llb::{Definition, OpDigest, OpRef};
+use kiln_llb::{Definition, Op, OpDigest, OpKind, OpMetadata, OpRef, SourceOp};
 use kiln_store::Store;
 
+use crate::cache::key::{InputComponent, InputKind, KeyComponents, chain_identity, compute_key};
+use crate::cache::record::{CacheEntry, RecordError, StoreStatCache, position_keys};
+use crate::cache::{StepPlan, explain_miss};
 use crate::error::{OpError, SolveError};
-use crate::image::ImagePuller;
+use crate::image::{ImagePuller, find_image};
 use crate::layers::LayerOptions;
 use crate::ops::{OpContext, execute_op};
-use crate::progress::{Progress, ProgressEvent};
-use crate::result::OpOutput;
+use crate::progress::{Progress, ProgressEvent, StepId};
+use crate::result::{Layer, OpOutput};
+use crate::schedule::{Semaphore, exec_parallelism, pool_width, run_dag};
 use crate::scratch::ScratchDir;
 
 pub use crate::ops::LocalSource;
@@ -46,6 +57,8 @@ pub struct Solver<'a> {
     progress: &'a dyn Progress,
     puller: Option<&'a dyn ImagePuller>,
     snapshotter: Box<dyn Snapshotter>,
+    /// See [`Solver::results_created`].
+    results_created: Mutex<Option<SystemTime>>,
 }
 
 impl<'a> Solver<'a> {
@@ -78,7 +91,20 @@ impl<'a> Solver<'a> {
             progress,
             puller,
             snapshotter,
+            results_created: Mutex::new(None),
         }
+    }
+
+    /// After a successful [`Solver::solve`]: when the newest of the cache records behind its
+    /// steps was first written, if every step that ran was recorded (and there was at least one
+    /// step). Using it as the image's creation time (without `SOURCE_DATE_EPOCH`) makes a rebuild
+    /// that ran nothing — or re-ran steps into identical results — write the same image id, as
+    /// BuildKit does with the times of its cache records.
+    pub fn results_created(&self) -> Option<SystemTime> {
+        *self
+            .results_created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The snapshotter in use (`overlay` or `native`).
@@ -86,86 +112,634 @@ impl<'a> Solver<'a> {
         self.snapshotter.name()
     }
 
-    /// Computes `target` of `definition`.
+    /// Computes `target` of `definition`: independent ops run in parallel, cached ops are restored
+    /// from the store, and every op that runs is recorded in the cache.
     ///
     /// # Errors
-    /// [`SolveError`] for the first op that fails, naming its description and location.
+    /// [`SolveError`] for the first op that fails, naming its description and location; ops not
+    /// started by then are not started.
     pub fn solve(&self, definition: &Definition, target: &OpRef) -> Result<OpOutput, SolveError> {
-        let needed = definition.restricted_to(std::slice::from_ref(target));
-        let mut results: HashMap<OpDigest, OpOutput> = HashMap::new();
-        let mut next_step = 0;
-        for (digest, op, metadata) in needed.iter() {
-            let description = metadata.and_then(|m| m.description.clone());
-            let location = metadata.and_then(|m| m.location.clone());
-            let fail = |kind: OpError| SolveError {
-                description: description
-                    .clone()
-                    .unwrap_or_else(|| format!("{} op {}", op.kind_name(), digest.short())),
-                location: location.clone(),
-                kind: Box::new(kind),
-            };
-            let inputs = op
-                .inputs
-                .iter()
-                .map(|input| {
-                    if input.output != 0 {
-                        return Err(OpError::Unsupported(format!(
-                            "reading output {} of an op",
-                            input.output
-                        )));
-                    }
-                    results
-                        .get(&input.digest)
-                        .cloned()
-                        .ok_or_else(|| OpError::MissingInput(input.digest.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
-
-            let step = description.as_ref().map(|text| {
-                next_step += 1;
-                self.progress.event(ProgressEvent::Started {
-                    id: next_step,
-                    description: text.clone(),
-                });
-                next_step
-            });
-            let started = Instant::now();
-            let cx = OpContext {
-                store: &self.store,
-                snapshotter: self.snapshotter.as_ref(),
-                layer_options: self.options.layers,
-                locals: &self.options.locals,
-                puller: self.puller,
-                progress: self.progress,
-                step,
-            };
-            match execute_op(&cx, op, &inputs) {
-                Ok(output) => {
-                    if let Some(id) = step {
-                        self.progress.event(ProgressEvent::Done {
-                            id,
-                            elapsed: started.elapsed(),
-                        });
-                    }
-                    results.insert(digest.clone(), output);
-                }
-                Err(kind) => {
-                    if let Some(id) = step {
-                        self.progress.event(ProgressEvent::Failed {
-                            id,
-                            elapsed: started.elapsed(),
-                            error: kind.to_string(),
-                        });
-                    }
-                    return Err(fail(kind));
-                }
-            }
-        }
-        results.remove(&target.digest).ok_or_else(|| SolveError {
+        // Keeps a concurrent prune from deleting what this solve writes before it is recorded.
+        let _lock = self.store.lock_shared().map_err(|error| SolveError {
+            description: "locking the store".to_string(),
+            location: None,
+            kind: Box::new(OpError::Store(error)),
+        })?;
+        let run = Run::new(self, definition, target, Mode::Solve)?;
+        let mut results = run.execute()?;
+        let output = match run.index.get(&target.digest).copied() {
+            Some(node) => match results[node].take() {
+                Some(result) => run.materialize(node, result)?,
+                None => None,
+            },
+            None => None,
+        };
+        let newest = run.newest_record_ns.load(Ordering::SeqCst);
+        let created = (newest > 0 && !run.unrecorded_ran.load(Ordering::SeqCst))
+            .then(|| UNIX_EPOCH + Duration::from_nanos(newest.unsigned_abs()));
+        *self
+            .results_created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = created;
+        output.ok_or_else(|| SolveError {
             description: format!("target {}", target.digest.short()),
             location: None,
             kind: Box::new(OpError::MissingInput(target.digest.to_string())),
         })
+    }
+
+    /// What a solve of `target` would do, without running anything: per step, whether the cache
+    /// has its result and, if not, why it would run. A step after one that would run cannot be
+    /// looked up (its key depends on that step's result) and is reported as such.
+    ///
+    /// # Errors
+    /// [`SolveError`] when the store cannot be read.
+    pub fn explain(
+        &self,
+        definition: &Definition,
+        target: &OpRef,
+    ) -> Result<Vec<StepPlan>, SolveError> {
+        let run = Run::new(self, definition, target, Mode::Explain)?;
+        run.execute()?;
+        let mut plans = run.plans.into_inner().unwrap_or_else(|e| e.into_inner());
+        plans.sort_by_key(|(node, _)| *node);
+        Ok(plans.into_iter().map(|(_, plan)| plan).collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Solve,
+    Explain,
+}
+
+/// What one op produced, as later ops see it.
+#[derive(Debug, Clone)]
+struct NodeResult {
+    /// `None` for a local source not materialised yet, and in explain mode.
+    output: Option<OpOutput>,
+    /// How the result enters later keys; `None` when unknown (explain mode, after a miss).
+    identity: Option<String>,
+    key: Option<String>,
+    kind: InputKind,
+    /// For a local source: its `.dockerignore` patterns and own excludes.
+    local_excludes: Vec<String>,
+}
+
+impl NodeResult {
+    fn of_chain(chain: Vec<Layer>, kind: InputKind, key: Option<String>) -> NodeResult {
+        NodeResult {
+            identity: Some(chain_identity(chain.last().map(|layer| &layer.chain_id))),
+            output: Some(OpOutput::Chain(chain)),
+            key,
+            kind,
+            local_excludes: Vec::new(),
+        }
+    }
+}
+
+/// One solve or explain in progress.
+struct Run<'s, 'd> {
+    solver: &'s Solver<'s>,
+    mode: Mode,
+    nodes: Vec<(OpDigest, &'d Op, Option<&'d OpMetadata>)>,
+    index: HashMap<OpDigest, usize>,
+    deps: Vec<Vec<usize>>,
+    next_step: AtomicUsize,
+    /// Set by the scheduler once a step failed: steps waiting to run do not start.
+    cancelled: AtomicBool,
+    /// The newest creation time of the cache records behind this solve's steps (ns).
+    newest_record_ns: AtomicI64,
+    /// Whether a step ran that could not be recorded (no key).
+    unrecorded_ran: AtomicBool,
+    execs: Semaphore,
+    stat_cache: StoreStatCache<'s>,
+    /// The layer options as they enter keys.
+    layer_settings: String,
+    /// The build's local directories, for position keys.
+    local_dirs: Vec<String>,
+    /// Local sources staged on first use.
+    staged: Vec<Mutex<Option<OpOutput>>>,
+    plans: Mutex<Vec<(usize, StepPlan)>>,
+}
+
+impl<'s, 'd> Run<'s, 'd> {
+    fn new(
+        solver: &'s Solver<'s>,
+        definition: &'d Definition,
+        target: &OpRef,
+        mode: Mode,
+    ) -> Result<Run<'s, 'd>, SolveError> {
+        // Only what the target needs: an unused stage never runs.
+        let needed = definition.restricted_to(std::slice::from_ref(target));
+        let mut nodes = Vec::new();
+        let mut index = HashMap::new();
+        for (digest, _, _) in needed.iter() {
+            let Some(op) = definition.get(digest) else {
+                continue;
+            };
+            index.insert(digest.clone(), nodes.len());
+            nodes.push((digest.clone(), op, definition.metadata(digest)));
+        }
+        let mut deps = Vec::with_capacity(nodes.len());
+        for (digest, op, metadata) in &nodes {
+            let mut needs = Vec::new();
+            for input in &op.inputs {
+                let fail = |kind: OpError| step_error(digest, op, *metadata, kind);
+                if input.output != 0 {
+                    return Err(fail(OpError::Unsupported(format!(
+                        "reading output {} of an op",
+                        input.output
+                    ))));
+                }
+                let &dep = index
+                    .get(&input.digest)
+                    .ok_or_else(|| fail(OpError::MissingInput(input.digest.to_string())))?;
+                if !needs.contains(&dep) {
+                    needs.push(dep);
+                }
+            }
+            deps.push(needs);
+        }
+        let local_dirs = solver
+            .options
+            .locals
+            .iter()
+            .map(|(name, local)| format!("{name}={}", local.dir.display()))
+            .collect();
+        Ok(Run {
+            solver,
+            mode,
+            staged: (0..nodes.len()).map(|_| Mutex::new(None)).collect(),
+            nodes,
+            index,
+            deps,
+            next_step: AtomicUsize::new(0),
+            cancelled: AtomicBool::new(false),
+            newest_record_ns: AtomicI64::new(0),
+            unrecorded_ran: AtomicBool::new(false),
+            execs: Semaphore::new(exec_parallelism()),
+            stat_cache: StoreStatCache::new(&solver.store),
+            local_dirs,
+            layer_settings: format!(
+                "compression={:?} source_date_epoch={:?}",
+                solver.options.layers.compression, solver.options.layers.source_date_epoch
+            ),
+            plans: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn execute(&self) -> Result<Vec<Option<NodeResult>>, SolveError> {
+        let outcome = run_dag(
+            &self.deps,
+            pool_width(),
+            &self.cancelled,
+            |node, results| self.process(node, results),
+        );
+        self.stat_cache.flush();
+        outcome
+    }
+
+    fn progress(&self) -> &dyn Progress {
+        self.solver.progress
+    }
+
+    fn fail(&self, node: usize, kind: OpError) -> SolveError {
+        let (digest, op, metadata) = &self.nodes[node];
+        step_error(digest, op, *metadata, kind)
+    }
+
+    fn start_step(&self, description: &str) -> StepId {
+        let id = self.next_step.fetch_add(1, Ordering::SeqCst) + 1;
+        self.progress().event(ProgressEvent::Started {
+            id,
+            description: description.to_string(),
+        });
+        id
+    }
+
+    fn plan(&self, node: usize, cached: bool, reason: Option<String>) {
+        if let Some(description) = self.nodes[node].2.and_then(|m| m.description.clone()) {
+            let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            plans.push((
+                node,
+                StepPlan {
+                    description,
+                    cached,
+                    reason,
+                },
+            ));
+        }
+    }
+
+    fn process(
+        &self,
+        node: usize,
+        results: &[OnceLock<NodeResult>],
+    ) -> Result<NodeResult, SolveError> {
+        let (_, op, _) = &self.nodes[node];
+        let inputs: Vec<(usize, NodeResult)> = op
+            .inputs
+            .iter()
+            .map(|input| {
+                let dep = self.index[&input.digest];
+                results[dep]
+                    .get()
+                    .cloned()
+                    .map(|result| (dep, result))
+                    .ok_or_else(|| self.fail(node, OpError::MissingInput(input.digest.to_string())))
+            })
+            .collect::<Result<_, _>>()?;
+        match &op.kind {
+            OpKind::Source(SourceOp::Local {
+                name,
+                exclude_patterns,
+                ..
+            }) => {
+                let mut local_excludes = self
+                    .solver
+                    .options
+                    .locals
+                    .get(name)
+                    .map(|local| local.excludes.clone())
+                    .unwrap_or_default();
+                local_excludes.extend(exclude_patterns.iter().cloned());
+                Ok(NodeResult {
+                    output: None,
+                    identity: Some(format!("local:{name}")),
+                    key: None,
+                    kind: InputKind::Local,
+                    local_excludes,
+                })
+            }
+            OpKind::Source(SourceOp::Image { reference, .. }) => self.image_source(node, reference),
+            OpKind::Source(SourceOp::Scratch) => {
+                Ok(NodeResult::of_chain(Vec::new(), InputKind::Scratch, None))
+            }
+            OpKind::Source(_) | OpKind::Merge(_) => {
+                if self.mode == Mode::Explain {
+                    self.plan(node, false, Some("not cached by kiln".to_string()));
+                    return Ok(unknown(InputKind::Step));
+                }
+                let output = self.run_op(node, &inputs, None)?;
+                Ok(match output {
+                    OpOutput::Chain(chain) => NodeResult::of_chain(chain, InputKind::Step, None),
+                    local @ OpOutput::Local(_) => NodeResult {
+                        output: Some(local),
+                        identity: None,
+                        key: None,
+                        kind: InputKind::Local,
+                        local_excludes: Vec::new(),
+                    },
+                })
+            }
+            OpKind::File(_) | OpKind::Exec(_) => self.cacheable(node, &inputs),
+        }
+    }
+
+    /// An image source: resolved (pulled when missing) and extracted. Shown as CACHED when it was
+    /// already complete in the store.
+    fn image_source(&self, node: usize, reference: &str) -> Result<NodeResult, SolveError> {
+        let (_, op, metadata) = &self.nodes[node];
+        let manifest = find_image(&self.solver.store, reference).ok().flatten();
+        let extracted = manifest.as_ref().is_some_and(|manifest| {
+            let mut parent = None;
+            manifest.layers.iter().all(|layer| {
+                let id = kiln_store::chain_id(parent.as_ref(), &layer.diff_id);
+                let found = matches!(self.solver.store.layer_path(&id), Ok(Some(_)));
+                parent = Some(id);
+                found
+            })
+        });
+        if self.mode == Mode::Explain {
+            return Ok(match manifest {
+                Some(manifest) => {
+                    self.plan(node, true, None);
+                    let mut parent = None;
+                    for layer in &manifest.layers {
+                        parent = Some(kiln_store::chain_id(parent.as_ref(), &layer.diff_id));
+                    }
+                    NodeResult {
+                        output: None,
+                        identity: Some(chain_identity(parent.as_ref())),
+                        key: None,
+                        kind: InputKind::Image,
+                        local_excludes: Vec::new(),
+                    }
+                }
+                None => {
+                    self.plan(
+                        node,
+                        false,
+                        Some("the image is not in the store".to_string()),
+                    );
+                    unknown(InputKind::Image)
+                }
+            });
+        }
+        let description = metadata.and_then(|m| m.description.clone());
+        let step = description.as_deref().map(|text| self.start_step(text));
+        let started = Instant::now();
+        let output = self.execute_with_step(node, op, &[], step, started)?;
+        if let Some(id) = step {
+            let event = if extracted {
+                ProgressEvent::Cached { id }
+            } else {
+                ProgressEvent::Done {
+                    id,
+                    elapsed: started.elapsed(),
+                }
+            };
+            self.progress().event(event);
+        }
+        match output {
+            OpOutput::Chain(chain) => Ok(NodeResult::of_chain(chain, InputKind::Image, None)),
+            OpOutput::Local(_) => Err(self.fail(
+                node,
+                OpError::BadInput {
+                    index: 0,
+                    found: "a local directory",
+                    expected: "a root filesystem",
+                },
+            )),
+        }
+    }
+
+    /// A file or exec op: through the cache.
+    fn cacheable(
+        &self,
+        node: usize,
+        inputs: &[(usize, NodeResult)],
+    ) -> Result<NodeResult, SolveError> {
+        let (_, op, metadata) = &self.nodes[node];
+        let description = metadata.and_then(|m| m.description.clone());
+        let ignore_cache = metadata.is_some_and(|m| m.ignore_cache);
+
+        // In explain mode: an input would run, so its result (and this key) is unknown. When
+        // solving, only an input without a content identity (not a chain) does that.
+        let unknown_input = inputs.iter().any(|(_, input)| input.identity.is_none());
+        if unknown_input && self.mode == Mode::Explain {
+            self.plan(node, false, Some("an earlier step re-runs".to_string()));
+            return Ok(unknown(InputKind::Step));
+        }
+        let components: Vec<InputComponent> = inputs
+            .iter()
+            .map(|(dep, input)| InputComponent {
+                kind: input.kind,
+                identity: input.identity.clone().unwrap_or_default(),
+                key: input.key.clone(),
+                description: self.nodes[*dep].2.and_then(|m| m.description.clone()),
+                local_excludes: input.local_excludes.clone(),
+            })
+            .collect();
+        let computed = if unknown_input {
+            tracing::debug!("an input has no content identity; running the step uncached");
+            None
+        } else {
+            Some(compute_key(
+                op,
+                &self.layer_settings,
+                components,
+                &self.solver.options.locals,
+                &self.stat_cache,
+            ))
+        };
+        let components = match computed {
+            Some(Ok(components)) => Some(components),
+            Some(Err(error)) => {
+                // The op's own run reports the problem (e.g. a missing COPY source).
+                tracing::debug!(%error, "no cache key; running the step uncached");
+                None
+            }
+            None => None,
+        };
+        let key = components.as_ref().map(KeyComponents::key);
+        let file = metadata
+            .and_then(|m| m.location.as_ref())
+            .map(|location| location.file.as_str())
+            .unwrap_or_default();
+        let positions = description
+            .as_deref()
+            .map(|text| position_keys(text, file, &self.local_dirs))
+            .unwrap_or_default();
+
+        let mut reason = None;
+        if let (Some(components), Some(key)) = (&components, &key) {
+            if !ignore_cache {
+                if let Some(chain) = self.lookup(node, key)? {
+                    if self.mode == Mode::Explain {
+                        self.plan(node, true, None);
+                    } else if let Some(text) = &description {
+                        let id = self.start_step(text);
+                        self.progress().event(ProgressEvent::Cached { id });
+                    }
+                    return Ok(NodeResult::of_chain(
+                        chain,
+                        InputKind::Step,
+                        Some(key.clone()),
+                    ));
+                }
+            }
+            let previous = CacheEntry::load_at_positions(&self.solver.store, &positions)
+                .unwrap_or_else(|error| {
+                    tracing::debug!(%error, "reading the previous build of the step");
+                    None
+                });
+            reason = Some(explain_miss(
+                previous.as_ref().map(|entry| &entry.components),
+                components,
+                ignore_cache,
+            ));
+        }
+        if self.mode == Mode::Explain {
+            let reason = reason.unwrap_or_else(|| "its inputs cannot be checksummed".to_string());
+            self.plan(node, false, Some(reason));
+            return Ok(unknown(InputKind::Step));
+        }
+
+        let output = self.run_op(node, inputs, reason)?;
+        let OpOutput::Chain(chain) = output else {
+            return Err(self.fail(
+                node,
+                OpError::Unsupported("a step whose result is a local directory".into()),
+            ));
+        };
+        let mut recorded = false;
+        if let (Some(components), Some(key)) = (components, &key) {
+            let store = &self.solver.store;
+            let entry = CacheEntry::new(description, components, &chain);
+            match entry.save(store, key, &positions) {
+                // Read back for the record's creation time (an existing record keeps its own).
+                Ok(()) => {
+                    if let Ok(Some(saved)) = CacheEntry::load(store, key) {
+                        self.newest_record_ns
+                            .fetch_max(saved.created_ns, Ordering::SeqCst);
+                        recorded = true;
+                    }
+                }
+                // The build itself succeeded; only the next one loses this record.
+                Err(error) => tracing::warn!(%error, "could not record the step in the cache"),
+            }
+        }
+        if !recorded {
+            self.unrecorded_ran.store(true, Ordering::SeqCst);
+        }
+        Ok(NodeResult::of_chain(chain, InputKind::Step, key))
+    }
+
+    /// The restored chain recorded under `key`, if complete in the store.
+    fn lookup(&self, node: usize, key: &str) -> Result<Option<Vec<Layer>>, SolveError> {
+        let store = &self.solver.store;
+        let restored = match CacheEntry::load(store, key) {
+            Ok(Some(entry)) => {
+                let restored = entry.restore(store);
+                if matches!(restored, Ok(Some(_))) {
+                    self.newest_record_ns
+                        .fetch_max(entry.created_ns, Ordering::SeqCst);
+                }
+                restored
+            }
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
+        };
+        restored.map_err(|error| {
+            let kind = match error {
+                RecordError::Store { source, .. } => OpError::Store(*source),
+                other => OpError::Io {
+                    action: "read the build cache in",
+                    path: store.root().to_path_buf(),
+                    source: std::io::Error::other(other),
+                },
+            };
+            self.fail(node, kind)
+        })
+    }
+
+    /// Runs the op (materialising local inputs first), with its progress step.
+    fn run_op(
+        &self,
+        node: usize,
+        inputs: &[(usize, NodeResult)],
+        miss_reason: Option<String>,
+    ) -> Result<OpOutput, SolveError> {
+        let (_, op, metadata) = &self.nodes[node];
+        let mut outputs = Vec::with_capacity(inputs.len());
+        for (dep, input) in inputs {
+            let output = self.materialize(*dep, input.clone())?.ok_or_else(|| {
+                self.fail(node, OpError::MissingInput(self.nodes[*dep].0.to_string()))
+            })?;
+            outputs.push(output);
+        }
+        // Sandboxed processes are bounded by the cores; file ops are not.
+        let _permit = matches!(op.kind, OpKind::Exec(_)).then(|| self.execs.acquire());
+        if self.cancelled.load(Ordering::SeqCst) {
+            // Another step failed while this one waited; that error is the one reported.
+            return Err(self.fail(
+                node,
+                OpError::Io {
+                    action: "start the step",
+                    path: self.solver.store.root().to_path_buf(),
+                    source: std::io::Error::other("cancelled after an earlier failure"),
+                },
+            ));
+        }
+        let description = metadata.and_then(|m| m.description.clone());
+        let step = description.as_deref().map(|text| self.start_step(text));
+        if let (Some(id), Some(reason)) = (step, miss_reason) {
+            self.progress()
+                .event(ProgressEvent::CacheMiss { id, reason });
+        }
+        let started = Instant::now();
+        let output = self.execute_with_step(node, op, &outputs, step, started)?;
+        if let Some(id) = step {
+            self.progress().event(ProgressEvent::Done {
+                id,
+                elapsed: started.elapsed(),
+            });
+        }
+        Ok(output)
+    }
+
+    fn execute_with_step(
+        &self,
+        node: usize,
+        op: &Op,
+        inputs: &[OpOutput],
+        step: Option<StepId>,
+        started: Instant,
+    ) -> Result<OpOutput, SolveError> {
+        let cx = OpContext {
+            store: &self.solver.store,
+            snapshotter: self.solver.snapshotter.as_ref(),
+            layer_options: self.solver.options.layers,
+            locals: &self.solver.options.locals,
+            puller: self.solver.puller,
+            progress: self.solver.progress,
+            step,
+        };
+        execute_op(&cx, op, inputs).map_err(|kind| {
+            if let Some(id) = step {
+                self.progress().event(ProgressEvent::Failed {
+                    id,
+                    elapsed: started.elapsed(),
+                    error: kind.to_string(),
+                });
+            }
+            self.fail(node, kind)
+        })
+    }
+
+    /// The output of `node` as an input: local sources are staged on first use (once, however
+    /// many ops read them).
+    fn materialize(&self, node: usize, result: NodeResult) -> Result<Option<OpOutput>, SolveError> {
+        if let Some(output) = result.output {
+            return Ok(Some(output));
+        }
+        if result.kind != InputKind::Local || self.mode == Mode::Explain {
+            return Ok(None);
+        }
+        let mut staged = self.staged[node].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(output) = staged.as_ref() {
+            return Ok(Some(output.clone()));
+        }
+        let (_, op, metadata) = &self.nodes[node];
+        let step = metadata
+            .and_then(|m| m.description.as_deref())
+            .map(|text| self.start_step(text));
+        let started = Instant::now();
+        let output = self.execute_with_step(node, op, &[], step, started)?;
+        if let Some(id) = step {
+            self.progress().event(ProgressEvent::Done {
+                id,
+                elapsed: started.elapsed(),
+            });
+        }
+        *staged = Some(output.clone());
+        Ok(Some(output))
+    }
+}
+
+fn unknown(kind: InputKind) -> NodeResult {
+    NodeResult {
+        output: None,
+        identity: None,
+        key: None,
+        kind,
+        local_excludes: Vec::new(),
+    }
+}
+
+fn step_error(
+    digest: &OpDigest,
+    op: &Op,
+    metadata: Option<&OpMetadata>,
+    kind: OpError,
+) -> SolveError {
+    SolveError {
+        description: metadata
+            .and_then(|m| m.description.clone())
+            .unwrap_or_else(|| format!("{} op {}", op.kind_name(), digest.short())),
+        location: metadata.and_then(|m| m.location.clone()),
+        kind: Box::new(kind),
     }
 }

@@ -601,3 +601,102 @@ fn written_images_pair_history_with_layers_and_are_found_by_digest() {
         .unwrap();
     assert_eq!(kiln_image::Digest::of(&bytes), image.config_digest);
 }
+
+/// Copies the whole context (`COPY . /ctx/`) with `excludes` applied and returns the layer.
+fn copy_context(
+    context: &std::path::Path,
+    excludes: &[&str],
+) -> (tempfile::TempDir, Vec<kiln_solver::Layer>) {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut builder = DefinitionBuilder::new();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
+    let local = builder
+        .add(
+            Op::source(SourceOp::Local {
+                name: "context".into(),
+                include_patterns: vec![],
+                exclude_patterns: vec![],
+                follow_paths: vec![],
+            }),
+            OpMetadata::default(),
+        )
+        .unwrap();
+    let copy = builder
+        .add(
+            file_op(
+                Some(scratch),
+                vec![local],
+                vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))],
+            ),
+            described("COPY . /ctx/", 1),
+        )
+        .unwrap();
+    let definition = builder.build();
+    let mut opts = options(SnapshotterKind::Native);
+    opts.locals.insert(
+        "context".into(),
+        LocalSource {
+            dir: context.to_path_buf(),
+            excludes: excludes.iter().map(|e| e.to_string()).collect(),
+        },
+    );
+    let solver = Solver::new(store, opts, &NoProgress, None);
+    let layers = chain(solver.solve(&definition, &copy).unwrap());
+    (root, layers)
+}
+
+#[test]
+fn a_staged_context_keeps_modes_times_and_symlinks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let context = tempfile::tempdir().unwrap();
+    let dir = context.path().join("bin");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(dir.join("tool"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink("bin/tool", context.path().join("link")).unwrap();
+    std::fs::write(context.path().join("skip.log"), "x").unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).unwrap();
+    let (_root, layers) = copy_context(context.path(), &["*.log"]);
+    let out = layers[0].dir.join("ctx");
+    let tool = std::fs::metadata(out.join("bin/tool")).unwrap();
+    let original = std::fs::metadata(dir.join("tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o751);
+    assert_eq!(tool.mtime(), original.mtime());
+    assert_eq!(
+        std::fs::metadata(out.join("bin")).unwrap().mode() & 0o7777,
+        0o710
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        std::path::Path::new("bin/tool")
+    );
+    assert!(!out.join("skip.log").exists());
+    // Staging never changed the user's files.
+    assert_eq!(std::fs::metadata(dir.join("tool")).unwrap().nlink(), 1);
+}
+
+#[test]
+fn a_context_with_special_files_is_staged_by_copying() {
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("keep.txt"), "keep").unwrap();
+    std::fs::write(context.path().join("drop.txt"), "drop").unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(context.path().join("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_root, layers) = copy_context(context.path(), &["drop.txt"]);
+    let out = layers[0].dir.join("ctx");
+    assert!(out.join("keep.txt").is_file());
+    assert!(!out.join("drop.txt").exists());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(out.join("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}

@@ -2,6 +2,8 @@
 //! read the same as `docker build --progress=plain`:
 //!
 //! ```text
+//! #1 [1/3] FROM docker.io/library/busybox:latest
+//! #1 CACHED
 //! #2 [2/3] COPY hello.txt /
 //! #2 DONE 0.1s
 //! #3 [3/3] RUN echo hi
@@ -106,6 +108,10 @@ impl<W: Write + Send> Progress for PlainProgress<W> {
             ProgressEvent::Done { id, elapsed } => {
                 self.write_line(&format!("#{id} DONE {}", seconds(elapsed)));
             }
+            ProgressEvent::Cached { id } => self.write_line(&format!("#{id} CACHED")),
+            ProgressEvent::CacheMiss { id, reason } => {
+                self.write_line(&format!("#{id} cache miss: {reason}"));
+            }
             ProgressEvent::Failed { id, error, .. } => {
                 self.write_line(&format!("#{id} ERROR: {error}"));
             }
@@ -158,6 +164,15 @@ impl Progress for TtyProgress {
                         .println(format!("#{id} {description} DONE {}", seconds(elapsed)));
                 }
             }
+            ProgressEvent::Cached { id } => {
+                if let Some((bar, description)) = self.take(id) {
+                    bar.finish_and_clear();
+                    let _ = self.multi.println(format!("#{id} {description} CACHED"));
+                }
+            }
+            ProgressEvent::CacheMiss { id, reason } => {
+                let _ = self.multi.println(format!("#{id} cache miss: {reason}"));
+            }
             ProgressEvent::Failed { id, error, .. } => {
                 if let Some((bar, description)) = self.take(id) {
                     bar.finish_and_clear();
@@ -194,8 +209,15 @@ mod tests {
             elapsed: Duration::from_millis(10),
             error: "exit code 1".into(),
         });
+        progress.event(ProgressEvent::Cached { id: 5 });
+        progress.event(ProgressEvent::CacheMiss {
+            id: 6,
+            reason: "src/main.rs content changed".into(),
+        });
         let text = String::from_utf8(progress.out.into_inner().unwrap()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[4], "#5 CACHED");
+        assert_eq!(lines[5], "#6 cache miss: src/main.rs content changed");
         assert_eq!(lines[0], "#3 [2/3] RUN echo hi");
         assert!(
             lines[1].starts_with("#3 0.0") && lines[1].ends_with(" hi"),

@@ -26,7 +26,11 @@ pub struct StepPlan {
 
 /// Explains a miss of `new` given the previous components at the same position (`None` when the
 /// step was never built). `ignore_cache` is `--no-cache`/`--no-cache-filter`.
-pub fn explain_miss(previous: Option<&KeyComponents>, new: &KeyComponents, ignore_cache: bool) -> String {
+pub fn explain_miss(
+    previous: Option<&KeyComponents>,
+    new: &KeyComponents,
+    ignore_cache: bool,
+) -> String {
     if ignore_cache {
         return "cache disabled for this step (--no-cache)".to_string();
     }
@@ -36,6 +40,9 @@ pub fn explain_miss(previous: Option<&KeyComponents>, new: &KeyComponents, ignor
     let mut reasons: Vec<String> = Vec::new();
     if previous.op_digest != new.op_digest {
         reasons.push(explain_op_change(previous, new));
+    }
+    if previous.layer_settings != new.layer_settings {
+        reasons.push("layer settings changed (compression or SOURCE_DATE_EPOCH)".to_string());
     }
     for (index, input) in new.inputs.iter().enumerate() {
         let Some(before) = previous.inputs.get(index) else {
@@ -48,7 +55,9 @@ pub fn explain_miss(previous: Option<&KeyComponents>, new: &KeyComponents, ignor
         reasons.push(match input.kind {
             InputKind::Image => "base image changed".to_string(),
             InputKind::Step | InputKind::Scratch => match &input.description {
-                Some(description) => format!("an earlier step re-ran with a new result: {description}"),
+                Some(description) => {
+                    format!("an earlier step re-ran with a new result: {description}")
+                }
                 None => "an earlier step re-ran with a new result".to_string(),
             },
             InputKind::Local => "a different build context".to_string(),
@@ -128,7 +137,11 @@ fn changed_variables(old: &[String], new: &[String]) -> Vec<String> {
 /// The `--explain` table: one line per step, `CACHED` or `RUN` with its reason.
 pub fn format_plan(plan: &[StepPlan]) -> String {
     let mut text = String::new();
-    let width = plan.iter().map(|step| step.description.len()).max().unwrap_or(0);
+    let width = plan
+        .iter()
+        .map(|step| step.description.len())
+        .max()
+        .unwrap_or(0);
     for step in plan {
         let status = if step.cached { "CACHED" } else { "RUN" };
         let _ = write!(text, "{:<width$}  {status}", step.description);
@@ -172,6 +185,7 @@ mod tests {
                 env: env.iter().map(|e| e.to_string()).collect(),
                 ..OpSummary::default()
             },
+            layer_settings: String::new(),
             inputs: vec![InputComponent {
                 kind: InputKind::Image,
                 identity: base.into(),
@@ -194,12 +208,21 @@ mod tests {
     fn a_miss_names_the_changed_file_arg_and_base() {
         let old = components(&["A=1"], &[("src/main.rs", "x")], "chain:1");
         let file = components(&["A=1"], &[("src/main.rs", "y")], "chain:1");
-        assert_eq!(explain_miss(Some(&old), &file, false), "src/main.rs content changed");
+        assert_eq!(
+            explain_miss(Some(&old), &file, false),
+            "src/main.rs content changed"
+        );
         let arg = components(&["A=2"], &[("src/main.rs", "x")], "chain:1");
-        assert_eq!(explain_miss(Some(&old), &arg, false), "build arg/ENV A changed");
+        assert_eq!(
+            explain_miss(Some(&old), &arg, false),
+            "build arg/ENV A changed"
+        );
         let base = components(&["A=1"], &[("src/main.rs", "x")], "chain:2");
         assert_eq!(explain_miss(Some(&old), &base, false), "base image changed");
-        assert_eq!(explain_miss(None, &base, false), "no earlier build of this step");
+        assert_eq!(
+            explain_miss(None, &base, false),
+            "no earlier build of this step"
+        );
         assert!(explain_miss(Some(&old), &old, true).contains("--no-cache"));
     }
 
@@ -208,7 +231,10 @@ mod tests {
         let old = components(&[], &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")], "c");
         let new = components(&[], &[("a", "2"), ("b", "2"), ("c", "2"), ("d", "2")], "c");
         let text = explain_miss(Some(&old), &new, false);
-        assert!(text.starts_with("a content changed, b content changed"), "{text}");
+        assert!(
+            text.starts_with("a content changed, b content changed"),
+            "{text}"
+        );
         assert!(text.ends_with("and 1 more"), "{text}");
     }
 
@@ -227,7 +253,10 @@ mod tests {
             },
         ]);
         assert!(text.contains("[1/2] COPY a /  CACHED"), "{text}");
-        assert!(text.contains("[2/2] RUN make  RUN  (a content changed)"), "{text}");
+        assert!(
+            text.contains("[2/2] RUN make  RUN  (a content changed)"),
+            "{text}"
+        );
         assert!(text.contains("1 step(s) cached, 1 to run"), "{text}");
     }
 }

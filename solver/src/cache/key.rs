@@ -136,6 +136,9 @@ pub struct KeyComponents {
     /// sha256 hex of the op without its inputs.
     pub op_digest: String,
     pub op: OpSummary,
+    /// How new layers are written (compression, `SOURCE_DATE_EPOCH`): they change the bytes.
+    #[serde(default)]
+    pub layer_settings: String,
     pub inputs: Vec<InputComponent>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contents: Vec<ContentComponent>,
@@ -147,11 +150,14 @@ impl KeyComponents {
         let mut hasher = Sha256::new();
         hasher.update(b"kiln.cache.key.v1\n");
         hasher.update(format!("op\0{}\n", self.op_digest).as_bytes());
+        hasher.update(format!("layers\0{}\n", self.layer_settings).as_bytes());
         for input in &self.inputs {
             hasher.update(format!("input\0{}\n", input.identity).as_bytes());
         }
         for content in &self.contents {
-            hasher.update(format!("reads\0{}\0{}\n", content.reads, content.checksum.digest).as_bytes());
+            hasher.update(
+                format!("reads\0{}\0{}\n", content.reads, content.checksum.digest).as_bytes(),
+            );
         }
         format!("kiln.v1:{}", Digest::from_hasher(hasher).hex())
     }
@@ -174,6 +180,7 @@ pub fn chain_identity(top_chain_id: Option<&Digest>) -> String {
 /// be resolved or read.
 pub fn compute_key(
     op: &Op,
+    layer_settings: &str,
     inputs: Vec<InputComponent>,
     locals: &BTreeMap<String, LocalSource>,
     stat_cache: &dyn StatCache,
@@ -215,6 +222,7 @@ pub fn compute_key(
     Ok(KeyComponents {
         op_digest: OpDigest::of_op_without_inputs(op).hex().to_string(),
         op: OpSummary::of(op),
+        layer_settings: layer_settings.to_string(),
         inputs,
         contents,
     })
@@ -296,12 +304,13 @@ fn checksum_read(
             }
         }
     }
-    let checksum = checksum(root, &sources, Some(ignore), &read.excludes, stat_cache).map_err(
-        |source| KeyError::Checksum {
-            what: read.label.clone(),
-            source,
-        },
-    )?;
+    let checksum =
+        checksum(root, &sources, Some(ignore), &read.excludes, stat_cache).map_err(|source| {
+            KeyError::Checksum {
+                what: read.label.clone(),
+                source,
+            }
+        })?;
     Ok(ContentComponent {
         reads: read.label.clone(),
         checksum,
@@ -363,7 +372,7 @@ mod tests {
         let cache = MemoryStatCache::new();
         let op = copy_op("src");
         let key = |cache: &MemoryStatCache| {
-            compute_key(&op, inputs(), &locals(dir.path()), cache)
+            compute_key(&op, "", inputs(), &locals(dir.path()), cache)
                 .unwrap()
                 .key()
         };
@@ -376,7 +385,7 @@ mod tests {
         // The whole context is read: an ignored file does not count, another one does.
         let whole = copy_op(".");
         let whole_key = || {
-            compute_key(&whole, inputs(), &locals(dir.path()), &cache)
+            compute_key(&whole, "", inputs(), &locals(dir.path()), &cache)
                 .unwrap()
                 .key()
         };
@@ -395,12 +404,12 @@ mod tests {
         let mut with_key = inputs();
         with_key[0].key = Some("kiln.v1:aaaa".into());
         let cache = MemoryStatCache::new();
-        let plain = compute_key(&op, inputs(), &locals(dir.path()), &cache).unwrap();
-        let keyed = compute_key(&op, with_key, &locals(dir.path()), &cache).unwrap();
+        let plain = compute_key(&op, "", inputs(), &locals(dir.path()), &cache).unwrap();
+        let keyed = compute_key(&op, "", with_key, &locals(dir.path()), &cache).unwrap();
         assert_eq!(plain.key(), keyed.key());
         let mut other = inputs();
         other[0].identity = chain_identity(Some(&Digest::of(b"layer")));
-        let changed = compute_key(&op, other, &locals(dir.path()), &cache).unwrap();
+        let changed = compute_key(&op, "", other, &locals(dir.path()), &cache).unwrap();
         assert_ne!(plain.key(), changed.key());
     }
 
@@ -408,7 +417,7 @@ mod tests {
     fn a_missing_copy_source_is_a_key_error() {
         let dir = tempfile::tempdir().unwrap();
         let cache = MemoryStatCache::new();
-        let error = compute_key(&copy_op("nope"), inputs(), &locals(dir.path()), &cache);
+        let error = compute_key(&copy_op("nope"), "", inputs(), &locals(dir.path()), &cache);
         assert!(matches!(error, Err(KeyError::Resolve { .. })), "{error:?}");
     }
 }

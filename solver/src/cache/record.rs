@@ -25,8 +25,9 @@ pub enum RecordError {
     #[error("cache record {key}: {source}")]
     Store {
         key: String,
+        /// Boxed: store errors are large and this one travels through every lookup.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("encoding cache record {key}: {source}")]
     Encode {
@@ -55,6 +56,10 @@ pub struct CacheEntry {
     pub components: KeyComponents,
     /// The result chain, bottom first.
     pub layers: Vec<LayerRecord>,
+    /// When the record was first written, ns since the epoch (from the store, not the JSON; 0 for
+    /// an entry not loaded from the store).
+    #[serde(skip)]
+    pub created_ns: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +83,7 @@ impl CacheEntry {
                     size: layer.size,
                 })
                 .collect(),
+            created_ns: 0,
         }
     }
 
@@ -91,11 +97,17 @@ impl CacheEntry {
             .get_cache_record(key)
             .map_err(|source| RecordError::Store {
                 key: key.to_string(),
-                source,
+                source: Box::new(source),
             })?;
-        Ok(match record.map(|r| r.value) {
-            Some(CacheValue::Json(json)) => match serde_json::from_value(json) {
-                Ok(entry) => Some(entry),
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        Ok(match record.value {
+            CacheValue::Json(json) => match serde_json::from_value::<CacheEntry>(json) {
+                Ok(entry) => Some(CacheEntry {
+                    created_ns: record.created_ns,
+                    ..entry
+                }),
                 Err(error) => {
                     tracing::debug!(key, %error, "ignoring an undecodable cache record");
                     None
@@ -106,11 +118,11 @@ impl CacheEntry {
     }
 
     /// Stores this entry under `key` with references to its layers and blobs, and points the
-    /// position record `position` (see [`position_key`]) at it.
+    /// position records `positions` (see [`position_keys`]) at it.
     ///
     /// # Errors
     /// [`RecordError`] when encoding or the store fails.
-    pub fn save(&self, store: &Store, key: &str, position: Option<&str>) -> Result<(), RecordError> {
+    pub fn save(&self, store: &Store, key: &str, positions: &[String]) -> Result<(), RecordError> {
         let json = serde_json::to_value(self).map_err(|source| RecordError::Encode {
             key: key.to_string(),
             source,
@@ -122,12 +134,15 @@ impl CacheEntry {
         }
         let store_error = |key: &str| {
             let key = key.to_string();
-            move |source| RecordError::Store { key, source }
+            move |source| RecordError::Store {
+                key,
+                source: Box::new(source),
+            }
         };
         store
             .put_cache_record(key, &CacheValue::Json(json), &refs)
             .map_err(store_error(key))?;
-        if let Some(position) = position {
+        for position in positions {
             let pointer = serde_json::json!({ "key": key });
             store
                 .put_cache_record(position, &CacheValue::Json(pointer), &[])
@@ -136,16 +151,28 @@ impl CacheEntry {
         Ok(())
     }
 
-    /// The record last saved at `position`, if any.
+    /// The record last saved at the first of `positions` that has one.
     ///
     /// # Errors
     /// [`RecordError::Store`] on a store failure.
-    pub fn load_at_position(store: &Store, position: &str) -> Result<Option<CacheEntry>, RecordError> {
+    pub fn load_at_positions(
+        store: &Store,
+        positions: &[String],
+    ) -> Result<Option<CacheEntry>, RecordError> {
+        for position in positions {
+            if let Some(entry) = CacheEntry::load_at_position(store, position)? {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
+    fn load_at_position(store: &Store, position: &str) -> Result<Option<CacheEntry>, RecordError> {
         let record = store
             .get_cache_record(position)
             .map_err(|source| RecordError::Store {
                 key: position.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let Some(CacheValue::Json(json)) = record.map(|r| r.value) else {
             return Ok(None);
@@ -168,7 +195,7 @@ impl CacheEntry {
                 .layer_path(&layer.chain_id)
                 .map_err(|source| RecordError::Store {
                     key: layer.chain_id.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let Some(dir) = dir else {
                 return Ok(None);
@@ -189,17 +216,33 @@ impl CacheEntry {
     }
 }
 
-/// The position record key of a step: its description plus the local directories of the build
-/// (so two projects with a step `[2/4] RUN make` each compare with their own history).
-pub fn position_key(description: &str, local_dirs: &[String]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"kiln.cache.position.v1\n");
-    hasher.update(description.as_bytes());
-    for dir in local_dirs {
-        hasher.update(b"\0");
-        hasher.update(dir.as_bytes());
-    }
-    format!("kiln.v1.pos:{}", Digest::from_hasher(hasher).hex())
+/// The position record keys of a step, most specific first: its description, then its step
+/// slot (`[stage 3/4] RUN` in the Dockerfile `file`) for when the description itself changed (it
+/// shows expanded build args). Both include the local directories of the build, so two projects
+/// with a step `[2/4] RUN make` each compare with their own history.
+pub fn position_keys(description: &str, file: &str, local_dirs: &[String]) -> Vec<String> {
+    let slot = match description.split_once("] ") {
+        Some((prefix, rest)) => {
+            let keyword = rest.split_whitespace().next().unwrap_or_default();
+            format!("{prefix}] {keyword}\0{file}")
+        }
+        None => format!("{description}\0{file}"),
+    };
+    [("description", description.to_string()), ("slot", slot)]
+        .into_iter()
+        .map(|(kind, text)| {
+            let mut hasher = Sha256::new();
+            hasher.update(b"kiln.cache.position.v1\n");
+            hasher.update(kind.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(text.as_bytes());
+            for dir in local_dirs {
+                hasher.update(b"\0");
+                hasher.update(dir.as_bytes());
+            }
+            format!("kiln.v1.pos:{}", Digest::from_hasher(hasher).hex())
+        })
+        .collect()
 }
 
 /// The store's persistent stat cache behind kiln-context's [`StatCache`]. Lookups go to the store
@@ -221,15 +264,17 @@ impl<'a> StoreStatCache<'a> {
     /// Writes the buffered entries (grouped by recording time). A failure only costs re-hashing
     /// next time, so it is logged, not returned.
     pub fn flush(&self) {
-        let mut pending = match self.pending.lock() {
-            Ok(pending) => std::mem::take(&mut *pending),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        let mut pending = {
+            let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *guard)
         };
         pending.sort_by_key(|(at, _, _)| *at);
         for group in pending.chunk_by(|a, b| a.0 == b.0) {
             let at = group[0].0;
-            let entries: Vec<(kiln_store::StatKey, Digest)> =
-                group.iter().map(|(_, key, digest)| (*key, digest.clone())).collect();
+            let entries: Vec<(kiln_store::StatKey, Digest)> = group
+                .iter()
+                .map(|(_, key, digest)| (*key, digest.clone()))
+                .collect();
             if let Err(error) = self.store.put_stat_cache_many(&entries, at) {
                 tracing::warn!(%error, "could not record the stat cache");
             }
@@ -316,6 +361,7 @@ mod tests {
         let components = KeyComponents {
             op_digest: "ab".into(),
             op: Default::default(),
+            layer_settings: String::new(),
             inputs: Vec::new(),
             contents: Vec::new(),
         };
@@ -323,18 +369,39 @@ mod tests {
             description: Some("[1/1] RUN x".into()),
             components: components.clone(),
             layers: Vec::new(),
+            created_ns: 0,
         };
-        let position = position_key("[1/1] RUN x", &[]);
-        entry.save(&store, "kiln.v1:1", Some(&position)).unwrap();
-        assert_eq!(CacheEntry::load(&store, "kiln.v1:1").unwrap(), Some(entry.clone()));
+        let positions = position_keys("[1/1] RUN x", "Dockerfile", &[]);
+        entry.save(&store, "kiln.v1:1", &positions).unwrap();
+        // What was saved, with the store's creation time filled in.
+        let loaded = |entry: Option<CacheEntry>| {
+            entry.map(|entry| {
+                assert!(entry.created_ns > 0);
+                CacheEntry {
+                    created_ns: 0,
+                    ..entry
+                }
+            })
+        };
+        assert_eq!(
+            loaded(CacheEntry::load(&store, "kiln.v1:1").unwrap()),
+            Some(entry.clone())
+        );
         assert_eq!(CacheEntry::load(&store, "kiln.v1:2").unwrap(), None);
         let newer = CacheEntry {
             description: Some("[1/1] RUN y".into()),
             ..entry
         };
-        newer.save(&store, "kiln.v1:2", Some(&position)).unwrap();
+        newer.save(&store, "kiln.v1:2", &positions).unwrap();
         assert_eq!(
-            CacheEntry::load_at_position(&store, &position).unwrap(),
+            loaded(CacheEntry::load_at_positions(&store, &positions).unwrap()),
+            Some(newer.clone())
+        );
+        // A step whose description changed is still found through its slot.
+        let renamed = position_keys("[1/1] RUN z", "Dockerfile", &[]);
+        assert_ne!(renamed[0], positions[0]);
+        assert_eq!(
+            loaded(CacheEntry::load_at_positions(&store, &renamed).unwrap()),
             Some(newer)
         );
         // An empty chain restores as an empty chain.

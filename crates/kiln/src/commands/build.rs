@@ -64,6 +64,12 @@ pub struct BuildArgs {
     /// Run every step even if a cached result exists.
     #[arg(long)]
     pub no_cache: bool,
+    /// Run every step of these stages even if cached (repeatable, or comma-separated).
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Print which steps are cached and why the others would run, without running anything.
+    #[arg(long)]
+    pub explain: bool,
     /// Push the image to its registry under every `-t` name after building (same as
     /// `--output type=image,push=true`).
     #[arg(long)]
@@ -134,6 +140,7 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     options.labels = labels;
     options.network = network;
     options.no_cache = args.no_cache;
+    options.no_cache_filter = args.no_cache_filter.clone();
     let lowered = lower(&dockerfile, &options, &StoreResolver::new(store.clone()))?;
     for warning in &lowered.warnings {
         match &warning.location {
@@ -176,6 +183,11 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         Some(&puller),
     );
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
+    if args.explain {
+        let plan = solver.explain(&lowered.definition, &lowered.target.root)?;
+        print!("{}", kiln_solver::cache::format_plan(&plan));
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = solver.solve(&lowered.definition, &lowered.target.root)?;
     let OpOutput::Chain(chain) = result else {
         bail!(
@@ -185,7 +197,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
 
     let created = match source_date_epoch {
         Some(seconds) => SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64),
-        None => SystemTime::now(),
+        // The time of the cache records behind the result: an unchanged rebuild keeps its id.
+        None => solver.results_created().unwrap_or_else(SystemTime::now),
     };
     let image_with = |media_types: MediaTypeSet| {
         write_image(
