@@ -11,6 +11,7 @@ packages=(
   skopeo umoci     # independent checkers of the archives kiln writes
   docker-registry  # the CNCF distribution server, for registry tests
   docker.io        # dockerd, to check that `docker load` accepts kiln's archives
+  git              # `ADD <git repository>` checks out with it
 )
 
 install_packages() {

@@ -60,6 +60,9 @@ pub enum OpError {
         #[source]
         source: nix::errno::Errno,
     },
+    /// Boxed: a mount error carries paths and a file-op cause and would bloat every `Result`.
+    #[error(transparent)]
+    RunMount(#[from] Box<crate::ops::mounts::RunMountError>),
     #[error("the mount thread panicked")]
     MountThreadPanicked,
     #[error("process {command:?} did not complete successfully: {status}{}", format_tail(.tail))]

@@ -33,4 +33,5 @@ pub use error::{OpError, SolveError};
 pub use progress::{NoProgress, Progress, ProgressEvent, StepId};
 pub use result::{Layer, LocalDir, OpOutput};
 pub use scratch::ScratchDir;
+pub use ops::{SecretSource, Secrets};
 pub use solve::{LocalSource, SnapshotterKind, SolveOptions, Solver};

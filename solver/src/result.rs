@@ -33,6 +33,10 @@ pub struct LocalDir {
     pub path: PathBuf,
     /// Keeps a staged copy alive while results refer to it (`None` when `path` is the user's dir).
     pub(crate) _staged: Option<Arc<ScratchDir>>,
+    /// For a directory whose whole content the op fixed (a download: its digest, name and mtime;
+    /// a Git checkout: its commit): how it enters the keys of the ops reading it. `None` for a
+    /// build context, which is keyed per COPY by the checksums of the paths it selects.
+    pub content_identity: Option<String>,
 }
 
 /// The result of one op output.

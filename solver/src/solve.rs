@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_executor::{NativeSnapshotter, OverlaySnapshotter, Snapshotter};
@@ -19,12 +19,13 @@ use kiln_store::Store;
 
 use crate::cache::key::{InputComponent, InputKind, KeyComponents, chain_identity, compute_key};
 use crate::cache::record::{CacheEntry, RecordError, StoreStatCache, position_keys};
+use crate::cache::transfer::CacheImport;
 use crate::cache::{StepPlan, explain_miss};
 use crate::error::{OpError, SolveError};
 use crate::image::{ImagePuller, find_image};
 use crate::layers::LayerOptions;
 use crate::ops::{OpContext, execute_op};
-use crate::progress::{Progress, ProgressEvent, StepId};
+use crate::progress::{Phase, Progress, ProgressEvent, StepId, emit, time_phase};
 use crate::result::{Layer, OpOutput};
 use crate::schedule::{Semaphore, exec_parallelism, pool_width, run_dag};
 use crate::scratch::ScratchDir;
@@ -48,6 +49,8 @@ pub struct SolveOptions {
     pub layers: LayerOptions,
     /// Local sources by name.
     pub locals: BTreeMap<String, LocalSource>,
+    /// Build secrets by id (`--secret`); never part of a cache key.
+    pub secrets: crate::ops::Secrets,
 }
 
 /// Executes definitions against a store.
@@ -59,6 +62,10 @@ pub struct Solver<'a> {
     snapshotter: Box<dyn Snapshotter>,
     /// See [`Solver::results_created`].
     results_created: Mutex<Option<SystemTime>>,
+    /// Records of `--cache-from` caches, consulted when the store misses.
+    cache_import: Option<&'a dyn CacheImport>,
+    /// See [`Solver::cache_keys`].
+    cache_keys: Mutex<Vec<String>>,
 }
 
 impl<'a> Solver<'a> {
@@ -92,7 +99,24 @@ impl<'a> Solver<'a> {
             puller,
             snapshotter,
             results_created: Mutex::new(None),
+            cache_import: None,
+            cache_keys: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Also looks up keys the store misses in `import` (`--cache-from`).
+    pub fn with_cache_import(mut self, import: &'a dyn CacheImport) -> Solver<'a> {
+        self.cache_import = Some(import);
+        self
+    }
+
+    /// After a [`Solver::solve`]: the cache keys of its steps that hit or were recorded, in the
+    /// order they finished (what `--cache-to` exports).
+    pub fn cache_keys(&self) -> Vec<String> {
+        self.cache_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// After a successful [`Solver::solve`]: when the newest of the cache records behind its
@@ -127,6 +151,8 @@ impl<'a> Solver<'a> {
         })?;
         let run = Run::new(self, definition, target, Mode::Solve)?;
         let mut results = run.execute()?;
+        *self.cache_keys.lock().unwrap_or_else(|e| e.into_inner()) =
+            std::mem::take(&mut *run.used_keys.lock().unwrap_or_else(|e| e.into_inner()));
         let output = match run.index.get(&target.digest).copied() {
             Some(node) => match results[node].take() {
                 Some(result) => run.materialize(node, result)?,
@@ -184,6 +210,18 @@ struct NodeResult {
     kind: InputKind,
     /// For a local source: its `.dockerignore` patterns and own excludes.
     local_excludes: Vec<String>,
+    /// A hit in a `--cache-from` cache, fetched only when a step needs its content.
+    imported: Option<Arc<ImportedHit>>,
+}
+
+/// A step whose result is an imported cache record not fetched yet.
+#[derive(Debug)]
+struct ImportedHit {
+    key: String,
+    /// The result's identity, which later steps' keys were computed from.
+    identity: String,
+    /// The step's inputs, to run it after all if the record cannot be fetched.
+    inputs: Vec<(usize, NodeResult)>,
 }
 
 impl NodeResult {
@@ -194,6 +232,7 @@ impl NodeResult {
             key,
             kind,
             local_excludes: Vec::new(),
+            imported: None,
         }
     }
 }
@@ -212,6 +251,8 @@ struct Run<'s, 'd> {
     newest_record_ns: AtomicI64,
     /// Whether a step ran that could not be recorded (no key).
     unrecorded_ran: AtomicBool,
+    /// Keys of the steps that hit or were recorded (for [`Solver::cache_keys`]).
+    used_keys: Mutex<Vec<String>>,
     execs: Semaphore,
     stat_cache: StoreStatCache<'s>,
     /// The layer options as they enter keys.
@@ -278,6 +319,7 @@ impl<'s, 'd> Run<'s, 'd> {
             cancelled: AtomicBool::new(false),
             newest_record_ns: AtomicI64::new(0),
             unrecorded_ran: AtomicBool::new(false),
+            used_keys: Mutex::new(Vec::new()),
             execs: Semaphore::new(exec_parallelism()),
             stat_cache: StoreStatCache::new(&solver.store),
             local_dirs,
@@ -309,12 +351,24 @@ impl<'s, 'd> Run<'s, 'd> {
         step_error(digest, op, *metadata, kind)
     }
 
+    /// Runs `work` as phase `name` of the op described `description` (before its step starts);
+    /// an explain only looks, so it reports nothing.
+    fn phase<T>(&self, name: Phase, description: Option<&str>, work: impl FnOnce() -> T) -> T {
+        match self.mode {
+            Mode::Solve => time_phase(self.progress(), name, None, description, work),
+            Mode::Explain => work(),
+        }
+    }
+
     fn start_step(&self, description: &str) -> StepId {
         let id = self.next_step.fetch_add(1, Ordering::SeqCst) + 1;
-        self.progress().event(ProgressEvent::Started {
-            id,
-            description: description.to_string(),
-        });
+        emit(
+            self.progress(),
+            ProgressEvent::Started {
+                id,
+                description: description.to_string(),
+            },
+        );
         id
     }
 
@@ -370,6 +424,7 @@ impl<'s, 'd> Run<'s, 'd> {
                     key: None,
                     kind: InputKind::Local,
                     local_excludes,
+                    imported: None,
                 })
             }
             OpKind::Source(SourceOp::Image { reference, .. }) => self.image_source(node, reference),
@@ -384,12 +439,19 @@ impl<'s, 'd> Run<'s, 'd> {
                 let output = self.run_op(node, &inputs, None)?;
                 Ok(match output {
                     OpOutput::Chain(chain) => NodeResult::of_chain(chain, InputKind::Step, None),
-                    local @ OpOutput::Local(_) => NodeResult {
-                        output: Some(local),
-                        identity: None,
+                    OpOutput::Local(local) => NodeResult {
+                        // A download or checkout the op identified by content is keyed like a
+                        // step's result; anything else leaves the ops reading it uncached.
+                        identity: local.content_identity.clone(),
+                        kind: if local.content_identity.is_some() {
+                            InputKind::Step
+                        } else {
+                            InputKind::Local
+                        },
+                        output: Some(OpOutput::Local(local)),
                         key: None,
-                        kind: InputKind::Local,
                         local_excludes: Vec::new(),
+                        imported: None,
                     },
                 })
             }
@@ -425,6 +487,7 @@ impl<'s, 'd> Run<'s, 'd> {
                         key: None,
                         kind: InputKind::Image,
                         local_excludes: Vec::new(),
+                        imported: None,
                     }
                 }
                 None => {
@@ -450,7 +513,7 @@ impl<'s, 'd> Run<'s, 'd> {
                     elapsed: started.elapsed(),
                 }
             };
-            self.progress().event(event);
+            emit(self.progress(), event);
         }
         match output {
             OpOutput::Chain(chain) => Ok(NodeResult::of_chain(chain, InputKind::Image, None)),
@@ -496,13 +559,15 @@ impl<'s, 'd> Run<'s, 'd> {
             tracing::debug!("an input has no content identity; running the step uncached");
             None
         } else {
-            Some(compute_key(
-                op,
-                &self.layer_settings,
-                components,
-                &self.solver.options.locals,
-                &self.stat_cache,
-            ))
+            Some(self.phase(Phase::CacheKey, description.as_deref(), || {
+                compute_key(
+                    op,
+                    &self.layer_settings,
+                    components,
+                    &self.solver.options.locals,
+                    &self.stat_cache,
+                )
+            }))
         };
         let components = match computed {
             Some(Ok(components)) => Some(components),
@@ -526,18 +591,32 @@ impl<'s, 'd> Run<'s, 'd> {
         let mut reason = None;
         if let (Some(components), Some(key)) = (&components, &key) {
             if !ignore_cache {
-                if let Some(chain) = self.lookup(node, key)? {
+                let found = self.phase(Phase::CacheLookup, description.as_deref(), || {
+                    self.lookup(node, key)
+                })?;
+                if let Some(chain) = found {
+                    self.used_keys
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(key.clone());
                     if self.mode == Mode::Explain {
                         self.plan(node, true, None);
                     } else if let Some(text) = &description {
                         let id = self.start_step(text);
-                        self.progress().event(ProgressEvent::Cached { id });
+                        emit(self.progress(), ProgressEvent::Cached { id });
                     }
                     return Ok(NodeResult::of_chain(
                         chain,
                         InputKind::Step,
                         Some(key.clone()),
                     ));
+                }
+                if let Some(hit) = self.imported_hit(key, inputs) {
+                    if let Some(text) = &description {
+                        let id = self.start_step(text);
+                        emit(self.progress(), ProgressEvent::Cached { id });
+                    }
+                    return Ok(hit);
                 }
             }
             let previous = CacheEntry::load_at_positions(&self.solver.store, &positions)
@@ -575,6 +654,10 @@ impl<'s, 'd> Run<'s, 'd> {
                         self.newest_record_ns
                             .fetch_max(saved.created_ns, Ordering::SeqCst);
                         recorded = true;
+                        self.used_keys
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(key.clone());
                     }
                 }
                 // The build itself succeeded; only the next one loses this record.
@@ -615,6 +698,88 @@ impl<'s, 'd> Run<'s, 'd> {
         })
     }
 
+    /// A hit in a `--cache-from` cache (solving only): the record's result identity, its content
+    /// left where it is until a step needs it ([`Run::materialize`]).
+    fn imported_hit(&self, key: &str, inputs: &[(usize, NodeResult)]) -> Option<NodeResult> {
+        if self.mode != Mode::Solve {
+            return None;
+        }
+        let entry = self.solver.cache_import?.find(&self.solver.store, key)?;
+        self.newest_record_ns
+            .fetch_max(entry.created_ns, Ordering::SeqCst);
+        self.used_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key.to_string());
+        let identity = chain_identity(entry.layers.last().map(|layer| &layer.chain_id));
+        Some(NodeResult {
+            output: None,
+            identity: Some(identity.clone()),
+            key: Some(key.to_string()),
+            kind: InputKind::Step,
+            local_excludes: Vec::new(),
+            imported: Some(Arc::new(ImportedHit {
+                key: key.to_string(),
+                identity,
+                inputs: inputs.to_vec(),
+            })),
+        })
+    }
+
+    /// The result of an imported hit, fetched into the store once. If the cache fails now, the
+    /// step runs instead (a warning, not a failed build); it must then give the result later
+    /// steps were keyed on.
+    fn materialize_imported(&self, node: usize, hit: &ImportedHit) -> Result<OpOutput, SolveError> {
+        let mut staged = self.staged[node].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(output) = staged.as_ref() {
+            return Ok(output.clone());
+        }
+        let store = &self.solver.store;
+        let fetched = match self
+            .solver
+            .cache_import
+            .map(|import| import.import(store, &hit.key))
+        {
+            Some(Ok(Some(entry))) => entry.restore(store).unwrap_or_else(|error| {
+                tracing::warn!(%error, "could not restore an imported cache record");
+                None
+            }),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "could not fetch an imported cache record; running the step");
+                None
+            }
+            Some(Ok(None)) | None => None,
+        };
+        let chain = match fetched {
+            Some(chain) => chain,
+            None => {
+                let reason = "the imported cache record could not be fetched".to_string();
+                let output = self.run_op(node, &hit.inputs, Some(reason))?;
+                self.unrecorded_ran.store(true, Ordering::SeqCst);
+                let chain = output.chain().map(<[Layer]>::to_vec).ok_or_else(|| {
+                    self.fail(
+                        node,
+                        OpError::Unsupported("a step whose result is a local directory".into()),
+                    )
+                })?;
+                let identity = chain_identity(chain.last().map(|layer| &layer.chain_id));
+                if identity != hit.identity {
+                    return Err(self.fail(
+                        node,
+                        OpError::Unsupported(format!(
+                            "re-running a step whose imported cache record could not be fetched gave another result ({identity}, the cache had {}); build again without --cache-from",
+                            hit.identity
+                        )),
+                    ));
+                }
+                chain
+            }
+        };
+        let output = OpOutput::Chain(chain);
+        *staged = Some(output.clone());
+        Ok(output)
+    }
+
     /// Runs the op (materialising local inputs first), with its progress step.
     fn run_op(
         &self,
@@ -646,16 +811,18 @@ impl<'s, 'd> Run<'s, 'd> {
         let description = metadata.and_then(|m| m.description.clone());
         let step = description.as_deref().map(|text| self.start_step(text));
         if let (Some(id), Some(reason)) = (step, miss_reason) {
-            self.progress()
-                .event(ProgressEvent::CacheMiss { id, reason });
+            emit(self.progress(), ProgressEvent::CacheMiss { id, reason });
         }
         let started = Instant::now();
         let output = self.execute_with_step(node, op, &outputs, step, started)?;
         if let Some(id) = step {
-            self.progress().event(ProgressEvent::Done {
-                id,
-                elapsed: started.elapsed(),
-            });
+            emit(
+                self.progress(),
+                ProgressEvent::Done {
+                    id,
+                    elapsed: started.elapsed(),
+                },
+            );
         }
         Ok(output)
     }
@@ -673,17 +840,31 @@ impl<'s, 'd> Run<'s, 'd> {
             snapshotter: self.solver.snapshotter.as_ref(),
             layer_options: self.solver.options.layers,
             locals: &self.solver.options.locals,
+            secrets: &self.solver.options.secrets,
             puller: self.solver.puller,
             progress: self.solver.progress,
             step,
         };
-        execute_op(&cx, op, inputs).map_err(|kind| {
+        let phase = match op.kind {
+            OpKind::Source(_) => Phase::Source,
+            OpKind::Exec(_) => Phase::Exec,
+            OpKind::File(_) => Phase::File,
+            OpKind::Merge(_) => Phase::Merge,
+        };
+        let description = self.nodes[node].2.and_then(|m| m.description.as_deref());
+        time_phase(self.progress(), phase, step, description, || {
+            execute_op(&cx, op, inputs)
+        })
+        .map_err(|kind| {
             if let Some(id) = step {
-                self.progress().event(ProgressEvent::Failed {
-                    id,
-                    elapsed: started.elapsed(),
-                    error: kind.to_string(),
-                });
+                emit(
+                    self.progress(),
+                    ProgressEvent::Failed {
+                        id,
+                        elapsed: started.elapsed(),
+                        error: kind.to_string(),
+                    },
+                );
             }
             self.fail(node, kind)
         })
@@ -694,6 +875,9 @@ impl<'s, 'd> Run<'s, 'd> {
     fn materialize(&self, node: usize, result: NodeResult) -> Result<Option<OpOutput>, SolveError> {
         if let Some(output) = result.output {
             return Ok(Some(output));
+        }
+        if let Some(hit) = &result.imported {
+            return self.materialize_imported(node, hit).map(Some);
         }
         if result.kind != InputKind::Local || self.mode == Mode::Explain {
             return Ok(None);
@@ -709,10 +893,13 @@ impl<'s, 'd> Run<'s, 'd> {
         let started = Instant::now();
         let output = self.execute_with_step(node, op, &[], step, started)?;
         if let Some(id) = step {
-            self.progress().event(ProgressEvent::Done {
-                id,
-                elapsed: started.elapsed(),
-            });
+            emit(
+                self.progress(),
+                ProgressEvent::Done {
+                    id,
+                    elapsed: started.elapsed(),
+                },
+            );
         }
         *staged = Some(output.clone());
         Ok(Some(output))
@@ -726,6 +913,7 @@ fn unknown(kind: InputKind) -> NodeResult {
         key: None,
         kind,
         local_excludes: Vec::new(),
+        imported: None,
     }
 }
 

@@ -244,6 +244,12 @@ pub fn checksum_with_options(
         .map(|selected| (selected.entries.len(), &selected.source))
         .collect();
     let entries: Vec<&Entry> = selection.iter().flat_map(|s| s.entries.iter()).collect();
+    let file_keys: Vec<StatKey> = entries
+        .iter()
+        .filter(|entry| entry.kind == FileKind::File)
+        .map(|entry| stat_key(entry))
+        .collect();
+    stat_cache.prefetch(&file_keys);
 
     let counters = Counters::default();
     let records: Vec<EntryRecord> = entries
@@ -349,6 +355,17 @@ fn record_entry(
     })
 }
 
+/// The stat cache key of a walked entry.
+fn stat_key(entry: &Entry) -> StatKey {
+    StatKey {
+        dev: entry.dev,
+        ino: entry.ino,
+        size: entry.size,
+        mtime_ns: entry.mtime_ns,
+        ctime_ns: entry.ctime_ns,
+    }
+}
+
 /// The content sha256 of a regular file: from the stat cache when the record is trustworthy,
 /// otherwise by streaming the file (and recording the result when it is not racy and the file
 /// did not change while being read).
@@ -359,13 +376,7 @@ fn file_sha256(
     options: &ChecksumOptions,
     counters: &Counters,
 ) -> Result<[u8; 32], ChecksumError> {
-    let key = StatKey {
-        dev: entry.dev,
-        ino: entry.ino,
-        size: entry.size,
-        mtime_ns: entry.mtime_ns,
-        ctime_ns: entry.ctime_ns,
-    };
+    let key = stat_key(entry);
     if let Some(cached) = stat_cache.get(&key) {
         if cached.is_trustworthy(&key, options.racy_margin) {
             counters.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -494,5 +505,95 @@ fn xattr_error_as_empty(err: io::Error) -> io::Result<Vec<u8>> {
     match err.raw_os_error() {
         Some(libc::ENOTSUP) | Some(libc::ENODATA) => Ok(Vec::new()),
         _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::os::unix::fs::symlink;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::sources::{SourceOptions, resolve_sources};
+    use crate::stat_cache::MemoryStatCache;
+
+    /// Records the order of prefetch and get calls, answering from an in-memory cache.
+    #[derive(Default)]
+    struct RecordingCache {
+        inner: MemoryStatCache,
+        calls: Mutex<Vec<(&'static str, Vec<StatKey>)>>,
+    }
+
+    impl StatCache for RecordingCache {
+        fn prefetch(&self, keys: &[StatKey]) {
+            self.calls.lock().unwrap().push(("prefetch", keys.to_vec()));
+        }
+        fn get(&self, key: &StatKey) -> Option<CachedDigest> {
+            self.calls.lock().unwrap().push(("get", vec![*key]));
+            self.inner.get(key)
+        }
+        fn put(&self, key: &StatKey, digest: CachedDigest) {
+            self.inner.put(key, digest);
+        }
+    }
+
+    fn lstat_key(path: &Path) -> StatKey {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+
+    #[test]
+    fn the_selected_files_are_prefetched_once_before_any_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src/deep")).unwrap();
+        std::fs::write(root.join("src/a.rs"), "a").unwrap();
+        std::fs::write(root.join("src/deep/b.rs"), "bb").unwrap();
+        std::fs::write(root.join("src/skip.log"), "ignored").unwrap();
+        std::fs::write(root.join("src/deep/c.tmp"), "excluded").unwrap();
+        std::fs::write(root.join("outside.txt"), "not selected").unwrap();
+        symlink("a.rs", root.join("src/link")).unwrap();
+
+        let ignore = IgnorePatterns::compile(&["**/*.log".to_string()]).unwrap();
+        let options = SourceOptions {
+            ignore: Some(&ignore),
+            follow_symlinks: false,
+            allow_wildcards: true,
+        };
+        let sources = resolve_sources(root, "src", &options).unwrap();
+        let cache = RecordingCache::default();
+        checksum(
+            root,
+            &sources,
+            Some(&ignore),
+            &["**/*.tmp".to_string()],
+            &cache,
+        )
+        .unwrap();
+
+        let calls = cache.calls.lock().unwrap();
+        let (first, prefetched) = &calls[0];
+        assert_eq!(*first, "prefetch");
+        let prefetched: HashSet<StatKey> = prefetched.iter().copied().collect();
+        let expected: HashSet<StatKey> = [root.join("src/a.rs"), root.join("src/deep/b.rs")]
+            .iter()
+            .map(|path| lstat_key(path))
+            .collect();
+        assert_eq!(prefetched, expected, "exactly the selected regular files");
+        let looked_up: HashSet<StatKey> = calls[1..]
+            .iter()
+            .map(|(kind, keys)| {
+                assert_eq!(*kind, "get", "one prefetch per checksum");
+                keys[0]
+            })
+            .collect();
+        assert_eq!(looked_up, expected);
     }
 }

@@ -59,7 +59,14 @@ impl CachedDigest {
 /// A store of content digests by [`StatKey`]. Implementations must be safe to share between
 /// hashing threads. `get` returns what was `put`; trust decisions are the caller's (see
 /// [`CachedDigest::is_trustworthy`]).
+///
+/// A checksum first hands [`StatCache::prefetch`] the keys of every regular file it selected,
+/// then calls `get` for each: a cache behind a database answers the whole context with one batch
+/// query there instead of one query per file.
 pub trait StatCache: Send + Sync {
+    /// Announces the keys about to be looked up, so that they can be loaded in one batch. Only a
+    /// hint: `get` must answer any key, prefetched or not. The default does nothing.
+    fn prefetch(&self, _keys: &[StatKey]) {}
     /// The digest recorded for exactly this key, if any.
     fn get(&self, key: &StatKey) -> Option<CachedDigest>;
     /// Records a digest for this key (replacing any earlier one).

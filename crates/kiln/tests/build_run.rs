@@ -118,7 +118,7 @@ fn run_mounts_not_supported_yet_fail_clearly() {
         "app",
         &[(
             "Dockerfile",
-            "FROM busybox\nRUN --mount=type=secret,id=token cat /run/secrets/token\n",
+            "FROM busybox\nRUN --mount=type=ssh,id=agent true\n",
         )],
     );
     let output = kiln.run(&["build", context.to_str().unwrap()]);
@@ -126,8 +126,8 @@ fn run_mounts_not_supported_yet_fail_clearly() {
     let error = stderr(&output);
     assert!(
         error.contains("Dockerfile:2")
-            && error.contains("type=secret,id=token")
-            && error.contains("not supported yet"),
+            && error.contains("type=ssh,id=agent")
+            && error.contains("not supported"),
         "{error}"
     );
 }

@@ -80,29 +80,32 @@ impl Store {
     /// [`crate::StoreError::Db`] on a database failure; [`crate::StoreError::InvalidRecord`] on a
     /// damaged row.
     pub fn get_stat_cache(&self, key: &StatKey) -> Result<Option<StatCacheEntry>> {
+        self.db()
+            .read("look up stat cache", |conn| lookup_entry(conn, key))
+    }
+
+    /// [`Store::get_stat_cache`] for many files at once: one answer per key, in the order of
+    /// `keys`. All lookups share one read transaction and one prepared statement, so checking a
+    /// whole build context costs one database round trip instead of one per file.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::Db`] on a database failure; [`crate::StoreError::InvalidRecord`] on a
+    /// damaged row.
+    pub fn get_stat_cache_many(&self, keys: &[StatKey]) -> Result<Vec<Option<StatCacheEntry>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         self.db().read("look up stat cache", |conn| {
-            let row: Option<(String, i64)> = conn
-                .query_row(
-                    "SELECT sha256, recorded_at_ns FROM stat_cache
-                     WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
-                    params![
-                        key.dev as i64,
-                        key.ino as i64,
-                        key.size as i64,
-                        key.mtime_ns,
-                        key.ctime_ns
-                    ],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            match row {
-                Some((_, recorded_at_ns)) if key.is_racy_at(recorded_at_ns) => Ok(None),
-                Some((sha256, recorded_at_ns)) => Ok(Some(StatCacheEntry {
-                    sha256: parse_digest(&sha256)?,
-                    recorded_at_ns,
-                })),
-                None => Ok(None),
-            }
+            // One snapshot for the batch: without it every lookup opens and closes its own WAL
+            // read transaction (file locks included). Nothing is written, so dropping it (a
+            // rollback) is the right end.
+            let snapshot = conn.unchecked_transaction()?;
+            let found = keys
+                .iter()
+                .map(|key| lookup_entry(&snapshot, key))
+                .collect::<Result<Vec<_>, TxError>>()?;
+            snapshot.rollback()?;
+            Ok(found)
         })
     }
 
@@ -134,6 +137,54 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Records many files, each with its own hashing time (see [`Store::put_stat_cache`] for what
+    /// that time must be), in one transaction: what a build that hashed files one by one writes
+    /// at its end.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::Db`] on a database failure; then none of the entries is recorded.
+    pub fn put_stat_cache_entries(&self, entries: &[(StatKey, StatCacheEntry)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.db().write("record stat cache", |tx| {
+            for (key, entry) in entries {
+                insert_entry(tx, key, &entry.sha256, entry.recorded_at_ns)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The trusted entry for `key`, if any (see the module docs for the racy rule).
+fn lookup_entry(conn: &Connection, key: &StatKey) -> Result<Option<StatCacheEntry>, TxError> {
+    // Cached: a build looks up thousands of files, and parsing the SQL each time cost more than
+    // the lookup itself.
+    let mut statement = conn.prepare_cached(
+        "SELECT sha256, recorded_at_ns FROM stat_cache
+         WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
+    )?;
+    let row: Option<(String, i64)> = statement
+        .query_row(
+            params![
+                key.dev as i64,
+                key.ino as i64,
+                key.size as i64,
+                key.mtime_ns,
+                key.ctime_ns
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        Some((_, recorded_at_ns)) if key.is_racy_at(recorded_at_ns) => Ok(None),
+        Some((sha256, recorded_at_ns)) => Ok(Some(StatCacheEntry {
+            sha256: parse_digest(&sha256)?,
+            recorded_at_ns,
+        })),
+        None => Ok(None),
+    }
 }
 
 fn insert_entry(
@@ -142,20 +193,20 @@ fn insert_entry(
     sha256: &Digest,
     hashed_at_ns: i64,
 ) -> Result<(), TxError> {
-    conn.execute(
+    let mut statement = conn.prepare_cached(
         "INSERT OR REPLACE INTO stat_cache (dev, ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            // SQLite integers are signed; the bit pattern round-trips (overlayfs' xino uses high bits).
-            key.dev as i64,
-            key.ino as i64,
-            key.size as i64,
-            key.mtime_ns,
-            key.ctime_ns,
-            sha256.to_string(),
-            hashed_at_ns
-        ],
     )?;
+    statement.execute(params![
+        // SQLite integers are signed; the bit pattern round-trips (overlayfs' xino uses high bits).
+        key.dev as i64,
+        key.ino as i64,
+        key.size as i64,
+        key.mtime_ns,
+        key.ctime_ns,
+        sha256.to_string(),
+        hashed_at_ns
+    ])?;
     Ok(())
 }
 
@@ -180,5 +231,90 @@ mod tests {
             ..key
         };
         assert!(changed_later.is_racy_at(15_000_000_000));
+    }
+
+    fn old_file(ino: u64) -> StatKey {
+        StatKey {
+            dev: 7,
+            ino,
+            size: 100 + ino,
+            mtime_ns: 1_000_000_000,
+            ctime_ns: 1_000_000_000,
+        }
+    }
+
+    fn entry_at(name: &str, recorded_at_ns: i64) -> StatCacheEntry {
+        StatCacheEntry {
+            sha256: Digest::of(name.as_bytes()),
+            recorded_at_ns,
+        }
+    }
+
+    #[test]
+    fn a_batch_lookup_answers_each_key_in_order_like_single_lookups() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let trusted = entry_at("a", 50_000_000_000);
+        // Recorded within the margin of the file's timestamps: stored, but never served.
+        let racy = entry_at("b", 1_500_000_000);
+        store
+            .put_stat_cache_entries(&[(old_file(1), trusted.clone()), (old_file(2), racy)])
+            .unwrap();
+
+        let changed = StatKey {
+            size: 1,
+            ..old_file(1)
+        };
+        let keys = [old_file(2), old_file(3), old_file(1), changed, old_file(1)];
+        let batch = store.get_stat_cache_many(&keys).unwrap();
+        assert_eq!(
+            batch,
+            vec![None, None, Some(trusted.clone()), None, Some(trusted)]
+        );
+        let single: Vec<_> = keys
+            .iter()
+            .map(|key| store.get_stat_cache(key).unwrap())
+            .collect();
+        assert_eq!(batch, single);
+        assert!(store.get_stat_cache_many(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn entries_with_their_own_times_are_recorded_together_and_replace_older_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let entries: Vec<(StatKey, StatCacheEntry)> = (1..=300)
+            .map(|ino| {
+                (
+                    old_file(ino),
+                    entry_at(&ino.to_string(), 10_000_000_000 + ino as i64),
+                )
+            })
+            .collect();
+        store.put_stat_cache_entries(&entries).unwrap();
+        let keys: Vec<StatKey> = entries.iter().map(|(key, _)| *key).collect();
+        let expected: Vec<Option<StatCacheEntry>> = entries
+            .iter()
+            .map(|(_, entry)| Some(entry.clone()))
+            .collect();
+        assert_eq!(store.get_stat_cache_many(&keys).unwrap(), expected);
+
+        // The same inode with new content: the new entry replaces the old (one row per inode).
+        let rewritten = StatKey {
+            size: 1,
+            mtime_ns: 2_000_000_000,
+            ctime_ns: 2_000_000_000,
+            ..old_file(1)
+        };
+        let newer = entry_at("new", 20_000_000_000);
+        store
+            .put_stat_cache_entries(&[(rewritten, newer.clone())])
+            .unwrap();
+        assert_eq!(
+            store
+                .get_stat_cache_many(&[old_file(1), rewritten])
+                .unwrap(),
+            vec![None, Some(newer)]
+        );
     }
 }

@@ -23,7 +23,7 @@ use kiln_context::{
     checksum, resolve_sources,
 };
 use kiln_image::Digest;
-use kiln_llb::{FileAction, Op, OpDigest, OpKind};
+use kiln_llb::{ExecOp, FileAction, Op, OpDigest, OpKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -238,8 +238,11 @@ struct LocalRead {
     allow_empty: bool,
 }
 
-/// The COPY actions of a file op that read input `index`.
+/// The COPY actions of a file op (or the `RUN --mount`s of an exec) that read input `index`.
 fn local_reads(op: &Op, index: u32) -> Vec<LocalRead> {
+    if let OpKind::Exec(exec) = &op.kind {
+        return mount_reads(exec, index);
+    }
     let OpKind::File(file) = &op.kind else {
         return Vec::new();
     };
@@ -273,6 +276,26 @@ fn local_reads(op: &Op, index: u32) -> Vec<LocalRead> {
                 follow_symlinks: copy.follow_symlinks,
                 allow_wildcards: copy.allow_wildcard,
                 allow_empty: copy.allow_empty_wildcard,
+            }
+        })
+        .collect()
+}
+
+/// The `RUN --mount`s (bind, or a cache's seed) that read input `index`: each is keyed by exactly
+/// the path it selects. What a cache mount holds is never part of a key, nor is a secret.
+fn mount_reads(exec: &ExecOp, index: u32) -> Vec<LocalRead> {
+    exec.mounts
+        .iter()
+        .filter(|mount| mount.input == Some(index) && mount.target != "/")
+        .map(|mount| {
+            let source = mount.selector.clone().unwrap_or_else(|| "/".to_string());
+            LocalRead {
+                label: format!("RUN --mount source={source} -> {}", mount.target),
+                sources: vec![source],
+                excludes: Vec::new(),
+                follow_symlinks: true,
+                allow_wildcards: false,
+                allow_empty: false,
             }
         })
         .collect()
@@ -411,6 +434,55 @@ mod tests {
         other[0].identity = chain_identity(Some(&Digest::of(b"layer")));
         let changed = compute_key(&op, "", other, &locals(dir.path()), &cache).unwrap();
         assert_ne!(plain.key(), changed.key());
+    }
+
+    #[test]
+    fn a_bind_mount_is_keyed_by_exactly_what_it_selects() {
+        use kiln_llb::{Mount, MountKind, NetworkMode, SecretEnv, SecurityMode};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a"), "a").unwrap();
+        std::fs::write(dir.path().join("other"), "o").unwrap();
+        let mount = |target: &str, input, selector: Option<&str>, kind| Mount {
+            target: target.into(),
+            input,
+            selector: selector.map(str::to_string),
+            readonly: true,
+            output: None,
+            kind,
+        };
+        let op = Op {
+            inputs: Vec::new(),
+            kind: OpKind::Exec(ExecOp {
+                args: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+                network: NetworkMode::Sandbox,
+                security: SecurityMode::Sandbox,
+                mounts: vec![
+                    mount("/", Some(0), None, MountKind::Bind),
+                    mount("/src", Some(1), Some("/sub"), MountKind::Bind),
+                ],
+                secret_env: vec![SecretEnv {
+                    name: "TOKEN".into(),
+                    id: "token".into(),
+                    required: true,
+                }],
+                proxy_env: Vec::new(),
+            }),
+        };
+        let cache = MemoryStatCache::new();
+        let key = || {
+            compute_key(&op, "", inputs(), &locals(dir.path()), &cache)
+                .unwrap()
+                .key()
+        };
+        let first = key();
+        std::fs::write(dir.path().join("other"), "changed").unwrap();
+        assert_eq!(key(), first, "a file outside the mount's source changed");
+        std::fs::write(dir.path().join("sub/a"), "changed").unwrap();
+        assert_ne!(key(), first, "a file the mount shows changed");
     }
 
     #[test]

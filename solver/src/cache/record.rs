@@ -8,11 +8,12 @@
 //! the local directories it may read) points to the latest key computed there: on a miss it finds
 //! the previous build of "the same step" to compare components with.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 
 use kiln_context::{CachedDigest, StatCache, StatKey};
 use kiln_image::Digest;
-use kiln_store::{CacheValue, Resource, Store, StoreError};
+use kiln_store::{CacheValue, Resource, StatCacheEntry, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -245,40 +246,47 @@ pub fn position_keys(description: &str, file: &str, local_dirs: &[String]) -> Ve
         .collect()
 }
 
-/// The store's persistent stat cache behind kiln-context's [`StatCache`]. Lookups go to the store
-/// (which applies the racy rule too); new entries are buffered and written in one transaction by
+/// The store's persistent stat cache behind kiln-context's [`StatCache`], for one build.
+///
+/// A checksum [prefetches](StatCache::prefetch) the keys of all the files it selected: they are
+/// looked up in one batch (one read transaction, one prepared statement) and kept in memory, so the
+/// per-file `get`s that follow, on many hashing threads at once, never touch the database or its
+/// lock. A key that was not prefetched is looked up alone. New entries are kept in memory too (a
+/// second COPY of the same file in this build hits) and written in one transaction by
 /// [`StoreStatCache::flush`].
 pub struct StoreStatCache<'a> {
     store: &'a Store,
-    pending: Mutex<Vec<(i64, kiln_store::StatKey, Digest)>>,
+    /// What this build knows: the store's answer for each key looked up (`None`: no trusted
+    /// entry), and the entries it recorded itself.
+    known: RwLock<HashMap<StatKey, Option<CachedDigest>>>,
+    /// Entries recorded by this build, not yet written.
+    pending: Mutex<Vec<(kiln_store::StatKey, StatCacheEntry)>>,
 }
 
 impl<'a> StoreStatCache<'a> {
     pub fn new(store: &'a Store) -> Self {
         StoreStatCache {
             store,
+            known: RwLock::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
         }
     }
 
-    /// Writes the buffered entries (grouped by recording time). A failure only costs re-hashing
-    /// next time, so it is logged, not returned.
+    /// Writes the buffered entries, all in one transaction. A failure only costs re-hashing next
+    /// time, so it is logged, not returned.
     pub fn flush(&self) {
-        let mut pending = {
+        let pending = {
             let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *guard)
         };
-        pending.sort_by_key(|(at, _, _)| *at);
-        for group in pending.chunk_by(|a, b| a.0 == b.0) {
-            let at = group[0].0;
-            let entries: Vec<(kiln_store::StatKey, Digest)> = group
-                .iter()
-                .map(|(_, key, digest)| (*key, digest.clone()))
-                .collect();
-            if let Err(error) = self.store.put_stat_cache_many(&entries, at) {
-                tracing::warn!(%error, "could not record the stat cache");
-            }
+        if let Err(error) = self.store.put_stat_cache_entries(&pending) {
+            tracing::warn!(%error, "could not record the stat cache");
         }
+    }
+
+    fn remember(&self, key: StatKey, digest: Option<CachedDigest>) {
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.insert(key, digest);
     }
 }
 
@@ -292,18 +300,55 @@ fn store_key(key: &StatKey) -> kiln_store::StatKey {
     }
 }
 
+/// The store's entry as kiln-context's digest (`None` for a digest that is not a sha256).
+fn cached_digest(entry: &StatCacheEntry) -> Option<CachedDigest> {
+    let bytes = hex::decode(entry.sha256.hex()).ok()?;
+    Some(CachedDigest {
+        sha256: bytes.try_into().ok()?,
+        recorded_at_ns: entry.recorded_at_ns,
+    })
+}
+
 impl StatCache for StoreStatCache<'_> {
-    fn get(&self, key: &StatKey) -> Option<CachedDigest> {
-        match self.store.get_stat_cache(&store_key(key)) {
-            Ok(Some(entry)) => {
-                let bytes = hex::decode(entry.sha256.hex()).ok()?;
-                let sha256: [u8; 32] = bytes.try_into().ok()?;
-                Some(CachedDigest {
-                    sha256,
-                    recorded_at_ns: entry.recorded_at_ns,
-                })
+    fn prefetch(&self, keys: &[StatKey]) {
+        let missing: Vec<StatKey> = {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            keys.iter()
+                .filter(|key| !known.contains_key(key))
+                .copied()
+                .collect()
+        };
+        let store_keys: Vec<kiln_store::StatKey> = missing.iter().map(store_key).collect();
+        match self.store.get_stat_cache_many(&store_keys) {
+            Ok(found) => {
+                let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+                for (key, entry) in missing.into_iter().zip(found) {
+                    // Recorded by this build meanwhile (another thread's checksum): keep that.
+                    known
+                        .entry(key)
+                        .or_insert_with(|| entry.as_ref().and_then(cached_digest));
+                }
             }
-            Ok(None) => None,
+            // The per-file lookups will try again (and hash what they cannot find).
+            Err(error) => tracing::debug!(%error, "stat cache batch lookup failed"),
+        }
+    }
+
+    fn get(&self, key: &StatKey) -> Option<CachedDigest> {
+        if let Some(known) = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return *known;
+        }
+        match self.store.get_stat_cache(&store_key(key)) {
+            Ok(entry) => {
+                let digest = entry.as_ref().and_then(cached_digest);
+                self.remember(*key, digest);
+                digest
+            }
             Err(error) => {
                 tracing::debug!(%error, "stat cache lookup failed; hashing the file");
                 None
@@ -312,11 +357,16 @@ impl StatCache for StoreStatCache<'_> {
     }
 
     fn put(&self, key: &StatKey, digest: CachedDigest) {
-        let Ok(sha) = Digest::from_hex(&hex::encode(digest.sha256)) else {
+        let Ok(sha256) = Digest::from_hex(&hex::encode(digest.sha256)) else {
             return;
         };
+        self.remember(*key, Some(digest));
+        let entry = StatCacheEntry {
+            sha256,
+            recorded_at_ns: digest.recorded_at_ns,
+        };
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.push((digest.recorded_at_ns, store_key(key), sha));
+        pending.push((store_key(key), entry));
     }
 }
 
@@ -341,17 +391,54 @@ mod tests {
             recorded_at_ns: 100_000_000_000,
         };
         cache.put(&key, digest);
-        assert_eq!(cache.get(&key), None, "not written before flush");
+        assert_eq!(cache.get(&key), Some(digest), "this build remembers it");
+        let next_build = StoreStatCache::new(&store);
+        assert_eq!(next_build.get(&key), None, "not written before flush");
         cache.flush();
-        assert_eq!(cache.get(&key), Some(digest));
-        // A file changed within the margin of the recording is never served.
+        assert_eq!(StoreStatCache::new(&store).get(&key), Some(digest));
+        // A file changed within the margin of the recording is never served by the store.
         let racy = StatKey {
             mtime_ns: 99_500_000_000,
             ..key
         };
         cache.put(&racy, digest);
         cache.flush();
-        assert_eq!(cache.get(&racy), None);
+        let later_build = StoreStatCache::new(&store);
+        later_build.prefetch(&[racy]);
+        assert_eq!(later_build.get(&racy), None);
+        assert_eq!(StoreStatCache::new(&store).get(&racy), None);
+    }
+
+    #[test]
+    fn prefetched_keys_are_answered_from_memory() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let key = |ino| StatKey {
+            dev: 1,
+            ino,
+            size: 3,
+            mtime_ns: 1_000_000_000,
+            ctime_ns: 1_000_000_000,
+        };
+        let digest = CachedDigest {
+            sha256: [4; 32],
+            recorded_at_ns: 100_000_000_000,
+        };
+        let first = StoreStatCache::new(&store);
+        first.put(&key(1), digest);
+        first.flush();
+
+        let cache = StoreStatCache::new(&store);
+        cache.prefetch(&[key(1), key(2)]);
+        // Written by another process after the prefetch: this build already knows key 2 has no
+        // entry and does not ask again (the database is consulted once, not per file).
+        let other = StoreStatCache::new(&store);
+        other.put(&key(2), digest);
+        other.flush();
+        assert_eq!(cache.get(&key(1)), Some(digest));
+        assert_eq!(cache.get(&key(2)), None);
+        // A key nobody prefetched is looked up on its own.
+        assert_eq!(StoreStatCache::new(&store).get(&key(2)), Some(digest));
     }
 
     #[test]

@@ -89,7 +89,9 @@ pub(crate) fn run_file(
 
     let upper = cx.snapshotter.diff(&dest)?;
     let mut chain = base;
-    let layer = commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)?;
+    let layer = cx.phase(crate::progress::Phase::Layer, || {
+        commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)
+    })?;
     chain.push(layer);
     Ok(OpOutput::Chain(chain))
 }

@@ -4,6 +4,9 @@
 
 mod exec;
 mod file;
+mod git;
+mod http;
+pub mod mounts;
 mod source;
 
 use kiln_executor::Snapshotter;
@@ -16,6 +19,7 @@ use crate::layers::LayerOptions;
 use crate::progress::{Progress, StepId};
 use crate::result::{Layer, OpOutput};
 
+pub use mounts::{SecretSource, Secrets};
 pub use source::LocalSource;
 
 /// Everything an op may use besides its inputs.
@@ -25,6 +29,8 @@ pub struct OpContext<'a> {
     pub layer_options: LayerOptions,
     /// Local sources by name (`context`, named contexts).
     pub locals: &'a std::collections::BTreeMap<String, LocalSource>,
+    /// Build secrets by id (`RUN --mount=type=secret`).
+    pub secrets: &'a Secrets,
     /// Pulls base images missing from the store; `None` fails instead.
     pub puller: Option<&'a dyn ImagePuller>,
     pub progress: &'a dyn Progress,
@@ -36,9 +42,16 @@ impl OpContext<'_> {
     /// Sends an output line of this op to the display.
     pub(crate) fn output(&self, line: String) {
         if let Some(id) = self.step {
-            self.progress
-                .event(crate::progress::ProgressEvent::Output { id, line });
+            crate::progress::emit(
+                self.progress,
+                crate::progress::ProgressEvent::Output { id, line },
+            );
         }
+    }
+
+    /// Runs `work` as phase `name` of this op's step (see [`crate::progress::time_phase`]).
+    pub(crate) fn phase<T>(&self, name: crate::progress::Phase, work: impl FnOnce() -> T) -> T {
+        crate::progress::time_phase(self.progress, name, self.step, None, work)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Source ops: `scratch` (an empty chain), images (from the store, pulled when missing, layers
-//! extracted into `layers/`), and local directories (the build context with `.dockerignore` applied).
+//! extracted into `layers/`), local directories (the build context with `.dockerignore` applied),
+//! and remote files and repositories (`ADD <url>`: see [`super::http`] and [`super::git`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,8 +56,25 @@ pub(crate) fn run_source(cx: &OpContext<'_>, source: &SourceOp) -> Result<OpOutp
             excludes.extend(exclude_patterns.iter().cloned());
             stage_local(cx, name, &local.dir, &excludes)
         }
-        SourceOp::Http { .. } => Err(OpError::Unsupported("ADD from a URL".into())),
-        SourceOp::Git { .. } => Err(OpError::Unsupported("ADD from a Git repository".into())),
+        SourceOp::Http {
+            url,
+            checksum,
+            filename,
+        } => crate::ops::http::run_http(cx, url, checksum.as_deref(), filename.as_deref()),
+        SourceOp::Git {
+            url,
+            reference,
+            subdir,
+            keep_git_dir,
+        } => crate::ops::git::run_git(
+            cx,
+            &crate::ops::git::GitSpec {
+                url,
+                reference: reference.as_deref(),
+                subdir: subdir.as_deref(),
+                keep_git_dir: *keep_git_dir,
+            },
+        ),
     }
 }
 
@@ -93,6 +111,7 @@ fn stage_local(
             name: name.to_string(),
             path: dir.to_path_buf(),
             _staged: None,
+            content_identity: None,
         }));
     }
     let scratch = ScratchDir::new(cx.store, "context").map_err(OpError::io(
@@ -106,6 +125,7 @@ fn stage_local(
                 name: name.to_string(),
                 path: staged,
                 _staged: Some(Arc::new(scratch)),
+                content_identity: None,
             }));
         }
         Err(reason) => {
@@ -125,6 +145,7 @@ fn stage_local(
         name: name.to_string(),
         path: staged,
         _staged: Some(Arc::new(scratch)),
+        content_identity: None,
     }))
 }
 

@@ -13,16 +13,20 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use kiln_frontend::lower::{LowerOptions, lower};
 use kiln_oci::export::{ArchiveFormat, ExportImage, export_archive};
 use kiln_oci::manifest::MediaTypeSet;
+use kiln_solver::cache::transfer::{
+    CacheFrom, CacheTo, ImportedCache, export_to_dir, export_to_registry, select_records,
+};
 use kiln_solver::image::{
     ImageOptions, RegistryTransport, export_rootfs, write_image, write_rootfs_tar,
 };
 use kiln_solver::layers::LayerOptions;
+use kiln_solver::progress::{Phase, emit, time_phase};
 use kiln_solver::{LocalSource, OpOutput, ScratchDir, SnapshotterKind, SolveOptions, Solver};
 use kiln_store::Store;
 
@@ -74,7 +78,9 @@ pub struct BuildArgs {
     /// `--output type=image,push=true`).
     #[arg(long)]
     pub push: bool,
-    /// How to show progress.
+    /// How to show progress: `auto` (tty on a terminal, else plain), `plain` (BuildKit's text),
+    /// `tty`, `quiet`, or `json` (one JSON object per line on stderr with timestamps, step
+    /// events, phase durations and the image id; see docs/progress-json.md).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
     /// Print only the image id (same as `--progress=quiet`).
@@ -89,6 +95,17 @@ pub struct BuildArgs {
         env = "KILN_SNAPSHOTTER"
     )]
     pub snapshotter: String,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR` (as Docker).
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+    /// Export the build cache: `type=local,dest=DIR` or `type=registry,ref=NAME:TAG`, with
+    /// `mode=min` (the image's steps, default) or `mode=max` (every step) (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Use an exported build cache: `type=local,src=DIR` or `type=registry,ref=NAME:TAG`
+    /// (repeatable). A cache that cannot be read is a warning, not an error.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
     pub context: String,
 }
@@ -123,6 +140,17 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     let labels = parse_labels(&args.labels)?;
+    let secrets = parse_secrets(&args.secrets)?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|spec| CacheTo::parse(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|spec| CacheFrom::parse(spec))
+        .collect::<Result<Vec<_>, _>>()?;
     let source_date_epoch = source_date_epoch()?;
 
     let store = open_store(global)?;
@@ -130,9 +158,17 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .lock_shared()
         .context("locking the store for the build")?;
 
+    // Made before any work, so `--progress=json` times count from the start of the build.
+    let progress = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    }
+    .display();
     let input = BuildInput::read(&args, &store)?;
-    let dockerfile =
-        kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)?;
+    let dockerfile = time_phase(progress.as_ref(), Phase::Parse, None, None, || {
+        kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)
+    })?;
     let mut options = LowerOptions::new(host_platform());
     options.target = args.target.clone();
     options.build_args = parse_build_args(&args.build_args)?;
@@ -141,15 +177,22 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     options.network = network;
     options.no_cache = args.no_cache;
     options.no_cache_filter = args.no_cache_filter.clone();
-    let lowered = lower(&dockerfile, &options, &StoreResolver::new(store.clone()))?;
+    let lowered = time_phase(progress.as_ref(), Phase::Lower, None, None, || {
+        lower(&dockerfile, &options, &StoreResolver::new(store.clone()))
+    })?;
     for warning in &lowered.warnings {
-        match &warning.location {
-            Some(location) => eprintln!(
-                "warning: {}:{}: {}",
+        let message = match &warning.location {
+            Some(location) => format!(
+                "{}:{}: {}",
                 input.dockerfile_name, location.start_line, warning.message
             ),
-            None => eprintln!("warning: {}", warning.message),
-        }
+            None => warning.message.clone(),
+        };
+        // Through the display, so `--progress=json` keeps every line JSON.
+        emit(
+            progress.as_ref(),
+            kiln_solver::ProgressEvent::Warning { message },
+        );
     }
 
     let compression = output
@@ -168,20 +211,19 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
                 excludes: input.excludes.clone(),
             },
         )]),
+        secrets,
     };
-    let progress = if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        args.progress
-    }
-    .display();
     let puller = LazyPuller::default();
-    let solver = Solver::new(
+    let imported = import_caches(&cache_from, &args.cache_from);
+    let mut solver = Solver::new(
         store.clone(),
         solve_options,
         progress.as_ref(),
         Some(&puller),
     );
+    if !imported.is_empty() {
+        solver = solver.with_cache_import(&imported);
+    }
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
     if args.explain {
         let plan = solver.explain(&lowered.definition, &lowered.target.root)?;
@@ -213,6 +255,7 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         )
         .context("writing the image")
     };
+    let export_started = Instant::now();
     let kind = output.map(|spec| (spec.kind, spec.oci_media_types));
     let image_id = match kind {
         None => {
@@ -269,6 +312,23 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
     };
 
+    export_caches(&store, &solver, &chain, &cache_to, &imported)?;
+    emit(
+        progress.as_ref(),
+        kiln_solver::ProgressEvent::Phase {
+            name: Phase::Export,
+            step: None,
+            description: None,
+            elapsed: export_started.elapsed(),
+        },
+    );
+
+    if let Some(id) = &image_id {
+        emit(
+            progress.as_ref(),
+            kiln_solver::ProgressEvent::Image { id: id.clone() },
+        );
+    }
     if let Some(id) = image_id {
         if let Some(path) = &args.iidfile {
             write_file_atomically(path, id.as_bytes())
@@ -278,6 +338,47 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         println!("{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The records of every `--cache-from`; one that cannot be read is a warning.
+fn import_caches(specs: &[CacheFrom], given: &[String]) -> ImportedCache {
+    let mut imported = ImportedCache::new();
+    for (spec, text) in specs.iter().zip(given) {
+        if let Err(error) = imported.add(spec) {
+            eprintln!("warning: --cache-from {text}: {error}; building without it");
+        }
+    }
+    imported
+}
+
+/// Writes every `--cache-to`.
+fn export_caches(
+    store: &Store,
+    solver: &Solver<'_>,
+    chain: &[kiln_solver::Layer],
+    specs: &[CacheTo],
+    imported: &ImportedCache,
+) -> anyhow::Result<()> {
+    let keys = solver.cache_keys();
+    for spec in specs {
+        match spec {
+            CacheTo::Local { dest, mode } => {
+                let records = select_records(store, &keys, chain, *mode, Some(imported))
+                    .context("reading the build cache to export")?;
+                let summary = export_to_dir(store, &records, dest, Some(imported))
+                    .with_context(|| format!("exporting the build cache to {}", dest.display()))?;
+                tracing::info!(?summary, dest = %dest.display(), "exported the build cache");
+            }
+            CacheTo::Registry { reference, mode } => {
+                let records = select_records(store, &keys, chain, *mode, Some(imported))
+                    .context("reading the build cache to export")?;
+                let summary = export_to_registry(store, &records, reference, Some(imported))
+                    .with_context(|| format!("exporting the build cache to {reference}"))?;
+                tracing::info!(?summary, reference, "exported the build cache");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Dockerfile and the context directory of a build.
@@ -489,6 +590,55 @@ fn parse_labels(values: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         labels.insert(key.to_string(), val.to_string());
     }
     Ok(labels)
+}
+
+/// `--secret` values, as Docker (buildx) reads them: `id=ID` with `src=FILE` (or `source=`),
+/// `env=VAR`, or `type=file|env`; with neither, the environment variable named ID if set, else the
+/// file ID. Env values are captured now; files are checked now and read when a step uses them.
+fn parse_secrets(values: &[String]) -> anyhow::Result<kiln_solver::Secrets> {
+    let mut secrets = kiln_solver::Secrets::new();
+    for value in values {
+        let (mut id, mut file, mut env, mut kind) = (None, None, None, None);
+        for field in value.split(',') {
+            let (key, val) = field.split_once('=').unwrap_or((field, ""));
+            match key.trim().to_ascii_lowercase().as_str() {
+                "id" => id = Some(val.to_string()),
+                "src" | "source" => file = Some(val.to_string()),
+                "env" => env = Some(val.to_string()),
+                "type" if matches!(val, "file" | "env") => kind = Some(val.to_string()),
+                _ => bail!(
+                    "invalid --secret {value:?}: unexpected {field:?} (expected id=ID,src=FILE or id=ID,env=VAR)"
+                ),
+            }
+        }
+        let Some(id) = id.filter(|id| !id.is_empty()) else {
+            bail!("invalid --secret {value:?}: id=ID is required");
+        };
+        if kind.as_deref() == Some("env") && env.is_none() {
+            env = file.take().or_else(|| Some(id.clone()));
+        }
+        // Neither given: the variable named ID when it is set, else the file ID.
+        if file.is_none() && env.is_none() && std::env::var_os(&id).is_none() {
+            file = Some(id.clone());
+        }
+        let source = match file {
+            Some(file) => {
+                let path = PathBuf::from(file);
+                fs::metadata(&path)
+                    .with_context(|| format!("--secret id={id}: cannot read {}", path.display()))?;
+                kiln_solver::SecretSource::File(path)
+            }
+            None => {
+                let var = env.unwrap_or_else(|| id.clone());
+                let Some(found) = std::env::var_os(&var) else {
+                    bail!("--secret id={id}: the environment variable {var} is not set");
+                };
+                kiln_solver::SecretSource::Value(found.into_encoded_bytes())
+            }
+        };
+        secrets.insert(id, source);
+    }
+    Ok(secrets)
 }
 
 /// `SOURCE_DATE_EPOCH` as seconds, when set.

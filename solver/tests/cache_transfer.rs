@@ -1,0 +1,333 @@
+//! Cache export and import between two stores (`solver::cache::transfer`): a build on store A
+//! exported to an OCI layout dir hits on a fresh store B, `mode=min` covers only the steps of the
+//! final image while `mode=max` covers the builder stage too, blobs are fetched only for results a
+//! step needs (and for a re-export), a fetched record is kept locally, and a corrupt blob in the
+//! cache makes the step run instead of failing the build.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use kiln_llb::{
+    CopyAction, Definition, DefinitionBuilder, FileAction, FileOp, MkfileAction, Op, OpKind,
+    OpMetadata, OpRef, SourceLocation, SourceOp,
+};
+use kiln_solver::cache::transfer::{
+    CacheConfig, CacheFrom, ExportMode, ImportedCache, export_to_dir, select_records,
+};
+use kiln_solver::layers::LayerOptions;
+use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
+use kiln_store::Store;
+
+fn described(text: &str) -> OpMetadata {
+    OpMetadata {
+        description: Some(text.to_string()),
+        location: Some(SourceLocation {
+            file: "Dockerfile".to_string(),
+            start_line: 1,
+            end_line: 1,
+        }),
+        ignore_cache: false,
+    }
+}
+
+fn mkfile(base: OpRef, path: &str, data: &str) -> Op {
+    Op {
+        inputs: vec![base],
+        kind: OpKind::File(FileOp {
+            base: Some(0),
+            actions: vec![FileAction::Mkfile(MkfileAction {
+                path: path.into(),
+                data: data.into(),
+                mode: 0o644,
+                owner: None,
+            })],
+        }),
+    }
+}
+
+/// A two-stage build: `builder` writes /tool then /built; the final stage copies /built onto
+/// scratch. Returns the definition and the final target.
+fn two_stages() -> (Definition, OpRef) {
+    let mut builder = DefinitionBuilder::new();
+    let scratch = builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .unwrap();
+    let tool = builder
+        .add(
+            mkfile(scratch.clone(), "/tool", "tool"),
+            described("[builder 1/2] TOOL"),
+        )
+        .unwrap();
+    let built = builder
+        .add(
+            mkfile(tool, "/built", "built"),
+            described("[builder 2/2] BUILD"),
+        )
+        .unwrap();
+    let copied = builder
+        .add(
+            Op {
+                inputs: vec![scratch, built],
+                kind: OpKind::File(FileOp {
+                    base: Some(0),
+                    actions: vec![FileAction::Copy(CopyAction::new(1, "/built", "/built"))],
+                }),
+            },
+            described("[stage-1 1/2] COPY --from=builder"),
+        )
+        .unwrap();
+    let last = builder
+        .add(
+            mkfile(copied, "/final", "final"),
+            described("[stage-1 2/2] FINAL"),
+        )
+        .unwrap();
+    (builder.build(), last)
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ProgressEvent>>);
+
+impl Progress for Recorder {
+    fn event(&self, event: ProgressEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    /// Per step description: `DONE` or `CACHED`.
+    fn outcomes(&self) -> BTreeMap<String, &'static str> {
+        let events = std::mem::take(&mut *self.0.lock().unwrap());
+        let mut names = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        for event in events {
+            match event {
+                ProgressEvent::Started { id, description } => {
+                    names.insert(id, description);
+                }
+                ProgressEvent::Done { id, .. } => {
+                    outcomes.insert(names[&id].clone(), "DONE");
+                }
+                ProgressEvent::Cached { id } => {
+                    outcomes.insert(names[&id].clone(), "CACHED");
+                }
+                _ => {}
+            }
+        }
+        outcomes
+    }
+}
+
+fn options() -> SolveOptions {
+    SolveOptions {
+        layers: LayerOptions {
+            source_date_epoch: Some(0),
+            ..LayerOptions::default()
+        },
+        ..SolveOptions::default()
+    }
+}
+
+fn top(output: &OpOutput) -> String {
+    output.chain().unwrap().last().unwrap().chain_id.to_string()
+}
+
+/// Builds on a fresh store and exports with `mode` to `dest`; returns the result's top chain id.
+fn build_and_export(dest: &Path, mode: ExportMode) -> String {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver = Solver::new(store.clone(), options(), &recorder, None);
+    let output = solver.solve(&definition, &target).unwrap();
+    let keys = solver.cache_keys();
+    assert_eq!(keys.len(), 4, "every step is recorded: {keys:?}");
+    let records = select_records(&store, &keys, output.chain().unwrap(), mode, None).unwrap();
+    let summary = export_to_dir(&store, &records, dest, None).unwrap();
+    assert_eq!(summary.records, records.len());
+    top(&output)
+}
+
+/// Solves on a fresh store with the cache at `src`; returns the outcomes and the top chain id.
+fn build_with_cache(src: &Path) -> (BTreeMap<String, &'static str>, String, Store) {
+    let root = tempfile::tempdir().unwrap().keep();
+    let store = Store::open(&root).unwrap();
+    let mut imported = ImportedCache::new();
+    imported
+        .add(&CacheFrom::Local {
+            src: src.to_path_buf(),
+        })
+        .unwrap();
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver =
+        Solver::new(store.clone(), options(), &recorder, None).with_cache_import(&imported);
+    let output = solver.solve(&definition, &target).unwrap();
+    (recorder.outcomes(), top(&output), store)
+}
+
+/// The blob of the top layer of the exported record described as `description`.
+fn exported_blob(cache: &Path, description: &str) -> String {
+    let blobs = cache.join("blobs/sha256");
+    for entry in std::fs::read_dir(&blobs).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let Ok(config) = serde_json::from_slice::<CacheConfig>(&bytes) else {
+            continue;
+        };
+        for record in config.records {
+            if record.entry.description.as_deref() == Some(description) {
+                let top = record.entry.layers.last().unwrap();
+                return top.blob_digest.to_string();
+            }
+        }
+    }
+    panic!("no exported record of {description}");
+}
+
+#[test]
+fn a_max_export_makes_every_step_hit_on_a_fresh_store_fetching_only_what_is_needed() {
+    let cache = tempfile::tempdir().unwrap();
+    let exported_top = build_and_export(cache.path(), ExportMode::Max);
+    for file in ["index.json", "oci-layout"] {
+        assert!(cache.path().join(file).is_file(), "{file}");
+    }
+    let (outcomes, imported_top, store) = build_with_cache(cache.path());
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    assert!(
+        outcomes.values().all(|outcome| *outcome == "CACHED"),
+        "{outcomes:?}"
+    );
+    assert_eq!(imported_top, exported_top);
+    // Lazy: the builder's own layer was never needed (only the final chain was), so never fetched.
+    let tool: kiln_image::Digest = exported_blob(cache.path(), "[builder 1/2] TOOL")
+        .parse()
+        .unwrap();
+    assert!(!store.has_blob(&tool), "the builder-only blob was fetched");
+    let last: kiln_image::Digest = exported_blob(cache.path(), "[stage-1 2/2] FINAL")
+        .parse()
+        .unwrap();
+    assert!(store.has_blob(&last));
+
+    // The fetched records are now the store's own: the final stage hits without the cache
+    // (the builder re-runs into identical bytes).
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver = Solver::new(store.clone(), options(), &recorder, None);
+    solver.solve(&definition, &target).unwrap();
+    let again = recorder.outcomes();
+    assert_eq!(
+        again["[stage-1 1/2] COPY --from=builder"], "CACHED",
+        "{again:?}"
+    );
+    assert_eq!(again["[stage-1 2/2] FINAL"], "CACHED", "{again:?}");
+    let _ = std::fs::remove_dir_all(store.root());
+}
+
+#[test]
+fn re_exporting_lazy_hits_fetches_their_blobs_from_the_imported_cache() {
+    let first_cache = tempfile::tempdir().unwrap();
+    let exported_top = build_and_export(first_cache.path(), ExportMode::Max);
+
+    // Store B hits everything lazily, then exports with mode=max to a second cache.
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut imported = ImportedCache::new();
+    imported
+        .add(&CacheFrom::Local {
+            src: first_cache.path().to_path_buf(),
+        })
+        .unwrap();
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver =
+        Solver::new(store.clone(), options(), &recorder, None).with_cache_import(&imported);
+    let output = solver.solve(&definition, &target).unwrap();
+    let records = select_records(
+        &store,
+        &solver.cache_keys(),
+        output.chain().unwrap(),
+        ExportMode::Max,
+        Some(&imported),
+    )
+    .unwrap();
+    assert_eq!(records.len(), 4, "the never-fetched builder records too");
+    let second_cache = tempfile::tempdir().unwrap();
+    export_to_dir(&store, &records, second_cache.path(), Some(&imported)).unwrap();
+
+    // Store C, from the second cache only: every step hits.
+    let (outcomes, top_c, store_c) = build_with_cache(second_cache.path());
+    assert!(outcomes.values().all(|o| *o == "CACHED"), "{outcomes:?}");
+    assert_eq!(top_c, exported_top);
+    let _ = std::fs::remove_dir_all(store_c.root());
+}
+
+#[test]
+fn a_min_export_covers_only_the_final_image_steps() {
+    let cache = tempfile::tempdir().unwrap();
+    let exported_top = build_and_export(cache.path(), ExportMode::Min);
+    let (outcomes, imported_top, store) = build_with_cache(cache.path());
+    assert_eq!(outcomes["[builder 1/2] TOOL"], "DONE", "{outcomes:?}");
+    assert_eq!(outcomes["[builder 2/2] BUILD"], "DONE", "{outcomes:?}");
+    // The builder re-ran into identical bytes, so the final stage's keys match the export.
+    assert_eq!(outcomes["[stage-1 1/2] COPY --from=builder"], "CACHED");
+    assert_eq!(outcomes["[stage-1 2/2] FINAL"], "CACHED");
+    assert_eq!(imported_top, exported_top);
+    let _ = std::fs::remove_dir_all(store.root());
+}
+
+#[test]
+fn a_corrupt_blob_in_the_cache_runs_the_step_instead_of_failing() {
+    let cache = tempfile::tempdir().unwrap();
+    let exported_top = build_and_export(cache.path(), ExportMode::Max);
+    let blobs = cache.path().join("blobs/sha256");
+    let index = std::fs::read_to_string(cache.path().join("index.json")).unwrap();
+    // Overwrite every layer blob (not the index, manifest or config) with garbage.
+    let mut corrupted = 0;
+    for entry in std::fs::read_dir(&blobs).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let is_json = bytes.first() == Some(&b'{');
+        if !is_json && !index.contains(&*path.file_name().unwrap().to_string_lossy()) {
+            std::fs::write(&path, b"not a layer").unwrap();
+            corrupted += 1;
+        }
+    }
+    // BUILD and COPY --from=builder write the same one-file layer: one blob for both.
+    assert_eq!(corrupted, 3, "layer blobs");
+    let (outcomes, imported_top, store) = build_with_cache(cache.path());
+    assert_eq!(outcomes["[builder 1/2] TOOL"], "DONE", "{outcomes:?}");
+    assert_eq!(outcomes["[builder 2/2] BUILD"], "DONE", "{outcomes:?}");
+    assert_eq!(outcomes["[stage-1 2/2] FINAL"], "DONE", "{outcomes:?}");
+    // Its imported record still hits: its only blob is the one BUILD just wrote into the store,
+    // so nothing is fetched from the (corrupt) cache.
+    assert_eq!(outcomes["[stage-1 1/2] COPY --from=builder"], "CACHED");
+    assert_eq!(imported_top, exported_top);
+    let _ = std::fs::remove_dir_all(store.root());
+}
+
+#[test]
+fn an_export_of_the_same_build_again_writes_no_layer_blob_twice() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver = Solver::new(store.clone(), options(), &recorder, None);
+    let output = solver.solve(&definition, &target).unwrap();
+    let records = select_records(
+        &store,
+        &solver.cache_keys(),
+        output.chain().unwrap(),
+        ExportMode::Max,
+        None,
+    )
+    .unwrap();
+    let first = export_to_dir(&store, &records, cache.path(), None).unwrap();
+    assert_eq!(first.records, 4);
+    // BUILD and COPY --from=builder write the same one-file layer: stored once.
+    assert_eq!(first.blobs_written, 3, "{first:?}");
+    let second = export_to_dir(&store, &records, cache.path(), None).unwrap();
+    assert_eq!(second.blobs_written, 0, "{second:?}");
+    assert_eq!(second.blobs_present, first.blobs_written);
+}
