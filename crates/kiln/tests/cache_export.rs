@@ -349,3 +349,53 @@ fn a_registry_cache_makes_a_fresh_store_run_nothing_and_uploads_blobs_once() {
         stderr(&output)
     );
 }
+
+#[test]
+fn an_inline_cache_travels_with_the_pushed_image() {
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let shared = shared();
+    let image = format!("{}/app:inline", registry.host());
+
+    let a = Kiln::new();
+    busybox_base(&a, &shared.base_context, &shared.base_cache, true);
+    let first = build(
+        &a,
+        &app_context(&a, APP),
+        &["--cache-to=type=inline", "--push", "-t", &image],
+    );
+    assert!(steps(&first).values().all(|s| *s == "DONE"));
+
+    let b = Kiln::new();
+    busybox_base(&b, &shared.base_context, &shared.base_cache, false);
+    let second = build(
+        &b,
+        &app_context(&b, APP),
+        &["--cache-to=type=inline", "--cache-from", &image],
+    );
+    let outcome = steps(&second);
+    assert_eq!(outcome.len(), 3, "{outcome:?}");
+    assert!(
+        outcome.values().all(|s| *s == "CACHED"),
+        "{outcome:?}\n{}",
+        stderr(&second)
+    );
+    assert!(!stderr(&second).contains("ran-42"), "no RUN executed");
+    // The same records inlined, the same times: the same image.
+    assert_eq!(
+        stdout(&first).trim(),
+        stdout(&second).trim(),
+        "same image id"
+    );
+
+    // An image without an inline cache is a warning.
+    let plain = format!("{}/app:plain", registry.host());
+    build(&a, &app_context(&a, APP), &["--push", "-t", &plain]);
+    let output = build(&b, &app_context(&b, APP), &["--cache-from", &plain]);
+    assert!(
+        stderr(&output).contains("no inline cache"),
+        "{}",
+        stderr(&output)
+    );
+}

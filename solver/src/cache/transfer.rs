@@ -31,6 +31,8 @@ use crate::result::Layer;
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 /// The `format` of a [`CacheConfig`] this version writes and reads.
 pub const CACHE_FORMAT: &str = "kiln.cache.v1";
+/// The image config field holding an inline cache (a [`CacheConfig`]).
+pub const INLINE_CACHE_FIELD: &str = "kiln.cache.v1";
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -103,6 +105,9 @@ pub enum CacheTo {
     Local { dest: PathBuf, mode: ExportMode },
     /// `type=registry,ref=NAME[:TAG][,mode=min|max]` (the reference normalised).
     Registry { reference: String, mode: ExportMode },
+    /// `type=inline`: the records of the image's own steps in its config, under
+    /// [`INLINE_CACHE_FIELD`] (see [`inline_cache_value`]).
+    Inline,
 }
 
 /// One `--cache-from` value.
@@ -112,6 +117,9 @@ pub enum CacheFrom {
     Local { src: PathBuf },
     /// `type=registry,ref=NAME[:TAG]` (the reference normalised).
     Registry { reference: String },
+    /// `IMAGE`: the records inlined in that image's config (`--cache-to type=inline`), its
+    /// layers as the blobs.
+    Image { reference: String },
 }
 
 /// `key=value` fields of a cache option, with `type` required.
@@ -136,7 +144,7 @@ fn fields(spec: &str) -> Result<(String, BTreeMap<String, String>), TransferErro
 fn unsupported(spec: &str, kind: &str) -> TransferError {
     TransferError::Spec {
         spec: spec.to_string(),
-        reason: format!("type={kind} is not supported (supported: local, registry)"),
+        reason: format!("type={kind} is not supported (supported: local, registry, inline)"),
     }
 }
 
@@ -186,6 +194,9 @@ impl CacheTo {
                 reference: registry_ref(spec, &mut map)?,
                 mode,
             },
+            // The image holds only its own layers: always `min`.
+            "inline" if mode == ExportMode::Min => CacheTo::Inline,
+            "inline" => return Err(invalid("type=inline exports mode=min only")),
             other => return Err(unsupported(spec, other)),
         };
         if let Some(extra) = map.keys().next() {
@@ -206,8 +217,11 @@ impl CacheFrom {
             reason: reason.to_string(),
         };
         if !spec.contains('=') {
-            // `--cache-from IMAGE`: an inline cache.
-            return Err(unsupported(spec, "inline"));
+            // `--cache-from IMAGE`: the cache inlined in an image's config.
+            let reference = Reference::parse(spec).map_err(|error| invalid(&error.to_string()))?;
+            return Ok(CacheFrom::Image {
+                reference: reference.with_default_tag().to_string(),
+            });
         }
         let (kind, mut map) = fields(spec)?;
         let parsed = match kind.as_str() {
@@ -250,9 +264,9 @@ pub struct CacheConfig {
 
 /// The records an export covers: of the cache `keys` a solve used, all of them for
 /// [`ExportMode::Max`], and for [`ExportMode::Min`] those whose result is a prefix of
-/// `image_chain` (the exported image's layers). A key the store has no record of is taken from
-/// `imported` (a step that hit an imported record and was never fetched); keys found in neither
-/// are skipped.
+/// `image_chain` (the exported image's layers). A key `imported` has is taken from there (a step
+/// that hit an imported record, fetched or not, keeps its original time), others from the store;
+/// keys found in neither are skipped.
 ///
 /// # Errors
 /// [`TransferError::Record`] when the store cannot be read.
@@ -270,15 +284,20 @@ pub fn select_records(
         if !seen.insert(key.as_str()) {
             continue;
         }
-        let local = CacheEntry::load(store, key)?;
-        let Some(entry) = local.or_else(|| {
-            let record = imported?.record(key)?;
-            Some(CacheEntry {
+        // An imported record first: a fetched one is also in the store, but with the time it
+        // was fetched instead of its result's.
+        let from_import = imported
+            .and_then(|imported| imported.record(key))
+            .map(|record| CacheEntry {
                 created_ns: record.created_ns,
                 ..record.entry.clone()
-            })
-        }) else {
-            continue;
+            });
+        let entry = match from_import {
+            Some(entry) => entry,
+            None => match CacheEntry::load(store, key)? {
+                Some(entry) => entry,
+                None => continue,
+            },
         };
         let wanted = match mode {
             ExportMode::Max => true,
@@ -296,6 +315,33 @@ pub fn select_records(
         }
     }
     Ok(records)
+}
+
+/// The value of [`INLINE_CACHE_FIELD`] for `records` (selected with [`ExportMode::Min`]): a
+/// [`CacheConfig`] whose per-file checksum records are left out — only the checksums' digests
+/// (which the keys already cover) — so a large build context does not bloat the image config.
+///
+/// # Errors
+/// [`TransferError::Json`] when encoding fails.
+pub fn inline_cache_value(records: &[ExportedRecord]) -> Result<serde_json::Value, TransferError> {
+    let records = records
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            for content in &mut record.entry.components.contents {
+                content.checksum.entries.clear();
+            }
+            record
+        })
+        .collect();
+    let config = CacheConfig {
+        format: CACHE_FORMAT.to_string(),
+        records,
+    };
+    serde_json::to_value(&config).map_err(|source| TransferError::Json {
+        what: "encoding the inline cache".to_string(),
+        source,
+    })
 }
 
 /// What an export wrote.
@@ -530,7 +576,7 @@ impl RegistryConnection {
                 registry: parsed.registry().to_string(),
                 name: parsed.repository().to_string(),
             },
-            tag: parsed.tag_or_latest().to_string(),
+            tag: parsed.tag_or_digest(),
             reference: reference.to_string(),
         })
     }
@@ -658,7 +704,7 @@ enum BlobSource {
     /// `blobs/sha256/<hex>` under an OCI layout dir.
     LocalDir(PathBuf),
     /// A registry repository.
-    Registry(RegistryConnection),
+    Registry(Box<RegistryConnection>),
 }
 
 /// The records of every `--cache-from`, read up front; blobs are fetched on a hit.
@@ -703,7 +749,72 @@ impl ImportedCache {
         match from {
             CacheFrom::Local { src } => self.add_local_dir(src),
             CacheFrom::Registry { reference } => self.add_registry(reference),
+            CacheFrom::Image { reference } => self.add_image(reference),
         }
+    }
+
+    /// The inline cache of the image `reference` (a single-platform manifest, or this host's
+    /// platform in an index).
+    fn add_image(&mut self, reference: &str) -> Result<usize, TransferError> {
+        let connection = RegistryConnection::open(reference)?;
+        let json_error = |what: &str| {
+            let what = format!("decoding the {what} of {reference}");
+            move |source| TransferError::Json { what, source }
+        };
+        let mut fetched = connection
+            .runtime
+            .block_on(
+                connection
+                    .client
+                    .get_manifest(&connection.repo, &connection.tag),
+            )
+            .map_err(|e| connection.error(e))?;
+        if fetched.media_type.contains("index") || fetched.media_type.contains("list") {
+            let index: OciImageIndex =
+                serde_json::from_slice(&fetched.bytes).map_err(json_error("index"))?;
+            let architecture = host_architecture();
+            let chosen = index
+                .manifests
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == architecture)
+                })
+                .ok_or_else(|| TransferError::Format {
+                    path: PathBuf::from(reference),
+                    reason: format!("the index has no linux/{architecture} image"),
+                })?;
+            fetched = connection
+                .runtime
+                .block_on(
+                    connection
+                        .client
+                        .get_manifest(&connection.repo, &chosen.digest.to_string()),
+                )
+                .map_err(|e| connection.error(e))?;
+        }
+        let manifest: OciManifest =
+            serde_json::from_slice(&fetched.bytes).map_err(json_error("manifest"))?;
+        let bytes = connection.read_small_blob(&manifest.config.digest)?;
+        let mut image_config: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(json_error("image config"))?;
+        let inline =
+            image_config
+                .remove(INLINE_CACHE_FIELD)
+                .ok_or_else(|| TransferError::Format {
+                    path: PathBuf::from(reference),
+                    reason:
+                        "the image carries no inline cache (build it with --cache-to type=inline)"
+                            .to_string(),
+                })?;
+        let config: CacheConfig =
+            serde_json::from_value(inline).map_err(json_error("inline cache"))?;
+        self.add_config(
+            config,
+            PathBuf::from(reference),
+            BlobSource::Registry(Box::new(connection)),
+        )
     }
 
     fn add_registry(&mut self, reference: &str) -> Result<usize, TransferError> {
@@ -737,7 +848,7 @@ impl ImportedCache {
                 what: format!("decoding the cache config of {reference}"),
                 source,
             })?;
-        self.add_config(config, where_, BlobSource::Registry(connection))
+        self.add_config(config, where_, BlobSource::Registry(Box::new(connection)))
     }
 
     /// Adds the records of `config` (read from `path`), whose blobs come from `source`.
@@ -961,6 +1072,35 @@ struct OciDescriptor {
 }
 
 #[derive(Deserialize)]
+struct OciImageIndex {
+    manifests: Vec<OciIndexEntry>,
+}
+
+#[derive(Deserialize)]
+struct OciIndexEntry {
+    digest: Digest,
+    #[serde(default)]
+    platform: Option<OciPlatform>,
+}
+
+#[derive(Deserialize)]
+struct OciPlatform {
+    os: String,
+    architecture: String,
+}
+
+/// This host's architecture as OCI names it.
+fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+#[derive(Deserialize)]
 struct OciManifest {
     config: OciDescriptor,
 }
@@ -1040,6 +1180,14 @@ mod tests {
             }
         );
         assert!(CacheFrom::parse("type=registry").is_err());
+        assert_eq!(CacheTo::parse("type=inline").unwrap(), CacheTo::Inline);
+        assert!(CacheTo::parse("type=inline,mode=max").is_err());
+        assert_eq!(
+            CacheFrom::parse("localhost:5000/app").unwrap(),
+            CacheFrom::Image {
+                reference: "localhost:5000/app:latest".into()
+            }
+        );
         assert!(CacheTo::parse("type=registry,ref=app@sha256:0000").is_err());
     }
 

@@ -8,7 +8,8 @@
 //! `keep_git_dir` asks for it, as BuildKit does, so that a checkout without it carries no Git
 //! metadata into the image. The result is identified for the cache by its commit. Git never
 //! prompts: a repository that needs credentials the user's git configuration does not supply
-//! fails with git's own message.
+//! fails with git's own message. URLs and refs that git could read as options are refused, and
+//! submodules get git's default protocol policy (no `file://` submodules).
 
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
@@ -37,6 +38,8 @@ pub enum GitError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("{what} {value:?} could be read by git as an option or is not a valid name")]
+    BadArgument { what: &'static str, value: String },
     #[error("the sub-directory {0:?} is not a relative path inside the repository")]
     BadSubdir(String),
     #[error("the sub-directory {0:?} does not exist in the checkout")]
@@ -109,6 +112,10 @@ pub struct Checkout {
 /// [`GitError`] when git is missing or fails, or the sub-directory is invalid or absent.
 pub fn checkout(spec: &GitSpec<'_>, work: &Path) -> Result<Checkout, GitError> {
     let subdir = spec.subdir.map(clean_subdir).transpose()?;
+    check_argument("the repository URL", spec.url)?;
+    if let Some(reference) = spec.reference {
+        check_argument("the ref", reference)?;
+    }
     let tree = work.join("checkout");
     std::fs::create_dir_all(&tree).map_err(io("create", &tree))?;
     let git_dir = if spec.keep_git_dir {
@@ -157,8 +164,6 @@ pub fn checkout(spec: &GitSpec<'_>, work: &Path) -> Result<Checkout, GitError> {
     git.run(&["checkout", "--quiet", "--force", "--detach", &commit])?;
     if tree.join(".gitmodules").exists() {
         git.run(&[
-            "-c",
-            "protocol.file.allow=always",
             "submodule",
             "update",
             "--quiet",
@@ -206,6 +211,22 @@ fn remove_gitlinks(dir: &Path) -> Result<(), GitError> {
         } else if entry.file_name() == ".git" {
             std::fs::remove_file(&path).map_err(io("remove", &path))?;
         }
+    }
+    Ok(())
+}
+
+/// Refuses a URL or ref that git would take for an option (`--upload-pack=…` runs a command) or
+/// that holds whitespace, control characters or a refspec's `:`.
+fn check_argument(what: &'static str, value: &str) -> Result<(), GitError> {
+    let bad = value.is_empty()
+        || value.starts_with('-')
+        || value.chars().any(char::is_control)
+        || (what == "the ref" && value.contains([':', ' ']));
+    if bad {
+        return Err(GitError::BadArgument {
+            what,
+            value: value.to_string(),
+        });
     }
     Ok(())
 }
@@ -291,6 +312,30 @@ mod tests {
         assert_eq!(clean_subdir("/docs/./x").unwrap(), PathBuf::from("docs/x"));
         assert!(clean_subdir("../etc").is_err());
         assert!(clean_subdir("a/../../b").is_err());
+    }
+
+    #[test]
+    fn refs_and_urls_that_git_would_read_as_options_are_refused() {
+        assert!(check_argument("the ref", "v1.0").is_ok());
+        assert!(check_argument("the ref", "refs/pull/1/head").is_ok());
+        assert!(check_argument("the repository URL", "git@github.com:a/b.git").is_ok());
+        for bad in ["--upload-pack=touch /tmp/x", "-h", "a:b", "a b", "a\nb", ""] {
+            assert!(check_argument("the ref", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_argument("the repository URL", "--upload-pack=x").is_err());
+        // Refused before git runs at all.
+        let spec = GitSpec {
+            url: "git://127.0.0.1:1/x.git",
+            reference: Some("--upload-pack=false"),
+            subdir: None,
+            keep_git_dir: false,
+        };
+        let work = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            checkout(&spec, work.path()),
+            Err(GitError::BadArgument { .. })
+        ));
+        assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub enum RunMountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cache mount at {target}: its source {source_path:?} is not a directory")]
+    SeedNotDir { target: String, source_path: String },
     #[error("{kind} mount at {target} has no source (a kiln-llb bug)")]
     NoSource { kind: &'static str, target: String },
     #[error("copying {source_path:?} for the {kind} mount at {target}: {source}")]
@@ -377,16 +379,21 @@ impl PreparedMounts {
                 Seed::Chain(chain) => self.copy_of(chain, &work.join("seed"))?,
             };
             let source = find_in_root(&root, selector, "cache", &mount.target)?;
-            if source.is_dir() {
-                kiln_fileop::copy(&root, &fresh, &whole_copy(selector)).map_err(|source| {
-                    RunMountError::Copy {
-                        kind: "cache",
-                        target: mount.target.clone(),
-                        source_path: selector.to_string(),
-                        source: Box::new(source),
-                    }
-                })?;
+            if !source.is_dir() {
+                return Err(RunMountError::SeedNotDir {
+                    target: mount.target.clone(),
+                    source_path: selector.to_string(),
+                }
+                .into());
             }
+            kiln_fileop::copy(&root, &fresh, &whole_copy(selector)).map_err(|source| {
+                RunMountError::Copy {
+                    kind: "cache",
+                    target: mount.target.clone(),
+                    source_path: selector.to_string(),
+                    source: Box::new(source),
+                }
+            })?;
         }
         // A new cache dir gets the owner and mode the mount asks for, as in BuildKit.
         std::os::unix::fs::chown(&fresh, Some(owner.uid), Some(owner.gid))

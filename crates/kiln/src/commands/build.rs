@@ -20,7 +20,8 @@ use kiln_frontend::lower::{LowerOptions, lower};
 use kiln_oci::export::{ArchiveFormat, ExportImage, export_archive};
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::cache::transfer::{
-    CacheFrom, CacheTo, ImportedCache, export_to_dir, export_to_registry, select_records,
+    CacheFrom, CacheTo, ExportMode, INLINE_CACHE_FIELD, ImportedCache, export_to_dir,
+    export_to_registry, inline_cache_value, select_records,
 };
 use kiln_solver::image::{
     ImageOptions, RegistryTransport, export_rootfs, write_image, write_rootfs_tar,
@@ -99,11 +100,13 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<String>,
     /// Export the build cache: `type=local,dest=DIR` or `type=registry,ref=NAME:TAG`, with
-    /// `mode=min` (the image's steps, default) or `mode=max` (every step) (repeatable).
+    /// `mode=min` (the image's steps, default) or `mode=max` (every step), or `type=inline` (in
+    /// the image's config) (repeatable).
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Use an exported build cache: `type=local,src=DIR` or `type=registry,ref=NAME:TAG`
-    /// (repeatable). A cache that cannot be read is a warning, not an error.
+    /// Use an exported build cache: `type=local,src=DIR`, `type=registry,ref=NAME:TAG`, or an
+    /// image pushed with an inline cache (repeatable). A cache that cannot be read is a
+    /// warning, not an error.
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
     /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
@@ -242,11 +245,19 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         // The time of the cache records behind the result: an unchanged rebuild keeps its id.
         None => solver.results_created().unwrap_or_else(SystemTime::now),
     };
+    let image_config = with_inline_cache(
+        &store,
+        &solver,
+        &chain,
+        &cache_to,
+        &imported,
+        lowered.target.config.clone(),
+    )?;
     let image_with = |media_types: MediaTypeSet| {
         write_image(
             &store,
             &chain,
-            &lowered.target.config,
+            &image_config,
             lowered.target.base_history_len,
             &ImageOptions {
                 media_types,
@@ -351,7 +362,28 @@ fn import_caches(specs: &[CacheFrom], given: &[String]) -> ImportedCache {
     imported
 }
 
-/// Writes every `--cache-to`.
+/// `config` with the records of the image's steps in it when `--cache-to type=inline` asks.
+fn with_inline_cache(
+    store: &Store,
+    solver: &Solver<'_>,
+    chain: &[kiln_solver::Layer],
+    specs: &[CacheTo],
+    imported: &ImportedCache,
+    mut config: kiln_image::ImageConfig,
+) -> anyhow::Result<kiln_image::ImageConfig> {
+    if specs.contains(&CacheTo::Inline) {
+        let keys = solver.cache_keys();
+        let records = select_records(store, &keys, chain, ExportMode::Min, Some(imported))
+            .context("reading the build cache to inline")?;
+        config.extra.insert(
+            INLINE_CACHE_FIELD.to_string(),
+            inline_cache_value(&records)?,
+        );
+    }
+    Ok(config)
+}
+
+/// Writes every `--cache-to` (but `type=inline`, which is in the image already).
 fn export_caches(
     store: &Store,
     solver: &Solver<'_>,
@@ -376,6 +408,7 @@ fn export_caches(
                     .with_context(|| format!("exporting the build cache to {reference}"))?;
                 tracing::info!(?summary, reference, "exported the build cache");
             }
+            CacheTo::Inline => {}
         }
     }
     Ok(())
@@ -679,6 +712,28 @@ mod tests {
         assert_eq!(labels["b"], "");
         assert_eq!(labels["c"], "x=y");
         assert!(parse_labels(&["=v".into()]).is_err());
+    }
+
+    #[test]
+    fn secrets_parse_like_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        fs::write(&file, "v").unwrap();
+        let secrets = parse_secrets(&[format!("id=a,src={}", file.display())]).unwrap();
+        assert!(matches!(&secrets["a"], kiln_solver::SecretSource::File(path) if *path == file));
+        // PATH is set in any test environment; the value is captured now.
+        let secrets = parse_secrets(&["id=p,env=PATH".into(), "type=env,id=PATH".into()]).unwrap();
+        assert!(matches!(&secrets["p"], kiln_solver::SecretSource::Value(v) if !v.is_empty()));
+        assert!(matches!(
+            &secrets["PATH"],
+            kiln_solver::SecretSource::Value(_)
+        ));
+        assert!(parse_secrets(&["src=/x".into()]).is_err(), "no id");
+        assert!(parse_secrets(&["id=a,bogus=1".into()]).is_err());
+        let missing = parse_secrets(&["id=a,src=/nonexistent/kiln-secret".into()]).unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/kiln-secret"));
+        let unset = parse_secrets(&["id=a,env=KILN_TEST_SURELY_UNSET_VAR".into()]).unwrap_err();
+        assert!(unset.to_string().contains("KILN_TEST_SURELY_UNSET_VAR"));
     }
 
     #[test]
