@@ -13,7 +13,8 @@ use kiln_llb::{
     OpMetadata, OpRef, SourceLocation, SourceOp,
 };
 use kiln_solver::cache::transfer::{
-    CacheConfig, CacheFrom, ExportMode, ImportedCache, export_to_dir, select_records,
+    CacheConfig, CacheExport, CacheFrom, ExportMode, ExportedRecord, ImportedCache, export_to_dir,
+    pack_cache_mounts, select_records,
 };
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
@@ -86,6 +87,13 @@ fn two_stages() -> (Definition, OpRef) {
     (builder.build(), last)
 }
 
+fn export(records: Vec<ExportedRecord>) -> CacheExport {
+    CacheExport {
+        records,
+        cache_mounts: Vec::new(),
+    }
+}
+
 #[derive(Default)]
 struct Recorder(Mutex<Vec<ProgressEvent>>);
 
@@ -144,7 +152,7 @@ fn build_and_export(dest: &Path, mode: ExportMode) -> String {
     let keys = solver.cache_keys();
     assert_eq!(keys.len(), 4, "every step is recorded: {keys:?}");
     let records = select_records(&store, &keys, output.chain().unwrap(), mode, None).unwrap();
-    let summary = export_to_dir(&store, &records, dest, None).unwrap();
+    let summary = export_to_dir(&store, &export(records.clone()), dest, None).unwrap();
     assert_eq!(summary.records, records.len());
     top(&output)
 }
@@ -253,7 +261,13 @@ fn re_exporting_lazy_hits_fetches_their_blobs_from_the_imported_cache() {
     .unwrap();
     assert_eq!(records.len(), 4, "the never-fetched builder records too");
     let second_cache = tempfile::tempdir().unwrap();
-    export_to_dir(&store, &records, second_cache.path(), Some(&imported)).unwrap();
+    export_to_dir(
+        &store,
+        &export(records),
+        second_cache.path(),
+        Some(&imported),
+    )
+    .unwrap();
 
     // Store C, from the second cache only: every step hits.
     let (outcomes, top_c, store_c) = build_with_cache(second_cache.path());
@@ -323,6 +337,7 @@ fn an_export_of_the_same_build_again_writes_no_layer_blob_twice() {
         None,
     )
     .unwrap();
+    let records = export(records);
     let first = export_to_dir(&store, &records, cache.path(), None).unwrap();
     assert_eq!(first.records, 4);
     // BUILD and COPY --from=builder write the same one-file layer: stored once.
@@ -330,4 +345,81 @@ fn an_export_of_the_same_build_again_writes_no_layer_blob_twice() {
     let second = export_to_dir(&store, &records, cache.path(), None).unwrap();
     assert_eq!(second.blobs_written, 0, "{second:?}");
     assert_eq!(second.blobs_present, first.blobs_written);
+}
+
+#[test]
+fn cache_mount_contents_travel_with_the_cache_and_never_replace_local_ones() {
+    let root_a = tempfile::tempdir().unwrap();
+    let store_a = Store::open(root_a.path()).unwrap();
+    let warm = store_a.cache_mount_dir("go-build").unwrap();
+    std::fs::create_dir_all(warm.join("sub")).unwrap();
+    std::fs::write(warm.join("sub/object"), "compiled").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let export = CacheExport {
+        records: Vec::new(),
+        cache_mounts: pack_cache_mounts(&store_a).unwrap(),
+    };
+    assert_eq!(export.cache_mounts.len(), 1);
+    export_to_dir(&store_a, &export, cache.path(), None).unwrap();
+
+    let root_b = tempfile::tempdir().unwrap();
+    let store_b = Store::open(root_b.path()).unwrap();
+    let mut imported = ImportedCache::for_store(&store_b);
+    imported
+        .add(&CacheFrom::Local {
+            src: cache.path().to_path_buf(),
+        })
+        .unwrap();
+    let dir_b = store_b.layout().cache_mount_path("go-build");
+    assert_eq!(
+        std::fs::read_to_string(dir_b.join("sub/object")).unwrap(),
+        "compiled"
+    );
+
+    // A store with its own contents keeps them.
+    let root_c = tempfile::tempdir().unwrap();
+    let store_c = Store::open(root_c.path()).unwrap();
+    let own = store_c.cache_mount_dir("go-build").unwrap();
+    std::fs::write(own.join("mine"), "local").unwrap();
+    let mut imported = ImportedCache::for_store(&store_c);
+    imported
+        .add(&CacheFrom::Local {
+            src: cache.path().to_path_buf(),
+        })
+        .unwrap();
+    assert!(own.join("mine").is_file());
+    assert!(!own.join("sub").exists());
+}
+
+#[test]
+fn a_lazy_hit_whose_blob_turns_out_corrupt_runs_the_step_instead() {
+    let cache = tempfile::tempdir().unwrap();
+    let exported_top = build_and_export(cache.path(), ExportMode::Max);
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let mut imported = ImportedCache::new();
+    imported
+        .add(&CacheFrom::Local {
+            src: cache.path().to_path_buf(),
+        })
+        .unwrap();
+    // Damaged after the records were read, keeping its size: the hit is taken, the fetch fails.
+    let last = exported_blob(cache.path(), "[stage-1 2/2] FINAL");
+    let path = cache
+        .path()
+        .join("blobs/sha256")
+        .join(last.trim_start_matches("sha256:"));
+    let length = std::fs::metadata(&path).unwrap().len() as usize;
+    std::fs::write(&path, vec![b'x'; length]).unwrap();
+
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver =
+        Solver::new(store.clone(), options(), &recorder, None).with_cache_import(&imported);
+    let output = solver.solve(&definition, &target).unwrap();
+    assert_eq!(top(&output), exported_top);
+    let outcomes = recorder.outcomes();
+    // Shown as cached when hit, then run when its content was needed.
+    assert_eq!(outcomes["[stage-1 2/2] FINAL"], "DONE", "{outcomes:?}");
+    assert_eq!(outcomes["[stage-1 1/2] COPY --from=builder"], "CACHED");
 }

@@ -399,3 +399,49 @@ fn an_inline_cache_travels_with_the_pushed_image() {
         stderr(&output)
     );
 }
+
+#[test]
+fn cache_mounts_travel_with_a_max_cache() {
+    let shared = shared();
+    let a = Kiln::new();
+    busybox_base(&a, &shared.base_context, &shared.base_cache, true);
+    let warm = a.context(
+        "warm",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/cache echo warm > /cache/state\n",
+        )],
+    );
+    build(
+        &a,
+        &warm,
+        &[&format!(
+            "--cache-to=type=local,dest={},mode=max",
+            shared.cache.display()
+        )],
+    );
+
+    let b = Kiln::new();
+    busybox_base(&b, &shared.base_context, &shared.base_cache, false);
+    let reader = b.context(
+        "reader",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/cache cp /cache/state /state\n",
+        )],
+    );
+    let out = b.work.path().join("out");
+    build(
+        &b,
+        &reader,
+        &[
+            &format!("--cache-from=type=local,src={}", shared.cache.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("state")).expect("the RUN saw the imported cache"),
+        "warm\n"
+    );
+}

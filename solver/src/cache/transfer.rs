@@ -22,6 +22,10 @@ use kiln_registry::{Access, ClientOptions, RegistryClient, RegistryError, Reposi
 use kiln_store::{ManifestLayer, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use kiln_oci::apply::{ApplyOptions, WhiteoutMode, apply_layer};
+use kiln_oci::compress::{Compression, compress_dir_layer};
+use kiln_oci::diff::DiffOptions;
+
 use crate::cache::record::{CacheEntry, RecordError};
 use crate::error::OpError;
 use crate::layers::ensure_extracted;
@@ -34,6 +38,8 @@ pub const CACHE_FORMAT: &str = "kiln.cache.v1";
 /// The image config field holding an inline cache (a [`CacheConfig`]).
 pub const INLINE_CACHE_FIELD: &str = "kiln.cache.v1";
 
+/// Cache mount contents are plain gzip tars of the directory.
+const CACHE_MOUNT_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Metadata (index, manifest, config) larger than this is not a cache we wrote.
@@ -101,10 +107,21 @@ pub enum ExportMode {
 /// One `--cache-to` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheTo {
-    /// `type=local,dest=DIR[,mode=min|max]`.
-    Local { dest: PathBuf, mode: ExportMode },
-    /// `type=registry,ref=NAME[:TAG][,mode=min|max]` (the reference normalised).
-    Registry { reference: String, mode: ExportMode },
+    /// `type=local,dest=DIR[,mode=min|max][,cache-mounts=true|false]`.
+    Local {
+        dest: PathBuf,
+        mode: ExportMode,
+        /// Whether the contents of `RUN --mount=type=cache` dirs travel too (default: with
+        /// `mode=max`).
+        cache_mounts: bool,
+    },
+    /// `type=registry,ref=NAME[:TAG][,mode=min|max][,cache-mounts=true|false]` (the reference
+    /// normalised).
+    Registry {
+        reference: String,
+        mode: ExportMode,
+        cache_mounts: bool,
+    },
     /// `type=inline`: the records of the image's own steps in its config, under
     /// [`INLINE_CACHE_FIELD`] (see [`inline_cache_value`]).
     Inline,
@@ -181,6 +198,12 @@ impl CacheTo {
             Some("max") => ExportMode::Max,
             Some(_) => return Err(invalid("mode must be min or max")),
         };
+        let cache_mounts = match map.remove("cache-mounts").as_deref() {
+            None => mode == ExportMode::Max,
+            Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(invalid("cache-mounts must be true or false")),
+        };
         let parsed = match kind.as_str() {
             "local" => CacheTo::Local {
                 dest: map
@@ -189,14 +212,20 @@ impl CacheTo {
                     .map(PathBuf::from)
                     .ok_or_else(|| invalid("type=local needs dest=DIR"))?,
                 mode,
+                cache_mounts,
             },
             "registry" => CacheTo::Registry {
                 reference: registry_ref(spec, &mut map)?,
                 mode,
+                cache_mounts,
             },
             // The image holds only its own layers: always `min`.
-            "inline" if mode == ExportMode::Min => CacheTo::Inline,
-            "inline" => return Err(invalid("type=inline exports mode=min only")),
+            "inline" if mode == ExportMode::Min && !cache_mounts => CacheTo::Inline,
+            "inline" => {
+                return Err(invalid(
+                    "type=inline exports mode=min only, without cache mounts",
+                ));
+            }
             other => return Err(unsupported(spec, other)),
         };
         if let Some(extra) = map.keys().next() {
@@ -260,6 +289,73 @@ pub struct CacheConfig {
     /// [`CACHE_FORMAT`].
     pub format: String,
     pub records: Vec<ExportedRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<ExportedCacheMount>,
+}
+
+/// The contents of one `RUN --mount=type=cache` directory, as a gzip layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedCacheMount {
+    /// The directory's name in the store (a hash of the mount's id and seed: the same on every
+    /// store).
+    pub name: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What an export writes: records, and the cache mounts when asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheExport {
+    pub records: Vec<ExportedRecord>,
+    pub cache_mounts: Vec<ExportedCacheMount>,
+}
+
+/// Packs every cache mount directory of the store into a gzip layer blob in the store.
+///
+/// # Errors
+/// [`TransferError`] when a directory cannot be read or the store cannot be written.
+pub fn pack_cache_mounts(store: &Store) -> Result<Vec<ExportedCacheMount>, TransferError> {
+    let dir = store.layout().cache_mounts_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error("list", &dir)(error)),
+    };
+    let mut mounts = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_error("list", &dir))?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if !is_cache_mount_name(name) || !path.is_dir() {
+            continue;
+        }
+        let writer = store.ingest()?;
+        let (writer, _) = compress_dir_layer(
+            &path,
+            &DiffOptions::plain(),
+            Compression::Gzip { level: 1 },
+            writer,
+        )
+        .map_err(|error| TransferError::Io {
+            action: "pack cache mount",
+            path: path.clone(),
+            source: io::Error::other(error),
+        })?;
+        let blob = writer.commit(None)?;
+        mounts.push(ExportedCacheMount {
+            name: name.to_string(),
+            digest: blob.digest,
+            size: blob.size,
+        });
+    }
+    mounts.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(mounts)
+}
+
+/// Cache mount dirs are named by 32 hex digits; anything else (and any path) is refused.
+fn is_cache_mount_name(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The records an export covers: of the cache `keys` a solve used, all of them for
@@ -337,6 +433,7 @@ pub fn inline_cache_value(records: &[ExportedRecord]) -> Result<serde_json::Valu
     let config = CacheConfig {
         format: CACHE_FORMAT.to_string(),
         records,
+        cache_mounts: Vec::new(),
     };
     serde_json::to_value(&config).map_err(|source| TransferError::Json {
         what: "encoding the inline cache".to_string(),
@@ -365,15 +462,15 @@ pub struct ExportSummary {
 /// written.
 pub fn export_to_dir(
     store: &Store,
-    records: &[ExportedRecord],
+    export: &CacheExport,
     dest: &Path,
     imported: Option<&ImportedCache>,
 ) -> Result<ExportSummary, TransferError> {
     let blobs_dir = dest.join("blobs").join("sha256");
     fs::create_dir_all(&blobs_dir).map_err(io_error("create", &blobs_dir))?;
-    let artifact = CacheArtifact::of(records)?;
+    let artifact = CacheArtifact::of(export)?;
     let mut summary = ExportSummary {
-        records: records.len(),
+        records: export.records.len(),
         ..ExportSummary::default()
     };
     for layer in &artifact.layers {
@@ -420,16 +517,16 @@ pub fn export_to_dir(
 /// refuses.
 pub fn export_to_registry(
     store: &Store,
-    records: &[ExportedRecord],
+    export: &CacheExport,
     reference: &str,
     imported: Option<&ImportedCache>,
 ) -> Result<ExportSummary, TransferError> {
     let connection = RegistryConnection::open(reference)?;
-    let artifact = CacheArtifact::of(records)?;
+    let artifact = CacheArtifact::of(export)?;
     // The config goes through the store like every other blob, so uploads stream from a file.
     let config = store.ingest_from(&mut artifact.config.as_slice(), None)?;
     let mut summary = ExportSummary {
-        records: records.len(),
+        records: export.records.len(),
         ..ExportSummary::default()
     };
     let registry_error = |source| TransferError::Registry {
@@ -494,30 +591,40 @@ struct CacheArtifact {
 }
 
 impl CacheArtifact {
-    fn of(records: &[ExportedRecord]) -> Result<CacheArtifact, TransferError> {
+    fn of(export: &CacheExport) -> Result<CacheArtifact, TransferError> {
         let mut layers = Vec::new();
         let mut descriptors = Vec::new();
         let mut seen = HashSet::new();
-        for record in records {
-            for layer in &record.entry.layers {
-                if !seen.insert(layer.blob_digest.clone()) {
-                    continue;
-                }
-                descriptors.push(serde_json::json!({
-                    "mediaType": layer.media_type,
-                    "digest": layer.blob_digest.to_string(),
-                    "size": layer.size,
-                }));
-                layers.push(ArtifactLayer {
-                    digest: layer.blob_digest.clone(),
-                    size: layer.size,
-                });
+        let record_blobs = export.records.iter().flat_map(|record| {
+            record
+                .entry
+                .layers
+                .iter()
+                .map(|layer| (&layer.blob_digest, layer.media_type.as_str(), layer.size))
+        });
+        let mount_blobs = export
+            .cache_mounts
+            .iter()
+            .map(|mount| (&mount.digest, CACHE_MOUNT_MEDIA_TYPE, mount.size));
+        for (digest, media_type, size) in record_blobs.chain(mount_blobs) {
+            if !seen.insert(digest.clone()) {
+                continue;
             }
+            descriptors.push(serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.to_string(),
+                "size": size,
+            }));
+            layers.push(ArtifactLayer {
+                digest: digest.clone(),
+                size,
+            });
         }
         let config = to_json(
             &CacheConfig {
                 format: CACHE_FORMAT.to_string(),
-                records: records.to_vec(),
+                records: export.records.clone(),
+                cache_mounts: export.cache_mounts.clone(),
             },
             "encoding the cache config",
         )?;
@@ -713,6 +820,10 @@ pub struct ImportedCache {
     sources: Vec<BlobSource>,
     /// Key → (record, index into `sources`); the first cache to list a key wins.
     records: HashMap<String, (ExportedRecord, usize)>,
+    /// The store cache mounts are imported into (see [`ImportedCache::for_store`]).
+    mount_store: Option<Store>,
+    /// Which source to fetch each layer blob from (the first cache listing it).
+    blob_sources: HashMap<Digest, usize>,
     /// Keys of the records whose result's top layer has this chain id.
     by_top_chain: HashMap<Digest, Vec<String>>,
     /// Whether a source has a blob, by (source, digest), once asked.
@@ -720,9 +831,17 @@ pub struct ImportedCache {
 }
 
 impl ImportedCache {
-    /// No caches.
+    /// No caches; cache mounts in caches added later are not imported.
     pub fn new() -> ImportedCache {
         ImportedCache::default()
+    }
+
+    /// No caches; the cache mounts of caches added later are unpacked into `store`.
+    pub fn for_store(store: &Store) -> ImportedCache {
+        ImportedCache {
+            mount_store: Some(store.clone()),
+            ..ImportedCache::default()
+        }
     }
 
     /// How many records the imported caches hold.
@@ -870,9 +989,20 @@ impl ImportedCache {
         let index = self.sources.len();
         self.sources.push(source);
         let count = config.records.len();
+        for mount in &config.cache_mounts {
+            // One bad mount costs only its own contents.
+            if let Err(error) = self.import_cache_mount(index, mount) {
+                tracing::warn!(%error, mount = mount.name, "could not import a cache mount");
+            }
+        }
         for record in config.records {
             if self.records.contains_key(&record.key) {
                 continue;
+            }
+            for layer in &record.entry.layers {
+                self.blob_sources
+                    .entry(layer.blob_digest.clone())
+                    .or_insert(index);
             }
             if let Some(top) = record.entry.layers.last() {
                 self.by_top_chain
@@ -933,6 +1063,63 @@ impl ImportedCache {
         }
     }
 
+    /// Unpacks an exported cache mount into the store's cache mount dir of the same name, unless
+    /// that dir exists (local contents win). Cache mounts are imported with the records, not
+    /// lazily: which RUN steps will run is not known yet.
+    fn import_cache_mount(
+        &self,
+        source: usize,
+        mount: &ExportedCacheMount,
+    ) -> Result<(), TransferError> {
+        let Some(store) = &self.mount_store else {
+            return Ok(());
+        };
+        if !is_cache_mount_name(&mount.name) {
+            return Err(TransferError::Format {
+                path: PathBuf::from(&mount.name),
+                reason: "not a cache mount name".to_string(),
+            });
+        }
+        let mounts_dir = store.layout().cache_mounts_dir();
+        let target = mounts_dir.join(&mount.name);
+        if target.exists() {
+            return Ok(());
+        }
+        if !store.has_blob(&mount.digest) {
+            self.fetch_blob(store, source, &mount.digest)?;
+        }
+        fs::create_dir_all(&mounts_dir).map_err(io_error("create", &mounts_dir))?;
+        // Unpacked beside its final place, then renamed: a RUN never sees half a cache.
+        let temp = mounts_dir.join(format!(".import-{}-{}", mount.name, std::process::id()));
+        let unpack = || -> Result<(), TransferError> {
+            fs::create_dir(&temp).map_err(io_error("create", &temp))?;
+            let blob = store.open_blob(&mount.digest)?;
+            let options = ApplyOptions {
+                whiteouts: WhiteoutMode::OverlayLower,
+                chown: nix::unistd::geteuid().is_root(),
+            };
+            apply_layer(blob, &temp, &options).map_err(|error| TransferError::Io {
+                action: "unpack cache mount into",
+                path: temp.clone(),
+                source: io::Error::other(error),
+            })?;
+            match fs::rename(&temp, &target) {
+                Ok(()) => Ok(()),
+                // Another build created it meanwhile: theirs wins.
+                Err(_) if target.exists() => Err(TransferError::Format {
+                    path: target.clone(),
+                    reason: "created by another build meanwhile".to_string(),
+                }),
+                Err(error) => Err(io_error("rename into place", &target)(error)),
+            }
+        };
+        let result = unpack();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&temp);
+        }
+        result
+    }
+
     /// Whether the cache `source` has the blob `digest` of `size` bytes (memoised: a registry is
     /// asked once per blob).
     fn source_has_blob(&self, source: usize, digest: &Digest, size: u64) -> bool {
@@ -975,16 +1162,8 @@ impl ImportedCache {
     /// # Errors
     /// [`TransferError::Format`] when no imported cache lists it; the fetch's own error otherwise.
     pub fn fetch_blob_into(&self, store: &Store, digest: &Digest) -> Result<(), TransferError> {
-        let source = self.records.values().find_map(|(record, source)| {
-            record
-                .entry
-                .layers
-                .iter()
-                .any(|layer| &layer.blob_digest == digest)
-                .then_some(*source)
-        });
-        match source {
-            Some(source) => self.fetch_blob(store, source, digest),
+        match self.blob_sources.get(digest) {
+            Some(&source) => self.fetch_blob(store, source, digest),
             None => Err(TransferError::Format {
                 path: PathBuf::from(digest.to_string()),
                 reason: "no imported cache has this blob".to_string(),
@@ -1146,18 +1325,29 @@ mod tests {
             CacheTo::parse("type=local,dest=/tmp/c,mode=max").unwrap(),
             CacheTo::Local {
                 dest: "/tmp/c".into(),
-                mode: ExportMode::Max
+                mode: ExportMode::Max,
+                cache_mounts: true,
             }
         );
         assert_eq!(
             CacheTo::parse("type=local,dest=d").unwrap(),
             CacheTo::Local {
                 dest: "d".into(),
-                mode: ExportMode::Min
+                mode: ExportMode::Min,
+                cache_mounts: false,
             }
         );
         assert!(CacheTo::parse("type=local").is_err());
         assert!(CacheTo::parse("type=local,dest=d,mode=all").is_err());
+        assert_eq!(
+            CacheTo::parse("type=local,dest=d,mode=max,cache-mounts=false").unwrap(),
+            CacheTo::Local {
+                dest: "d".into(),
+                mode: ExportMode::Max,
+                cache_mounts: false,
+            }
+        );
+        assert!(CacheTo::parse("type=local,dest=d,cache-mounts=yes").is_err());
         assert!(CacheTo::parse("type=local,dest=d,colour=blue").is_err());
         assert!(CacheTo::parse("dest=d").is_err());
         assert_eq!(
@@ -1170,7 +1360,8 @@ mod tests {
             CacheTo::parse("type=registry,ref=localhost:5000/app:cache,mode=max").unwrap(),
             CacheTo::Registry {
                 reference: "localhost:5000/app:cache".into(),
-                mode: ExportMode::Max
+                mode: ExportMode::Max,
+                cache_mounts: true,
             }
         );
         assert_eq!(

@@ -20,8 +20,8 @@ use kiln_frontend::lower::{LowerOptions, lower};
 use kiln_oci::export::{ArchiveFormat, ExportImage, export_archive};
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::cache::transfer::{
-    CacheFrom, CacheTo, ExportMode, INLINE_CACHE_FIELD, ImportedCache, export_to_dir,
-    export_to_registry, inline_cache_value, select_records,
+    CacheExport, CacheFrom, CacheTo, ExportMode, INLINE_CACHE_FIELD, ImportedCache, export_to_dir,
+    export_to_registry, inline_cache_value, pack_cache_mounts, select_records,
 };
 use kiln_solver::image::{
     ImageOptions, RegistryTransport, export_rootfs, write_image, write_rootfs_tar,
@@ -217,7 +217,7 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         secrets,
     };
     let puller = LazyPuller::default();
-    let imported = import_caches(&cache_from, &args.cache_from);
+    let imported = import_caches(&store, &cache_from, &args.cache_from);
     let mut solver = Solver::new(
         store.clone(),
         solve_options,
@@ -352,8 +352,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
 }
 
 /// The records of every `--cache-from`; one that cannot be read is a warning.
-fn import_caches(specs: &[CacheFrom], given: &[String]) -> ImportedCache {
-    let mut imported = ImportedCache::new();
+fn import_caches(store: &Store, specs: &[CacheFrom], given: &[String]) -> ImportedCache {
+    let mut imported = ImportedCache::for_store(store);
     for (spec, text) in specs.iter().zip(given) {
         if let Err(error) = imported.add(spec) {
             eprintln!("warning: --cache-from {text}: {error}; building without it");
@@ -393,18 +393,32 @@ fn export_caches(
 ) -> anyhow::Result<()> {
     let keys = solver.cache_keys();
     for spec in specs {
+        let (mode, cache_mounts) = match spec {
+            CacheTo::Local {
+                mode, cache_mounts, ..
+            }
+            | CacheTo::Registry {
+                mode, cache_mounts, ..
+            } => (*mode, *cache_mounts),
+            CacheTo::Inline => continue,
+        };
+        let export = CacheExport {
+            records: select_records(store, &keys, chain, mode, Some(imported))
+                .context("reading the build cache to export")?,
+            cache_mounts: if cache_mounts {
+                pack_cache_mounts(store).context("packing the cache mounts to export")?
+            } else {
+                Vec::new()
+            },
+        };
         match spec {
-            CacheTo::Local { dest, mode } => {
-                let records = select_records(store, &keys, chain, *mode, Some(imported))
-                    .context("reading the build cache to export")?;
-                let summary = export_to_dir(store, &records, dest, Some(imported))
+            CacheTo::Local { dest, .. } => {
+                let summary = export_to_dir(store, &export, dest, Some(imported))
                     .with_context(|| format!("exporting the build cache to {}", dest.display()))?;
                 tracing::info!(?summary, dest = %dest.display(), "exported the build cache");
             }
-            CacheTo::Registry { reference, mode } => {
-                let records = select_records(store, &keys, chain, *mode, Some(imported))
-                    .context("reading the build cache to export")?;
-                let summary = export_to_registry(store, &records, reference, Some(imported))
+            CacheTo::Registry { reference, .. } => {
+                let summary = export_to_registry(store, &export, reference, Some(imported))
                     .with_context(|| format!("exporting the build cache to {reference}"))?;
                 tracing::info!(?summary, reference, "exported the build cache");
             }
