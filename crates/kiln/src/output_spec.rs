@@ -95,17 +95,27 @@ impl OutputSpec {
             match key.as_str() {
                 "type" => kind_name = Some(value.to_ascii_lowercase()),
                 "dest" => dest = Some(value),
-                "name" => names.extend(value.split(',').map(str::to_string).filter(|n| !n.is_empty())),
-                "push" => push = parse_bool(&value).ok_or_else(|| invalid(format!("push={value:?} is not a boolean")))?,
+                "name" => names.extend(
+                    value
+                        .split(',')
+                        .map(str::to_string)
+                        .filter(|n| !n.is_empty()),
+                ),
+                "push" => {
+                    push = parse_bool(&value)
+                        .ok_or_else(|| invalid(format!("push={value:?} is not a boolean")))?
+                }
                 "compression" => compression_name = Some(value.to_ascii_lowercase()),
                 "compression-level" => compression_level = Some(value),
                 "force-compression" => {
-                    parse_bool(&value).ok_or_else(|| invalid(format!("force-compression={value:?} is not a boolean")))?;
+                    parse_bool(&value).ok_or_else(|| {
+                        invalid(format!("force-compression={value:?} is not a boolean"))
+                    })?;
                 }
                 "oci-mediatypes" => {
-                    oci_media_types = Some(
-                        parse_bool(&value).ok_or_else(|| invalid(format!("oci-mediatypes={value:?} is not a boolean")))?,
-                    )
+                    oci_media_types = Some(parse_bool(&value).ok_or_else(|| {
+                        invalid(format!("oci-mediatypes={value:?} is not a boolean"))
+                    })?)
                 }
                 other => return Err(invalid(format!("unknown key {other:?}"))),
             }
@@ -115,13 +125,9 @@ impl OutputSpec {
             None | Some("gzip") => Compression::Gzip {
                 level: match &compression_level {
                     None => None,
-                    Some(level) => Some(
-                        level
-                            .parse::<u32>()
-                            .ok()
-                            .filter(|l| *l <= 9)
-                            .ok_or_else(|| invalid(format!("gzip compression-level {level:?} must be 0 to 9")))?,
-                    ),
+                    Some(level) => Some(level.parse::<u32>().ok().filter(|l| *l <= 9).ok_or_else(
+                        || invalid(format!("gzip compression-level {level:?} must be 0 to 9")),
+                    )?),
                 },
             },
             Some("zstd") => Compression::Zstd {
@@ -132,7 +138,9 @@ impl OutputSpec {
                             .parse::<i32>()
                             .ok()
                             .filter(|l| (1..=22).contains(l))
-                            .ok_or_else(|| invalid(format!("zstd compression-level {level:?} must be 1 to 22")))?,
+                            .ok_or_else(|| {
+                                invalid(format!("zstd compression-level {level:?} must be 1 to 22"))
+                            })?,
                     ),
                 },
             },
@@ -149,13 +157,16 @@ impl OutputSpec {
             }
         };
 
-        let file_dest = |dest: Option<String>, kind: &str| -> Result<Destination, OutputSpecError> {
-            match dest.as_deref() {
-                None | Some("") => Err(invalid(format!("type={kind} needs dest=FILE (or dest=- for stdout)"))),
-                Some("-") => Ok(Destination::Stdout),
-                Some(path) => Ok(Destination::File(PathBuf::from(path))),
-            }
-        };
+        let file_dest =
+            |dest: Option<String>, kind: &str| -> Result<Destination, OutputSpecError> {
+                match dest.as_deref() {
+                    None | Some("") => Err(invalid(format!(
+                        "type={kind} needs dest=FILE (or dest=- for stdout)"
+                    ))),
+                    Some("-") => Ok(Destination::Stdout),
+                    Some(path) => Ok(Destination::File(PathBuf::from(path))),
+                }
+            };
         let kind = match kind_name.as_deref() {
             Some("oci") => OutputKind::Oci {
                 dest: file_dest(dest, "oci")?,
@@ -168,7 +179,11 @@ impl OutputSpec {
             },
             Some("local") => match dest.as_deref() {
                 None | Some("") => return Err(invalid("type=local needs dest=DIR".into())),
-                Some("-") => return Err(invalid("type=local cannot write to stdout; use type=tar,dest=-".into())),
+                Some("-") => {
+                    return Err(invalid(
+                        "type=local cannot write to stdout; use type=tar,dest=-".into(),
+                    ));
+                }
                 Some(path) => OutputKind::Local {
                     dest: PathBuf::from(path),
                 },
@@ -217,7 +232,10 @@ fn split_csv(spec: &str) -> Vec<String> {
         }
     }
     fields.push(current);
-    fields.into_iter().filter(|f| !f.trim().is_empty()).collect()
+    fields
+        .into_iter()
+        .filter(|f| !f.trim().is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -252,11 +270,17 @@ mod tests {
 
     #[test]
     fn compression_options() {
-        let spec = OutputSpec::parse("type=docker,dest=x.tar,compression=zstd,compression-level=3").unwrap();
+        let spec = OutputSpec::parse("type=docker,dest=x.tar,compression=zstd,compression-level=3")
+            .unwrap();
         assert_eq!(spec.compression, Compression::Zstd { level: Some(3) });
-        assert!(OutputSpec::parse("type=oci,dest=x,compression=gzip,compression-level=12").is_err());
+        assert!(
+            OutputSpec::parse("type=oci,dest=x,compression=gzip,compression-level=12").is_err()
+        );
         assert!(OutputSpec::parse("type=oci,dest=x,compression=lz4").is_err());
-        assert!(OutputSpec::parse("type=oci,dest=x,compression=uncompressed,compression-level=1").is_err());
+        assert!(
+            OutputSpec::parse("type=oci,dest=x,compression=uncompressed,compression-level=1")
+                .is_err()
+        );
     }
 
     #[test]
@@ -276,9 +300,13 @@ mod tests {
     fn errors_name_the_problem() {
         let err = OutputSpec::parse("type=oci").unwrap_err().to_string();
         assert!(err.contains("needs dest"), "{err}");
-        let err = OutputSpec::parse("type=floppy,dest=a").unwrap_err().to_string();
+        let err = OutputSpec::parse("type=floppy,dest=a")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown type \"floppy\""), "{err}");
-        let err = OutputSpec::parse("type=oci,dest=a,colour=red").unwrap_err().to_string();
+        let err = OutputSpec::parse("type=oci,dest=a,colour=red")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown key \"colour\""), "{err}");
         assert!(OutputSpec::parse("").is_err());
         assert!(OutputSpec::parse("type=local,dest=-").is_err());

@@ -141,3 +141,95 @@ fn push_sends_the_built_image_to_its_registry() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("--push"), "{}", stderr(&refused));
 }
+
+/// Pushes an image whose `/marker` holds `marker` to `reference` with skopeo, building it with
+/// `builder` (which must already have the busybox base).
+fn push_marker_image(builder: &Kiln, reference: &str, marker: &str, name: &str) {
+    let context = builder.context(
+        name,
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY marker /marker\n"),
+            ("marker", marker),
+        ],
+    );
+    let archive = builder.work.path().join(format!("{name}.tar"));
+    builder.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=oci,dest={}", archive.display()),
+        context.to_str().unwrap(),
+    ]);
+    let pushed = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "skopeo copy: {}", stderr(&pushed));
+}
+
+#[test]
+fn pull_flag_re_resolves_a_base_the_store_already_has() {
+    if !have("skopeo") {
+        eprintln!("SKIP: skopeo is not installed");
+        return;
+    }
+    let Some(registry) = TestRegistry::start("") else {
+        return;
+    };
+    let builder = Kiln::new();
+    build_busybox_with_kiln(&builder);
+    let reference = format!("{}/test/moving:1", registry.host());
+    push_marker_image(&builder, &reference, "first\n", "first");
+
+    let kiln = Kiln::new();
+    let context = kiln.context(
+        "app",
+        &[(
+            "Dockerfile",
+            &format!("FROM {reference} AS one\nFROM {reference}\nCOPY --from=one /marker /again\nRUN cat /marker > /copied\n"),
+        )],
+    );
+    let build = |dest: &str, pull: bool| {
+        let out = kiln.work.path().join(dest);
+        let spec = format!("type=local,dest={}", out.display());
+        let mut args = vec!["build", "-q", "--output", spec.as_str()];
+        if pull {
+            args.push("--pull");
+        }
+        args.push(context.to_str().unwrap());
+        kiln.ok(&args);
+        out
+    };
+    let out = build("a", false);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        "first\n"
+    );
+
+    // The tag moves in the registry. Without --pull the local image still wins (Docker's rule)...
+    push_marker_image(&builder, &reference, "second\n", "second");
+    let out = build("b", false);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        "first\n"
+    );
+
+    // ...with --pull the registry is asked again, once for both FROMs of the same tag.
+    let before = registry.log_count("GET /v2/test/moving/manifests/1");
+    let out = build("c", true);
+    assert_eq!(
+        std::fs::read_to_string(out.join("copied")).unwrap(),
+        "second\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("again")).unwrap(),
+        "second\n"
+    );
+    assert_eq!(
+        registry.log_count("GET /v2/test/moving/manifests/1") - before,
+        1,
+        "each tag is resolved once per build"
+    );
+}

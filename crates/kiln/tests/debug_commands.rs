@@ -7,7 +7,9 @@ use std::path::Path;
 use common::{Kiln, stderr, stdout, testdata};
 
 fn conformance(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/conformance")
+        .join(path)
 }
 
 #[test]
@@ -16,7 +18,10 @@ fn debug_parse_prints_every_conformance_result_exactly() {
     let cases = conformance("parser/testfiles");
     let mut passed = 0;
     let mut failures = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(&cases).expect("parser corpus").flatten().collect();
+    let mut names: Vec<_> = std::fs::read_dir(&cases)
+        .expect("parser corpus")
+        .flatten()
+        .collect();
     names.sort_by_key(|e| e.file_name());
     for case in names {
         let dockerfile = case.path().join("Dockerfile");
@@ -25,7 +30,11 @@ fn debug_parse_prints_every_conformance_result_exactly() {
         if output.status.success() && stdout(&output) == expected {
             passed += 1;
         } else {
-            failures.push(format!("{}: {}", case.file_name().to_string_lossy(), stderr(&output)));
+            failures.push(format!(
+                "{}: {}",
+                case.file_name().to_string_lossy(),
+                stderr(&output)
+            ));
         }
     }
     eprintln!("kiln debug parse: {passed} cases equal their result");
@@ -38,11 +47,22 @@ fn debug_parse_rejects_every_negative_case_with_a_located_error() {
     let kiln = Kiln::new();
     let cases = conformance("parser/testfiles-negative");
     let mut rejected = 0;
-    for case in std::fs::read_dir(&cases).expect("negative corpus").flatten() {
+    for case in std::fs::read_dir(&cases)
+        .expect("negative corpus")
+        .flatten()
+    {
         let dockerfile = case.path().join("Dockerfile");
         let output = kiln.run(&["debug", "parse", dockerfile.to_str().expect("utf-8 path")]);
-        assert!(!output.status.success(), "{} was accepted", case.path().display());
-        assert!(stderr(&output).contains("Dockerfile"), "the error names the file: {}", stderr(&output));
+        assert!(
+            !output.status.success(),
+            "{} was accepted",
+            case.path().display()
+        );
+        assert!(
+            stderr(&output).contains("Dockerfile"),
+            "the error names the file: {}",
+            stderr(&output)
+        );
         rejected += 1;
     }
     eprintln!("kiln debug parse: {rejected} negative cases rejected");
@@ -78,13 +98,20 @@ fn debug_llb_offline_prints_the_graph_and_configs() {
         context.to_str().expect("utf-8 path"),
     ]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("no-such-stage"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-stage"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn debug_llb_warns_about_unused_build_args() {
     let kiln = Kiln::new();
-    let context = kiln.context("ctx", &[("Dockerfile", "FROM scratch\nARG USED\nCOPY . /\n")]);
+    let context = kiln.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nARG USED\nCOPY . /\n")],
+    );
     let output = kiln.ok(&[
         "debug",
         "llb",
@@ -97,5 +124,8 @@ fn debug_llb_warns_about_unused_build_args() {
     ]);
     let warnings = stderr(&output);
     assert!(warnings.contains("UNUSED"), "{warnings}");
-    assert!(!warnings.contains("[USED]") && !warnings.contains(" USED "), "{warnings}");
+    assert!(
+        !warnings.contains("[USED]") && !warnings.contains(" USED "),
+        "{warnings}"
+    );
 }

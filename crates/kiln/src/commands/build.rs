@@ -75,6 +75,10 @@ pub struct BuildArgs {
     /// Print which steps are cached and why the others would run, without running anything.
     #[arg(long)]
     pub explain: bool,
+    /// Resolve every base image from its registry, even when kiln's store has it (`docker build
+    /// --pull`). Without it a local image wins and only missing ones are pulled.
+    #[arg(long)]
+    pub pull: bool,
     /// Push the image to its registry under every `-t` name after building (same as
     /// `--output type=image,push=true`).
     #[arg(long)]
@@ -181,7 +185,11 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     options.no_cache = args.no_cache;
     options.no_cache_filter = args.no_cache_filter.clone();
     let lowered = time_phase(progress.as_ref(), Phase::Lower, None, None, || {
-        lower(&dockerfile, &options, &StoreResolver::new(store.clone()))
+        lower(
+            &dockerfile,
+            &options,
+            &StoreResolver::new(store.clone()).always_pull(args.pull),
+        )
     })?;
     for warning in &lowered.warnings {
         let message = match &warning.location {

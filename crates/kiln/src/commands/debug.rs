@@ -51,7 +51,10 @@ pub fn run(command: DebugCommand, global: &Global) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DebugCommand::Llb(args) => {
-            let dockerfile_path = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+            let dockerfile_path = args
+                .file
+                .clone()
+                .unwrap_or_else(|| args.context.join("Dockerfile"));
             let source = read_dockerfile(&dockerfile_path)?;
             let name = dockerfile_path.display().to_string();
             let dockerfile = kiln_frontend::parser::parse_dockerfile(&source, &name)?;
@@ -62,7 +65,8 @@ pub fn run(command: DebugCommand, global: &Global) -> anyhow::Result<ExitCode> {
             let lowered = if args.offline {
                 kiln_frontend::lower::lower(&dockerfile, &options, &OfflineResolver)?
             } else {
-                let resolver = crate::resolver::StoreResolver::new(crate::commands::open_store(global)?);
+                let resolver =
+                    crate::resolver::StoreResolver::new(crate::commands::open_store(global)?);
                 kiln_frontend::lower::lower(&dockerfile, &options, &resolver)?
             };
             for warning in &lowered.warnings {
@@ -103,6 +107,7 @@ pub fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
             .context("reading the Dockerfile from stdin")?;
         Ok(source)
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading the Dockerfile {}", path.display()))
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the Dockerfile {}", path.display()))
     }
 }

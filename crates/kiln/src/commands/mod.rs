@@ -39,14 +39,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Opens the store at `--root`, `KILN_ROOT` or the default root.
 pub fn open_store(global: &Global) -> anyhow::Result<Store> {
-    let root = kiln_store::resolve_root(global.root.as_deref()).context("choosing the store root")?;
+    let root =
+        kiln_store::resolve_root(global.root.as_deref()).context("choosing the store root")?;
     Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
 /// The store's name for an image reference: Docker's normalised full form with a default tag
 /// (`busybox` → `docker.io/library/busybox:latest`).
 pub fn normalize_image_name(name: &str) -> anyhow::Result<String> {
-    let reference = Reference::parse(name).with_context(|| format!("invalid image name {name:?}"))?;
+    let reference =
+        Reference::parse(name).with_context(|| format!("invalid image name {name:?}"))?;
     Ok(reference.with_default_tag().to_string())
 }
 
