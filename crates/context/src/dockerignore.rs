@@ -492,6 +492,9 @@ mod tests {
                 let path = clean_path(&path);
                 prop_assume!(path != "." && !path.starts_with(".."));
                 let cleaned = clean_path(&pattern);
+                // Adjacent `*` tokens make `**`, which Docker gives its own meaning (any number of
+                // directories); `filepath.Match` has no such rule, so those patterns are out of scope.
+                prop_assume!(!cleaned.contains("**"));
                 let compiled = IgnorePatterns::compile(&[pattern.as_str()]).expect("valid pattern");
                 let mut candidates = parent_dirs(&path);
                 candidates.push(path.clone());
