@@ -100,10 +100,14 @@ impl Store {
             // read transaction (file locks included). Nothing is written, so dropping it (a
             // rollback) is the right end.
             let snapshot = conn.unchecked_transaction()?;
-            let found = keys
-                .iter()
-                .map(|key| lookup_entry(&snapshot, key))
-                .collect::<Result<Vec<_>, TxError>>()?;
+            // In primary-key order: consecutive lookups land on the same or the next B-tree page,
+            // so each page is read once however large the table is.
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_unstable_by_key(|&index| (keys[index].dev as i64, keys[index].ino as i64));
+            let mut found = vec![None; keys.len()];
+            for index in order {
+                found[index] = lookup_entry(&snapshot, &keys[index])?;
+            }
             snapshot.rollback()?;
             Ok(found)
         })
