@@ -30,8 +30,8 @@ pub mod scratch;
 pub mod solve;
 
 pub use error::{OpError, SolveError};
+pub use ops::{SecretSource, Secrets};
 pub use progress::{NoProgress, Progress, ProgressEvent, StepId};
 pub use result::{Layer, LocalDir, OpOutput};
 pub use scratch::ScratchDir;
-pub use ops::{SecretSource, Secrets};
 pub use solve::{LocalSource, SnapshotterKind, SolveOptions, Solver};
