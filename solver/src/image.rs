@@ -99,7 +99,7 @@ impl RegistryTransport {
     pub fn from_docker_config() -> Result<RegistryTransport, ImageError> {
         let config = DockerConfig::load(&DockerConfig::default_path())
             .map_err(|e| ImageError::Client(e.to_string()))?;
-        let client = RegistryClient::new(Arc::new(config), ClientOptions::default())
+        let client = RegistryClient::new(Arc::new(config), ClientOptions::from_env())
             .map_err(|e| ImageError::Client(e.to_string()))?;
         Ok(RegistryTransport { client })
     }

@@ -83,6 +83,38 @@ pub struct ClientOptions {
     pub chunk_size: u64,
 }
 
+/// The environment variable that names registries reached over plain HTTP besides loopback ones
+/// (comma-separated `host[:port]`): the configuration counterpart of `--insecure-registry`, read by
+/// every command that talks to registries, `kiln build` included.
+pub const INSECURE_REGISTRIES_ENV: &str = "KILN_INSECURE_REGISTRIES";
+
+/// Splits a comma-separated registry list, dropping blanks and any `http://`/`https://` prefix or
+/// trailing `/` (people paste URLs).
+pub fn parse_registry_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let entry = entry
+                .strip_prefix("http://")
+                .or_else(|| entry.strip_prefix("https://"))
+                .unwrap_or(entry);
+            entry.trim_end_matches('/').to_string()
+        })
+        .filter(|entry| !entry.is_empty())
+        .collect()
+}
+
+impl ClientOptions {
+    /// The defaults plus the insecure registries named in [`INSECURE_REGISTRIES_ENV`].
+    pub fn from_env() -> ClientOptions {
+        let mut options = ClientOptions::default();
+        if let Ok(list) = std::env::var(INSECURE_REGISTRIES_ENV) {
+            options.insecure_registries = parse_registry_list(&list);
+        }
+        options
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -936,6 +968,31 @@ mod tests {
             "http://reg.internal:5000"
         );
         assert_eq!(client.base_url("ghcr.io"), "https://ghcr.io");
+    }
+
+    #[test]
+    fn insecure_registry_lists_are_cleaned() {
+        assert_eq!(
+            parse_registry_list(" reg.internal:5000, http://other:80/ ,,https://third"),
+            vec!["reg.internal:5000", "other:80", "third"]
+        );
+        assert!(parse_registry_list("").is_empty());
+        let client = RegistryClient::new(
+            Arc::new(Anonymous),
+            ClientOptions {
+                insecure_registries: parse_registry_list("reg.internal:5000"),
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            client.base_url("reg.internal:5000"),
+            "http://reg.internal:5000"
+        );
+        assert_eq!(
+            client.base_url("reg.internal:5001"),
+            "https://reg.internal:5001"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub mod error;
 pub mod transfer;
 
 pub use client::{
-    Access, Anonymous, ClientOptions, CredentialSource, FetchedManifest, RegistryClient, Repository,
+    Access, Anonymous, ClientOptions, CredentialSource, FetchedManifest, INSECURE_REGISTRIES_ENV,
+    RegistryClient, Repository, parse_registry_list,
 };
 pub use error::RegistryError;
 pub use transfer::{PulledImage, TransferEvent, WantedPlatform, pull, push};

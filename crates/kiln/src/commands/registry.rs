@@ -30,7 +30,8 @@ pub struct PullArgs {
     /// machine's).
     #[arg(long)]
     pub platform: Option<String>,
-    /// A registry to reach over plain HTTP (loopback registries always are); repeatable.
+    /// A registry to reach over plain HTTP (loopback registries always are); repeatable. Adds to
+    /// the comma-separated list in KILN_INSECURE_REGISTRIES, which `kiln build` reads too.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
     /// Print only the image name at the end.
@@ -43,7 +44,8 @@ pub struct PullArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
-    /// A registry to reach over plain HTTP (loopback registries always are); repeatable.
+    /// A registry to reach over plain HTTP (loopback registries always are); repeatable. Adds to
+    /// the comma-separated list in KILN_INSECURE_REGISTRIES, which `kiln build` reads too.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
     /// Print only errors and the digest line.
@@ -71,7 +73,8 @@ pub struct LoginArgs {
     /// Read the password from stdin.
     #[arg(long)]
     pub password_stdin: bool,
-    /// A registry to reach over plain HTTP (loopback registries always are); repeatable.
+    /// A registry to reach over plain HTTP (loopback registries always are); repeatable. Adds to
+    /// the comma-separated list in KILN_INSECURE_REGISTRIES, which `kiln build` reads too.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
     /// The registry (default: Docker Hub).
@@ -99,10 +102,11 @@ fn client(
     credentials: Arc<dyn CredentialSource>,
     insecure_registries: &[String],
 ) -> anyhow::Result<RegistryClient> {
-    let options = ClientOptions {
-        insecure_registries: insecure_registries.to_vec(),
-        ..ClientOptions::default()
-    };
+    // The flags add to the registries KILN_INSECURE_REGISTRIES names.
+    let mut options = ClientOptions::from_env();
+    options
+        .insecure_registries
+        .extend(insecure_registries.iter().cloned());
     RegistryClient::new(credentials, options).context("setting up the registry client")
 }
 
