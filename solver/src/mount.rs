@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use kiln_executor::RootMount;
-use kiln_executor::snapshot::OVERLAY_OPTIONS;
+use kiln_executor::plan::{execute, root_mount_step};
+use kiln_executor::syscall::LinuxSyscall;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
@@ -75,24 +76,21 @@ where
             } => {
                 std::fs::create_dir_all(target)
                     .map_err(OpError::io("create mount point", target))?;
-                let lower = lower_dirs
-                    .iter()
-                    .map(|dir| dir.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":");
-                let options = format!(
-                    "lowerdir={lower},upperdir={},workdir={},{OVERLAY_OPTIONS}",
-                    upper_dir.display(),
-                    work_dir.display()
-                );
-                mount(
-                    Some("overlay"),
-                    target.as_path(),
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(options.as_str()),
-                )
-                .map_err(mount_err("mount overlay on", target))?;
+                // The executor's mount step: one mount(2) when the options fit a page, else the new
+                // mount API with one `lowerdir+` per layer, so chains of Docker's 127 layers (and
+                // more) mount whatever the store's path length.
+                let root = RootMount::Overlay {
+                    lower_dirs: lower_dirs.clone(),
+                    upper_dir: upper_dir.clone(),
+                    work_dir: work_dir.clone(),
+                };
+                let step = root_mount_step(&root, target).map_err(|e| {
+                    OpError::io("prepare the overlay mount of", target)(std::io::Error::other(
+                        e.to_string(),
+                    ))
+                })?;
+                execute(std::slice::from_ref(&step), &LinuxSyscall, &mut [])
+                    .map_err(|failure| mount_err("mount overlay on", target)(failure.errno))?;
                 mounted.push(target.clone());
                 paths.push(target.clone());
             }
