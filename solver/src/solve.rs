@@ -648,17 +648,15 @@ impl<'s, 'd> Run<'s, 'd> {
             let store = &self.solver.store;
             let entry = CacheEntry::new(description, components, &chain);
             match entry.save(store, key, &positions) {
-                // Read back for the record's creation time (an existing record keeps its own).
-                Ok(()) => {
-                    if let Ok(Some(saved)) = CacheEntry::load(store, key) {
-                        self.newest_record_ns
-                            .fetch_max(saved.created_ns, Ordering::SeqCst);
-                        recorded = true;
-                        self.used_keys
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(key.clone());
-                    }
+                // The record's creation time (an existing record keeps its own).
+                Ok(created_ns) => {
+                    self.newest_record_ns
+                        .fetch_max(created_ns, Ordering::SeqCst);
+                    recorded = true;
+                    self.used_keys
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(key.clone());
                 }
                 // The build itself succeeded; only the next one loses this record.
                 Err(error) => tracing::warn!(%error, "could not record the step in the cache"),
@@ -673,7 +671,8 @@ impl<'s, 'd> Run<'s, 'd> {
     /// The restored chain recorded under `key`, if complete in the store.
     fn lookup(&self, node: usize, key: &str) -> Result<Option<Vec<Layer>>, SolveError> {
         let store = &self.solver.store;
-        let restored = match CacheEntry::load(store, key) {
+        // The small part of the record only: the per-path entry lists explain misses.
+        let restored = match CacheEntry::load_result(store, key) {
             Ok(Some(entry)) => {
                 let restored = entry.restore(store);
                 if matches!(restored, Ok(Some(_))) {

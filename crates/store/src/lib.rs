@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use blob::{BlobInfo, BlobReader, BlobWriter};
-pub use cache::{CacheRecord, CacheValue};
+pub use cache::{CacheRecord, CacheValue, CacheValueKind, EncodedCacheRecord};
 pub use db::{SCHEMA_VERSION, unix_now_ns};
 pub use error::{Result, StoreError};
 pub use gc::{PruneOptions, PruneReport};

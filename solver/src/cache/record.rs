@@ -4,6 +4,12 @@
 //! chain ids, blobs with media types and sizes) and the [`KeyComponents`] behind the key; its
 //! store references are every layer and blob of the chain, so prune keeps what a hit needs.
 //!
+//! The per-path entry lists of the step's local reads (megabytes for a large context) serve only
+//! to explain a miss, so they are kept apart: zstd-compressed JSON in a record of their own
+//! (`kiln.v1.entries:<hex>` of the reads' checksums, so identical lists are stored once). A hit
+//! reads the small record alone ([`CacheEntry::load_result`]); a miss explanation and an export
+//! read both ([`CacheEntry::load`]). Records written before the split (lists inline) still load.
+//!
 //! A second, small record per step *position* (`kiln.v1.pos:<hex>` of the step's description and
 //! the local directories it may read) points to the latest key computed there: on a miss it finds
 //! the previous build of "the same step" to compare components with.
@@ -11,13 +17,13 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
-use kiln_context::{CachedDigest, StatCache, StatKey};
+use kiln_context::{CachedDigest, ContentChecksum, EntryRecord, StatCache, StatKey};
 use kiln_image::Digest;
-use kiln_store::{CacheValue, Resource, StatCacheEntry, Store, StoreError};
+use kiln_store::{CacheValueKind, Resource, StatCacheEntry, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::key::KeyComponents;
+use crate::cache::key::{ContentComponent, KeyComponents};
 use crate::result::Layer;
 
 /// Reading or writing a cache record failed.
@@ -35,6 +41,12 @@ pub enum RecordError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("compressing cache record {key}: {source}")]
+    Compress {
+        key: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -63,6 +75,32 @@ pub struct CacheEntry {
     pub created_ns: i64,
 }
 
+/// zstd level of the entry lists: fast, and hex digests do not compress much further anyway.
+const ENTRY_LISTS_ZSTD_LEVEL: i32 = 1;
+
+/// A record as stored: the entry, with the entry lists of its local reads emptied when they are
+/// kept in the record `entry_lists`.
+#[derive(Deserialize)]
+struct StoredEntry {
+    #[serde(default)]
+    description: Option<String>,
+    components: KeyComponents,
+    layers: Vec<LayerRecord>,
+    #[serde(default)]
+    entry_lists: Option<String>,
+}
+
+/// [`StoredEntry`] borrowed, for writing.
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    components: &'a KeyComponents,
+    layers: &'a [LayerRecord],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_lists: Option<&'a str>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct PositionEntry {
     key: String,
@@ -89,42 +127,141 @@ impl CacheEntry {
     }
 
     /// The record under `key`, if there is one that decodes (an undecodable record, e.g. from
-    /// another kiln version, is treated as absent).
+    /// another kiln version, is treated as absent), with its per-path entry lists — what a miss
+    /// explanation and an export need. A hit needs only [`CacheEntry::load_result`].
     ///
     /// # Errors
     /// [`RecordError::Store`] on a store failure.
     pub fn load(store: &Store, key: &str) -> Result<Option<CacheEntry>, RecordError> {
+        let Some((stored, mut entry)) = CacheEntry::load_stored(store, key)? else {
+            return Ok(None);
+        };
+        if let Some(entries_key) = &stored {
+            entry.load_entry_lists(store, entries_key)?;
+        }
+        Ok(Some(entry))
+    }
+
+    /// The record under `key` without the per-path entry lists of its local reads (they are left
+    /// empty): the result chain, creation time and key components a hit needs, read from the small
+    /// record alone.
+    ///
+    /// # Errors
+    /// [`RecordError::Store`] on a store failure.
+    pub fn load_result(store: &Store, key: &str) -> Result<Option<CacheEntry>, RecordError> {
+        let Some((entry_lists, entry)) = CacheEntry::load_stored(store, key)? else {
+            return Ok(None);
+        };
+        // Marked as used with the record, so "unused for N days" pruning keeps them together.
+        if let Some(entry_lists) = entry_lists
+            && let Err(error) = store.touch_cache_record(&entry_lists)
+        {
+            tracing::debug!(%error, entry_lists, "could not mark cache record entry lists as used");
+        }
+        Ok(Some(entry))
+    }
+
+    /// The record under `key` as stored, and the key of its entry lists' record if they are kept
+    /// apart (records written before the split hold them inline).
+    fn load_stored(
+        store: &Store,
+        key: &str,
+    ) -> Result<Option<(Option<String>, CacheEntry)>, RecordError> {
         let record = store
-            .get_cache_record(key)
+            .get_encoded_cache_record(key)
             .map_err(|source| RecordError::Store {
                 key: key.to_string(),
                 source: Box::new(source),
             })?;
-        let Some(record) = record else {
+        let Some(record) = record.filter(|record| record.kind == CacheValueKind::Json) else {
             return Ok(None);
         };
-        Ok(match record.value {
-            CacheValue::Json(json) => match serde_json::from_value::<CacheEntry>(json) {
-                Ok(entry) => Some(CacheEntry {
+        match serde_json::from_slice::<StoredEntry>(&record.bytes) {
+            Ok(stored) => Ok(Some((
+                stored.entry_lists,
+                CacheEntry {
+                    description: stored.description,
+                    components: stored.components,
+                    layers: stored.layers,
                     created_ns: record.created_ns,
-                    ..entry
-                }),
-                Err(error) => {
-                    tracing::debug!(key, %error, "ignoring an undecodable cache record");
-                    None
+                },
+            ))),
+            Err(error) => {
+                tracing::debug!(key, %error, "ignoring an undecodable cache record");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Fills in the per-path entry lists of this entry's local reads from the record
+    /// `entries_key`. A missing or undecodable one (pruned, another kiln version) leaves them
+    /// empty: the explanation of a miss then names no paths, nothing else depends on them.
+    fn load_entry_lists(&mut self, store: &Store, entries_key: &str) -> Result<(), RecordError> {
+        let record = store
+            .get_encoded_cache_record(entries_key)
+            .map_err(|source| RecordError::Store {
+                key: entries_key.to_string(),
+                source: Box::new(source),
+            })?;
+        let Some(record) = record else {
+            tracing::debug!(entries_key, "the entry lists of a cache record are gone");
+            return Ok(());
+        };
+        let decoded = zstd::stream::decode_all(record.bytes.as_slice())
+            .map_err(|error| error.to_string())
+            .and_then(|json| {
+                serde_json::from_slice::<Vec<Vec<EntryRecord>>>(&json)
+                    .map_err(|error| error.to_string())
+            });
+        match decoded {
+            Ok(lists) if lists.len() == self.components.contents.len() => {
+                for (content, entries) in self.components.contents.iter_mut().zip(lists) {
+                    content.checksum.entries = entries;
                 }
-            },
-            _ => None,
-        })
+            }
+            Ok(_) => tracing::debug!(entries_key, "cache record entry lists do not match"),
+            Err(error) => {
+                tracing::debug!(entries_key, %error, "ignoring undecodable cache record entry lists");
+            }
+        }
+        Ok(())
     }
 
     /// Stores this entry under `key` with references to its layers and blobs, and points the
-    /// position records `positions` (see [`position_keys`]) at it.
+    /// position records `positions` (see [`position_keys`]) at it; returns the record's creation
+    /// time (an existing record keeps its own).
+    ///
+    /// The per-path entry lists of the local reads (megabytes for a large context, needed only to
+    /// explain a miss) go to a record of their own, zstd-compressed and keyed by the reads'
+    /// checksums, so identical lists are stored once and a hit never reads them.
     ///
     /// # Errors
     /// [`RecordError`] when encoding or the store fails.
-    pub fn save(&self, store: &Store, key: &str, positions: &[String]) -> Result<(), RecordError> {
-        let json = serde_json::to_value(self).map_err(|source| RecordError::Encode {
+    pub fn save(&self, store: &Store, key: &str, positions: &[String]) -> Result<i64, RecordError> {
+        let store_error = |key: &str| {
+            let key = key.to_string();
+            move |source| RecordError::Store {
+                key,
+                source: Box::new(source),
+            }
+        };
+        let entry_lists = self.save_entry_lists(store)?;
+        // Built field by field: cloning the components would copy the very lists kept apart.
+        let stripped;
+        let components = match entry_lists {
+            Some(_) => {
+                stripped = without_entry_lists(&self.components);
+                &stripped
+            }
+            None => &self.components,
+        };
+        let stored = StoredEntryRef {
+            description: self.description.as_deref(),
+            components,
+            layers: &self.layers,
+            entry_lists: entry_lists.as_deref(),
+        };
+        let json = serde_json::to_vec(&stored).map_err(|source| RecordError::Encode {
             key: key.to_string(),
             source,
         })?;
@@ -133,26 +270,74 @@ impl CacheEntry {
             refs.push(Resource::Layer(layer.chain_id.clone()));
             refs.push(Resource::Blob(layer.blob_digest.clone()));
         }
-        let store_error = |key: &str| {
-            let key = key.to_string();
-            move |source| RecordError::Store {
-                key,
-                source: Box::new(source),
-            }
-        };
-        store
-            .put_cache_record(key, &CacheValue::Json(json), &refs)
+        let created_ns = store
+            .put_encoded_cache_record(key, CacheValueKind::Json, &json, &refs)
             .map_err(store_error(key))?;
         for position in positions {
-            let pointer = serde_json::json!({ "key": key });
+            let pointer = serde_json::to_vec(&PositionEntry {
+                key: key.to_string(),
+            })
+            .map_err(|source| RecordError::Encode {
+                key: position.clone(),
+                source,
+            })?;
             store
-                .put_cache_record(position, &CacheValue::Json(pointer), &[])
+                .put_encoded_cache_record(position, CacheValueKind::Json, &pointer, &[])
                 .map_err(store_error(position))?;
         }
-        Ok(())
+        Ok(created_ns)
     }
 
-    /// The record last saved at the first of `positions` that has one.
+    /// Writes the entry lists of the local reads to their own record unless one with the same
+    /// checksums exists; returns its key (`None` when there are no entries to keep apart).
+    fn save_entry_lists(&self, store: &Store) -> Result<Option<String>, RecordError> {
+        let contents = &self.components.contents;
+        if contents
+            .iter()
+            .all(|content| content.checksum.entries.is_empty())
+        {
+            return Ok(None);
+        }
+        // A read's checksum digest covers every entry of its list, so the digests name the lists.
+        let mut hasher = Sha256::new();
+        hasher.update(b"kiln.cache.entries.v1\n");
+        for content in contents {
+            hasher.update(content.checksum.digest.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(content.checksum.entries.len().to_string().as_bytes());
+            hasher.update(b"\n");
+        }
+        let entries_key = format!("kiln.v1.entries:{}", Digest::from_hasher(hasher).hex());
+        let store_error = |source| RecordError::Store {
+            key: entries_key.clone(),
+            source: Box::new(source),
+        };
+        if store
+            .touch_cache_record(&entries_key)
+            .map_err(store_error)?
+        {
+            return Ok(Some(entries_key));
+        }
+        let lists: Vec<&[EntryRecord]> = contents
+            .iter()
+            .map(|content| content.checksum.entries.as_slice())
+            .collect();
+        let json = serde_json::to_vec(&lists).map_err(|source| RecordError::Encode {
+            key: entries_key.clone(),
+            source,
+        })?;
+        let compressed = zstd::stream::encode_all(json.as_slice(), ENTRY_LISTS_ZSTD_LEVEL)
+            .map_err(|source| RecordError::Compress {
+                key: entries_key.clone(),
+                source,
+            })?;
+        store
+            .put_encoded_cache_record(&entries_key, CacheValueKind::Bytes, &compressed, &[])
+            .map_err(store_error)?;
+        Ok(Some(entries_key))
+    }
+
+    /// The record last saved at the first of `positions` that has one, with its entry lists.
     ///
     /// # Errors
     /// [`RecordError::Store`] on a store failure.
@@ -169,16 +354,17 @@ impl CacheEntry {
     }
 
     fn load_at_position(store: &Store, position: &str) -> Result<Option<CacheEntry>, RecordError> {
-        let record = store
-            .get_cache_record(position)
-            .map_err(|source| RecordError::Store {
-                key: position.to_string(),
-                source: Box::new(source),
-            })?;
-        let Some(CacheValue::Json(json)) = record.map(|r| r.value) else {
+        let record =
+            store
+                .get_encoded_cache_record(position)
+                .map_err(|source| RecordError::Store {
+                    key: position.to_string(),
+                    source: Box::new(source),
+                })?;
+        let Some(record) = record else {
             return Ok(None);
         };
-        match serde_json::from_value::<PositionEntry>(json) {
+        match serde_json::from_slice::<PositionEntry>(&record.bytes) {
             Ok(pointer) => CacheEntry::load(store, &pointer.key),
             Err(_) => Ok(None),
         }
@@ -214,6 +400,28 @@ impl CacheEntry {
             });
         }
         Ok(Some(chain))
+    }
+}
+
+/// `components` with the per-path entry lists of its local reads left empty.
+fn without_entry_lists(components: &KeyComponents) -> KeyComponents {
+    KeyComponents {
+        op_digest: components.op_digest.clone(),
+        op: components.op.clone(),
+        layer_settings: components.layer_settings.clone(),
+        inputs: components.inputs.clone(),
+        contents: components
+            .contents
+            .iter()
+            .map(|content| ContentComponent {
+                reads: content.reads.clone(),
+                checksum: ContentChecksum {
+                    digest: content.checksum.digest.clone(),
+                    entries: Vec::new(),
+                    stats: content.checksum.stats,
+                },
+            })
+            .collect(),
     }
 }
 
@@ -501,5 +709,148 @@ mod tests {
                 .map(|c| c.len()),
             Some(0)
         );
+    }
+
+    /// Components reading `files` (path, content) from one local source.
+    fn reading(files: &[(&str, &str)]) -> KeyComponents {
+        let entries = files
+            .iter()
+            .map(|(path, content)| EntryRecord {
+                path: (*path).into(),
+                kind: kiln_context::FileKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: content.len() as u64,
+                content: format!("sha256:{content}"),
+                xattrs: String::new(),
+                digest: format!("{path}:{content}"),
+            })
+            .collect();
+        KeyComponents {
+            op_digest: "cd".into(),
+            op: Default::default(),
+            layer_settings: String::new(),
+            inputs: Vec::new(),
+            contents: vec![crate::cache::key::ContentComponent {
+                reads: "COPY tree/ -> /tree/".into(),
+                checksum: kiln_context::ContentChecksum {
+                    digest: Digest::from_hasher(Sha256::new_with_prefix(format!("{files:?}")))
+                        .to_string(),
+                    entries,
+                    stats: Default::default(),
+                },
+            }],
+        }
+    }
+
+    fn encoded_len(store: &Store, key: &str) -> usize {
+        store
+            .get_encoded_cache_record(key)
+            .unwrap()
+            .map_or(0, |record| record.bytes.len())
+    }
+
+    #[test]
+    fn entry_lists_are_kept_apart_loaded_only_in_full_and_stored_once() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let files: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("dir/file{i}.rs"), format!("{i:064}")))
+            .collect();
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let entry = CacheEntry {
+            description: Some("[1/1] COPY tree/ /tree/".into()),
+            components: reading(&files),
+            layers: Vec::new(),
+            created_ns: 0,
+        };
+        let created_ns = entry.save(&store, "kiln.v1:a", &[]).unwrap();
+        assert!(created_ns > 0);
+
+        // The full entry round-trips; the result alone has the lists empty and the rest intact.
+        let full = CacheEntry::load(&store, "kiln.v1:a").unwrap().unwrap();
+        assert_eq!(full.created_ns, created_ns);
+        assert_eq!(
+            CacheEntry {
+                created_ns: 0,
+                ..full
+            },
+            entry
+        );
+        let result = CacheEntry::load_result(&store, "kiln.v1:a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.created_ns, created_ns);
+        assert!(result.components.contents[0].checksum.entries.is_empty());
+        assert_eq!(result.components.key(), entry.components.key());
+        assert_eq!(result.layers, entry.layers);
+
+        // The record itself is small: the lists are in a compressed record of their own.
+        let inline = serde_json::to_vec(&entry).unwrap().len();
+        assert!(encoded_len(&store, "kiln.v1:a") * 10 < inline);
+
+        // A second record with the same reads shares the lists; saving again keeps the time.
+        entry.save(&store, "kiln.v1:b", &[]).unwrap();
+        assert_eq!(entry.save(&store, "kiln.v1:a", &[]).unwrap(), created_ns);
+        let stored: StoredEntry = serde_json::from_slice(
+            &store
+                .get_encoded_cache_record("kiln.v1:b")
+                .unwrap()
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
+        let lists_key = stored.entry_lists.unwrap();
+        let first: StoredEntry = serde_json::from_slice(
+            &store
+                .get_encoded_cache_record("kiln.v1:a")
+                .unwrap()
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
+        assert_eq!(first.entry_lists.as_deref(), Some(lists_key.as_str()));
+
+        // Lists that are gone (pruned) leave them empty: only explanations lose detail.
+        assert!(store.delete_cache_record(&lists_key).unwrap());
+        let degraded = CacheEntry::load(&store, "kiln.v1:a").unwrap().unwrap();
+        assert!(degraded.components.contents[0].checksum.entries.is_empty());
+        assert_eq!(degraded.layers, entry.layers);
+    }
+
+    #[test]
+    fn records_written_with_inline_entry_lists_still_load() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let entry = CacheEntry {
+            description: None,
+            components: reading(&[("src/main.rs", "x")]),
+            layers: Vec::new(),
+            created_ns: 0,
+        };
+        // The format before the entry lists were split off: the whole entry as one JSON record.
+        store
+            .put_cache_record(
+                "kiln.v1:old",
+                &kiln_store::CacheValue::Json(serde_json::to_value(&entry).unwrap()),
+                &[],
+            )
+            .unwrap();
+        let loaded = CacheEntry::load(&store, "kiln.v1:old").unwrap().unwrap();
+        assert_eq!(
+            CacheEntry {
+                created_ns: 0,
+                ..loaded
+            },
+            entry
+        );
+        let result = CacheEntry::load_result(&store, "kiln.v1:old")
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.components, entry.components);
     }
 }
