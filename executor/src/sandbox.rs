@@ -22,13 +22,14 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use kiln_image::user::{ExecUser, UserError, resolve_exec_user};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::socket::{
@@ -795,6 +796,66 @@ fn pump(mut from: fs::File, to: &mut dyn Write) {
     let _ = to.flush();
 }
 
+/// Relays every output to its destination from the calling thread until each reaches EOF (or EIO),
+/// polling the pipes or pty master. A build runs many short commands, and on a busy machine starting
+/// a thread per stream per command costs more than the command itself.
+fn relay_outputs(relays: [OutputRelay<'_>; 2]) {
+    let mut streams: Vec<(fs::File, Box<dyn Write + Send + '_>)> = Vec::with_capacity(2);
+    for relay in relays {
+        match relay {
+            OutputRelay::None => {}
+            OutputRelay::Copy(from, to) => streams.push((from, Box::new(to))),
+            OutputRelay::ToStdout(from) => streams.push((from, Box::new(io::stdout()))),
+            OutputRelay::Drain(from) => streams.push((from, Box::new(io::sink()))),
+        }
+    }
+    let mut buffer = [0u8; 16 * 1024];
+    while !streams.is_empty() {
+        let mut fds: Vec<PollFd<'_>> = streams
+            .iter()
+            .map(|(from, _)| PollFd::new(from.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => {
+                // Cannot happen with valid fds; fall back to one thread per stream rather than risk
+                // blocking on one pipe while the command blocks writing the other.
+                std::thread::scope(|scope| {
+                    for (from, mut to) in streams.drain(..) {
+                        scope.spawn(move || pump(from, &mut to));
+                    }
+                });
+                return;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
+            .collect();
+        drop(fds);
+        let mut index = 0;
+        streams.retain_mut(|(from, to)| {
+            let is_ready = ready.get(index).copied().unwrap_or(false);
+            index += 1;
+            if !is_ready {
+                return true;
+            }
+            match from.read(&mut buffer) {
+                Ok(0) => false,
+                Ok(n) => {
+                    // A consumer that is gone is ignored: keep draining so the command never blocks
+                    // on a full pipe.
+                    let _ = to.write_all(&buffer[..n]).and_then(|()| to.flush());
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(_) => false,
+            }
+        });
+    }
+}
+
 /// Feeds stdin from a background thread that is never joined: a reader may block forever (a terminal),
 /// and the command may exit without reading.
 fn feed(mut from: Box<dyn Read + Send>, to: fs::File) {
@@ -805,6 +866,8 @@ fn feed(mut from: Box<dyn Read + Send>, to: fs::File) {
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+/// A signal that arrived before the sandbox's pid was known (0: none), forwarded once it is.
+static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
 const FORWARDED: [Signal; 4] = [
     Signal::SIGINT,
     Signal::SIGTERM,
@@ -813,37 +876,68 @@ const FORWARDED: [Signal; 4] = [
 ];
 
 extern "C" fn forward_signal(signal: libc::c_int) {
+    // Park the signal first, then claim it back: either this handler sees the pid and one of it and
+    // `SignalForwarding::start` forwards the signal, or it does not, and `start` (which publishes the
+    // pid before it claims) finds it parked.
+    PENDING_SIGNAL.store(signal, Ordering::SeqCst);
     let pid = FORWARD_TO.load(Ordering::SeqCst);
     if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(pid, signal) };
+        let parked = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+        if parked != 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(pid, parked) };
+        }
     }
 }
 
-/// Installs the forwarding handlers; the returned actions restore the previous ones.
-fn install_forwarding(pid: Pid) -> Result<Vec<(Signal, SigAction)>, SandboxError> {
-    FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
-    let action = SigAction::new(
-        SigHandler::Handler(forward_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    let mut previous = Vec::new();
-    for signal in FORWARDED {
-        // SAFETY: the handler only reads an atomic and calls kill.
-        let old =
-            unsafe { sigaction(signal, &action) }.map_err(sys_err("install signal handler"))?;
-        previous.push((signal, old));
-    }
-    Ok(previous)
+/// The forwarding handlers while installed; dropping it restores the previous ones.
+struct SignalForwarding {
+    previous: Vec<(Signal, SigAction)>,
 }
 
-fn restore_signals(previous: Vec<(Signal, SigAction)>) {
-    for (signal, action) in previous {
-        // SAFETY: restoring what was installed before.
-        let _ = unsafe { sigaction(signal, &action) };
+impl SignalForwarding {
+    /// Installs the handlers. Done before the clone: a signal that arrives once the command runs but
+    /// before its pid is published must reach it, not kill us with the default action.
+    fn install() -> Result<SignalForwarding, SandboxError> {
+        FORWARD_TO.store(0, Ordering::SeqCst);
+        PENDING_SIGNAL.store(0, Ordering::SeqCst);
+        let action = SigAction::new(
+            SigHandler::Handler(forward_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        let mut forwarding = SignalForwarding {
+            previous: Vec::with_capacity(FORWARDED.len()),
+        };
+        for signal in FORWARDED {
+            // SAFETY: the handler only touches atomics and calls kill.
+            let old =
+                unsafe { sigaction(signal, &action) }.map_err(sys_err("install signal handler"))?;
+            forwarding.previous.push((signal, old));
+        }
+        Ok(forwarding)
     }
-    FORWARD_TO.store(0, Ordering::SeqCst);
+
+    /// Forwards to `pid` from now on, and any signal that arrived before.
+    fn start(&self, pid: Pid) {
+        FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
+        let parked = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
+        if parked != 0 {
+            // SAFETY: kill is async-signal-safe (and fine outside a handler too).
+            unsafe { libc::kill(pid.as_raw(), parked) };
+        }
+    }
+}
+
+impl Drop for SignalForwarding {
+    fn drop(&mut self) {
+        for (signal, action) in self.previous.drain(..) {
+            // SAFETY: restoring what was installed before.
+            let _ = unsafe { sigaction(signal, &action) };
+        }
+        FORWARD_TO.store(0, Ordering::SeqCst);
+        PENDING_SIGNAL.store(0, Ordering::SeqCst);
+    }
 }
 
 fn wait_for(pid: Pid) -> Result<ExitStatus, SandboxError> {
@@ -1031,9 +1125,17 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         // SAFETY: as above.
         unsafe { libc::_exit(127) }
     });
+    let forwarding = if forward_signals {
+        Some(SignalForwarding::install()?)
+    } else {
+        None
+    };
     // SAFETY: the child runs only the allocation-free plan executor (see the module doc).
     let pid = unsafe { nix::sched::clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) }
         .map_err(sys_err("clone the sandbox process"))?;
+    if let Some(forwarding) = &forwarding {
+        forwarding.start(pid);
+    }
     drop(child_side);
     drop(error_write);
 
@@ -1078,31 +1180,11 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         feed(reader, pipe);
     }
 
-    let previous_handlers = if forward_signals {
-        Some(install_forwarding(pid)?)
-    } else {
-        None
-    };
-    let status = std::thread::scope(|scope| {
-        for relay in [out_relay, err_relay] {
-            match relay {
-                OutputRelay::None => {}
-                OutputRelay::Copy(from, to) => {
-                    scope.spawn(move || pump(from, to));
-                }
-                OutputRelay::ToStdout(from) => {
-                    scope.spawn(move || pump(from, &mut io::stdout()));
-                }
-                OutputRelay::Drain(from) => {
-                    scope.spawn(move || pump(from, &mut io::sink()));
-                }
-            }
-        }
-        wait_for(pid)
-    });
-    if let Some(previous) = previous_handlers {
-        restore_signals(previous);
-    }
+    // The sandbox is a PID namespace: when its init exits every process in it dies, so the outputs
+    // reach EOF no later than the command's exit and relaying them first cannot block the wait.
+    relay_outputs([out_relay, err_relay]);
+    let status = wait_for(pid);
+    drop(forwarding);
     drop(cgroup);
     status
 }

@@ -393,6 +393,31 @@ fn command_not_found_and_bad_mount_target_are_typed_errors() {
 }
 
 #[test]
+fn output_beyond_a_pipe_buffer_on_both_streams_arrives_whole() {
+    if !is_root() {
+        return;
+    }
+    let fixture = Fixture::new(&OverlaySnapshotter);
+    // ~100 KiB per stream, interleaved: more than a pipe holds, so a relay that drained one stream
+    // at a time would leave the command blocked writing the other.
+    let (status, stdout, stderr) = run_capture(&fixture.spec(
+        "i=0; while [ $i -lt 8000 ]; do echo out-line-$i; echo err-line-$i >&2; i=$((i+1)); done",
+    ));
+    assert_eq!(
+        status,
+        ExitStatus::Exited(0),
+        "stderr tail: {}",
+        &stderr[stderr.len().saturating_sub(200)..]
+    );
+    let out: Vec<&str> = stdout.lines().collect();
+    let err: Vec<&str> = stderr.lines().collect();
+    assert_eq!(out.len(), 8000);
+    assert_eq!(err.len(), 8000);
+    assert_eq!(out[7999], "out-line-7999");
+    assert_eq!(err[7999], "err-line-7999");
+}
+
+#[test]
 fn stdin_is_streamed_and_output_arrives_by_line() {
     if !is_root() {
         return;

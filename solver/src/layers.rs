@@ -15,7 +15,7 @@ use kiln_image::media_types::{LayerCompression, layer_compression};
 use kiln_oci::apply::{ApplyOptions, WhiteoutMode, apply_layer};
 use kiln_oci::compress::{Compression, compress_dir_layer, decompressing_reader};
 use kiln_oci::diff::{DiffOptions, DiffSource};
-use kiln_store::{ManifestLayer, Store, chain_id};
+use kiln_store::{BlobInfo, ManifestLayer, Store, chain_id};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::OpError;
@@ -70,7 +70,19 @@ pub fn commit_diff(
     };
     let writer = store.ingest()?;
     let (writer, digests) = compress_dir_layer(upper, &diff_options, options.compression, writer)?;
-    let blob = writer.commit(Some(&digests.blob_digest))?;
+    // Steps that change the same thing (above all, the many that change nothing) produce the same
+    // blob again: when the store already holds it at that size, dropping the ingest (which removes
+    // its temp file) skips a fsync, a rename and a dir fsync per step. The stored copy was fsynced
+    // before it was renamed into place, so it is as durable as a fresh commit would be.
+    let blob = if store.blob_size(&digests.blob_digest).ok() == Some(digests.size) {
+        drop(writer);
+        BlobInfo {
+            digest: digests.blob_digest.clone(),
+            size: digests.size,
+        }
+    } else {
+        writer.commit(Some(&digests.blob_digest))?
+    };
     let media_type = layer_media_type(options.compression);
     store.record_layer_blob(&digests.diff_id, &blob.digest, media_type, blob.size)?;
     let parent_chain = parent.map(|layer| &layer.chain_id);
