@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use kiln_image::Digest;
 
+use crate::error::OpError;
+use crate::ops::ContextIgnore;
 use crate::scratch::ScratchDir;
 
 /// One committed layer of a chain.
@@ -24,12 +26,15 @@ pub struct Layer {
     pub size: u64,
 }
 
-/// A local directory: a build context after `.dockerignore` was applied.
+/// A local directory: a build context (its `.dockerignore` applied by whoever reads it), a
+/// download, or a Git checkout.
 #[derive(Debug, Clone)]
 pub struct LocalDir {
     /// The name of the Local source (`context`, or a named context).
     pub name: String,
-    /// The directory to copy from.
+    /// The directory to copy from. For a context with ignore patterns this is the user's
+    /// directory, ignored entries included: readers go through `selected_dir` or apply the
+    /// patterns themselves.
     pub path: PathBuf,
     /// Keeps a staged copy alive while results refer to it (`None` when `path` is the user's dir).
     pub(crate) _staged: Option<Arc<ScratchDir>>,
@@ -37,6 +42,23 @@ pub struct LocalDir {
     /// a Git checkout: its commit): how it enters the keys of the ops reading it. `None` for a
     /// build context, which is keyed per COPY by the checksums of the paths it selects.
     pub content_identity: Option<String>,
+    /// For a build context with ignore patterns: `path` is the user's directory, read in place by
+    /// a COPY that applies the patterns, or staged without the ignored entries on demand.
+    pub(crate) ignore: Option<Arc<ContextIgnore>>,
+}
+
+impl LocalDir {
+    /// The directory with only the selected entries, as a plain directory: `path` itself, or
+    /// (for a context with ignore patterns) its staged copy, made on first use.
+    ///
+    /// # Errors
+    /// Staging failed.
+    pub(crate) fn selected_dir(&self) -> Result<PathBuf, OpError> {
+        match &self.ignore {
+            None => Ok(self.path.clone()),
+            Some(ignore) => ignore.staged(&self.path),
+        }
+    }
 }
 
 /// The result of one op output.

@@ -77,8 +77,12 @@ pub struct CopyOptions {
     /// A wildcard that matches nothing is not an error. Off in [`CopyOptions::new`]: Docker fails
     /// such a `COPY` ("not found", raised by BuildKit while computing the cache key).
     pub allow_empty_wildcard: bool,
-    /// `--exclude` patterns (`.dockerignore` syntax).
+    /// `--exclude` patterns (`.dockerignore` syntax), relative to each source.
     pub excludes: Vec<String>,
+    /// A build context's `.dockerignore` patterns, relative to `src_root`: entries they leave out
+    /// are not there for this copy (a source they leave out is not found, a wildcard skips it),
+    /// so the context can be read in place instead of staged without them first.
+    pub context_excludes: Vec<String>,
     /// `--parents`: keep each source's path below the context root (or below a `/./` pivot).
     pub parents: bool,
     /// `ADD` of a local archive: unpack it into the destination directory.
@@ -105,6 +109,7 @@ impl CopyOptions {
             allow_wildcard: true,
             allow_empty_wildcard: false,
             excludes: Vec::new(),
+            context_excludes: Vec::new(),
             parents: false,
             attempt_unpack: false,
             mtime: None,
@@ -158,6 +163,7 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
         .map(|c| c.resolve(op, &dst))
         .transpose()?;
     let excludes = PatternSet::new(&opts.excludes)?;
+    let context_ignore = PatternSet::new(&opts.context_excludes)?;
     let mtime = opts.mtime.map(to_timespec);
 
     let dest_joined = if opts.dest.starts_with('/') {
@@ -172,7 +178,7 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
         || dest_joined.ends_with('/')
         || dest_joined.ends_with("/.");
 
-    let items = resolve_sources(&src, opts, &excludes)?;
+    let items = resolve_sources(&src, opts, &excludes, &context_ignore)?;
     let mut report = CopyReport::default();
     if items.is_empty() {
         return Ok(report);
@@ -207,6 +213,8 @@ pub fn copy(src_root: &Path, dest_root: &Path, opts: &CopyOptions) -> Result<Cop
         chmod: opts.chmod.as_ref(),
         mtime,
         excludes: &excludes,
+        context_ignore: &context_ignore,
+        context_base: String::new(),
         includes: None,
         links: HashMap::new(),
         stack: Vec::new(),
@@ -255,6 +263,7 @@ fn resolve_sources(
     src: &Root,
     opts: &CopyOptions,
     excludes: &PatternSet,
+    context_ignore: &PatternSet,
 ) -> Result<Vec<SourceItem>> {
     let mut items = Vec::new();
     for source in &opts.sources {
@@ -301,6 +310,16 @@ fn resolve_sources(
             // matched directories.
             if !excludes.is_empty() && excludes.matches(&below_base) {
                 continue;
+            }
+            // What the context's ignore file leaves out is not there to match (a directory that
+            // may hold re-included entries stays, and only those are copied from it).
+            if !context_ignore.is_empty() {
+                let full_rel = full.to_string_lossy();
+                if context_ignore.matches(&full_rel)
+                    && !context_ignore.may_reinclude_below(&full_rel)
+                {
+                    continue;
+                }
             }
             items.push(SourceItem {
                 shown: full.to_string_lossy().into_owned(),
@@ -442,6 +461,10 @@ struct Copier<'a> {
     chmod: Option<&'a Chmod>,
     mtime: Option<TimeSpec>,
     excludes: &'a PatternSet,
+    /// [`CopyOptions::context_excludes`], matched against paths from the source root.
+    context_ignore: &'a PatternSet,
+    /// The current source's path in the source root (what `comps` are below).
+    context_base: String,
     includes: Option<PatternSet>,
     /// (device, inode) of multiply-linked source files → where the first copy went.
     links: HashMap<(u64, u64), PathBuf>,
@@ -497,6 +520,12 @@ impl Copier<'_> {
             Err(e) => return Err(sys_err(op, "stat", &item.shown, e)),
         };
         let src_is_dir = file_type(&src_stat) == SFlag::S_IFDIR;
+        self.context_base = src_rel.to_string_lossy().into_owned();
+        if self.context_ignored(&self.context_base)
+            && !(src_is_dir && self.context_ignore.may_reinclude_below(&self.context_base))
+        {
+            return Err(not_found());
+        }
 
         // BuildKit: a destination ending in `/` is created first; otherwise only its parent.
         if dest_is_dir {
@@ -588,14 +617,21 @@ impl Copier<'_> {
         let is_dir = kind == SFlag::S_IFDIR;
         let excluded =
             !comps.is_empty() && !self.excludes.is_empty() && self.excludes.matches(comps);
+        let context_path = if self.context_ignore.is_empty() {
+            String::new()
+        } else {
+            join_rel(&self.context_base, comps)
+        };
+        let ignored = self.context_ignored(&context_path);
         let included =
             comps.is_empty() || self.includes.as_ref().is_none_or(|set| set.matches(comps));
-        if excluded || !included {
+        if excluded || ignored || !included {
             // A directory may still hold entries that are re-included (`!pattern`) or that match an
             // include pattern deeper down: walk it, creating it only if something is copied.
             let worth_walking = is_dir
-                && if excluded {
-                    self.excludes.may_reinclude_below(comps)
+                && if excluded || ignored {
+                    (!excluded || self.excludes.may_reinclude_below(comps))
+                        && (!ignored || self.context_ignore.may_reinclude_below(&context_path))
                 } else {
                     self.includes
                         .as_ref()
@@ -613,6 +649,13 @@ impl Copier<'_> {
             SFlag::S_IFLNK => self.copy_symlink(src_dir, src_name, st, dst_name),
             _ => self.copy_special(st, kind, dst_name),
         }
+    }
+
+    /// Whether the context's ignore file leaves out `context_path` (a path from the source root).
+    fn context_ignored(&self, context_path: &str) -> bool {
+        !self.context_ignore.is_empty()
+            && !context_path.is_empty()
+            && self.context_ignore.matches(context_path)
     }
 
     /// The innermost frame's directory descriptor (it has been materialized).

@@ -640,6 +640,44 @@ fn exclude_exception_reincludes_inside_excluded_dir() {
 }
 
 #[test]
+fn context_excludes_are_relative_to_the_root_and_combine_with_exclude() {
+    let r = roots();
+    write(&r.src, "app/main.rs", "m");
+    write(&r.src, "app/secret.env", "s");
+    write(&r.src, "app/logs/a.log", "a");
+    write(&r.src, "app/logs/keep.log", "k");
+    write(&r.src, "app/notes.txt", "n");
+    write(&r.src, "secret.env", "top");
+    let mut o = opts(&["app"], "/out");
+    // `secret.env` is anchored at the context root: `app/secret.env` stays.
+    o.context_excludes = strings(&["secret.env", "app/logs", "!app/logs/keep.log"]);
+    // `--exclude` is anchored at the copied source.
+    o.excludes = strings(&["*.txt"]);
+    copy(&r.src, &r.dst, &o).unwrap();
+    assert!(exists(&r.dst, "out/main.rs"));
+    assert!(exists(&r.dst, "out/secret.env"));
+    assert!(exists(&r.dst, "out/logs/keep.log"));
+    assert!(!exists(&r.dst, "out/logs/a.log"));
+    assert!(!exists(&r.dst, "out/notes.txt"));
+}
+
+#[test]
+fn a_context_ignored_source_is_not_found_and_wildcards_skip_it() {
+    let r = roots();
+    write(&r.src, "ignored.txt", "i");
+    write(&r.src, "kept.txt", "k");
+    let mut o = opts(&["ignored.txt"], "/out/");
+    o.context_excludes = strings(&["ignored.txt"]);
+    let err = copy(&r.src, &r.dst, &o).unwrap_err();
+    assert!(matches!(err, FileOpError::SourceNotFound { .. }), "{err}");
+    let mut o = opts(&["*.txt"], "/out/");
+    o.context_excludes = strings(&["ignored.txt"]);
+    copy(&r.src, &r.dst, &o).unwrap();
+    assert!(exists(&r.dst, "out/kept.txt"));
+    assert!(!exists(&r.dst, "out/ignored.txt"));
+}
+
+#[test]
 fn parents_flag_keeps_relative_dirs() {
     let r = roots();
     write(&r.src, "x/y/a.txt", "a");

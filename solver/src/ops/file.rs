@@ -13,13 +13,13 @@ use crate::error::OpError;
 use crate::layers::commit_diff;
 use crate::mount::with_mounted;
 use crate::ops::{OpContext, chain_input, layer_dirs};
-use crate::result::OpOutput;
+use crate::result::{LocalDir, OpOutput};
 use crate::scratch::ScratchDir;
 
 /// Where a COPY reads from once everything is mounted.
 enum SourceRoot {
-    /// A plain directory (a local context).
-    Dir(PathBuf),
+    /// A local directory (a build context, read in place when its ignore patterns allow).
+    Local(LocalDir),
     /// The n-th mounted root.
     Mounted(usize),
 }
@@ -55,7 +55,7 @@ pub(crate) fn run_file(
         }
         let entry = match inputs.get(copy.src as usize) {
             Some(OpOutput::Local(local)) => (
-                SourceRoot::Dir(local.path.clone()),
+                SourceRoot::Local(local.clone()),
                 "build context".to_string(),
             ),
             Some(OpOutput::Chain(chain)) => {
@@ -107,12 +107,22 @@ fn apply_action(
             let (root, label) = sources
                 .get(&copy.src)
                 .ok_or_else(|| OpError::MissingInput(format!("#{}", copy.src)))?;
-            let (src_root, from_context) = match root {
-                SourceRoot::Dir(dir) => (dir.as_path(), true),
-                SourceRoot::Mounted(index) => (mounted[*index].as_path(), false),
+            let from_context = matches!(root, SourceRoot::Local(_));
+            let mut options = copy_options(copy, label, from_context)?;
+            let src_root = match root {
+                SourceRoot::Local(local) => match &local.ignore {
+                    // The context in place, its ignore patterns applied while copying: no staging
+                    // of the whole context for one COPY. The selection is what the cache key
+                    // checksummed (the same patterns from the same root).
+                    Some(ignore) if ignore.can_read_in_place(&local.path, &options) => {
+                        options.context_excludes = ignore.excludes.clone();
+                        local.path.clone()
+                    }
+                    _ => local.selected_dir()?,
+                },
+                SourceRoot::Mounted(index) => mounted[*index].clone(),
             };
-            let options = copy_options(copy, label, from_context)?;
-            kiln_fileop::copy(src_root, dest_root, &options)?;
+            kiln_fileop::copy(&src_root, dest_root, &options)?;
         }
         FileAction::Mkdir(mkdir) => {
             let owner = mkdir.owner.as_ref().map(chown);

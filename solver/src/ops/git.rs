@@ -94,6 +94,7 @@ pub(crate) fn run_git(cx: &OpContext<'_>, spec: &GitSpec<'_>) -> Result<OpOutput
         path: checkout.root,
         _staged: Some(Arc::new(scratch)),
         content_identity: Some(identity),
+        ignore: None,
     }))
 }
 

@@ -147,6 +147,7 @@ pub(crate) fn run_http(
         path: dir,
         _staged: Some(Arc::new(scratch)),
         content_identity: Some(identity),
+        ignore: None,
     }))
 }
 

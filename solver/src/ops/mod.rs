@@ -20,6 +20,7 @@ use crate::progress::{Progress, StepId};
 use crate::result::{Layer, OpOutput};
 
 pub use mounts::{SecretSource, Secrets};
+pub(crate) use source::ContextIgnore;
 pub use source::LocalSource;
 
 /// Everything an op may use besides its inputs.

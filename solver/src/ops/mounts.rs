@@ -239,7 +239,7 @@ impl PreparedMounts {
         })?;
         let selector = mount.selector.as_deref().unwrap_or("/");
         let (root, private) = match inputs.get(index as usize) {
-            Some(OpOutput::Local(local)) => (local.path.clone(), false),
+            Some(OpOutput::Local(local)) => (local.selected_dir()?, false),
             // The copy of a stage is already private to this step.
             Some(OpOutput::Chain(chain)) => (self.copy_of(chain, &work.join("stage"))?, true),
             None => return Err(OpError::MissingInput(format!("#{index}"))),
@@ -285,7 +285,7 @@ impl PreparedMounts {
             None => (None, id.to_string()),
             Some(index) => match inputs.get(index as usize) {
                 Some(OpOutput::Local(local)) => (
-                    Some(Seed::Dir(local.path.clone())),
+                    Some(Seed::Dir(local.selected_dir()?)),
                     format!("{id}\0from=local:{}{selector}", local.name),
                 ),
                 Some(OpOutput::Chain(chain)) => {
