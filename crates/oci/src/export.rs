@@ -110,11 +110,12 @@ fn split_tag(name: &str) -> (&str, Option<&str>) {
 }
 
 /// The name as Docker shows it: `docker.io/library/` and `docker.io/` are dropped.
-fn familiar(repository: &str) -> &str {
-    repository
-        .strip_prefix("docker.io/library/")
-        .or_else(|| repository.strip_prefix("docker.io/"))
-        .unwrap_or(repository)
+/// The short repository name `docker save` writes (`alpine`, `me/app`), by Docker's naming rules;
+/// a name that does not parse is written as it is.
+fn familiar(repository: &str) -> String {
+    kiln_image::Reference::parse(repository)
+        .map(|reference| reference.familiar_name())
+        .unwrap_or_else(|_| repository.to_string())
 }
 
 fn blob_path(digest: &Digest) -> String {
@@ -420,5 +421,7 @@ mod tests {
         assert_eq!(familiar("docker.io/library/alpine"), "alpine");
         assert_eq!(familiar("docker.io/me/app"), "me/app");
         assert_eq!(familiar("ghcr.io/me/app"), "ghcr.io/me/app");
+        // Only single-component library names lose the prefix, as Docker prints them.
+        assert_eq!(familiar("docker.io/library/a/b"), "library/a/b");
     }
 }
