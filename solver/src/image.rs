@@ -105,6 +105,25 @@ impl RegistryTransport {
     }
 }
 
+/// A reference and the registry repository it names.
+fn parse_repository(reference: &str) -> Result<(Reference, Repository), ImageError> {
+    let parsed = Reference::parse(reference).map_err(|e| ImageError::InvalidReference {
+        reference: reference.to_string(),
+        reason: e.to_string(),
+    })?;
+    let repo = Repository::from(&parsed);
+    Ok((parsed, repo))
+}
+
+/// The registry client is async; the solver's ops are blocking code on their own threads, so each
+/// transfer runs on a small runtime of its own.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ImageError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ImageError::Client(e.to_string()))
+}
+
 impl RegistryTransport {
     /// Pushes the manifest `manifest_digest` from the store to `reference` (a normalised name with
     /// a tag) and returns the pushed manifest's digest.
@@ -117,18 +136,8 @@ impl RegistryTransport {
         manifest_digest: &Digest,
         reference: &str,
     ) -> Result<Digest, ImageError> {
-        let parsed = Reference::parse(reference).map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })?;
-        let repo = Repository {
-            registry: parsed.registry().to_string(),
-            name: parsed.repository().to_string(),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ImageError::Client(e.to_string()))?;
+        let (parsed, repo) = parse_repository(reference)?;
+        let runtime = current_thread_runtime()?;
         runtime
             .block_on(kiln_registry::push(
                 &self.client,
@@ -153,23 +162,13 @@ impl ImagePuller for RegistryTransport {
         reference: &str,
         platform: &Platform,
     ) -> Result<ManifestRecord, ImageError> {
-        let parsed = Reference::parse(reference).map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })?;
-        let repo = Repository {
-            registry: parsed.registry().to_string(),
-            name: parsed.repository().to_string(),
-        };
+        let (parsed, repo) = parse_repository(reference)?;
         let wanted = WantedPlatform {
             os: platform.os.clone(),
             architecture: platform.architecture.clone(),
             variant: platform.variant.clone(),
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ImageError::Client(e.to_string()))?;
+        let runtime = current_thread_runtime()?;
         let pulled = runtime
             .block_on(kiln_registry::pull(
                 &self.client,

@@ -50,6 +50,16 @@ pub struct Repository {
     pub name: String,
 }
 
+impl From<&kiln_image::Reference> for Repository {
+    /// The repository a (normalised) image reference names: its registry and repository path.
+    fn from(reference: &kiln_image::Reference) -> Repository {
+        Repository {
+            registry: reference.registry().to_string(),
+            name: reference.repository().to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.registry, self.name)

@@ -679,10 +679,7 @@ impl RegistryConnection {
         Ok(RegistryConnection {
             runtime,
             client,
-            repo: Repository {
-                registry: parsed.registry().to_string(),
-                name: parsed.repository().to_string(),
-            },
+            repo: Repository::from(&parsed),
             tag: parsed.tag_or_digest(),
             reference: reference.to_string(),
         })

@@ -124,10 +124,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn repository_of(reference: &Reference) -> Repository {
-    Repository {
-        registry: reference.registry().to_string(),
-        name: reference.repository().to_string(),
-    }
+    Repository::from(reference)
 }
 
 /// Prints one progress line per blob event, as Docker's non-terminal output does.
