@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+mod common;
+
+use common::{busybox_base, exec_op};
 use kiln_llb::{
-    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MergeOp, MkfileAction, Mount,
-    MountKind, NetworkMode, Op, OpKind, OpMetadata, OpRef, SecurityMode, SourceLocation, SourceOp,
+    CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, MkfileAction, Op, OpKind,
+    OpMetadata, OpRef, SourceLocation, SourceOp,
 };
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{LocalSource, OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
@@ -40,79 +43,6 @@ fn mkfile_op(base: OpRef, path: &str, data: &str) -> Op {
             })],
         }),
     }
-}
-
-fn exec_op(base: OpRef, script: &str) -> Op {
-    Op {
-        inputs: vec![base],
-        kind: OpKind::Exec(ExecOp {
-            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            user: String::new(),
-            network: NetworkMode::None,
-            security: SecurityMode::Sandbox,
-            mounts: vec![Mount {
-                target: "/".into(),
-                input: Some(0),
-                selector: None,
-                readonly: false,
-                output: Some(0),
-                kind: MountKind::Bind,
-            }],
-            secret_env: vec![],
-            proxy_env: vec![],
-        }),
-    }
-}
-
-/// `COPY / /` of a host dir holding busybox-static with `sh`, `sleep` and `echo`.
-fn busybox_base(
-    builder: &mut DefinitionBuilder,
-    host_dir: &std::path::Path,
-) -> (OpRef, LocalSource) {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is installed");
-    std::fs::create_dir_all(host_dir.join("bin")).unwrap();
-    std::fs::copy(busybox, host_dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "sleep"] {
-        std::os::unix::fs::symlink("busybox", host_dir.join("bin").join(applet)).unwrap();
-    }
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
-    let base = builder
-        .add(
-            Op {
-                inputs: vec![scratch, local],
-                kind: OpKind::File(FileOp {
-                    base: Some(0),
-                    actions: vec![FileAction::Copy(CopyAction::new(1, "/", "/"))],
-                }),
-            },
-            described("[1/3] COPY busybox", false),
-        )
-        .unwrap();
-    (
-        base,
-        LocalSource {
-            dir: host_dir.to_path_buf(),
-            excludes: vec![],
-        },
-    )
 }
 
 /// Records events with the moment they arrived (they are sent synchronously from the thread that
@@ -271,7 +201,12 @@ fn independent_steps_overlap_in_their_recorded_times_and_shared_steps_run_once()
     let host = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
-    let (base, local) = busybox_base(&mut builder, host.path());
+    let (base, local) = busybox_base(
+        &mut builder,
+        host.path(),
+        &["sh", "echo", "sleep"],
+        described("[1/3] COPY busybox", false),
+    );
     let left = builder
         .add(
             exec_op(base.clone(), "sleep 1; echo l > /l"),
@@ -323,7 +258,12 @@ fn the_first_failure_stops_what_has_not_started_and_names_the_step() {
     let host = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
-    let (base, local) = busybox_base(&mut builder, host.path());
+    let (base, local) = busybox_base(
+        &mut builder,
+        host.path(),
+        &["sh", "echo", "sleep"],
+        described("[1/3] COPY busybox", false),
+    );
     let failing = builder
         .add(
             exec_op(base, "echo nope; exit 3"),

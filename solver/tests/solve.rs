@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use kiln_image::config::{History, ImageConfig};
+mod common;
+
+use common::{busybox_base, exec_op};
 use kiln_llb::{
-    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction,
-    Mount, MountKind, NetworkMode, Op, OpKind, OpMetadata, OpRef, RmAction, SecurityMode,
-    SourceLocation, SourceOp,
+    CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Op,
+    OpKind, OpMetadata, OpRef, RmAction, SourceLocation, SourceOp,
 };
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::image::{ImageOptions, find_image, write_image};
@@ -371,77 +373,6 @@ fn merge_stacks_chains_with_recomputed_chain_ids() {
     assert!(layers[1].dir.join("b").is_file());
 }
 
-fn exec_op(base: OpRef, script: &str) -> Op {
-    Op {
-        inputs: vec![base],
-        kind: OpKind::Exec(ExecOp {
-            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            user: String::new(),
-            network: NetworkMode::None,
-            security: SecurityMode::Sandbox,
-            mounts: vec![Mount {
-                target: "/".into(),
-                input: Some(0),
-                selector: None,
-                readonly: false,
-                output: Some(0),
-                kind: MountKind::Bind,
-            }],
-            secret_env: vec![],
-            proxy_env: vec![],
-        }),
-    }
-}
-
-/// A File op that copies the host's busybox-static into an empty root, with `sh` and `echo` links.
-fn busybox_base(
-    builder: &mut DefinitionBuilder,
-    host_dir: &std::path::Path,
-) -> (OpRef, LocalSource) {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is installed");
-    std::fs::create_dir_all(host_dir.join("bin")).unwrap();
-    std::fs::copy(busybox, host_dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "seq"] {
-        std::os::unix::fs::symlink("busybox", host_dir.join("bin").join(applet)).unwrap();
-    }
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
-    let base = builder
-        .add(
-            file_op(
-                Some(scratch),
-                vec![local],
-                vec![FileAction::Copy(CopyAction::new(1, "/", "/"))],
-            ),
-            described("COPY busybox", 1),
-        )
-        .unwrap();
-    (
-        base,
-        LocalSource {
-            dir: host_dir.to_path_buf(),
-            excludes: vec![],
-        },
-    )
-}
-
 #[derive(Default)]
 struct Recorder(Mutex<Vec<ProgressEvent>>);
 
@@ -458,7 +389,12 @@ fn exec_output_streams_and_failures_carry_the_tail() {
         let host = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
-        let (base, local) = busybox_base(&mut builder, host.path());
+        let (base, local) = busybox_base(
+            &mut builder,
+            host.path(),
+            &["sh", "echo", "seq"],
+            described("COPY busybox", 1),
+        );
         let ok = builder
             .add(
                 exec_op(base.clone(), "echo out; echo made > /made"),
