@@ -130,7 +130,14 @@ pub(crate) struct MetaDb {
 
 impl MetaDb {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub(crate) fn open(path: &Path) -> Result<MetaDb> {
+    ///
+    /// Opening runs under an exclusive flock on `open_lock`: switching a fresh database to WAL
+    /// needs an exclusive SQLite lock, and SQLite answers a second connection doing the same at
+    /// that moment with an immediate `SQLITE_BUSY` (its deadlock rule skips the busy handler), so
+    /// concurrent first opens of one store failed now and then. The lock makes them take turns;
+    /// it is held for milliseconds, and only while opening.
+    pub(crate) fn open(path: &Path, open_lock: &Path) -> Result<MetaDb> {
+        let _opening = crate::lock::acquire(open_lock, crate::lock::LockMode::Exclusive, true)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -148,7 +155,11 @@ impl MetaDb {
         };
         db.read("configure connection", |conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            // WAL mode is persistent: once set, later opens only read it and need no write lock.
+            let mut mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                mode = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            }
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(
                     mode,
@@ -286,7 +297,8 @@ mod tests {
     fn reopening_keeps_the_schema_and_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.db");
-        let db = MetaDb::open(&path).unwrap();
+        let open_lock = dir.path().join("meta.lock");
+        let db = MetaDb::open(&path, &open_lock).unwrap();
         db.write("insert", |tx| {
             tx.execute(
                 "INSERT INTO blobs (digest, size, created_ns) VALUES ('x', 1, 2)",
@@ -296,7 +308,7 @@ mod tests {
         })
         .unwrap();
         drop(db);
-        let db = MetaDb::open(&path).unwrap();
+        let db = MetaDb::open(&path, &open_lock).unwrap();
         let count: i64 = db
             .read("count", |c| {
                 Ok(c.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
@@ -309,7 +321,7 @@ mod tests {
         })
         .unwrap();
         drop(db);
-        let error = MetaDb::open(&path).unwrap_err();
+        let error = MetaDb::open(&path, &open_lock).unwrap_err();
         assert!(
             matches!(error, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1)
         );
@@ -319,7 +331,7 @@ mod tests {
     #[test]
     fn the_database_runs_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let db = MetaDb::open(&dir.path().join("meta.db")).unwrap();
+        let db = MetaDb::open(&dir.path().join("meta.db"), &dir.path().join("meta.lock")).unwrap();
         let mode: String = db
             .read("mode", |c| {
                 Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)

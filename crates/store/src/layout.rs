@@ -8,6 +8,7 @@
 //! <root>/cache-mounts/        persistent `RUN --mount=type=cache` directories
 //! <root>/meta.db              the SQLite metadata database
 //! <root>/lock                 flock: shared for builds, exclusive for prune
+//! <root>/meta.lock            flock: held while a handle opens and configures meta.db
 //! ```
 
 use std::fs;
@@ -81,6 +82,11 @@ impl Layout {
     /// `lock`, the flock file separating prune from builds.
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
+    }
+
+    /// `meta.lock`, the flock file that lets one handle at a time open and configure the database.
+    pub fn db_open_lock_path(&self) -> PathBuf {
+        self.root.join("meta.lock")
     }
 
     /// Creates every directory of the layout (idempotent).

@@ -73,7 +73,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         let layout = Layout::new(root);
         layout.create()?;
-        let db = MetaDb::open(&layout.db_path())?;
+        let db = MetaDb::open(&layout.db_path(), &layout.db_open_lock_path())?;
         let reclaimed = session::reclaim_stale(&layout.tmp_dir())?;
         if !reclaimed.is_empty() {
             tracing::debug!(count = reclaimed.len(), root = %root.display(), "reclaimed stale temporary entries");
