@@ -6,7 +6,8 @@
 //! - [`sandbox`]: [`run`] mounts that root inside new namespaces and runs one command as PID 1.
 //! - [`syscall`]: every syscall of the child's setup behind a trait, with a recording fake; [`plan`] is
 //!   that setup as data, built before `clone`.
-//! - [`cgroup`]: optional cgroup v2 limits, detected and skipped where v2 is absent.
+//! - [`cgroup`]: optional memory/pids limits with cgroup v1 or v2, detected per controller and
+//!   skipped with a warning where neither is available.
 //!
 //! Paths in, paths out: this crate does not know the store; callers pass layer dirs and scratch dirs.
 

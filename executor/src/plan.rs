@@ -11,8 +11,9 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
+use crate::fsutil::join_inside;
 use crate::snapshot::OVERLAY_OPTIONS;
-use crate::snapshot::RootMount;
+use crate::snapshot::{MountStub, RootMount, StubKind};
 use crate::syscall::Syscall;
 
 /// Why a step list could not be built (all before anything runs).
@@ -28,6 +29,8 @@ pub enum PlanError {
     NoLowerDirs,
     #[error("working dir {0:?} contains '..'")]
     DotDotInWorkdir(String),
+    #[error("the overlay root's mount stubs have no layer yet (see RootMount::with_stub_layer)")]
+    UnplacedStubs,
 }
 
 /// Mount option strings longer than this do not fit mount(2)'s one-page copy; such overlays use the
@@ -145,6 +148,15 @@ pub enum Step {
         mode: u32,
         dev: u64,
     },
+    /// A generated file (`/etc/hosts`...), created or truncated.
+    WriteFile {
+        path: CString,
+        contents: Vec<u8>,
+    },
+    /// The mount stubs' layer: each entry a dir or an empty file, parents first. An entry that
+    /// exists, or whose parent is a file (two stubs disagreeing), is skipped, as on disk: the mount
+    /// onto it reports the problem.
+    MakeStubs(Vec<StubEntry>),
     Symlink {
         target: CString,
         link: CString,
@@ -167,6 +179,45 @@ pub enum Step {
     SetUid(u32),
     CloexecFrom(RawFd),
     Exec(ExecArgs),
+}
+
+/// One path of [`Step::MakeStubs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StubEntry {
+    pub path: CString,
+    pub dir: bool,
+}
+
+/// The step that lays `stubs` out under `dir` (which it creates too): every parent as a dir, each
+/// stub as its kind.
+///
+/// # Errors
+/// A path containing a NUL byte.
+pub fn stub_layer_step(dir: &Path, stubs: &[MountStub]) -> Result<Step, PlanError> {
+    let mut entries = vec![StubEntry {
+        path: cpath(dir)?,
+        dir: true,
+    }];
+    for stub in stubs {
+        let target = join_inside(dir, &stub.path);
+        let Ok(relative) = target.strip_prefix(dir) else {
+            continue;
+        };
+        let mut current = dir.to_path_buf();
+        let parts: Vec<_> = relative.components().collect();
+        for (index, part) in parts.iter().enumerate() {
+            current.push(part);
+            let is_dir = index + 1 < parts.len() || stub.kind == StubKind::Dir;
+            let entry = StubEntry {
+                path: cpath(&current)?,
+                dir: is_dir,
+            };
+            if !entries.iter().any(|e| e.path == entry.path) {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(Step::MakeStubs(entries))
 }
 
 /// A setup failure in the child: which step and the errno.
@@ -258,6 +309,22 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
             Ok(())
         }
         Step::Mknod { path, mode, dev } => sys.mknod(path, *mode, *dev),
+        Step::WriteFile { path, contents } => sys.write_file(path, contents),
+        Step::MakeStubs(entries) => {
+            for entry in entries {
+                let made = if entry.dir {
+                    sys.mkdir(&entry.path, 0o755)
+                } else {
+                    // mknod(S_IFREG) makes an empty file in one call, with no fd to close.
+                    sys.mknod(&entry.path, libc::S_IFREG | 0o644, 0)
+                };
+                match made {
+                    Ok(()) | Err(Errno::EEXIST | Errno::ENOTDIR) => {}
+                    Err(errno) => return Err(errno),
+                }
+            }
+            Ok(())
+        }
         Step::Symlink { target, link } => sys.symlink(target, link),
         Step::MoveMount { slot, target } => {
             let fd = *slots.get(*slot).ok_or(Errno::EBADF)?;
@@ -351,6 +418,12 @@ impl std::fmt::Display for Step {
                 )
             }
             Step::Mknod { path, .. } => write!(f, "mknod {}", s(path)),
+            Step::WriteFile { path, .. } => write!(f, "write {}", s(path)),
+            Step::MakeStubs(entries) => write!(
+                f,
+                "create mount points under {}",
+                entries.first().map_or("-".into(), |e| s(&e.path))
+            ),
             Step::Symlink { link, .. } => write!(f, "symlink {}", s(link)),
             Step::MoveMount { target, .. } => {
                 write!(f, "mount onto {} (does the target exist?)", s(target))
@@ -426,7 +499,11 @@ pub fn root_mount_step(root: &RootMount, target: &Path) -> Result<Step, PlanErro
             lower_dirs,
             upper_dir,
             work_dir,
+            stubs,
         } => {
+            if !stubs.is_empty() {
+                return Err(PlanError::UnplacedStubs);
+            }
             if lower_dirs.is_empty() {
                 return Err(PlanError::NoLowerDirs);
             }
@@ -487,6 +564,7 @@ mod tests {
                 .collect(),
             upper_dir: "/s/upper".into(),
             work_dir: "/s/work".into(),
+            stubs: Vec::new(),
         }
     }
 
@@ -536,6 +614,7 @@ mod tests {
             lower_dirs: vec!["/l/a:b".into()],
             upper_dir: "/u".into(),
             work_dir: "/w".into(),
+            stubs: Vec::new(),
         };
         assert!(matches!(
             root_mount_step(&root, Path::new("/r")).unwrap(),
@@ -545,6 +624,7 @@ mod tests {
             lower_dirs: vec![],
             upper_dir: "/u".into(),
             work_dir: "/w".into(),
+            stubs: Vec::new(),
         };
         assert!(root_mount_step(&empty, Path::new("/r")).is_err());
     }

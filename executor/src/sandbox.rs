@@ -39,7 +39,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 use thiserror::Error;
 
-use crate::cgroup::{self, CgroupError, CgroupSupport, ResourceLimits, SandboxCgroup};
+use crate::cgroup::{CgroupError, ResourceLimits, SandboxCgroup};
 use crate::plan::{self, ExecArgs, PlanError, Step, StepFailure, cpath, cstr};
 use crate::snapshot::{MountStub, RootMount, StubKind};
 use crate::syscall::LinuxSyscall;
@@ -48,6 +48,8 @@ use crate::syscall::LinuxSyscall;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const CHILD_STACK_SIZE: usize = 1024 * 1024;
 const DEV_SIZE: &str = "65536k";
+/// The sandbox's own tmpfs (generated /etc files, which the command may append to, and stubs).
+const SCRATCH_SIZE: &str = "16m";
 
 /// Errors of [`run`]; each says what failed and where.
 #[derive(Debug, Error)]
@@ -116,8 +118,9 @@ pub enum ExtraMount {
 pub struct SandboxSpec {
     /// The root, as a snapshotter described it.
     pub rootfs: RootMount,
-    /// An empty or missing dir for this run's generated files and root mount point; the caller
-    /// removes it afterwards.
+    /// A dir (created when missing) that the sandbox mounts a tmpfs of its own on, inside its own
+    /// mount namespace only, for its generated files and root mount point: nothing is ever written
+    /// into it on the host, so sandboxes running at the same time may share it.
     pub scratch_dir: PathBuf,
     /// argv; `args[0]` is searched in the container's PATH unless it contains '/'.
     pub args: Vec<String>,
@@ -132,7 +135,7 @@ pub struct SandboxSpec {
     pub mounts: Vec<ExtraMount>,
     /// Extra `/etc/hosts` lines (`--add-host name:ip`), as (name, ip).
     pub extra_hosts: Vec<(String, String)>,
-    /// Applied only on cgroup v2 hosts; skipped with a warning elsewhere.
+    /// Applied with cgroup v1 or v2 controllers; skipped with a warning where neither has them.
     pub limits: ResourceLimits,
 }
 
@@ -203,6 +206,13 @@ pub enum ExitStatus {
     Exited(i32),
     /// Killed by this signal number.
     Signaled(i32),
+    /// The memory limit was reached and the kernel's OOM killer ended a process of the sandbox
+    /// (Docker's `OOMKilled`); `code` is the status the command ended with (137 when the command
+    /// itself was killed).
+    OutOfMemory {
+        code: i32,
+        limit_bytes: u64,
+    },
 }
 
 impl ExitStatus {
@@ -215,6 +225,7 @@ impl ExitStatus {
         match *self {
             ExitStatus::Exited(code) => code,
             ExitStatus::Signaled(signal) => 128 + signal,
+            ExitStatus::OutOfMemory { code, .. } => code,
         }
     }
 }
@@ -228,6 +239,11 @@ impl std::fmt::Display for ExitStatus {
                     .map_or_else(|_| signal.to_string(), |s| s.to_string());
                 write!(f, "killed by signal {name}")
             }
+            ExitStatus::OutOfMemory { limit_bytes, .. } => write!(
+                f,
+                "killed: out of memory (limit {})",
+                crate::cgroup::format_bytes(*limit_bytes)
+            ),
         }
     }
 }
@@ -317,8 +333,8 @@ struct Prepared {
     user: ExecUser,
     env: Vec<String>,
     path_var: String,
-    etc_dir: PathBuf,
-    root_dir: PathBuf,
+    /// Generated `/etc` files, (name, contents), written by the child into its tmpfs.
+    etc_files: [(&'static str, String); 3],
 }
 
 /// The child's standard streams as fds to dup (None = leave as inherited), or a pty.
@@ -369,14 +385,6 @@ fn env_value<'e>(env: &'e [String], key: &str) -> Option<&'e str> {
     env.iter()
         .rev()
         .find_map(|e| e.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
-}
-
-fn write_file(path: &Path, contents: &str) -> Result<(), SandboxError> {
-    fs::write(path, contents).map_err(|source| SandboxError::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 fn hosts_file(spec: &SandboxSpec) -> String {
@@ -433,24 +441,22 @@ fn prepare(spec: &SandboxSpec, tty: bool) -> Result<Prepared, SandboxError> {
     }
     let path_var = env_value(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
 
-    let etc_dir = spec.scratch_dir.join("etc");
-    let root_dir = spec.scratch_dir.join("root");
-    for dir in [&etc_dir, &root_dir] {
-        fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
-            action: "create",
-            path: dir.clone(),
-            source,
-        })?;
-    }
-    write_file(&etc_dir.join("hosts"), &hosts_file(spec))?;
-    write_file(&etc_dir.join("hostname"), &format!("{}\n", spec.hostname))?;
-    write_file(&etc_dir.join("resolv.conf"), &resolv_conf())?;
+    // Only a mount point for the child's tmpfs: nothing is written into it on the host.
+    fs::create_dir_all(&spec.scratch_dir).map_err(|source| SandboxError::Io {
+        action: "create",
+        path: spec.scratch_dir.clone(),
+        source,
+    })?;
+    let etc_files = [
+        ("hosts", hosts_file(spec)),
+        ("hostname", format!("{}\n", spec.hostname)),
+        ("resolv.conf", resolv_conf()),
+    ];
     Ok(Prepared {
         user,
         env,
         path_var,
-        etc_dir,
-        root_dir,
+        etc_files,
     })
 }
 
@@ -474,7 +480,7 @@ fn build_plan(
     spec: &SandboxSpec,
     prepared: &Prepared,
     stdio: &ChildStdio,
-    cgroup_procs: Option<RawFd>,
+    cgroup_procs: &[RawFd],
 ) -> Result<Plan, SandboxError> {
     build_plan_inner(spec, prepared, stdio, cgroup_procs).map_err(SandboxError::Plan)
 }
@@ -483,7 +489,7 @@ fn build_plan_inner(
     spec: &SandboxSpec,
     prepared: &Prepared,
     stdio: &ChildStdio,
-    cgroup_procs: Option<RawFd>,
+    cgroup_procs: &[RawFd],
 ) -> Result<Plan, PlanError> {
     let mount =
         |source: Option<&str>, target: &str, fstype: Option<&str>, flags, data: Option<&str>| {
@@ -506,7 +512,8 @@ fn build_plan_inner(
             }
         }
     }
-    if let Some(procs_fd) = cgroup_procs {
+    // One cgroup per hierarchy on cgroup v1 (memory, pids), one in all on v2.
+    for &procs_fd in cgroup_procs {
         steps.push(Step::JoinCgroup { procs_fd });
     }
 
@@ -518,10 +525,57 @@ fn build_plan_inner(
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?);
-    // 2. The root.
-    steps.push(plan::root_mount_step(&spec.rootfs, &prepared.root_dir)?);
+    // 2. A tmpfs of this sandbox's own on the scratch dir (visible only in its mount namespace, gone
+    //    with it): the generated /etc files, the overlay's stub layer and the root's mount point.
+    //    Nothing is created or removed on the host's disk per run.
+    let scratch = &spec.scratch_dir;
+    steps.push(Step::Mount {
+        source: Some(c"tmpfs".to_owned()),
+        target: cpath(scratch)?,
+        fstype: Some(c"tmpfs".to_owned()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        data: Some(cstr(&format!("mode=755,size={SCRATCH_SIZE}"))?),
+    });
+    let etc_dir = scratch.join("etc");
+    steps.push(Step::Mkdir {
+        path: cpath(&etc_dir)?,
+        mode: 0o755,
+    });
+    for (name, contents) in &prepared.etc_files {
+        steps.push(Step::WriteFile {
+            path: cpath(&etc_dir.join(name))?,
+            contents: contents.clone().into_bytes(),
+        });
+    }
+    let rootfs = match &spec.rootfs {
+        RootMount::Overlay {
+            lower_dirs,
+            upper_dir,
+            work_dir,
+            stubs,
+        } => {
+            let stub_dir = scratch.join("stubs");
+            steps.push(plan::stub_layer_step(&stub_dir, stubs)?);
+            let mut lower_dirs = lower_dirs.clone();
+            lower_dirs.push(stub_dir);
+            RootMount::Overlay {
+                lower_dirs,
+                upper_dir: upper_dir.clone(),
+                work_dir: work_dir.clone(),
+                stubs: Vec::new(),
+            }
+        }
+        RootMount::Bind { .. } => spec.rootfs.clone(),
+    };
+    let root_dir = scratch.join("root");
+    steps.push(Step::Mkdir {
+        path: cpath(&root_dir)?,
+        mode: 0o755,
+    });
+    // 3. The root.
+    steps.push(plan::root_mount_step(&rootfs, &root_dir)?);
 
-    // 3. Bind sources are host paths: grab them as detached mounts while the host is still visible;
+    // 4. Bind sources are host paths: grab them as detached mounts while the host is still visible;
     //    they are attached after pivot_root, so targets resolve inside the container (an image's
     //    absolute symlink cannot point a mount at the host).
     enum Attach {
@@ -556,7 +610,7 @@ fn build_plan_inner(
     for name in ["hosts", "hostname", "resolv.conf"] {
         let attach = bind(
             &mut steps,
-            &prepared.etc_dir.join(name),
+            &etc_dir.join(name),
             Path::new("/etc").join(name),
             false,
         )?;
@@ -580,15 +634,15 @@ fn build_plan_inner(
         attaches.push(attach);
     }
 
-    // 4. Switch root; the old root is detached entirely.
-    steps.push(Step::Chdir(cpath(&prepared.root_dir)?));
+    // 5. Switch root; the old root is detached entirely.
+    steps.push(Step::Chdir(cpath(&root_dir)?));
     steps.extend([
         Step::PivotRoot,
         Step::DetachOldRoot,
         Step::Chdir(c"/".to_owned()),
     ]);
 
-    // 5. Kernel filesystems and a minimal /dev.
+    // 6. Kernel filesystems and a minimal /dev.
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     steps.push(mount(
         Some("proc"),
@@ -664,7 +718,7 @@ fn build_plan_inner(
         });
     }
 
-    // 6. /etc files and the caller's mounts, in order.
+    // 7. /etc files and the caller's mounts, in order.
     for attach in attaches {
         match attach {
             Attach::Bind {
@@ -700,7 +754,7 @@ fn build_plan_inner(
         }
     }
 
-    // 7. Identity of the machine and the process.
+    // 8. Identity of the machine and the process.
     steps.push(Step::SetHostname(cstr(&spec.hostname)?));
     if spec.network == NetworkMode::None {
         steps.push(Step::LoopbackUp);
@@ -940,6 +994,34 @@ impl Drop for SignalForwarding {
     }
 }
 
+/// This thread's signal mask with every signal blocked; dropping it restores the previous mask.
+struct BlockedSignals {
+    previous: SigSet,
+}
+
+impl BlockedSignals {
+    fn block_all() -> Result<BlockedSignals, SandboxError> {
+        let mut previous = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut previous),
+        )
+        .map_err(sys_err("block signals"))?;
+        Ok(BlockedSignals { previous })
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.previous),
+            None,
+        );
+    }
+}
+
 fn wait_for(pid: Pid) -> Result<ExitStatus, SandboxError> {
     loop {
         match waitpid(pid, None) {
@@ -1080,23 +1162,17 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         (ChildStdio::Fds(raw), out_relay, err_relay)
     };
 
-    let cgroup = if spec.limits.is_empty() {
-        None
-    } else {
-        match cgroup::detect() {
-            CgroupSupport::V2 => Some(SandboxCgroup::create(&spec.limits)?),
-            CgroupSupport::Unavailable(reason) => {
-                tracing::warn!(%reason, "resource limits skipped");
-                None
-            }
-        }
-    };
+    // Removed on drop, on every return below too (the child is waited for first).
+    let cgroup = SandboxCgroup::for_limits(&spec.limits)?;
 
     let plan = build_plan(
         spec,
         &prepared,
         &stdio,
-        cgroup.as_ref().map(|c| c.procs_file().as_raw_fd()),
+        &cgroup
+            .as_ref()
+            .map(SandboxCgroup::procs_fds)
+            .unwrap_or_default(),
     )?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -1130,9 +1206,17 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     } else {
         None
     };
-    // SAFETY: the child runs only the allocation-free plan executor (see the module doc).
-    let pid = unsafe { nix::sched::clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(sys_err("clone the sandbox process"))?;
+    // CLONE_VM | CLONE_VFORK, as posix_spawn does: the child borrows our memory until it execs
+    // instead of getting a copy of every page table of this (large, multi-threaded) process, and this
+    // thread waits meanwhile, so `steps`, `slots` and the stack stay put. Signals stay blocked across
+    // the clone so that no handler of ours can run on the child's side before it resets them all.
+    flags |= CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    let blocked = BlockedSignals::block_all()?;
+    // SAFETY: the child runs only the allocation-free plan executor (see the module doc), on its own
+    // stack; with CLONE_VFORK nothing here runs until it has exec'd or exited.
+    let cloned = unsafe { nix::sched::clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) };
+    drop(blocked);
+    let pid = cloned.map_err(sys_err("clone the sandbox process"))?;
     if let Some(forwarding) = &forwarding {
         forwarding.start(pid);
     }
@@ -1185,6 +1269,10 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     relay_outputs([out_relay, err_relay]);
     let status = wait_for(pid);
     drop(forwarding);
+    let status = match &cgroup {
+        Some(cgroup) => status.map(|status| cgroup.exit_status(status)),
+        None => status,
+    };
     drop(cgroup);
     status
 }
@@ -1208,6 +1296,10 @@ mod tests {
             lower_dirs: vec![lower],
             upper_dir: "/s/upper".into(),
             work_dir: "/s/work".into(),
+            stubs: mount_stubs(&[ExtraMount::Tmpfs {
+                target: "/tmp".into(),
+                size_bytes: None,
+            }]),
         };
         let mut spec = SandboxSpec::new(
             rootfs,
@@ -1246,7 +1338,7 @@ mod tests {
             &spec,
             &prepared,
             &ChildStdio::Fds([Some(3), Some(4), Some(5)]),
-            None,
+            &[],
         )
         .unwrap();
         let sys = RecordingSyscall::new();
@@ -1263,8 +1355,23 @@ mod tests {
             "dup2 4 1".into(),
             "dup2 5 2".into(),
             "mount - / - MS_REC|MS_PRIVATE -".into(),
+            format!("mount tmpfs {s} tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=755,size=16m"),
+            format!("mkdir {s}/etc 755"),
+            format!("write_file {s}/etc/hosts \"127.0.0.1\\tlocalhost box\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n\""),
+            format!("write_file {s}/etc/hostname \"box\\n\""),
+            format!("write_file {s}/etc/resolv.conf {:?}", resolv_conf()),
+            format!("mkdir {s}/stubs 755"),
+            format!("mkdir {s}/stubs/proc 755"),
+            format!("mkdir {s}/stubs/sys 755"),
+            format!("mkdir {s}/stubs/dev 755"),
+            format!("mkdir {s}/stubs/etc 755"),
+            format!("mknod {s}/stubs/etc/hosts 100644 0:0"),
+            format!("mknod {s}/stubs/etc/hostname 100644 0:0"),
+            format!("mknod {s}/stubs/etc/resolv.conf 100644 0:0"),
+            format!("mkdir {s}/stubs/tmp 755"),
+            format!("mkdir {s}/root 755"),
             format!(
-                "mount overlay {s}/root overlay 0 lowerdir={},upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off",
+                "mount overlay {s}/root overlay 0 lowerdir={}:{s}/stubs,upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off",
                 lower.display()
             ),
             format!("open_tree {s}/etc/hosts = 100"),
@@ -1323,13 +1430,9 @@ mod tests {
         ];
         assert_eq!(sys.calls(), expected);
         assert_eq!(
-            fs::read_to_string(scratch.join("etc/hostname")).unwrap(),
-            "box\n"
-        );
-        assert!(
-            fs::read_to_string(scratch.join("etc/hosts"))
-                .unwrap()
-                .starts_with("127.0.0.1\tlocalhost box\n")
+            fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "nothing is written on the host: the child makes it all in its own tmpfs"
         );
     }
 
@@ -1340,14 +1443,15 @@ mod tests {
         spec.mounts.clear();
         spec.network = NetworkMode::Host;
         let prepared = prepare(&spec, true).unwrap();
-        let plan = build_plan(&spec, &prepared, &ChildStdio::Pty { socket: 9 }, Some(12)).unwrap();
+        let plan = build_plan(&spec, &prepared, &ChildStdio::Pty { socket: 9 }, &[12, 13]).unwrap();
         let sys = RecordingSyscall::new();
         plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
         let calls = sys.calls();
         assert!(!calls.iter().any(|c| c.starts_with("loopback_up")));
         assert_eq!(
-            calls[3], "write 12 \"0\"",
-            "joins the cgroup before anything else"
+            calls[3..5],
+            ["write 12 \"0\"", "write 13 \"0\""],
+            "joins every cgroup (one per v1 hierarchy) before anything else"
         );
         let pty_at = calls
             .iter()

@@ -41,6 +41,9 @@ pub trait Syscall {
     fn mkdir(&self, path: &CStr, mode: u32) -> Result<(), Errno>;
     fn lchown(&self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno>;
     fn mknod(&self, path: &CStr, mode: u32, dev: u64) -> Result<(), Errno>;
+    /// Creates (or truncates) the regular file `path` with mode 0644 and writes `bytes` into it;
+    /// never follows a symlink at `path`.
+    fn write_file(&self, path: &CStr, bytes: &[u8]) -> Result<(), Errno>;
     fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno>;
     /// open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount at `path`.
     fn open_tree(&self, path: &CStr) -> Result<RawFd, Errno>;
@@ -155,6 +158,18 @@ impl Syscall for LinuxSyscall {
     fn mknod(&self, path: &CStr, mode: u32, dev: u64) -> Result<(), Errno> {
         // SAFETY: valid C string.
         check(unsafe { libc::mknod(path.as_ptr(), mode, dev) })
+    }
+
+    fn write_file(&self, path: &CStr, bytes: &[u8]) -> Result<(), Errno> {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: valid C string; the fd is ours and closed on every path.
+        let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let written = self.write_all(fd, bytes);
+        self.close(fd);
+        written
     }
 
     fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {
@@ -503,6 +518,13 @@ impl Syscall for RecordingSyscall {
         self.record(format!(
             "mknod {} {mode:o} {major}:{minor}",
             show(Some(path))
+        ))
+    }
+    fn write_file(&self, path: &CStr, bytes: &[u8]) -> Result<(), Errno> {
+        self.record(format!(
+            "write_file {} {:?}",
+            show(Some(path)),
+            String::from_utf8_lossy(bytes)
         ))
     }
     fn symlink(&self, target: &CStr, link: &CStr) -> Result<(), Errno> {

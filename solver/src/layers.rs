@@ -9,11 +9,12 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Mutex;
 
 use kiln_image::Digest;
 use kiln_image::media_types::{LayerCompression, layer_compression};
 use kiln_oci::apply::{ApplyOptions, WhiteoutMode, apply_layer};
-use kiln_oci::compress::{Compression, compress_dir_layer, decompressing_reader};
+use kiln_oci::compress::{Compression, LayerDigests, compress_dir_layer, decompressing_reader};
 use kiln_oci::diff::{DiffOptions, DiffSource};
 use kiln_store::{BlobInfo, ManifestLayer, Store, chain_id};
 use sha2::{Digest as _, Sha256};
@@ -52,9 +53,37 @@ pub fn compression_of(media_type: &str) -> LayerCompression {
     layer_compression(media_type).unwrap_or(LayerCompression::Gzip)
 }
 
+/// The digests of the empty layer (a tar of no entries) per [`LayerOptions`], as this process
+/// computed them the first time. The differ never emits the upper dir's root, so an empty upper dir
+/// always gives these same bytes: steps that change nothing (`RUN true`, a `RUN` that only reads)
+/// reuse them instead of writing and compressing the tar again.
+static EMPTY_LAYERS: Mutex<Vec<(LayerOptions, LayerDigests)>> = Mutex::new(Vec::new());
+
+fn known_empty_layer(options: &LayerOptions) -> Option<LayerDigests> {
+    let known = EMPTY_LAYERS.lock().ok()?;
+    known
+        .iter()
+        .find(|(o, _)| o == options)
+        .map(|(_, digests)| digests.clone())
+}
+
+fn remember_empty_layer(options: &LayerOptions, digests: &LayerDigests) {
+    if let Ok(mut known) = EMPTY_LAYERS.lock()
+        && !known.iter().any(|(o, _)| o == options)
+    {
+        known.push((*options, digests.clone()));
+    }
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool, OpError> {
+    let mut entries = fs::read_dir(dir).map_err(OpError::io("read", dir))?;
+    Ok(entries.next().is_none())
+}
+
 /// Turns the changes in `upper` (overlay upper-dir form) into a layer on top of `parent`: writes the
 /// compressed blob, records it, and moves `upper` into `layers/`. A step that changed nothing still
-/// gets a layer (an empty tar), as in BuildKit, so every history entry with a layer has one.
+/// gets a layer (an empty tar), as in BuildKit, so every history entry with a layer has one; once
+/// the store holds that empty blob, such a step writes and compresses nothing.
 ///
 /// # Errors
 /// Reading the tree, writing the blob, or committing the layer failed.
@@ -64,25 +93,24 @@ pub fn commit_diff(
     parent: Option<&Layer>,
     options: &LayerOptions,
 ) -> Result<Layer, OpError> {
-    let diff_options = DiffOptions {
-        source: DiffSource::OverlayUpper,
-        source_date_epoch: options.source_date_epoch,
-    };
-    let writer = store.ingest()?;
-    let (writer, digests) = compress_dir_layer(upper, &diff_options, options.compression, writer)?;
-    // Steps that change the same thing (above all, the many that change nothing) produce the same
-    // blob again: when the store already holds it at that size, dropping the ingest (which removes
-    // its temp file) skips a fsync, a rename and a dir fsync per step. The stored copy was fsynced
-    // before it was renamed into place, so it is as durable as a fresh commit would be.
-    let blob = if store.blob_size(&digests.blob_digest).ok() == Some(digests.size) {
-        drop(writer);
-        BlobInfo {
-            digest: digests.blob_digest.clone(),
-            size: digests.size,
+    let empty = is_empty_dir(upper)?;
+    let reusable = empty
+        .then(|| known_empty_layer(options))
+        .flatten()
+        .filter(|d| store.blob_size(&d.blob_digest).ok() == Some(d.size));
+    let (digests, blob) = match reusable {
+        Some(digests) => {
+            let blob = BlobInfo {
+                digest: digests.blob_digest.clone(),
+                size: digests.size,
+            };
+            (digests, blob)
         }
-    } else {
-        writer.commit(Some(&digests.blob_digest))?
+        None => write_blob(store, upper, options)?,
     };
+    if empty {
+        remember_empty_layer(options, &digests);
+    }
     let media_type = layer_media_type(options.compression);
     store.record_layer_blob(&digests.diff_id, &blob.digest, media_type, blob.size)?;
     let parent_chain = parent.map(|layer| &layer.chain_id);
@@ -106,6 +134,34 @@ pub fn commit_diff(
         media_type: media_type.to_string(),
         size: blob.size,
     })
+}
+
+/// Writes the layer tar of `upper` compressed into the store (one streaming pass for both digests).
+fn write_blob(
+    store: &Store,
+    upper: &Path,
+    options: &LayerOptions,
+) -> Result<(LayerDigests, BlobInfo), OpError> {
+    let diff_options = DiffOptions {
+        source: DiffSource::OverlayUpper,
+        source_date_epoch: options.source_date_epoch,
+    };
+    let writer = store.ingest()?;
+    let (writer, digests) = compress_dir_layer(upper, &diff_options, options.compression, writer)?;
+    // Steps that change the same thing produce the same blob again: when the store already holds it
+    // at that size, dropping the ingest (which removes its temp file) skips a fsync, a rename and a
+    // dir fsync per step. The stored copy was fsynced before it was renamed into place, so it is as
+    // durable as a fresh commit would be.
+    let blob = if store.blob_size(&digests.blob_digest).ok() == Some(digests.size) {
+        drop(writer);
+        BlobInfo {
+            digest: digests.blob_digest.clone(),
+            size: digests.size,
+        }
+    } else {
+        writer.commit(Some(&digests.blob_digest))?
+    };
+    Ok((digests, blob))
 }
 
 /// Makes sure every layer of a manifest is extracted under `layers/` and returns the chain.

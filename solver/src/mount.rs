@@ -69,21 +69,17 @@ where
     for (root, target) in roots {
         match root {
             RootMount::Bind { source } => paths.push(source.clone()),
-            RootMount::Overlay {
-                lower_dirs,
-                upper_dir,
-                work_dir,
-            } => {
+            RootMount::Overlay { .. } => {
                 std::fs::create_dir_all(target)
                     .map_err(OpError::io("create mount point", target))?;
+                // The stub layer (also the lower dir a root over no layers needs) lives on disk
+                // beside the mount point, in the caller's scratch dir.
+                let mut stub_dir = target.clone().into_os_string();
+                stub_dir.push("-stubs");
+                let root = root.with_stub_layer(Path::new(&stub_dir))?;
                 // The executor's mount step: one mount(2) when the options fit a page, else the new
                 // mount API with one `lowerdir+` per layer, so chains of Docker's 127 layers (and
                 // more) mount whatever the store's path length.
-                let root = RootMount::Overlay {
-                    lower_dirs: lower_dirs.clone(),
-                    upper_dir: upper_dir.clone(),
-                    work_dir: work_dir.clone(),
-                };
                 let step = root_mount_step(&root, target).map_err(|e| {
                     OpError::io("prepare the overlay mount of", target)(std::io::Error::other(
                         e.to_string(),

@@ -66,6 +66,8 @@ pub struct Solver<'a> {
     cache_import: Option<&'a dyn CacheImport>,
     /// See [`Solver::cache_keys`].
     cache_keys: Mutex<Vec<String>>,
+    /// See [`Solver::with_limits`].
+    limits: kiln_executor::ResourceLimits,
 }
 
 impl<'a> Solver<'a> {
@@ -101,7 +103,15 @@ impl<'a> Solver<'a> {
             results_created: Mutex::new(None),
             cache_import: None,
             cache_keys: Mutex::new(Vec::new()),
+            limits: kiln_executor::ResourceLimits::default(),
         }
+    }
+
+    /// Runs every RUN step under `limits` (`docker build --memory`). Like Docker, the limits are
+    /// not part of any cache key: a step cached without them is reused with them and vice versa.
+    pub fn with_limits(mut self, limits: kiln_executor::ResourceLimits) -> Solver<'a> {
+        self.limits = limits;
+        self
     }
 
     /// Also looks up keys the store misses in `import` (`--cache-from`).
@@ -404,6 +414,16 @@ impl<'s, 'd> Run<'s, 'd> {
                     .ok_or_else(|| self.fail(node, OpError::MissingInput(input.digest.to_string())))
             })
             .collect::<Result<_, _>>()?;
+        // A download pinned by a checksum is identified before it runs: it is fetched only when
+        // a step reading it runs ([`Run::materialize`]), so a cache hit makes no request.
+        if let OpKind::Source(source) = &op.kind
+            && let Some(identity) = crate::ops::pinned_source_identity(source)
+        {
+            return Ok(NodeResult {
+                identity: Some(identity),
+                ..unknown(InputKind::Step)
+            });
+        }
         match &op.kind {
             OpKind::Source(SourceOp::Local {
                 name,
@@ -611,8 +631,10 @@ impl<'s, 'd> Run<'s, 'd> {
                         Some(key.clone()),
                     ));
                 }
-                if let Some(hit) = self.imported_hit(key, inputs) {
-                    if let Some(text) = &description {
+                if let Some(hit) = self.imported_hit(node, key, inputs) {
+                    if self.mode == Mode::Solve
+                        && let Some(text) = &description
+                    {
                         let id = self.start_step(text);
                         emit(self.progress(), ProgressEvent::Cached { id });
                     }
@@ -697,13 +719,28 @@ impl<'s, 'd> Run<'s, 'd> {
         })
     }
 
-    /// A hit in a `--cache-from` cache (solving only): the record's result identity, its content
-    /// left where it is until a step needs it ([`Run::materialize`]).
-    fn imported_hit(&self, key: &str, inputs: &[(usize, NodeResult)]) -> Option<NodeResult> {
-        if self.mode != Mode::Solve {
-            return None;
+    /// A hit in a `--cache-from` cache: the record's result identity, its content left where it
+    /// is until a step needs it ([`Run::materialize`]). An explain reports it as cached, naming
+    /// the cache, and never fetches it.
+    fn imported_hit(
+        &self,
+        node: usize,
+        key: &str,
+        inputs: &[(usize, NodeResult)],
+    ) -> Option<NodeResult> {
+        let import = self.solver.cache_import?;
+        let entry = import.find(&self.solver.store, key)?;
+        if self.mode == Mode::Explain {
+            let origin = import
+                .origin(key)
+                .unwrap_or_else(|| "--cache-from".to_string());
+            self.plan(node, true, Some(format!("imported from {origin}")));
+            return Some(NodeResult {
+                identity: Some(chain_identity(entry.layers.last().map(|l| &l.chain_id))),
+                key: Some(key.to_string()),
+                ..unknown(InputKind::Step)
+            });
         }
-        let entry = self.solver.cache_import?.find(&self.solver.store, key)?;
         self.newest_record_ns
             .fetch_max(entry.created_ns, Ordering::SeqCst);
         self.used_keys
@@ -843,6 +880,7 @@ impl<'s, 'd> Run<'s, 'd> {
             puller: self.solver.puller,
             progress: self.solver.progress,
             step,
+            limits: self.solver.limits,
         };
         let phase = match op.kind {
             OpKind::Source(_) => Phase::Source,
@@ -869,8 +907,8 @@ impl<'s, 'd> Run<'s, 'd> {
         })
     }
 
-    /// The output of `node` as an input: local sources are staged on first use (once, however
-    /// many ops read them).
+    /// The output of `node` as an input: local sources and pinned downloads are staged on first
+    /// use (once, however many ops read them).
     fn materialize(&self, node: usize, result: NodeResult) -> Result<Option<OpOutput>, SolveError> {
         if let Some(output) = result.output {
             return Ok(Some(output));
@@ -878,7 +916,9 @@ impl<'s, 'd> Run<'s, 'd> {
         if let Some(hit) = &result.imported {
             return self.materialize_imported(node, hit).map(Some);
         }
-        if result.kind != InputKind::Local || self.mode == Mode::Explain {
+        let deferred = matches!(&self.nodes[node].1.kind,
+            OpKind::Source(source) if crate::ops::pinned_source_identity(source).is_some());
+        if (result.kind != InputKind::Local && !deferred) || self.mode == Mode::Explain {
             return Ok(None);
         }
         let mut staged = self.staged[node].lock().unwrap_or_else(|e| e.into_inner());

@@ -9,39 +9,19 @@ use std::time::Instant;
 
 mod common;
 
-use common::{busybox_base, exec_op};
+use common::{busybox_base, context_source, copy_op, exec_op, mkfile_op, scratch, temp_store};
 use kiln_llb::{
-    CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, MkfileAction, Op, OpKind,
-    OpMetadata, OpRef, SourceLocation, SourceOp,
+    CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, Op, OpKind, OpMetadata,
 };
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{LocalSource, OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
 use kiln_store::{PruneOptions, Resource, Store};
 
+/// A step shown as `text`, its cache lookups skipped when `ignore_cache` (`--no-cache-filter`).
 fn described(text: &str, ignore_cache: bool) -> OpMetadata {
     OpMetadata {
-        description: Some(text.to_string()),
-        location: Some(SourceLocation {
-            file: "Dockerfile".to_string(),
-            start_line: 1,
-            end_line: 1,
-        }),
         ignore_cache,
-    }
-}
-
-fn mkfile_op(base: OpRef, path: &str, data: &str) -> Op {
-    Op {
-        inputs: vec![base],
-        kind: OpKind::File(FileOp {
-            base: Some(0),
-            actions: vec![FileAction::Mkfile(MkfileAction {
-                path: path.into(),
-                data: data.into(),
-                mode: 0o644,
-                owner: None,
-            })],
-        }),
+        ..common::described(text)
     }
 }
 
@@ -106,12 +86,9 @@ fn options(locals: &[(&str, LocalSource)], layers: LayerOptions) -> SolveOptions
 
 #[test]
 fn a_rerun_step_with_identical_output_lets_later_steps_hit() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
+    let scratch = scratch(&mut builder);
     // Always re-run (as with --no-cache-filter), but writes the same bytes every time.
     let first = builder
         .add(mkfile_op(scratch, "/a", "same"), described("[1/2] A", true))
@@ -147,12 +124,9 @@ fn a_rerun_step_with_identical_output_lets_later_steps_hit() {
 
 #[test]
 fn cache_records_keep_their_layers_through_prune() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
+    let scratch = scratch(&mut builder);
     let step = builder
         .add(
             mkfile_op(scratch, "/kept", "kept"),
@@ -197,9 +171,8 @@ fn independent_steps_overlap_in_their_recorded_times_and_shared_steps_run_once()
         eprintln!("skipping: one core, RUN steps are not run in parallel");
         return;
     }
-    let root = tempfile::tempdir().unwrap();
+    let (_root, store) = temp_store();
     let host = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
     let (base, local) = busybox_base(
         &mut builder,
@@ -254,9 +227,8 @@ fn independent_steps_overlap_in_their_recorded_times_and_shared_steps_run_once()
 
 #[test]
 fn the_first_failure_stops_what_has_not_started_and_names_the_step() {
-    let root = tempfile::tempdir().unwrap();
+    let (_root, store) = temp_store();
     let host = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
     let (base, local) = busybox_base(
         &mut builder,
@@ -293,34 +265,15 @@ fn the_first_failure_stops_what_has_not_started_and_names_the_step() {
 
 #[test]
 fn explain_reports_misses_and_hits_without_running() {
-    let root = tempfile::tempdir().unwrap();
+    let (_root, store) = temp_store();
     let context = tempfile::tempdir().unwrap();
     std::fs::write(context.path().join("app.txt"), "v1").unwrap();
-    let store = Store::open(root.path()).unwrap();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
+    let scratch = scratch(&mut builder);
+    let local = context_source(&mut builder);
     let copy = builder
         .add(
-            Op {
-                inputs: vec![scratch, local],
-                kind: OpKind::File(FileOp {
-                    base: Some(0),
-                    actions: vec![FileAction::Copy(CopyAction::new(1, "app.txt", "/app.txt"))],
-                }),
-            },
+            copy_op(scratch, local, CopyAction::new(1, "app.txt", "/app.txt")),
             described("[1/2] COPY app.txt /", false),
         )
         .unwrap();

@@ -13,8 +13,8 @@ use kiln_llb::{
     OpMetadata, OpRef, SourceLocation, SourceOp,
 };
 use kiln_solver::cache::transfer::{
-    CacheConfig, CacheExport, CacheFrom, ExportMode, ExportedRecord, ImportedCache, export_to_dir,
-    pack_cache_mounts, select_records,
+    CacheConfig, CacheExport, CacheFrom, ExportMode, ExportedRecord, ImportedCache, OldBlobs,
+    export_to_dir, pack_cache_mounts, select_records,
 };
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
@@ -152,7 +152,14 @@ fn build_and_export(dest: &Path, mode: ExportMode) -> String {
     let keys = solver.cache_keys();
     assert_eq!(keys.len(), 4, "every step is recorded: {keys:?}");
     let records = select_records(&store, &keys, output.chain().unwrap(), mode, None).unwrap();
-    let summary = export_to_dir(&store, &export(records.clone()), dest, None).unwrap();
+    let summary = export_to_dir(
+        &store,
+        &export(records.clone()),
+        dest,
+        None,
+        OldBlobs::Remove,
+    )
+    .unwrap();
     assert_eq!(summary.records, records.len());
     top(&output)
 }
@@ -266,6 +273,7 @@ fn re_exporting_lazy_hits_fetches_their_blobs_from_the_imported_cache() {
         &export(records),
         second_cache.path(),
         Some(&imported),
+        OldBlobs::Remove,
     )
     .unwrap();
 
@@ -338,11 +346,11 @@ fn an_export_of_the_same_build_again_writes_no_layer_blob_twice() {
     )
     .unwrap();
     let records = export(records);
-    let first = export_to_dir(&store, &records, cache.path(), None).unwrap();
+    let first = export_to_dir(&store, &records, cache.path(), None, OldBlobs::Remove).unwrap();
     assert_eq!(first.records, 4);
     // BUILD and COPY --from=builder write the same one-file layer: stored once.
     assert_eq!(first.blobs_written, 3, "{first:?}");
-    let second = export_to_dir(&store, &records, cache.path(), None).unwrap();
+    let second = export_to_dir(&store, &records, cache.path(), None, OldBlobs::Remove).unwrap();
     assert_eq!(second.blobs_written, 0, "{second:?}");
     assert_eq!(second.blobs_present, first.blobs_written);
 }
@@ -360,7 +368,7 @@ fn cache_mount_contents_travel_with_the_cache_and_never_replace_local_ones() {
         cache_mounts: pack_cache_mounts(&store_a).unwrap(),
     };
     assert_eq!(export.cache_mounts.len(), 1);
-    export_to_dir(&store_a, &export, cache.path(), None).unwrap();
+    export_to_dir(&store_a, &export, cache.path(), None, OldBlobs::Remove).unwrap();
 
     let root_b = tempfile::tempdir().unwrap();
     let store_b = Store::open(root_b.path()).unwrap();
@@ -422,4 +430,109 @@ fn a_lazy_hit_whose_blob_turns_out_corrupt_runs_the_step_instead() {
     // Shown as cached when hit, then run when its content was needed.
     assert_eq!(outcomes["[stage-1 2/2] FINAL"], "DONE", "{outcomes:?}");
     assert_eq!(outcomes["[stage-1 1/2] COPY --from=builder"], "CACHED");
+}
+
+/// Sets the mtime of every file under `cache/blobs/sha256` an hour back: as if the export that
+/// wrote them ran an hour ago (an export removes only files older than its own start).
+fn age_blobs(cache: &Path) {
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in std::fs::read_dir(cache.join("blobs/sha256")).unwrap() {
+        std::fs::File::options()
+            .write(true)
+            .open(entry.unwrap().path())
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(an_hour_ago))
+            .unwrap();
+    }
+}
+
+fn blob_names(cache: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(cache.join("blobs/sha256"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Solves the two-stage build on `store`; returns the records `mode` selects.
+fn solved_records(store: &Store, mode: ExportMode) -> CacheExport {
+    let (definition, target) = two_stages();
+    let recorder = Recorder::default();
+    let solver = Solver::new(store.clone(), options(), &recorder, None);
+    let output = solver.solve(&definition, &target).unwrap();
+    export(
+        select_records(
+            store,
+            &solver.cache_keys(),
+            output.chain().unwrap(),
+            mode,
+            None,
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn an_export_to_a_dir_removes_the_blobs_of_earlier_exports_it_no_longer_references() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let max = solved_records(&store, ExportMode::Max);
+    let first = export_to_dir(&store, &max, cache.path(), None, OldBlobs::Remove).unwrap();
+    assert_eq!(first.blobs_removed, 0, "{first:?}");
+    let tool = exported_blob(cache.path(), "[builder 1/2] TOOL");
+    let tool_hex = tool.strip_prefix("sha256:").unwrap().to_string();
+    let after_max = blob_names(cache.path());
+    assert!(after_max.contains(&tool_hex));
+    age_blobs(cache.path());
+
+    // A min export drops the builder's records: its layer, and the old config and manifest, go.
+    let min = solved_records(&store, ExportMode::Min);
+    let second = export_to_dir(&store, &min, cache.path(), None, OldBlobs::Remove).unwrap();
+    assert_eq!(second.blobs_removed, 3, "{second:?}");
+    let after_min = blob_names(cache.path());
+    assert!(
+        !after_min.contains(&tool_hex),
+        "the builder-only layer is gone"
+    );
+    // 2 layers (the final stage's) + config + manifest; no temp files left behind.
+    assert_eq!(after_min.len(), 4, "{after_min:?}");
+    assert!(cache.path().join(".kiln-lock").is_file());
+
+    // What is left is a complete cache: the final stage hits from it on a fresh store.
+    let (outcomes, _, fresh) = build_with_cache(cache.path());
+    assert_eq!(outcomes["[stage-1 1/2] COPY --from=builder"], "CACHED");
+    assert_eq!(outcomes["[stage-1 2/2] FINAL"], "CACHED");
+    let _ = std::fs::remove_dir_all(fresh.root());
+}
+
+#[test]
+fn reset_false_keeps_old_blobs_and_recent_unknown_files_are_never_removed() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let max = solved_records(&store, ExportMode::Max);
+    export_to_dir(&store, &max, cache.path(), None, OldBlobs::Remove).unwrap();
+    age_blobs(cache.path());
+    let after_max = blob_names(cache.path());
+
+    let min = solved_records(&store, ExportMode::Min);
+    let kept = export_to_dir(&store, &min, cache.path(), None, OldBlobs::Keep).unwrap();
+    assert_eq!(kept.blobs_removed, 0);
+    assert!(blob_names(cache.path()).is_superset(&after_max));
+
+    // A blob another writer (not holding the lock) is writing right now is newer than the
+    // export's start: it stays, while the aged, unreferenced blobs go.
+    age_blobs(cache.path());
+    let foreign = cache.path().join("blobs/sha256").join("f".repeat(64));
+    std::fs::write(&foreign, b"being written").unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&foreign)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(future))
+        .unwrap();
+    let cleaned = export_to_dir(&store, &min, cache.path(), None, OldBlobs::Remove).unwrap();
+    assert_eq!(cleaned.blobs_removed, 3, "{cleaned:?}");
+    assert!(foreign.exists());
 }

@@ -5,23 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln_llb::{
-    CopyAction, DefinitionBuilder, FileAction, FileOp, Op, OpKind, OpMetadata, OpRef, SourceOp,
-};
+mod common;
+
+use common::{context_source, copy_op, scratch, temp_store};
+use kiln_llb::{CopyAction, DefinitionBuilder, OpMetadata};
 use kiln_solver::{
     LocalSource, NoProgress, OpError, OpOutput, SnapshotterKind, SolveOptions, Solver,
 };
-use kiln_store::Store;
-
-fn copy_op(scratch: OpRef, local: OpRef, copy: CopyAction) -> Op {
-    Op {
-        inputs: vec![scratch, local],
-        kind: OpKind::File(FileOp {
-            base: Some(0),
-            actions: vec![FileAction::Copy(copy)],
-        }),
-    }
-}
 
 /// Solves one COPY from the context `dir` (with `excludes` as its `.dockerignore`); returns the
 /// store's temp dir (keep it alive) and the copy's layer dir, or the error.
@@ -30,23 +20,10 @@ fn solve_copy(
     excludes: &[&str],
     copy: CopyAction,
 ) -> (tempfile::TempDir, Result<std::path::PathBuf, OpError>) {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
+    let scratch = scratch(&mut builder);
+    let local = context_source(&mut builder);
     let target = builder
         .add(copy_op(scratch, local, copy), OpMetadata::default())
         .unwrap();

@@ -8,10 +8,10 @@ use std::sync::Mutex;
 use kiln_image::config::{History, ImageConfig};
 mod common;
 
-use common::{busybox_base, exec_op};
+use common::{busybox_base, context_source, described_at, exec_op, scratch, temp_store};
 use kiln_llb::{
     CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Op,
-    OpKind, OpMetadata, OpRef, RmAction, SourceLocation, SourceOp,
+    OpKind, OpRef, RmAction, SourceOp,
 };
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::image::{ImageOptions, find_image, write_image};
@@ -19,21 +19,8 @@ use kiln_solver::{
     LocalSource, NoProgress, OpError, OpOutput, Progress, ProgressEvent, SnapshotterKind,
     SolveOptions, Solver,
 };
-use kiln_store::Store;
 
 const BOTH: [SnapshotterKind; 2] = [SnapshotterKind::Overlay, SnapshotterKind::Native];
-
-fn described(text: &str, line: usize) -> OpMetadata {
-    OpMetadata {
-        description: Some(text.to_string()),
-        location: Some(SourceLocation {
-            file: "Dockerfile".to_string(),
-            start_line: line,
-            end_line: line,
-        }),
-        ignore_cache: false,
-    }
-}
 
 fn file_op(base: Option<OpRef>, extra_inputs: Vec<OpRef>, actions: Vec<FileAction>) -> Op {
     let mut inputs: Vec<OpRef> = base.iter().cloned().collect();
@@ -80,16 +67,13 @@ fn read_merged(chain: &[kiln_solver::Layer], path: &str) -> Option<String> {
 #[test]
 fn file_ops_make_one_layer_each_on_top_of_the_base() {
     for kind in BOTH {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path()).unwrap();
+        let (_root, store) = temp_store();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder
-            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-            .unwrap();
+        let scratch = scratch(&mut builder);
         let first = builder
             .add(
                 file_op(Some(scratch), vec![], vec![mkfile("/a.txt", "a")]),
-                described("[1/2] A", 1),
+                described_at("[1/2] A", 1),
             )
             .unwrap();
         let second = builder
@@ -112,7 +96,7 @@ fn file_ops_make_one_layer_each_on_top_of_the_base() {
                         }),
                     ],
                 ),
-                described("[2/2] B", 2),
+                described_at("[2/2] B", 2),
             )
             .unwrap();
         let definition = builder.build();
@@ -146,8 +130,7 @@ fn file_ops_make_one_layer_each_on_top_of_the_base() {
 
 #[test]
 fn ops_not_needed_by_the_target_never_run() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
     // An image nobody has: solving it would fail.
     builder
@@ -156,16 +139,14 @@ fn ops_not_needed_by_the_target_never_run() {
                 reference: "docker.io/library/absent:1".into(),
                 platform: None,
             }),
-            described("FROM absent", 1),
+            described_at("FROM absent", 1),
         )
         .unwrap();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
+    let scratch = scratch(&mut builder);
     let target = builder
         .add(
             file_op(Some(scratch), vec![], vec![mkfile("/x", "x")]),
-            described("X", 2),
+            described_at("X", 2),
         )
         .unwrap();
     let definition = builder.build();
@@ -175,8 +156,7 @@ fn ops_not_needed_by_the_target_never_run() {
 
 #[test]
 fn a_missing_image_without_a_puller_names_the_step_and_the_image() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
     let image = builder
         .add(
@@ -184,7 +164,7 @@ fn a_missing_image_without_a_puller_names_the_step_and_the_image() {
                 reference: "docker.io/library/absent:1".into(),
                 platform: None,
             }),
-            described("[1/1] FROM absent:1", 4),
+            described_at("[1/1] FROM absent:1", 4),
         )
         .unwrap();
     let definition = builder.build();
@@ -204,26 +184,13 @@ fn a_missing_image_without_a_puller_names_the_step_and_the_image() {
 #[test]
 fn local_sources_honour_excludes_and_copy_reads_them() {
     for kind in BOTH {
-        let root = tempfile::tempdir().unwrap();
+        let (_root, store) = temp_store();
         let context = tempfile::tempdir().unwrap();
         std::fs::write(context.path().join("keep.txt"), "keep").unwrap();
         std::fs::write(context.path().join("drop.txt"), "drop").unwrap();
-        let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder
-            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-            .unwrap();
-        let local = builder
-            .add(
-                Op::source(SourceOp::Local {
-                    name: "context".into(),
-                    include_patterns: vec![],
-                    exclude_patterns: vec![],
-                    follow_paths: vec![],
-                }),
-                OpMetadata::default(),
-            )
-            .unwrap();
+        let scratch = scratch(&mut builder);
+        let local = context_source(&mut builder);
         let copy = builder
             .add(
                 file_op(
@@ -231,7 +198,7 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
                     vec![local.clone()],
                     vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))],
                 ),
-                described("COPY . /ctx/", 2),
+                described_at("COPY . /ctx/", 2),
             )
             .unwrap();
         let missing = builder
@@ -241,7 +208,7 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
                     vec![local],
                     vec![FileAction::Copy(CopyAction::new(1, "/drop.txt", "/"))],
                 ),
-                described("COPY drop.txt /", 3),
+                described_at("COPY drop.txt /", 3),
             )
             .unwrap();
         let definition = builder.build();
@@ -270,8 +237,7 @@ fn local_sources_honour_excludes_and_copy_reads_them() {
 
 #[test]
 fn an_unknown_local_source_is_an_error() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
     let local = builder
         .add(
@@ -281,7 +247,7 @@ fn an_unknown_local_source_is_an_error() {
                 exclude_patterns: vec![],
                 follow_paths: vec![],
             }),
-            described("load other", 1),
+            described_at("load other", 1),
         )
         .unwrap();
     let definition = builder.build();
@@ -293,16 +259,13 @@ fn an_unknown_local_source_is_an_error() {
 #[test]
 fn an_empty_diff_still_adds_an_empty_layer_as_buildkit_does() {
     for kind in BOTH {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path()).unwrap();
+        let (_root, store) = temp_store();
         let mut builder = DefinitionBuilder::new();
-        let scratch = builder
-            .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-            .unwrap();
+        let scratch = scratch(&mut builder);
         let made = builder
             .add(
                 file_op(Some(scratch), vec![], vec![mkfile("/f", "f")]),
-                described("A", 1),
+                described_at("A", 1),
             )
             .unwrap();
         // Removing something absent (allowed) changes nothing.
@@ -317,7 +280,7 @@ fn an_empty_diff_still_adds_an_empty_layer_as_buildkit_does() {
                         allow_wildcard: false,
                     })],
                 ),
-                described("B", 2),
+                described_at("B", 2),
             )
             .unwrap();
         let definition = builder.build();
@@ -334,22 +297,19 @@ fn an_empty_diff_still_adds_an_empty_layer_as_buildkit_does() {
 
 #[test]
 fn merge_stacks_chains_with_recomputed_chain_ids() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
+    let scratch = scratch(&mut builder);
     let a = builder
         .add(
             file_op(Some(scratch.clone()), vec![], vec![mkfile("/a", "a")]),
-            described("A", 1),
+            described_at("A", 1),
         )
         .unwrap();
     let b = builder
         .add(
             file_op(Some(scratch), vec![], vec![mkfile("/b", "b")]),
-            described("B", 2),
+            described_at("B", 2),
         )
         .unwrap();
     let merged = builder
@@ -358,7 +318,7 @@ fn merge_stacks_chains_with_recomputed_chain_ids() {
                 inputs: vec![a, b],
                 kind: OpKind::Merge(MergeOp {}),
             },
-            described("MERGE", 3),
+            described_at("MERGE", 3),
         )
         .unwrap();
     let definition = builder.build();
@@ -385,26 +345,25 @@ impl Progress for Recorder {
 #[test]
 fn exec_output_streams_and_failures_carry_the_tail() {
     for kind in BOTH {
-        let root = tempfile::tempdir().unwrap();
+        let (_root, store) = temp_store();
         let host = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path()).unwrap();
         let mut builder = DefinitionBuilder::new();
         let (base, local) = busybox_base(
             &mut builder,
             host.path(),
             &["sh", "echo", "seq"],
-            described("COPY busybox", 1),
+            described_at("COPY busybox", 1),
         );
         let ok = builder
             .add(
                 exec_op(base.clone(), "echo out; echo made > /made"),
-                described("[2/2] RUN ok", 2),
+                described_at("[2/2] RUN ok", 2),
             )
             .unwrap();
         let failing = builder
             .add(
                 exec_op(base, "for i in $(seq 1 25); do echo l$i; done; exit 4"),
-                described("[2/2] RUN fail", 3),
+                described_at("[2/2] RUN fail", 3),
             )
             .unwrap();
         let definition = builder.build();
@@ -454,16 +413,13 @@ fn exec_output_streams_and_failures_carry_the_tail() {
 
 #[test]
 fn written_images_pair_history_with_layers_and_are_found_by_digest() {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (_root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
+    let scratch = scratch(&mut builder);
     let a = builder
         .add(
             file_op(Some(scratch), vec![], vec![mkfile("/a", "a")]),
-            described("A", 1),
+            described_at("A", 1),
         )
         .unwrap();
     let definition = builder.build();
@@ -543,23 +499,10 @@ fn copy_context(
     context: &std::path::Path,
     excludes: &[&str],
 ) -> (tempfile::TempDir, Vec<kiln_solver::Layer>) {
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open(root.path()).unwrap();
+    let (root, store) = temp_store();
     let mut builder = DefinitionBuilder::new();
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
+    let scratch = scratch(&mut builder);
+    let local = context_source(&mut builder);
     let copy = builder
         .add(
             file_op(
@@ -567,7 +510,7 @@ fn copy_context(
                 vec![local],
                 vec![FileAction::Copy(CopyAction::new(1, "/", "/ctx/"))],
             ),
-            described("COPY . /ctx/", 1),
+            described_at("COPY . /ctx/", 1),
         )
         .unwrap();
     let definition = builder.build();

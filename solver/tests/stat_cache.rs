@@ -1,6 +1,7 @@
 //! The store's stat cache on the cache-key path of a big build context: an unchanged context is
-//! keyed without reading any file (one lstat per file), one changed file costs reading that file
-//! alone, and the lookups go to the database in one batch. The `#[ignore]`d measurement prints how
+//! keyed without reading any file (one lstat per file, no extended-attribute calls), one changed
+//! file costs reading that file alone, the lookups go to the database in one batch, and a changed
+//! extended attribute still changes the key. The `#[ignore]`d measurement prints how
 //! long keying a 20,000-file context takes with the batch and with per-file lookups (timings are
 //! printed, never asserted):
 //!
@@ -142,6 +143,73 @@ fn an_unchanged_big_context_is_keyed_from_the_stat_cache_and_one_change_reads_on
     );
     assert_eq!(third.bytes_hashed, "changed\n".len() as u64);
     assert_ne!(changed.key(), unchanged.key());
+}
+
+/// Sets `user.kiln.test`; false where the file system has no user attributes.
+fn set_user_xattr(file: &Path, value: &[u8]) -> bool {
+    let c_path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings and a valid buffer.
+    let rc = unsafe {
+        nix::libc::lsetxattr(
+            c_path.as_ptr(),
+            c"user.kiln.test".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "skipping: no user xattrs here: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    rc == 0
+}
+
+#[test]
+fn attributes_come_from_the_store_and_a_changed_one_changes_the_key() {
+    let root = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    make_context(context.path(), 2, 3);
+    let tagged = context.path().join("tree/d1/f2.txt");
+    if !set_user_xattr(&tagged, b"one") {
+        return;
+    }
+    std::thread::sleep(SETTLE);
+    let store = Store::open(root.path()).unwrap();
+    let first = key_as_a_build(&store, context.path());
+    let tagged_entry = |components: &KeyComponents| {
+        components.contents[0]
+            .checksum
+            .entries
+            .iter()
+            .find(|entry| entry.path == "tree/d1/f2.txt")
+            .unwrap()
+            .xattrs
+            .clone()
+    };
+    assert!(tagged_entry(&first).starts_with("sha256:"));
+
+    // Served from the store, attributes included: the same key, nothing read.
+    let again = key_as_a_build(&store, context.path());
+    assert_eq!((stats(&again).cache_hits, stats(&again).files_hashed), (6, 0));
+    assert_eq!(again.key(), first.key());
+    assert_eq!(tagged_entry(&again), tagged_entry(&first));
+
+    // Only the attribute's value changes (same content, size and mtime).
+    assert!(set_user_xattr(&tagged, b"two"));
+    let changed = key_as_a_build(&store, context.path());
+    assert_ne!(changed.key(), first.key());
+    assert_ne!(tagged_entry(&changed), tagged_entry(&first));
+    let changes = kiln_context::diff_entries(
+        &first.contents[0].checksum.entries,
+        &changed.contents[0].checksum.entries,
+    );
+    assert_eq!(
+        changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["tree/d1/f2.txt xattrs changed"]
+    );
 }
 
 /// Forwards to a [`StoreStatCache`] but hides its batch: every `get` is a database query, as

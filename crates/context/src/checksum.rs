@@ -18,6 +18,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,7 +31,9 @@ use thiserror::Error;
 
 use crate::dockerignore::{IgnorePatterns, PatternError};
 use crate::sources::{ResolvedSource, SourceError, select_entries};
-use crate::stat_cache::{CachedDigest, DEFAULT_RACY_MARGIN, StatCache, StatKey, now_ns};
+use crate::stat_cache::{
+    CachedDigest, CachedXattrs, DEFAULT_RACY_MARGIN, StatCache, StatKey, now_ns,
+};
 use crate::walk::{Entry, FileKind};
 
 /// Block size for streaming file contents into the hasher.
@@ -74,7 +77,12 @@ impl Default for ChecksumOptions {
 }
 
 /// What one entry contributes to a checksum.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Cache records keep one per file of a COPY to explain a later miss, so the serialised form is
+/// compact: a JSON array of the fields in order, without `digest` (derived from the others, and
+/// with the hex content the bulk of the record). Both that and the older object form (with
+/// `digest`) read back.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EntryRecord {
     /// Path relative to the root (`.` for the root itself).
     pub path: String,
@@ -95,8 +103,26 @@ pub struct EntryRecord {
     /// `security.selinux` label left out), empty when there are none.
     #[serde(default)]
     pub xattrs: String,
-    /// `sha256:<hex>` over all fields above.
+    /// `sha256:<hex>` over all fields above. Not serialised: empty in a record read back from
+    /// the compact form ([`diff_entries`] compares the fields themselves).
+    #[serde(default)]
     pub digest: String,
+}
+
+impl Serialize for EntryRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(8)?;
+        tuple.serialize_element(&self.path)?;
+        tuple.serialize_element(&self.kind)?;
+        tuple.serialize_element(&self.mode)?;
+        tuple.serialize_element(&self.uid)?;
+        tuple.serialize_element(&self.gid)?;
+        tuple.serialize_element(&self.size)?;
+        tuple.serialize_element(&self.content)?;
+        tuple.serialize_element(&self.xattrs)?;
+        tuple.end()
+    }
 }
 
 /// Counters of one checksum run.
@@ -164,7 +190,14 @@ pub fn diff_entries(old: &[EntryRecord], new: &[EntryRecord]) -> Vec<EntryChange
             changes.push(EntryChange::Added(record.path.clone()));
             continue;
         };
-        if before.digest == record.digest {
+        // Field by field: what the entry digest covers (records read back carry no digest).
+        let same = before.kind == record.kind
+            && before.content == record.content
+            && before.size == record.size
+            && before.mode == record.mode
+            && (before.uid, before.gid) == (record.uid, record.gid)
+            && before.xattrs == record.xattrs;
+        if same {
             continue;
         }
         let mut what = Vec::new();
@@ -244,17 +277,28 @@ pub fn checksum_with_options(
         .map(|selected| (selected.entries.len(), &selected.source))
         .collect();
     let entries: Vec<&Entry> = selection.iter().flat_map(|s| s.entries.iter()).collect();
+    // Every regular file's record in one batch, then each entry with its own answer.
     let file_keys: Vec<StatKey> = entries
         .iter()
         .filter(|entry| entry.kind == FileKind::File)
         .map(|entry| stat_key(entry))
         .collect();
-    stat_cache.prefetch(&file_keys);
+    let mut cached = stat_cache.get_many(&file_keys).into_iter();
+    let work: Vec<(&Entry, Option<CachedDigest>)> = entries
+        .iter()
+        .map(|entry| {
+            let found = match entry.kind {
+                FileKind::File => cached.next().flatten(),
+                _ => None,
+            };
+            (*entry, found)
+        })
+        .collect();
 
     let counters = Counters::default();
-    let records: Vec<EntryRecord> = entries
+    let records: Vec<EntryRecord> = work
         .par_iter()
-        .map(|entry| record_entry(root, entry, stat_cache, options, &counters))
+        .map(|(entry, cached)| record_entry(root, entry, *cached, stat_cache, options, &counters))
         .collect::<Result<_, _>>()?;
 
     let mut top = Sha256::new();
@@ -263,20 +307,28 @@ pub fn checksum_with_options(
     for (count, source) in &per_source {
         top.update(format!("source\0{}\0{}\0{count}\n", source.requested, source.path).as_bytes());
         for record in &records[offset..offset + count] {
-            top.update(format!("{}\0{}\n", record.path, record.digest).as_bytes());
+            top.update(record.path.as_bytes());
+            top.update(b"\0");
+            top.update(record.digest.as_bytes());
+            top.update(b"\n");
         }
         offset += count;
     }
-    let digest = format!("sha256:{}", hex::encode(top.finalize()));
+    let digest = sha256_text(&top.finalize().into());
 
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<EntryRecord> = records
-        .into_iter()
-        .filter(|r| seen.insert(r.path.clone()))
-        .collect();
+    // One walk never lists a path twice; only several sources can overlap.
+    let entries = if per_source.len() > 1 {
+        let mut seen = std::collections::HashSet::new();
+        records
+            .into_iter()
+            .filter(|r| seen.insert(r.path.clone()))
+            .collect()
+    } else {
+        records
+    };
     Ok(ContentChecksum {
         digest,
-        entries: unique,
+        entries,
         stats: counters.snapshot(),
     })
 }
@@ -300,48 +352,61 @@ impl Counters {
     }
 }
 
-/// Builds the record of one entry, hashing file content (or taking it from the stat cache).
+/// Builds the record of one entry, hashing file content unless `cached` (what the stat cache
+/// holds for a regular file) can be trusted.
 fn record_entry(
     root: &Path,
     entry: &Entry,
+    cached: Option<CachedDigest>,
     stat_cache: &dyn StatCache,
     options: &ChecksumOptions,
     counters: &Counters,
 ) -> Result<EntryRecord, ChecksumError> {
-    let (size, content) = match entry.kind {
+    let xattrs_of_path = || {
+        let path = root.join(&entry.path);
+        xattrs_digest(XattrSource::Path(&path)).map_err(|source| ChecksumError::Io {
+            action: "read extended attributes of",
+            path,
+            source,
+        })
+    };
+    let (size, content, xattrs) = match entry.kind {
         FileKind::File => {
             counters.files.fetch_add(1, Ordering::Relaxed);
-            let sha = file_sha256(root, entry, stat_cache, options, counters)?;
-            (entry.size, format!("sha256:{}", hex::encode(sha)))
+            let (sha, xattrs) = file_digests(root, entry, cached, stat_cache, options, counters)?;
+            (entry.size, sha256_text(&sha), xattrs)
         }
-        FileKind::Symlink => (0, entry.link_target.clone().unwrap_or_default()),
+        FileKind::Symlink => (
+            0,
+            entry.link_target.clone().unwrap_or_default(),
+            xattrs_of_path()?,
+        ),
         FileKind::CharDevice | FileKind::BlockDevice => {
             let (major, minor) = (libc::major(entry.rdev), libc::minor(entry.rdev));
-            (0, format!("{major}:{minor}"))
+            (0, format!("{major}:{minor}"), xattrs_of_path()?)
         }
-        FileKind::Dir | FileKind::Fifo | FileKind::Socket => (0, String::new()),
+        FileKind::Dir | FileKind::Fifo | FileKind::Socket => (0, String::new(), xattrs_of_path()?),
     };
-    let path = root.join(&entry.path);
-    let xattrs = xattrs_digest(&path).map_err(|source| ChecksumError::Io {
-        action: "read extended attributes of",
-        path,
-        source,
-    })?;
-    let mut hasher = Sha256::new();
-    hasher.update(
-        format!(
-            "kiln.context.entry.v1\0{}\0{}\0{:o}\0{}\0{}\0{}\0{}\0{}",
-            entry.path,
-            entry.kind.as_str(),
-            entry.mode,
-            entry.uid,
-            entry.gid,
-            size,
-            content,
-            xattrs
-        )
-        .as_bytes(),
-    );
+    let xattrs = xattrs.map(|digest| sha256_text(&digest)).unwrap_or_default();
+    // `kiln.context.entry.v1 \0 path \0 kind \0 mode (octal) \0 uid \0 gid \0 size \0 content
+    // \0 xattrs`, written piece by piece (no formatting machinery: this runs once per file).
+    let mut text = Vec::with_capacity(64 + entry.path.len() + content.len() + xattrs.len());
+    text.extend_from_slice(b"kiln.context.entry.v1\0");
+    text.extend_from_slice(entry.path.as_bytes());
+    text.push(0);
+    text.extend_from_slice(entry.kind.as_str().as_bytes());
+    text.push(0);
+    push_number(&mut text, u64::from(entry.mode), 8);
+    text.push(0);
+    push_number(&mut text, u64::from(entry.uid), 10);
+    text.push(0);
+    push_number(&mut text, u64::from(entry.gid), 10);
+    text.push(0);
+    push_number(&mut text, size, 10);
+    text.push(0);
+    text.extend_from_slice(content.as_bytes());
+    text.push(0);
+    text.extend_from_slice(xattrs.as_bytes());
     Ok(EntryRecord {
         path: entry.path.clone(),
         kind: entry.kind,
@@ -351,8 +416,35 @@ fn record_entry(
         size,
         content,
         xattrs,
-        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+        digest: sha256_text(&Sha256::digest(&text).into()),
     })
+}
+
+/// Appends `value` in base `radix` (8 or 10), without leading zeros.
+fn push_number(out: &mut Vec<u8>, mut value: u64, radix: u64) {
+    let mut digits = [0u8; 22];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % radix) as u8;
+        value /= radix;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `sha256:<hex>` of a digest.
+fn sha256_text(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in digest {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// The stat cache key of a walked entry.
@@ -366,26 +458,53 @@ fn stat_key(entry: &Entry) -> StatKey {
     }
 }
 
-/// The content sha256 of a regular file: from the stat cache when the record is trustworthy,
-/// otherwise by streaming the file (and recording the result when it is not racy and the file
-/// did not change while being read).
-fn file_sha256(
+/// The content sha256 and the extended-attribute digest of a regular file: from its stat cache
+/// record (`cached`) when that is trustworthy, otherwise by streaming the file (and recording
+/// the result when it is not racy and the file did not change while being read).
+fn file_digests(
     root: &Path,
     entry: &Entry,
+    cached: Option<CachedDigest>,
     stat_cache: &dyn StatCache,
     options: &ChecksumOptions,
     counters: &Counters,
-) -> Result<[u8; 32], ChecksumError> {
+) -> Result<([u8; 32], Option<[u8; 32]>), ChecksumError> {
     let key = stat_key(entry);
-    if let Some(cached) = stat_cache.get(&key) {
+    let path = || root.join(&entry.path);
+    let xattr_error = |path: PathBuf| {
+        move |source| ChecksumError::Io {
+            action: "read extended attributes of",
+            path,
+            source,
+        }
+    };
+    if let Some(cached) = cached {
         if cached.is_trustworthy(&key, options.racy_margin) {
             counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(cached.sha256);
+            return match cached.xattrs {
+                CachedXattrs::Absent => Ok((cached.sha256, None)),
+                CachedXattrs::Digest(xattrs) => Ok((cached.sha256, Some(xattrs))),
+                CachedXattrs::Unknown => {
+                    // A record from before attributes were cached: read them once, and complete
+                    // the record so that the next build does not.
+                    let path = path();
+                    let xattrs =
+                        xattrs_digest(XattrSource::Path(&path)).map_err(xattr_error(path))?;
+                    stat_cache.put(
+                        &key,
+                        CachedDigest {
+                            xattrs: cached_xattrs(xattrs),
+                            ..cached
+                        },
+                    );
+                    Ok((cached.sha256, xattrs))
+                }
+            };
         }
     }
     // Taken before reading: a write racing with the read makes the record racy.
     let recorded_at_ns = now_ns();
-    let path = root.join(&entry.path);
+    let path = path();
     let io_error = |action: &'static str| {
         let path = path.clone();
         move |source| ChecksumError::Io {
@@ -404,6 +523,10 @@ fn file_sha256(
     let (sha256, bytes) = stream_sha256(&mut file).map_err(io_error("read"))?;
     counters.files_hashed.fetch_add(1, Ordering::Relaxed);
     counters.bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
+    // Read before the `fstat` below: an attribute change meanwhile changes the ctime, so the
+    // record is then not kept.
+    let xattrs =
+        xattrs_digest(XattrSource::Fd(file.as_raw_fd())).map_err(xattr_error(path.clone()))?;
 
     let after = file.metadata().map_err(io_error("fstat"))?;
     let unchanged = after.dev() == key.dev
@@ -415,11 +538,20 @@ fn file_sha256(
     let record = CachedDigest {
         sha256,
         recorded_at_ns,
+        xattrs: cached_xattrs(xattrs),
     };
     if unchanged && record.is_trustworthy(&key, options.racy_margin) {
         stat_cache.put(&key, record);
     }
-    Ok(sha256)
+    Ok((sha256, xattrs))
+}
+
+/// The stat cache form of an attribute digest.
+fn cached_xattrs(xattrs: Option<[u8; 32]>) -> CachedXattrs {
+    match xattrs {
+        Some(digest) => CachedXattrs::Digest(digest),
+        None => CachedXattrs::Absent,
+    }
 }
 
 /// Streams a file through sha256; returns the digest and the number of bytes read.
@@ -444,37 +576,78 @@ fn stream_sha256(file: &mut File) -> io::Result<([u8; 32], u64)> {
 /// on this machine, not what it is.
 const IGNORED_XATTR: &[u8] = b"security.selinux";
 
-/// sha256 over a path's extended attributes (not following symlinks), sorted by name; empty
-/// when it has none or the file system does not support them.
-fn xattrs_digest(path: &Path) -> io::Result<String> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let names = read_xattr_buffer(|buf, len| {
-        // SAFETY: c_path is NUL-terminated; buf is valid for len bytes (or null with len 0).
-        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
-    })?;
+/// Where extended attributes are read from: a path (not following a final symlink) or a file
+/// that is open anyway.
+enum XattrSource<'a> {
+    Path(&'a Path),
+    Fd(RawFd),
+}
+
+/// An [`XattrSource`] ready for the system calls.
+enum XattrTarget {
+    Path(std::ffi::CString),
+    Fd(RawFd),
+}
+
+impl XattrTarget {
+    fn new(source: XattrSource<'_>) -> io::Result<Self> {
+        Ok(match source {
+            XattrSource::Path(path) => Self::Path(
+                std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
+                })?,
+            ),
+            XattrSource::Fd(fd) => Self::Fd(fd),
+        })
+    }
+
+    /// `llistxattr`/`flistxattr` into `buf` (null with `len` 0 asks for the size).
+    fn list(&self, buf: *mut u8, len: usize) -> libc::ssize_t {
+        match self {
+            // SAFETY: the path is NUL-terminated; buf is valid for len bytes (or null with len 0).
+            Self::Path(path) => unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), len) },
+            // SAFETY: the descriptor is open for the whole call; buf as above.
+            Self::Fd(fd) => unsafe { libc::flistxattr(*fd, buf.cast(), len) },
+        }
+    }
+
+    /// `lgetxattr`/`fgetxattr` of `name` into `buf`.
+    fn get(&self, name: &std::ffi::CStr, buf: *mut u8, len: usize) -> libc::ssize_t {
+        match self {
+            // SAFETY: both strings are NUL-terminated; buf is valid for len bytes.
+            Self::Path(path) => unsafe {
+                libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.cast(), len)
+            },
+            // SAFETY: the descriptor is open; name is NUL-terminated; buf as above.
+            Self::Fd(fd) => unsafe { libc::fgetxattr(*fd, name.as_ptr(), buf.cast(), len) },
+        }
+    }
+}
+
+/// sha256 over the extended attributes (name and value, sorted by name, `security.selinux` left
+/// out); `None` when there are none or the file system does not support them.
+fn xattrs_digest(source: XattrSource<'_>) -> io::Result<Option<[u8; 32]>> {
+    let target = XattrTarget::new(source)?;
+    let names = read_xattr_buffer(|buf, len| target.list(buf, len))?;
     let mut names: Vec<&[u8]> = names
         .split(|b| *b == 0)
         .filter(|name| !name.is_empty() && *name != IGNORED_XATTR)
         .collect();
     if names.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
     names.sort_unstable();
     let mut hasher = Sha256::new();
     for name in names {
         let c_name = std::ffi::CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "xattr name with NUL"))?;
-        let value = read_xattr_buffer(|buf, len| {
-            // SAFETY: both strings are NUL-terminated; buf is valid for len bytes.
-            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
-        })?;
+        let value = read_xattr_buffer(|buf, len| target.get(&c_name, buf, len))?;
         hasher.update((name.len() as u64).to_le_bytes());
         hasher.update(name);
         hasher.update((value.len() as u64).to_le_bytes());
         hasher.update(&value);
     }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    Ok(Some(hasher.finalize().into()))
 }
 
 /// Runs a size-query-then-fill xattr call, retrying when the value grows in between; "not
@@ -510,15 +683,14 @@ fn xattr_error_as_empty(err: io::Error) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::os::unix::fs::symlink;
     use std::sync::Mutex;
 
     use super::*;
     use crate::sources::{SourceOptions, resolve_sources};
-    use crate::stat_cache::MemoryStatCache;
+    use crate::stat_cache::{MemoryStatCache, NoStatCache};
 
-    /// Records the order of prefetch and get calls, answering from an in-memory cache.
+    /// Records the stat cache calls, answering from an in-memory cache.
     #[derive(Default)]
     struct RecordingCache {
         inner: MemoryStatCache,
@@ -526,8 +698,9 @@ mod tests {
     }
 
     impl StatCache for RecordingCache {
-        fn prefetch(&self, keys: &[StatKey]) {
-            self.calls.lock().unwrap().push(("prefetch", keys.to_vec()));
+        fn get_many(&self, keys: &[StatKey]) -> Vec<Option<CachedDigest>> {
+            self.calls.lock().unwrap().push(("get_many", keys.to_vec()));
+            keys.iter().map(|key| self.inner.get(key)).collect()
         }
         fn get(&self, key: &StatKey) -> Option<CachedDigest> {
             self.calls.lock().unwrap().push(("get", vec![*key]));
@@ -550,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn the_selected_files_are_prefetched_once_before_any_lookup() {
+    fn the_selected_files_are_looked_up_in_one_batch() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("src/deep")).unwrap();
@@ -569,7 +742,7 @@ mod tests {
         };
         let sources = resolve_sources(root, "src", &options).unwrap();
         let cache = RecordingCache::default();
-        checksum(
+        let sum = checksum(
             root,
             &sources,
             Some(&ignore),
@@ -579,21 +752,56 @@ mod tests {
         .unwrap();
 
         let calls = cache.calls.lock().unwrap();
-        let (first, prefetched) = &calls[0];
-        assert_eq!(*first, "prefetch");
-        let prefetched: HashSet<StatKey> = prefetched.iter().copied().collect();
-        let expected: HashSet<StatKey> = [root.join("src/a.rs"), root.join("src/deep/b.rs")]
+        assert_eq!(calls.len(), 1, "one batch, no single lookups: {calls:?}");
+        let (kind, looked_up) = &calls[0];
+        assert_eq!(*kind, "get_many");
+        let expected: Vec<StatKey> = [root.join("src/a.rs"), root.join("src/deep/b.rs")]
             .iter()
             .map(|path| lstat_key(path))
             .collect();
-        assert_eq!(prefetched, expected, "exactly the selected regular files");
-        let looked_up: HashSet<StatKey> = calls[1..]
-            .iter()
-            .map(|(kind, keys)| {
-                assert_eq!(*kind, "get", "one prefetch per checksum");
-                keys[0]
-            })
-            .collect();
-        assert_eq!(looked_up, expected);
+        assert_eq!(looked_up, &expected, "exactly the selected regular files, in walk order");
+        assert_eq!(sum.stats.files, 2);
+    }
+
+    #[test]
+    fn entry_digests_keep_their_documented_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let sources = resolve_sources(dir.path(), "f", &SourceOptions::default()).unwrap();
+        let sum = checksum(dir.path(), &sources, None, &[], &NoStatCache).unwrap();
+        let record = &sum.entries[0];
+        // The layout keys were made with before it was written without `format!`: keeping it
+        // keeps every existing cache record valid.
+        let text = format!(
+            "kiln.context.entry.v1\0{}\0{}\0{:o}\0{}\0{}\0{}\0{}\0{}",
+            record.path,
+            record.kind.as_str(),
+            record.mode,
+            record.uid,
+            record.gid,
+            record.size,
+            record.content,
+            record.xattrs
+        );
+        assert_eq!(
+            record.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+        );
+        assert_eq!(
+            record.content,
+            format!("sha256:{}", hex::encode(Sha256::digest(b"x")))
+        );
+    }
+
+    #[test]
+    fn numbers_are_written_like_format() {
+        for value in [0, 7, 8, 10, 0o644, 0o4755, 65_534, u64::from(u32::MAX), u64::MAX] {
+            let mut octal = Vec::new();
+            push_number(&mut octal, value, 8);
+            assert_eq!(String::from_utf8(octal).unwrap(), format!("{value:o}"));
+            let mut decimal = Vec::new();
+            push_number(&mut decimal, value, 10);
+            assert_eq!(String::from_utf8(decimal).unwrap(), value.to_string());
+        }
     }
 }

@@ -109,6 +109,10 @@ pub struct Pattern {
     text: String,
     exception: bool,
     matcher: Matcher,
+    /// The text every path this pattern matches starts with: the pattern up to its first special
+    /// character (all of it for an exact pattern). Lets a walk skip the pattern below
+    /// directories where no path can start with it.
+    literal_prefix: String,
 }
 
 impl Pattern {
@@ -138,6 +142,24 @@ impl Pattern {
     /// Whether this pattern matches `path` or one of its parent directories.
     fn matches_or_parent(&self, path: &str, parents: &[String]) -> bool {
         self.matches_exactly(path) || parents.iter().any(|parent| self.matches_exactly(parent))
+    }
+
+    /// Whether this pattern could match some path below the directory `dir` (root-relative,
+    /// cleaned; `""` is the root): such a path starts with `dir/`, and every match starts with
+    /// the literal prefix, so one must be a prefix of the other.
+    fn may_match_below(&self, dir: &str) -> bool {
+        let literal = self.literal_prefix.as_str();
+        if dir.is_empty() {
+            return true;
+        }
+        if literal.len() <= dir.len() {
+            // An exact pattern matches only itself, which is not below `dir`.
+            if matches!(self.matcher, Matcher::Exact(_)) {
+                return false;
+            }
+            return dir.starts_with(literal);
+        }
+        literal.starts_with(dir) && literal.as_bytes()[dir.len()] == b'/'
     }
 
     /// The pattern without a trailing `/**` or `/*` (what could be re-included below a dir).
@@ -190,10 +212,20 @@ impl IgnorePatterns {
                 pattern: text.clone(),
             })?;
             let matcher = translate(&text)?;
+            let literal_prefix = match matcher {
+                Matcher::Exact(_) => text.clone(),
+                // Up to the first character the regex translation gives a meaning to.
+                _ => text
+                    .split(['*', '?', '[', ']', '\\', '^'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
             compiled.push(Pattern {
                 text,
                 exception,
                 matcher,
+                literal_prefix,
             });
         }
         Ok(Self { patterns: compiled })
@@ -220,18 +252,83 @@ impl IgnorePatterns {
         if path.is_empty() || path == "." || self.patterns.is_empty() {
             return false;
         }
+        if is_clean_relative(path) {
+            // The parents are the text before each `/`: no need to compute them.
+            return self.decide(|_, pattern| {
+                pattern.matches_exactly(path)
+                    || path
+                        .match_indices('/')
+                        .any(|(end, _)| pattern.matches_exactly(&path[..end]))
+            });
+        }
         let parents = parent_dirs(path);
+        self.decide(|_, pattern| pattern.matches_or_parent(path, &parents))
+    }
+
+    /// Docker's decision loop: patterns apply in order and the last matching one decides;
+    /// exceptions only matter while excluded, plain patterns only while included (so `matches`
+    /// is asked only about the patterns that can change the outcome).
+    /// `matches` gets each pattern's index and the pattern.
+    fn decide(&self, mut matches: impl FnMut(usize, &Pattern) -> bool) -> bool {
         let mut excluded = false;
-        for pattern in &self.patterns {
-            // Exceptions only matter while excluded, plain patterns only while included.
-            if pattern.exception != excluded {
-                continue;
-            }
-            if pattern.matches_or_parent(path, &parents) {
+        for (index, pattern) in self.patterns.iter().enumerate() {
+            if pattern.exception == excluded && matches(index, pattern) {
                 excluded = !pattern.exception;
             }
         }
         excluded
+    }
+
+    /// The match state of the context root, to walk down from with [`IgnorePatterns::enter`]
+    /// and [`IgnorePatterns::excludes_in`].
+    pub fn root_state(&self) -> DirMatch {
+        DirMatch {
+            matched: vec![false; self.patterns.len()],
+            live: vec![true; self.patterns.len()],
+            any_live: !self.patterns.is_empty(),
+            excluded: false,
+        }
+    }
+
+    /// Whether `path`, an entry of the directory whose state is `parent`, is excluded: the same
+    /// answer as [`IgnorePatterns::matches`], but only the patterns that may still match below
+    /// the directory are tried, each on `path` alone (its parents were tried on the way down).
+    pub fn excludes_in(&self, parent: &DirMatch, path: &str) -> bool {
+        if !parent.any_live {
+            // Nothing can match below: the entry is decided exactly like its directory.
+            return parent.excluded;
+        }
+        self.decide(|i, pattern| {
+            parent.matched[i] || (parent.live[i] && pattern.matches_exactly(path))
+        })
+    }
+
+    /// The state of the directory `path`, an entry of the directory whose state is `parent`.
+    pub fn enter(&self, parent: &DirMatch, path: &str) -> DirMatch {
+        let matched: Vec<bool> = self
+            .patterns
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| {
+                parent.matched[i] || (parent.live[i] && pattern.matches_exactly(path))
+            })
+            .collect();
+        let live: Vec<bool> = self
+            .patterns
+            .iter()
+            .zip(&matched)
+            .enumerate()
+            .map(|(i, (pattern, matched))| {
+                !matched && parent.live[i] && pattern.may_match_below(path)
+            })
+            .collect();
+        let excluded = self.decide(|i, _| matched[i]);
+        DirMatch {
+            any_live: live.iter().any(|live| *live),
+            matched,
+            live,
+            excluded,
+        }
     }
 
     /// For an excluded directory: could an exception re-include something below it, so that a
@@ -255,6 +352,31 @@ impl IgnorePatterns {
             .iter()
             .any(|p| format!("{}/", p.without_trailing_glob()).starts_with(&dir_slash))
     }
+}
+
+/// What a walk knows about a directory while matching its entries (see
+/// [`IgnorePatterns::root_state`]): which patterns match the directory or one of its parents, and
+/// which may still match something below it. Entries are then matched against those few patterns
+/// on their own path only, and a subtree that no pattern can reach needs no matching at all.
+#[derive(Debug, Clone)]
+pub struct DirMatch {
+    /// Per pattern: it matches the directory or one of its parents.
+    matched: Vec<bool>,
+    /// Per pattern: it does not, but may match a path below the directory.
+    live: Vec<bool>,
+    /// Some pattern is live.
+    any_live: bool,
+    /// The directory itself is excluded.
+    excluded: bool,
+}
+
+/// Whether a relative path is already clean (no empty, `.` or `..` component, no leading or
+/// trailing `/`): then its parents are simply the text before each `/`.
+fn is_clean_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|component| !matches!(component, "" | "." | ".."))
 }
 
 /// All parent directories of a `/`-separated path, shortest first (`a`, `a/b` for `a/b/c`),
@@ -464,6 +586,97 @@ mod tests {
         assert!(wild.may_reinclude_below("anything"));
         let none = IgnorePatterns::parse("foo\n").expect("valid");
         assert!(!none.may_reinclude_below("foo"));
+    }
+
+    /// The decision of [`IgnorePatterns::matches`] computed the slow way, from Docker's
+    /// parent list, as a reference for the faster paths.
+    fn matches_by_parent_list(patterns: &IgnorePatterns, path: &str) -> bool {
+        let parents = parent_dirs(path);
+        patterns.decide(|_, pattern| pattern.matches_or_parent(path, &parents))
+    }
+
+    /// The decision for `path` reached the way a walk does: entering each parent directory.
+    fn matches_by_walking(patterns: &IgnorePatterns, path: &str) -> bool {
+        let mut state = patterns.root_state();
+        for (end, _) in path.match_indices('/') {
+            state = patterns.enter(&state, &path[..end]);
+        }
+        patterns.excludes_in(&state, path)
+    }
+
+    #[test]
+    fn literal_prefixes_bound_where_a_pattern_can_match() {
+        let patterns =
+            IgnorePatterns::parse("src/gen\nsrc/*.o\nbuild**\n**/*.tmp\ndocs/[ab]/x\n").unwrap();
+        let below = |dir: &str| -> Vec<&str> {
+            patterns
+                .patterns()
+                .iter()
+                .filter(|p| p.may_match_below(dir))
+                .map(Pattern::as_str)
+                .collect()
+        };
+        assert_eq!(below("src"), vec!["src/gen", "src/*.o", "**/*.tmp"]);
+        // `*` never crosses `/`, but the bound is only the literal prefix: kept, harmlessly.
+        assert_eq!(below("src/gen"), vec!["src/*.o", "**/*.tmp"]);
+        assert_eq!(below("buildx"), vec!["build**", "**/*.tmp"]);
+        assert_eq!(below("docs"), vec!["**/*.tmp", "docs/[ab]/x"]);
+        assert_eq!(below("tree/d7"), vec!["**/*.tmp"]);
+        assert_eq!(below("").len(), 5);
+    }
+
+    #[test]
+    fn a_subtree_no_pattern_reaches_is_decided_like_its_directory() {
+        let patterns = IgnorePatterns::parse("node_modules\n!node_modules/keep\n").unwrap();
+        let tree = patterns.enter(&patterns.root_state(), "tree");
+        assert!(!tree.any_live && !tree.excluded);
+        let modules = patterns.enter(&patterns.root_state(), "node_modules");
+        assert!(modules.excluded && modules.any_live);
+        assert!(patterns.excludes_in(&modules, "node_modules/x"));
+        assert!(!patterns.excludes_in(&modules, "node_modules/keep"));
+        let kept = patterns.enter(&modules, "node_modules/keep");
+        assert!(!kept.excluded && !kept.any_live);
+        assert!(!patterns.excludes_in(&kept, "node_modules/keep/a"));
+    }
+
+    mod agreement_of_the_fast_paths {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn component() -> impl Strategy<Value = String> {
+            prop::sample::select(&["a", "b", "ab", "*", "**", "?", "a*", "[ab]", "*.t", "x.t"][..])
+                .prop_map(str::to_owned)
+        }
+
+        fn pattern() -> impl Strategy<Value = String> {
+            (
+                any::<bool>(),
+                prop::collection::vec(component(), 1..4),
+                any::<bool>(),
+            )
+                .prop_map(|(exception, parts, trailing_slash)| {
+                    let text = parts.join("/");
+                    let text = if trailing_slash { format!("{text}/") } else { text };
+                    if exception { format!("!{text}") } else { text }
+                })
+        }
+
+        proptest! {
+            /// Walking (entering each parent, then matching the entry) and the allocation-free
+            /// `matches` agree with Docker's parent-list rule on every pattern list and path.
+            #[test]
+            fn walk_state_and_matches_agree_with_parent_lists(
+                patterns in prop::collection::vec(pattern(), 1..5),
+                path in prop::collection::vec(
+                    prop::sample::select(&["a", "b", "ab", "x.t", "c"][..]), 1..5
+                ).prop_map(|parts| parts.join("/")),
+            ) {
+                let compiled = IgnorePatterns::compile(&patterns).expect("valid patterns");
+                let expected = matches_by_parent_list(&compiled, &path);
+                prop_assert_eq!(compiled.matches(&path), expected, "patterns {:?} path {:?}", patterns, path);
+                prop_assert_eq!(matches_by_walking(&compiled, &path), expected, "patterns {:?} path {:?}", patterns, path);
+            }
+        }
     }
 
     mod agreement_with_filepath_match {

@@ -27,11 +27,13 @@ pub use checksum::{
     ChecksumError, ChecksumOptions, ChecksumStats, ContentChecksum, EntryChange, EntryRecord,
     checksum, checksum_with_options, diff_entries,
 };
-pub use dockerignore::{IgnorePatterns, PatternError, read_ignore_lines};
+pub use dockerignore::{DirMatch, IgnorePatterns, PatternError, read_ignore_lines};
 pub use ignore_file::{ContextIgnore, IgnoreFileError, load_context_ignore};
 pub use sources::{
     ResolvedSource, SelectedSource, SourceError, SourceOptions, resolve_sources, select_entries,
 };
-pub use stat_cache::{CachedDigest, MemoryStatCache, NoStatCache, StatCache, StatKey};
+pub use stat_cache::{
+    CachedDigest, CachedXattrs, MemoryStatCache, NoStatCache, StatCache, StatKey,
+};
 pub use stdin_context::{Compression, StdinContext, StdinContextError, read_stdin_context};
 pub use walk::{Entry, FileKind, WalkError, walk_context};

@@ -14,6 +14,13 @@
 //! again every time, and not stored, until it has aged past the margin. The record time is taken
 //! *before* the file is read, so a write that races with hashing always makes the record racy.
 //! This costs a re-read of files touched in the last seconds and never returns stale content.
+//!
+//! # Extended attributes
+//!
+//! A record also holds the digest of the file's extended attributes ([`CachedXattrs`]), so that
+//! an unchanged file costs no `llistxattr` either. This is sound for the same reason as the
+//! content: setting or removing an attribute updates the file's ctime, which is part of the
+//! [`StatKey`], and the racy-entry rule covers a change within the same timestamp tick.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,6 +44,18 @@ pub struct StatKey {
     pub ctime_ns: i64,
 }
 
+/// What a stat cache record knows about a file's extended attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CachedXattrs {
+    /// Not recorded (a record written before attributes were cached): the caller reads them.
+    #[default]
+    Unknown,
+    /// The file had none (apart from the ignored `security.selinux`).
+    Absent,
+    /// sha256 over the attributes, as in [`crate::EntryRecord::xattrs`].
+    Digest([u8; 32]),
+}
+
 /// A cached content digest and when it was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachedDigest {
@@ -44,6 +63,9 @@ pub struct CachedDigest {
     pub sha256: [u8; 32],
     /// When the digest was taken (before reading the file), nanoseconds since the epoch.
     pub recorded_at_ns: i64,
+    /// The file's extended attributes at that time (see the module docs for why they can be
+    /// trusted whenever the content can).
+    pub xattrs: CachedXattrs,
 }
 
 impl CachedDigest {
@@ -60,13 +82,15 @@ impl CachedDigest {
 /// hashing threads. `get` returns what was `put`; trust decisions are the caller's (see
 /// [`CachedDigest::is_trustworthy`]).
 ///
-/// A checksum first hands [`StatCache::prefetch`] the keys of every regular file it selected,
-/// then calls `get` for each: a cache behind a database answers the whole context with one batch
-/// query there instead of one query per file.
+/// A checksum asks for the keys of every regular file it selected at once
+/// ([`StatCache::get_many`]): a cache behind a database answers the whole context with one batch
+/// query instead of one query per file.
 pub trait StatCache: Send + Sync {
-    /// Announces the keys about to be looked up, so that they can be loaded in one batch. Only a
-    /// hint: `get` must answer any key, prefetched or not. The default does nothing.
-    fn prefetch(&self, _keys: &[StatKey]) {}
+    /// The digests recorded for `keys`, one answer per key, in order. The default asks
+    /// [`StatCache::get`] for each.
+    fn get_many(&self, keys: &[StatKey]) -> Vec<Option<CachedDigest>> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
     /// The digest recorded for exactly this key, if any.
     fn get(&self, key: &StatKey) -> Option<CachedDigest>;
     /// Records a digest for this key (replacing any earlier one).
@@ -146,6 +170,7 @@ mod tests {
         let record = CachedDigest {
             sha256: [0; 32],
             recorded_at_ns: 100 * second,
+            xattrs: CachedXattrs::Absent,
         };
         let margin = Duration::from_secs(2);
         assert!(record.is_trustworthy(&key(90 * second, 90 * second), margin));
@@ -163,6 +188,7 @@ mod tests {
         let digest = CachedDigest {
             sha256: [7; 32],
             recorded_at_ns: 5,
+            xattrs: CachedXattrs::Digest([1; 32]),
         };
         cache.put(&key(1, 1), digest);
         assert_eq!(cache.get(&key(1, 1)), Some(digest));

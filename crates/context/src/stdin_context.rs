@@ -13,13 +13,11 @@ use std::io::{self, Cursor, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use kiln_image::magic::{TAR_BLOCK_SIZE, is_tar_header};
 use thiserror::Error;
 
 /// The largest Dockerfile accepted on stdin (it is held in memory).
 pub const MAX_STDIN_DOCKERFILE: u64 = 16 * 1024 * 1024;
-
-/// Size of a tar header block.
-const TAR_BLOCK: usize = 512;
 
 /// Why stdin could not be used as a context.
 #[derive(Debug, Error)]
@@ -71,66 +69,9 @@ pub enum StdinContext {
     Dockerfile(Vec<u8>),
 }
 
-/// Compression of an archive on stdin, detected from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (several members are read as one stream).
-    Gzip,
-    /// bzip2.
-    Bzip2,
-    /// xz.
-    Xz,
-    /// zstd.
-    Zstd,
-}
-
-impl Compression {
-    /// Detects compression from magic bytes (Docker's `DetectCompression`).
-    pub fn detect(prefix: &[u8]) -> Self {
-        if prefix.starts_with(&[0x1F, 0x8B, 0x08]) {
-            Self::Gzip
-        } else if prefix.starts_with(b"BZh") {
-            Self::Bzip2
-        } else if prefix.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
-            Self::Xz
-        } else if prefix.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-            Self::Zstd
-        } else {
-            Self::None
-        }
-    }
-}
-
-/// True when `block` is a tar header with a valid checksum (what Go's tar reader needs to accept
-/// a first entry). An all-zero block is the end-of-archive marker, not an entry.
-fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < TAR_BLOCK || block[..TAR_BLOCK].iter().all(|b| *b == 0) {
-        return false;
-    }
-    let field = &block[148..156];
-    let digits: String = field
-        .iter()
-        .map(|b| char::from(*b))
-        .filter(|c| !matches!(c, '\0' | ' '))
-        .collect();
-    let Ok(stored) = u64::from_str_radix(&digits, 8) else {
-        return false;
-    };
-    let computed: u64 = block[..TAR_BLOCK]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                0x20
-            } else {
-                u64::from(*b)
-            }
-        })
-        .sum();
-    stored == computed
-}
+/// Compression of an archive on stdin, told by its first bytes with kiln-image's detector (Docker's
+/// `DetectCompression` magic numbers), the one every archive reader in kiln uses.
+pub use kiln_image::StreamCompression as Compression;
 
 /// Reads up to `limit` bytes (fewer only at end of stream).
 fn read_prefix(input: &mut impl Read, limit: usize) -> io::Result<Vec<u8>> {
@@ -149,7 +90,7 @@ pub fn read_stdin_context(
     mut input: impl Read,
     dest: &Path,
 ) -> Result<StdinContext, StdinContextError> {
-    let prefix = read_prefix(&mut input, TAR_BLOCK).map_err(StdinContextError::Read)?;
+    let prefix = read_prefix(&mut input, TAR_BLOCK_SIZE).map_err(StdinContextError::Read)?;
     let compression = Compression::detect(&prefix);
     let stream = Cursor::new(prefix).chain(input);
     let entries = match compression {
@@ -161,7 +102,7 @@ pub fn read_stdin_context(
                 zstd::stream::read::Decoder::new(stream).map_err(StdinContextError::Read)?;
             unpack(decoder, dest)?
         }
-        Compression::None => {
+        Compression::Uncompressed => {
             if !is_tar_header(stream.get_ref().0.get_ref()) {
                 let mut dockerfile = Vec::new();
                 stream
@@ -301,7 +242,7 @@ mod tests {
         assert!(matches!(
             got,
             StdinContext::Archive {
-                compression: Compression::None,
+                compression: Compression::Uncompressed,
                 entries: 2
             }
         ));

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::dockerignore::IgnorePatterns;
+use crate::dockerignore::{DirMatch, IgnorePatterns};
 
 /// Why a walk failed.
 #[derive(Debug, Error)]
@@ -131,6 +131,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// [`Entry::from_metadata`] for the entry `name` of the directory `dir` (the absolute path is
+    /// only made for a symlink, whose target must be read).
+    fn from_metadata_in(
+        path: String,
+        dir: &Path,
+        name: &std::ffi::OsStr,
+        metadata: &Metadata,
+    ) -> Result<Self, WalkError> {
+        if metadata.file_type().is_symlink() {
+            return Self::from_metadata(path, &dir.join(name), metadata);
+        }
+        Ok(Self::of_metadata(path, metadata, None))
+    }
+
     /// Builds an entry from a `lstat` result, reading the link target of symlinks.
     ///
     /// # Errors
@@ -159,9 +173,13 @@ impl Entry {
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self::of_metadata(path, metadata, link_target))
+    }
+
+    fn of_metadata(path: String, metadata: &Metadata, link_target: Option<String>) -> Self {
+        Self {
             path,
-            kind,
+            kind: FileKind::of(metadata),
             mode: metadata.mode() & 0o7777,
             uid: metadata.uid(),
             gid: metadata.gid(),
@@ -173,7 +191,7 @@ impl Entry {
             ino: metadata.ino(),
             rdev: metadata.rdev(),
             nlink: metadata.nlink(),
-        })
+        }
     }
 }
 
@@ -202,7 +220,11 @@ pub(crate) fn lstat(path: &Path) -> Result<Metadata, WalkError> {
 /// [`WalkError`] when an entry that is part of the context cannot be read.
 pub fn walk_context(root: &Path, ignore: &IgnorePatterns) -> Result<Vec<Entry>, WalkError> {
     let mut entries = Vec::new();
-    walk_dir(root, "", &[ignore], &mut entries)?;
+    let filters = [PrefixedFilter {
+        patterns: ignore,
+        prefix: "",
+    }];
+    walk_filtered(root, "", &filters, &mut entries)?;
     Ok(entries)
 }
 
@@ -219,7 +241,11 @@ pub(crate) fn walk_filtered(
     filters: &[PrefixedFilter<'_>],
     out: &mut Vec<Entry>,
 ) -> Result<(), WalkError> {
-    walk_dir(root, start, filters, out)
+    let positioned: Vec<FilterAt<'_>> = filters
+        .iter()
+        .filter_map(|filter| filter.at(start))
+        .collect();
+    walk_dir(root, start, &positioned, false, out)
 }
 
 /// A pattern list whose paths are relative to `prefix` (a directory under the walk root).
@@ -229,41 +255,62 @@ pub(crate) struct PrefixedFilter<'a> {
     pub prefix: &'a str,
 }
 
-/// Something that decides per path whether it is excluded and whether to look inside anyway.
-pub(crate) trait Filter {
-    /// Is the root-relative path excluded?
-    fn excludes(&self, path: &str) -> bool;
-    /// For an excluded directory: could something inside be re-included?
-    fn may_reinclude_below(&self, dir: &str) -> bool;
-}
-
-impl Filter for &IgnorePatterns {
-    fn excludes(&self, path: &str) -> bool {
-        self.matches(path)
-    }
-    fn may_reinclude_below(&self, dir: &str) -> bool {
-        IgnorePatterns::may_reinclude_below(self, dir)
-    }
-}
-
-impl PrefixedFilter<'_> {
-    /// The path relative to the prefix, or `None` when it is not below it (then never excluded).
-    fn relative<'p>(&self, path: &'p str) -> Option<&'p str> {
-        if self.prefix.is_empty() {
-            return Some(path);
+impl<'a> PrefixedFilter<'a> {
+    /// The filter positioned at the directory `start` (root-relative), with the match state of
+    /// every directory on the way from its prefix; `None` when it can exclude nothing there (no
+    /// patterns, or `start` is not below the prefix).
+    fn at(&self, start: &str) -> Option<FilterAt<'a>> {
+        if self.patterns.is_empty() {
+            return None;
         }
-        path.strip_prefix(self.prefix)?.strip_prefix('/')
+        let (strip, below) = if self.prefix.is_empty() {
+            (0, start)
+        } else if start == self.prefix {
+            (self.prefix.len() + 1, "")
+        } else {
+            let below = start.strip_prefix(self.prefix)?.strip_prefix('/')?;
+            (self.prefix.len() + 1, below)
+        };
+        let mut state = self.patterns.root_state();
+        if !below.is_empty() {
+            let ends = below.match_indices('/').map(|(end, _)| end);
+            for end in ends.chain(std::iter::once(below.len())) {
+                state = self.patterns.enter(&state, &below[..end]);
+            }
+        }
+        Some(FilterAt {
+            patterns: self.patterns,
+            strip,
+            state,
+        })
     }
 }
 
-impl Filter for PrefixedFilter<'_> {
+/// A filter positioned at one directory of a walk.
+struct FilterAt<'a> {
+    patterns: &'a IgnorePatterns,
+    /// Bytes to drop from a root-relative path to make it relative to the filter's prefix.
+    strip: usize,
+    /// The match state of the directory being walked.
+    state: DirMatch,
+}
+
+impl FilterAt<'_> {
     fn excludes(&self, path: &str) -> bool {
-        self.relative(path)
-            .is_some_and(|rel| self.patterns.matches(rel))
+        self.patterns.excludes_in(&self.state, &path[self.strip..])
     }
+
     fn may_reinclude_below(&self, dir: &str) -> bool {
-        self.relative(dir)
-            .is_some_and(|rel| self.patterns.may_reinclude_below(rel))
+        self.patterns.may_reinclude_below(&dir[self.strip..])
+    }
+
+    /// The filter positioned at the subdirectory `dir` (root-relative).
+    fn enter(&self, dir: &str) -> Self {
+        FilterAt {
+            patterns: self.patterns,
+            strip: self.strip,
+            state: self.patterns.enter(&self.state, &dir[self.strip..]),
+        }
     }
 }
 
@@ -277,41 +324,38 @@ pub(crate) fn has_visible_descendant(
     dir: &str,
     ignore: &IgnorePatterns,
 ) -> Result<bool, WalkError> {
+    let filter = PrefixedFilter {
+        patterns: ignore,
+        prefix: "",
+    };
+    let positioned: Vec<FilterAt<'_>> = filter.at(dir).into_iter().collect();
     let mut found = Vec::new();
-    walk_dir_inner(root, dir, &[ignore], true, &mut found)?;
+    walk_dir(root, dir, &positioned, true, &mut found)?;
     Ok(!found.is_empty())
 }
 
-/// Reads a directory's entry names, sorted bytewise.
-fn sorted_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    let mut names = fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.file_name()))
+/// Reads a directory's entries, sorted bytewise by name. Each entry keeps the open directory, so
+/// its metadata is read relative to it (one path component to resolve, not the whole path).
+fn sorted_entries(dir: &Path) -> io::Result<Vec<(std::ffi::OsString, fs::DirEntry)>> {
+    let mut entries = fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| (e.file_name(), e)))
         .collect::<io::Result<Vec<_>>>()?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
-}
-
-fn walk_dir<F: Filter>(
-    root: &Path,
-    dir_rel: &str,
-    filters: &[F],
-    out: &mut Vec<Entry>,
-) -> Result<(), WalkError> {
-    walk_dir_inner(root, dir_rel, filters, false, out)
+    entries.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+    Ok(entries)
 }
 
 /// Walks one directory. `dir_excluded` says the directory itself is excluded and is only being
 /// searched for re-included entries: then permission errors are ignored, as BuildKit does.
-fn walk_dir_inner<F: Filter>(
+fn walk_dir(
     root: &Path,
     dir_rel: &str,
-    filters: &[F],
+    filters: &[FilterAt<'_>],
     dir_excluded: bool,
     out: &mut Vec<Entry>,
 ) -> Result<(), WalkError> {
     let dir_abs = root.join(dir_rel);
-    let names = match sorted_names(&dir_abs) {
-        Ok(names) => names,
+    let entries = match sorted_entries(&dir_abs) {
+        Ok(entries) => entries,
         Err(err) if dir_excluded && err.kind() == io::ErrorKind::PermissionDenied => {
             return Ok(());
         }
@@ -323,17 +367,21 @@ fn walk_dir_inner<F: Filter>(
             });
         }
     };
-    for name in names {
-        let absolute = dir_abs.join(&name);
+    for (name, dir_entry) in entries {
         // Patterns are text: a name that is not UTF-8 is matched in its lossy form and is an
         // error only if the entry is kept.
         let utf8 = name.to_str().is_some();
         let rel = join_rel(dir_rel, &name.to_string_lossy());
         let excluded = filters.iter().any(|f| f.excludes(&rel));
         let non_utf8 = || WalkError::NonUtf8Name {
-            path: absolute.clone(),
+            path: dir_abs.join(&name),
         };
-        let metadata = match fs::symlink_metadata(&absolute) {
+        // An excluded entry matters only if it is a directory (something inside may be
+        // re-included); the type from the directory listing usually saves its `lstat`.
+        if excluded && !dir_entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let metadata = match dir_entry.metadata() {
             Ok(metadata) => metadata,
             // Removed while we walk: nothing to report.
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
@@ -343,7 +391,7 @@ fn walk_dir_inner<F: Filter>(
                 }
                 return Err(WalkError::Io {
                     action: "lstat",
-                    path: absolute,
+                    path: dir_abs.join(&name),
                     source,
                 });
             }
@@ -353,22 +401,31 @@ fn walk_dir_inner<F: Filter>(
             if !utf8 {
                 return Err(non_utf8());
             }
-            out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
+            let entry = Entry::from_metadata_in(rel, &dir_abs, &name, &metadata)?;
             if is_dir {
-                walk_dir_inner(root, &rel, filters, false, out)?;
+                let inner: Vec<FilterAt<'_>> = filters.iter().map(|f| f.enter(&entry.path)).collect();
+                let path = entry.path.clone();
+                out.push(entry);
+                walk_dir(root, &path, &inner, false, out)?;
+            } else {
+                out.push(entry);
             }
             continue;
         }
         // Excluded: only a directory that may hold re-included entries is looked into, and it is
         // reported only if one of them is found.
-        let excluding: Vec<&F> = filters.iter().filter(|f| f.excludes(&rel)).collect();
-        if is_dir && excluding.iter().all(|f| f.may_reinclude_below(&rel)) {
+        let searchable = filters
+            .iter()
+            .filter(|f| f.excludes(&rel))
+            .all(|f| f.may_reinclude_below(&rel));
+        if is_dir && searchable {
             if !utf8 {
                 return Err(non_utf8());
             }
+            let inner: Vec<FilterAt<'_>> = filters.iter().map(|f| f.enter(&rel)).collect();
             let placeholder = out.len();
-            out.push(Entry::from_metadata(rel.clone(), &absolute, &metadata)?);
-            walk_dir_inner(root, &rel, filters, true, out)?;
+            out.push(Entry::from_metadata_in(rel.clone(), &dir_abs, &name, &metadata)?);
+            walk_dir(root, &rel, &inner, true, out)?;
             if out.len() == placeholder + 1 {
                 out.pop();
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use kiln_context::{
-    CachedDigest, ChecksumOptions, ContentChecksum, IgnorePatterns, MemoryStatCache, NoStatCache,
+    CachedDigest, CachedXattrs, ChecksumOptions, ContentChecksum, IgnorePatterns, MemoryStatCache, NoStatCache,
     SourceOptions, StatCache, StatKey, checksum, checksum_with_options, diff_entries,
     resolve_sources,
 };
@@ -263,6 +263,7 @@ fn cache_hit_does_not_read_the_file() {
         CachedDigest {
             sha256: planted,
             recorded_at_ns: kiln_context::stat_cache::now_ns(),
+            xattrs: CachedXattrs::Absent,
         },
     );
     let sum = sum_of(dir.path(), "README.md", &[], &cache);
@@ -346,6 +347,7 @@ fn racy_records_are_neither_stored_nor_trusted() {
         CachedDigest {
             sha256: [0xCD; 32],
             recorded_at_ns: kiln_context::stat_cache::now_ns(),
+            xattrs: CachedXattrs::Absent,
         },
     );
     let third = sum_with(dir.path(), "fresh", None, &[], &cache, &default);
@@ -362,13 +364,9 @@ fn invalid_exclude_pattern_is_an_error() {
     assert!(err.to_string().contains("--exclude"), "{err}");
 }
 
-#[test]
-fn xattr_change_changes_the_checksum() {
-    let dir = context();
-    let file = dir.path().join("src/main.rs");
-    let before = sum_of(dir.path(), "src", &[], &NoStatCache);
+/// Sets a user extended attribute; false (after saying so) where the file system has none.
+fn set_user_xattr(file: &Path, value: &[u8]) -> bool {
     let c_path = std::ffi::CString::new(file.to_str().expect("utf-8")).expect("path");
-    let value = b"v1";
     // SAFETY: NUL-terminated strings and a valid buffer.
     let rc = unsafe {
         libc::lsetxattr(
@@ -384,11 +382,104 @@ fn xattr_change_changes_the_checksum() {
             "skipping: user xattrs unsupported here: {}",
             std::io::Error::last_os_error()
         );
+    }
+    rc == 0
+}
+
+fn lstat_key(file: &Path) -> StatKey {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::symlink_metadata(file).expect("lstat");
+    StatKey {
+        dev: metadata.dev(),
+        ino: metadata.ino(),
+        size: metadata.size(),
+        mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+        ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+    }
+}
+
+#[test]
+fn xattr_change_changes_the_checksum() {
+    let dir = context();
+    let file = dir.path().join("src/main.rs");
+    let before = sum_of(dir.path(), "src", &[], &NoStatCache);
+    if !set_user_xattr(&file, b"v1") {
         return;
     }
     let after = sum_of(dir.path(), "src", &[], &NoStatCache);
     assert_ne!(before.digest, after.digest);
     assert_eq!(changes(&before, &after), vec!["src/main.rs xattrs changed"]);
+}
+
+#[test]
+fn xattr_change_is_seen_through_the_stat_cache() {
+    let dir = context();
+    let file = dir.path().join("src/main.rs");
+    if !set_user_xattr(&file, b"v1") {
+        return;
+    }
+    settle();
+    let cache = MemoryStatCache::new();
+    let first = sum_of(dir.path(), "src", &[], &cache);
+    let again = sum_of(dir.path(), "src", &[], &cache);
+    assert_eq!(again.digest, first.digest);
+    assert_eq!((again.stats.cache_hits, again.stats.files_hashed), (3, 0));
+    // Only the attribute changes: same content, size and mtime, a new ctime.
+    assert!(set_user_xattr(&file, b"v2"));
+    let after = sum_of(dir.path(), "src", &[], &cache);
+    assert_eq!(changes(&first, &after), vec!["src/main.rs xattrs changed"]);
+}
+
+#[test]
+fn a_cache_hit_takes_the_xattrs_from_the_record() {
+    let dir = context();
+    settle();
+    let file = dir.path().join("README.md");
+    let content = Sha256::digest(b"readme\n").into();
+    let cache = MemoryStatCache::new();
+    // A digest no attributes have: if it shows up, the attributes were not read.
+    cache.put(
+        &lstat_key(&file),
+        CachedDigest {
+            sha256: content,
+            recorded_at_ns: kiln_context::stat_cache::now_ns(),
+            xattrs: CachedXattrs::Digest([0xEF; 32]),
+        },
+    );
+    let sum = sum_of(dir.path(), "README.md", &[], &cache);
+    assert_eq!(sum.entries[0].xattrs, format!("sha256:{}", hex::encode([0xEF; 32])));
+    assert_eq!((sum.stats.cache_hits, sum.stats.files_hashed), (1, 0));
+}
+
+#[test]
+fn a_record_without_xattrs_is_completed_once() {
+    let dir = context();
+    let file = dir.path().join("README.md");
+    let with_xattrs = set_user_xattr(&file, b"v1");
+    settle();
+    let reference = sum_of(dir.path(), "README.md", &[], &NoStatCache);
+    let key = lstat_key(&file);
+    let cache = MemoryStatCache::new();
+    let recorded_at_ns = kiln_context::stat_cache::now_ns();
+    // As written before attributes were cached.
+    cache.put(
+        &key,
+        CachedDigest {
+            sha256: Sha256::digest(b"readme\n").into(),
+            recorded_at_ns,
+            xattrs: CachedXattrs::Unknown,
+        },
+    );
+    let sum = sum_of(dir.path(), "README.md", &[], &cache);
+    assert_eq!(sum.digest, reference.digest, "attributes read for an old record");
+    assert_eq!((sum.stats.cache_hits, sum.stats.files_hashed), (1, 0));
+    let completed = cache.get(&key).expect("record kept");
+    assert_eq!(completed.recorded_at_ns, recorded_at_ns);
+    if with_xattrs {
+        assert!(matches!(completed.xattrs, CachedXattrs::Digest(_)));
+    } else {
+        assert_eq!(completed.xattrs, CachedXattrs::Absent);
+    }
 }
 
 #[test]
@@ -398,12 +489,63 @@ fn records_survive_serialisation_for_later_explanations() {
     let stored = serde_json::to_string(&before).expect("serialise");
     let restored: ContentChecksum = serde_json::from_str(&stored).expect("deserialise");
     assert_eq!(restored.digest, before.digest);
-    assert_eq!(restored.entries, before.entries);
+    // Everything but the per-entry digest, which the compact form leaves out.
+    let without_digests = |entries: &[kiln_context::EntryRecord]| {
+        entries
+            .iter()
+            .map(|entry| kiln_context::EntryRecord {
+                digest: String::new(),
+                ..entry.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(restored.entries, without_digests(&before.entries));
+    assert!(changes(&restored, &before).is_empty(), "nothing changed");
     fs::remove_file(dir.path().join("src/lib.rs")).expect("rm");
     fs::write(dir.path().join("src/new.rs"), "new").expect("write");
+    fs::write(dir.path().join("src/main.rs"), "fn main() { }\n").expect("write");
     let after = sum_of(dir.path(), "src", &[], &NoStatCache);
     assert_eq!(
         changes(&restored, &after),
-        vec!["src/new.rs added", "src/lib.rs removed"]
+        vec![
+            "src/main.rs content changed",
+            "src/new.rs added",
+            "src/lib.rs removed"
+        ]
     );
+}
+
+#[test]
+fn records_are_stored_compactly_and_the_older_form_still_reads() {
+    let dir = context();
+    let sum = sum_of(dir.path(), "src/main.rs", &[], &NoStatCache);
+    let record = &sum.entries[0];
+    let stored = serde_json::to_value(record).expect("serialise");
+    assert_eq!(
+        stored,
+        serde_json::json!([
+            "src/main.rs",
+            "file",
+            record.mode,
+            record.uid,
+            record.gid,
+            13,
+            record.content,
+            ""
+        ])
+    );
+    // As records were written before: an object with the digest.
+    let older = serde_json::json!({
+        "path": "src/main.rs",
+        "kind": "file",
+        "mode": record.mode,
+        "uid": record.uid,
+        "gid": record.gid,
+        "size": 13,
+        "content": record.content,
+        "xattrs": "",
+        "digest": record.digest,
+    });
+    let read: kiln_context::EntryRecord = serde_json::from_value(older).expect("older form");
+    assert_eq!(&read, record);
 }

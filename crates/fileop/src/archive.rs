@@ -12,10 +12,16 @@
 //! symlinks such as `/var/run -> /run` are followed — inside the root, with
 //! `openat2(RESOLVE_IN_ROOT)` — since there is nothing of the image outside the root to protect;
 //! `../` names are refused there too, as BuildKit does.
+//!
+//! The extractor is not kiln-oci's `apply_layer` (they share [`kiln_image::magic`], decompression and
+//! entry-name cleaning):
+//! ADD reads no whiteouts, resolves beneath the destination, makes implied parents root-owned, applies
+//! `--chown` and fails on xattr and device errors; layer apply does whiteouts, opaque directories and
+//! rootless skips. One function would need a switch for each difference, so there are two.
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -25,86 +31,13 @@ use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, futimens, mkdirat, mkn
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, linkat, symlinkat};
 
+use kiln_image::magic::{TAR_BLOCK_SIZE, is_tar_header};
+use kiln_oci::apply::clean_path;
+use kiln_oci::compress::decompressing_reader;
+
 use crate::error::{FileOpError, Result, io_err, sys_err};
 use crate::ops::remove_all_at;
 use crate::root::{Root, display, file_type, set_metadata_at};
-
-/// The compression an archive's leading bytes announce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
-}
-
-/// Tells the compression from the first bytes of a file.
-pub fn detect_compression(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(b"BZh") {
-        Compression::Bzip2
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        Compression::Xz
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
-/// A reader of the decompressed content of `file`.
-fn decompressed(file: File) -> io::Result<Box<dyn Read>> {
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let head = reader.fill_buf()?;
-    Ok(match detect_compression(head) {
-        Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(reader)),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
-    })
-}
-
-/// Whether a 512-byte block is a valid tar header (its checksum matches; all-zero is the end).
-fn is_tar_header(block: &[u8]) -> bool {
-    if block.len() < 512 || block.iter().all(|b| *b == 0) {
-        return false;
-    }
-    let field = &block[148..156];
-    let text: String = field
-        .iter()
-        .take_while(|b| **b != 0)
-        .map(|b| *b as char)
-        .collect();
-    let Ok(expected) = u32::from_str_radix(text.trim(), 8) else {
-        return false;
-    };
-    let unsigned: u32 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                u32::from(b' ')
-            } else {
-                u32::from(*b)
-            }
-        })
-        .sum();
-    let signed: i64 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                i64::from(b' ')
-            } else {
-                i64::from(*b as i8)
-            }
-        })
-        .sum();
-    expected == unsigned || i64::from(expected) == signed
-}
 
 /// If source `rel` (symlinks followed, as BuildKit does) is a regular file holding a tar archive,
 /// returns its real path in the source root.
@@ -124,11 +57,11 @@ pub(crate) fn detect(src: &Root, op: &str, rel: &str) -> Result<Option<String>> 
     if file_type(&st) != SFlag::S_IFREG {
         return Ok(None);
     }
-    let mut reader = match decompressed(File::from(fd)) {
-        Ok(reader) => reader,
+    let mut reader = match decompressing_reader(File::from(fd)) {
+        Ok((_, reader)) => reader,
         Err(_) => return Ok(None),
     };
-    let mut block = [0u8; 512];
+    let mut block = [0u8; TAR_BLOCK_SIZE];
     let mut filled = 0;
     while filled < block.len() {
         match reader.read(&mut block[filled..]) {
@@ -184,22 +117,6 @@ fn open_confined(
             other => return other,
         }
     }
-}
-
-/// Cleans an entry name: leading `/` dropped, `.` ignored, `..` applied; `None` when it climbs
-/// above the extraction directory.
-fn clean_entry_name(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut parts: Vec<Vec<u8>> = Vec::new();
-    for component in raw.split(|b| *b == b'/') {
-        match component {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop()?;
-            }
-            other => parts.push(other.to_vec()),
-        }
-    }
-    Some(parts)
 }
 
 /// State of one extraction.
@@ -320,7 +237,7 @@ impl Extractor<'_> {
 
     fn extract<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
-        let Some(mut parts) = clean_entry_name(&raw) else {
+        let Some(mut parts) = clean_path(&raw) else {
             return Err(self.escape(&raw));
         };
         let Some(name) = parts.pop() else {
@@ -424,7 +341,7 @@ impl Extractor<'_> {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| self.fail(&raw, "hardlink without a target"))?;
-                let Some(mut target_parts) = clean_entry_name(&target) else {
+                let Some(mut target_parts) = clean_path(&target) else {
                     return Err(self.escape(&raw));
                 };
                 let Some(target_name) = target_parts.pop() else {
@@ -513,7 +430,8 @@ pub(crate) fn unpack(
     let fd = src
         .open_in(archive_rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
         .map_err(|e| sys_err(op, "open", shown, e))?;
-    let reader = decompressed(File::from(fd)).map_err(|e| io_err(op, "read archive", shown, e))?;
+    let (_, reader) = decompressing_reader(io::BufReader::with_capacity(64 * 1024, File::from(fd)))
+        .map_err(|e| io_err(op, "read archive", shown, e))?;
     let mut archive = tar::Archive::new(reader);
     let mut extractor = Extractor {
         op,
@@ -552,30 +470,16 @@ pub(crate) fn unpack(
 mod tests {
     use super::*;
 
-    #[test]
-    fn compression_is_told_by_magic_bytes() {
-        assert_eq!(detect_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(detect_compression(b"BZh91AY"), Compression::Bzip2);
-        assert_eq!(
-            detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
-            Compression::Xz
-        );
-        assert_eq!(
-            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
-            Compression::Zstd
-        );
-        assert_eq!(detect_compression(b"hello"), Compression::None);
-    }
-
+    /// ADD reads entry names with kiln-oci's rule; these are the cases ADD depends on.
     #[test]
     fn entry_names_are_cleaned_and_escapes_caught() {
         assert_eq!(
-            clean_entry_name(b"/abs/file"),
+            clean_path(b"/abs/file"),
             Some(vec![b"abs".to_vec(), b"file".to_vec()])
         );
-        assert_eq!(clean_entry_name(b"./a/../b"), Some(vec![b"b".to_vec()]));
-        assert_eq!(clean_entry_name(b"../x"), None);
-        assert_eq!(clean_entry_name(b"a/../../x"), None);
+        assert_eq!(clean_path(b"./a/../b"), Some(vec![b"b".to_vec()]));
+        assert_eq!(clean_path(b"../x"), None);
+        assert_eq!(clean_path(b"a/../../x"), None);
     }
 
     #[test]

@@ -41,7 +41,6 @@ mod pattern;
 mod root;
 mod xattr;
 
-pub use archive::{Compression, detect_compression};
 pub use copy::{CopyOptions, CopyReport, copy};
 pub use error::{FileOpError, Result};
 pub use mode::Chmod;

@@ -6,28 +6,13 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Kiln, TestDockerd, have, make_busybox_image, make_image, stderr, stdout};
+use common::{
+    Kiln, TestDockerd, have_or_skip, make_busybox_image, make_image, multi_platform_layout,
+    output_ok, skopeo_ok, stderr, stdout,
+};
 
 const APP: &str = "docker.io/library/app:latest";
 const OTHER: &str = "docker.io/library/other:1.0";
-
-fn skopeo(args: &[&str]) -> std::process::Output {
-    Command::new("skopeo")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skopeo")
-}
-
-fn skopeo_ok(args: &[&str]) -> String {
-    let output = skopeo(args);
-    assert!(
-        output.status.success(),
-        "skopeo {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temp path")
@@ -48,8 +33,7 @@ fn listing(kiln: &Kiln) -> Vec<String> {
 
 #[test]
 fn saved_archive_is_read_by_skopeo() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
+    if !have_or_skip("skopeo") {
         return;
     }
     let kiln = Kiln::new();
@@ -58,8 +42,7 @@ fn saved_archive_is_read_by_skopeo() {
         APP,
         &[&[("a.txt", "a\n")], &[("b/b.txt", "b\n")]],
     );
-    let archive = kiln.work.path().join("app.tar");
-    kiln.ok(&["save", "-o", path_str(&archive), "app"]);
+    let archive = kiln.save("app.tar", &["app"]);
 
     let inspected: serde_json::Value = serde_json::from_str(&skopeo_ok(&[
         "inspect",
@@ -101,15 +84,13 @@ fn saved_archive_is_read_by_skopeo() {
 
 #[test]
 fn several_images_share_one_archive() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
+    if !have_or_skip("skopeo") {
         return;
     }
     let kiln = Kiln::new();
     let app = make_image(kiln.root.path(), APP, &[&[("a.txt", "a\n")]]);
     let other = make_image(kiln.root.path(), OTHER, &[&[("o.txt", "o\n")]]);
-    let archive = kiln.work.path().join("both.tar");
-    kiln.ok(&["save", "-o", path_str(&archive), "app", "other:1.0"]);
+    let archive = kiln.save("both.tar", &["app", "other:1.0"]);
 
     for (name, image) in [("app:latest", &app), ("other:1.0", &other)] {
         let config: serde_json::Value = serde_json::from_str(&skopeo_ok(&[
@@ -137,15 +118,10 @@ fn save_then_load_into_a_fresh_store_keeps_names_and_ids() {
     );
     make_image(kiln.root.path(), OTHER, &[&[("o.txt", "o\n")]]);
     kiln.ok(&["tag", "app", "127.0.0.1:5000/team/app:v1"]);
-    let archive = kiln.work.path().join("all.tar");
-    kiln.ok(&[
-        "save",
-        "-o",
-        path_str(&archive),
-        "app",
-        "other:1.0",
-        "127.0.0.1:5000/team/app:v1",
-    ]);
+    let archive = kiln.save(
+        "all.tar",
+        &["app", "other:1.0", "127.0.0.1:5000/team/app:v1"],
+    );
 
     let fresh = Kiln::new();
     let loaded = stdout(&fresh.ok(&["load", "-i", path_str(&archive)]));
@@ -190,8 +166,7 @@ fn save_then_load_into_a_fresh_store_keeps_names_and_ids() {
 
 #[test]
 fn archives_written_by_skopeo_load() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
+    if !have_or_skip("skopeo") {
         return;
     }
     let kiln = Kiln::new();
@@ -200,8 +175,7 @@ fn archives_written_by_skopeo_load() {
         APP,
         &[&[("a.txt", "a\n")], &[("b.txt", "b\n")]],
     );
-    let archive = kiln.work.path().join("app.tar");
-    kiln.ok(&["save", "-o", path_str(&archive), "app"]);
+    let archive = kiln.save("app.tar", &["app"]);
     let source = format!("docker-archive:{}", archive.display());
 
     let legacy = kiln.work.path().join("skopeo-docker.tar");
@@ -235,8 +209,7 @@ fn archives_written_by_skopeo_load() {
             );
         }
         // The loaded image is complete: it saves again and skopeo reads it.
-        let again = fresh.work.path().join("again.tar");
-        fresh.ok(&["save", "-o", path_str(&again), name]);
+        let again = fresh.save("again.tar", &[name]);
         skopeo_ok(&["inspect", &format!("docker-archive:{}", again.display())]);
     }
 }
@@ -308,91 +281,41 @@ fn docker_loads_and_runs_a_saved_image_and_kiln_loads_docker_save() {
     let kiln = Kiln::new();
     let image = make_busybox_image(kiln.root.path(), "docker.io/library/kiln-busybox:latest");
     let extra = make_image(kiln.root.path(), OTHER, &[&[("o.txt", "o\n")]]);
-    let archive = kiln.work.path().join("busybox.tar");
-    kiln.ok(&[
-        "save",
-        "-o",
-        path_str(&archive),
-        "kiln-busybox",
-        "other:1.0",
-    ]);
+    let archive = kiln.save("busybox.tar", &["kiln-busybox", "other:1.0"]);
     let Some(dockerd) = TestDockerd::start() else {
         return;
     };
-    let loaded = dockerd
-        .docker()
-        .args(["load", "-i", path_str(&archive)])
-        .output()
-        .expect("docker load");
+    let loaded = dockerd.load(&archive);
     assert!(
-        loaded.status.success(),
-        "docker load failed: {}\n{}",
-        stderr(&loaded),
-        dockerd.log_tail()
+        loaded.contains("Loaded image: kiln-busybox:latest"),
+        "{loaded}"
     );
     assert!(
-        stdout(&loaded).contains("Loaded image: kiln-busybox:latest"),
-        "{}",
-        stdout(&loaded)
+        loaded.contains("Loaded image: other:1.0"),
+        "both images of the archive load: {loaded}"
     );
-    assert!(
-        stdout(&loaded).contains("Loaded image: other:1.0"),
-        "both images of the archive load: {}",
-        stdout(&loaded)
-    );
-    let other_id = dockerd
-        .docker()
-        .args(["image", "inspect", "--format", "{{.Id}}", "other:1.0"])
-        .output()
-        .expect("docker image inspect");
-    let other_id = stdout(&other_id).trim().to_string();
+    let other_id = dockerd.image_id("other:1.0");
     assert!(
         other_id == extra.config.to_string() || other_id == extra.manifest.to_string(),
         "docker's id {other_id} is kiln's second image"
     );
-    let id = dockerd
-        .docker()
-        .args(["image", "inspect", "--format", "{{.Id}}", "kiln-busybox"])
-        .output()
-        .expect("docker image inspect");
-    let id = stdout(&id).trim().to_string();
+    let id = dockerd.image_id("kiln-busybox");
     assert!(
         id == image.config.to_string() || id == image.manifest.to_string(),
         "docker's id {id} is kiln's image"
     );
-    let ran = dockerd
-        .docker()
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "kiln-busybox",
-            "echo",
-            "hello from kiln",
-        ])
-        .output()
-        .expect("docker run");
+    let ran = dockerd.run_isolated(&["kiln-busybox", "echo", "hello from kiln"]);
     assert!(ran.status.success(), "docker run failed: {}", stderr(&ran));
     assert_eq!(stdout(&ran), "hello from kiln\n");
 
     // And the other way: what docker saves, kiln loads with the same id.
     let docker_archive = kiln.work.path().join("from-docker.tar");
-    let saved = dockerd
-        .docker()
-        .args([
-            "save",
-            "-o",
-            path_str(&docker_archive),
-            "kiln-busybox:latest",
-        ])
-        .output()
-        .expect("docker save");
-    assert!(
-        saved.status.success(),
-        "docker save failed: {}",
-        stderr(&saved)
-    );
+    output_ok(dockerd.docker().args([
+        "save",
+        "-o",
+        path_str(&docker_archive),
+        "kiln-busybox:latest",
+    ]));
     let fresh = Kiln::new();
     let out = stdout(&fresh.ok(&["load", "-i", path_str(&docker_archive)]));
     assert_eq!(out, "Loaded image: kiln-busybox:latest\n");
@@ -413,74 +336,32 @@ fn loading_a_multi_platform_layout_keeps_this_machines_image() {
         "docker.io/library/multi:elsewhere",
         &[&[("p", "there\n")]],
     );
-    let archive = kiln.work.path().join("two.tar");
-    kiln.ok(&[
-        "save",
-        "-o",
-        path_str(&archive),
-        "multi:here",
-        "multi:elsewhere",
-    ]);
-    let layout = kiln.work.path().join("layout");
-    std::fs::create_dir_all(&layout).expect("mkdir layout");
-    let status = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .expect("tar -x");
-    assert!(status.success());
-    // Replace kiln's files with an OCI layout whose one entry is an index of both images.
-    std::fs::remove_file(layout.join("manifest.json")).expect("rm manifest.json");
-    std::fs::remove_file(layout.join("repositories")).expect("rm repositories");
     let host = kiln_image::Platform::host();
     let other_arch = if host.architecture == "s390x" {
         "ppc64le"
     } else {
         "s390x"
     };
-    let size = |digest: &kiln_image::Digest| {
-        std::fs::metadata(layout.join("blobs/sha256").join(digest.hex()))
-            .expect("manifest in layout")
-            .len()
-    };
     let mut here_platform = serde_json::json!({"os": "linux", "architecture": host.architecture});
     if let Some(variant) = &host.variant {
         here_platform["variant"] = serde_json::json!(variant);
     }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": elsewhere.manifest.to_string(), "size": size(&elsewhere.manifest), "platform": {"os": "linux", "architecture": other_arch}},
-            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": here.manifest.to_string(), "size": size(&here.manifest), "platform": here_platform},
+    let (layout, _) = multi_platform_layout(
+        &kiln,
+        "layout",
+        &[
+            (
+                "multi:elsewhere",
+                &elsewhere,
+                serde_json::json!({"os": "linux", "architecture": other_arch}),
+            ),
+            ("multi:here", &here, here_platform),
         ],
-    });
-    let index_bytes = serde_json::to_vec(&index).expect("index JSON");
-    let index_digest = kiln_image::Digest::of(&index_bytes);
-    std::fs::write(
-        layout.join("blobs/sha256").join(index_digest.hex()),
-        &index_bytes,
-    )
-    .expect("write index");
-    let top = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": index_digest.to_string(),
-            "size": index_bytes.len(),
-            "annotations": {
-                "io.containerd.image.name": "docker.io/library/multi:v1",
-                "org.opencontainers.image.ref.name": "v1",
-            },
-        }],
-    });
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&top).expect("json"),
-    )
-    .expect("write index.json");
+        serde_json::json!({
+            "io.containerd.image.name": "docker.io/library/multi:v1",
+            "org.opencontainers.image.ref.name": "v1",
+        }),
+    );
     let layout_tar = kiln.work.path().join("multi-oci.tar");
     let status = Command::new("tar")
         .arg("-cf")
@@ -519,8 +400,7 @@ fn prune_waits_for_a_load_in_progress() {
     std::fs::create_dir_all(&layer_dir).expect("mkdir");
     std::fs::write(layer_dir.join("noise.bin"), noise(6 << 20)).expect("write noise");
     let image = common::make_image_from_dirs(source.root.path(), APP, &[layer_dir], &[]);
-    let archive = source.work.path().join("big.tar");
-    source.ok(&["save", "-o", path_str(&archive), "app"]);
+    let archive = source.save("big.tar", &["app"]);
     let bytes = std::fs::read(&archive).expect("read archive");
 
     let kiln = Kiln::new();
@@ -587,8 +467,7 @@ fn prune_waits_for_a_load_in_progress() {
         "prune kept the loaded layer: {}",
         stdout(&pruned)
     );
-    let again = kiln.work.path().join("again.tar");
-    kiln.ok(&["save", "-o", path_str(&again), "app"]);
+    let again = kiln.save("again.tar", &["app"]);
     assert!(
         std::fs::read(&again).expect("read") == bytes,
         "every blob survived"

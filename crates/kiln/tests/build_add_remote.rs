@@ -450,6 +450,77 @@ fn add_url_is_cached_by_content_and_rebuilt_when_the_content_changes() {
     assert!(!third.contains("CACHED"), "{third}");
 }
 
+#[test]
+fn add_url_with_checksum_hits_the_cache_without_a_request() {
+    // BuildKit keys a pinned download by its checksum: a rebuild must not fetch anything, even
+    // when the server has gone (here: the route now answers 500).
+    let server = TestServer::start();
+    server.route(
+        "/pinned.txt",
+        vec![Response::ok(b"pinned\n").header("Last-Modified", LAST_MODIFIED)],
+    );
+    let kiln = Kiln::new();
+    let digest = sha256_hex(b"pinned\n");
+    let dockerfile = format!(
+        "FROM scratch\nADD --checksum=sha256:{digest} {} /pinned.txt\n",
+        server.url("/pinned.txt")
+    );
+    let first = build_ok(&kiln, "pinned-1", &dockerfile);
+    assert_eq!(
+        std::fs::read(first.join("pinned.txt")).unwrap(),
+        b"pinned\n"
+    );
+    assert_eq!(mode(&first.join("pinned.txt")), 0o600);
+    assert_eq!(server.hits("/pinned.txt"), 1);
+    // `--explain` knows the step hits without asking the server either.
+    let context = kiln.work.path().join("pinned-1");
+    let explained = kiln.ok(&["build", "--explain", context.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&explained.stdout).into_owned();
+    assert!(table.contains("0 to run"), "{table}");
+    assert_eq!(server.hits("/pinned.txt"), 1);
+
+    server.route(
+        "/pinned.txt",
+        vec![Response {
+            status: "500 Internal Server Error",
+            headers: Vec::new(),
+            body: b"gone\n".to_vec(),
+        }],
+    );
+    let (output, second) = build(&kiln, "pinned-2", &dockerfile);
+    let text = stderr(&output);
+    assert!(
+        output.status.success(),
+        "a cache hit needs no server:\n{text}"
+    );
+    assert!(text.contains("CACHED"), "{text}");
+    assert_eq!(server.hits("/pinned.txt"), 0, "no request on a hit");
+    assert_eq!(
+        std::fs::read(second.join("pinned.txt")).unwrap(),
+        b"pinned\n"
+    );
+    assert_eq!(
+        std::fs::metadata(second.join("pinned.txt"))
+            .unwrap()
+            .mtime(),
+        LAST_MODIFIED_UNIX,
+        "the cached layer keeps the first download's mtime"
+    );
+
+    // Another checksum is another key: it downloads (and here fails, naming the URL).
+    let other = sha256_hex(b"other\n");
+    let (output, _) = build(
+        &kiln,
+        "pinned-3",
+        &format!(
+            "FROM scratch\nADD --checksum=sha256:{other} {} /pinned.txt\n",
+            server.url("/pinned.txt")
+        ),
+    );
+    assert!(!output.status.success());
+    assert!(server.hits("/pinned.txt") > 0, "a new checksum fetches");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Git
 

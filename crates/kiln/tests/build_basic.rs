@@ -3,11 +3,13 @@
 //! `umoci unpack`, `tar`).
 
 mod common;
+mod layout_helpers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{Kiln, build_busybox_with_kiln, have, stdout};
+use common::{Kiln, build_busybox_with_kiln, have, read, stdout, untar};
+use layout_helpers::{Layout, umoci_rootfs};
 
 /// `skopeo inspect [--config] oci-archive:<tar>` as JSON.
 fn skopeo_inspect(archive: &Path, config: bool) -> serde_json::Value {
@@ -26,39 +28,6 @@ fn skopeo_inspect(archive: &Path, config: bool) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("skopeo prints JSON")
-}
-
-/// Extracts an archive with GNU tar into `dir` and returns it.
-fn untar(archive: &Path, dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let status = Command::new("tar")
-        .arg("-xf")
-        .arg(archive)
-        .arg("-C")
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar -x failed");
-    dir.to_path_buf()
-}
-
-/// `umoci unpack` of the image tagged `tag` in the OCI archive; returns the bundle's rootfs.
-fn umoci_rootfs(archive: &Path, tag: &str, work: &Path) -> PathBuf {
-    let layout = untar(archive, &work.join("layout"));
-    let bundle = work.join("bundle");
-    let output = Command::new("umoci")
-        .arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{tag}", layout.display()))
-        .arg(&bundle)
-        .output()
-        .expect("run umoci");
-    assert!(
-        output.status.success(),
-        "umoci unpack failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    bundle.join("rootfs")
 }
 
 fn tools_present() -> bool {
@@ -174,24 +143,20 @@ CMD ["cat $APP_HOME/hello.txt"]
     // The image id printed is the config digest in the archive.
     let manifest = skopeo_inspect(&archive, false);
     assert_eq!(manifest["Layers"].as_array().unwrap().len(), 5);
-    let layout = untar(&archive, &kiln.work.path().join("raw"));
+    let layout = Layout::open(&archive, &kiln.work.path().join("raw"));
     assert!(
         layout
+            .dir
             .join("blobs/sha256")
             .join(id.trim_start_matches("sha256:"))
             .is_file()
     );
 
     // Files, owners and modes as an independent unpacker sees them.
-    let rootfs = umoci_rootfs(&archive, "v1", kiln.work.path());
-    assert_eq!(
-        std::fs::read_to_string(rootfs.join("srv/app/hello.txt")).unwrap(),
-        "hello from kiln\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(rootfs.join("opt/notes.txt")).unwrap(),
-        "notes\n"
-    );
+    let rootfs = umoci_rootfs(&layout, "v1", &kiln.work.path().join("bundle"))
+        .expect("umoci is installed (tools_present)");
+    assert_eq!(read(rootfs.join("srv/app/hello.txt")), "hello from kiln\n");
+    assert_eq!(read(rootfs.join("opt/notes.txt")), "notes\n");
     assert!(rootfs.join("bin/busybox").is_file());
     use std::os::unix::fs::MetadataExt;
     let conf = std::fs::metadata(rootfs.join("etc/app/app.conf")).unwrap();
@@ -216,33 +181,9 @@ fn layer_tars_hold_exactly_what_each_step_wrote() {
             ("b.txt", "b"),
         ],
     );
-    let archive = kiln.work.path().join("app.tar");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=oci,dest={}", archive.display()),
-        context.to_str().unwrap(),
-    ]);
-    let manifest = skopeo_inspect(&archive, false);
-    let layers = manifest["Layers"].as_array().unwrap();
-    let top = layers
-        .last()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:");
-    let layout = untar(&archive, &kiln.work.path().join("layout"));
-    let listing = Command::new("tar")
-        .arg("-tzf")
-        .arg(layout.join("blobs/sha256").join(top))
-        .output()
-        .unwrap();
-    assert!(listing.status.success());
-    let mut entries: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let archive = kiln.build_to("oci", "app.tar", &context, &[]);
+    let layout = Layout::open(&archive, &kiln.work.path().join("layout"));
+    let mut entries = layout.layer_entries().pop().expect("a top layer");
     entries.sort();
     assert_eq!(entries, ["data/", "data/a.txt", "data/b.txt"]);
 }
@@ -263,7 +204,7 @@ fn image_id_goes_to_stdout_and_iidfile() {
     ]);
     let id = stdout(&output).trim().to_string();
     assert!(id.starts_with("sha256:"));
-    assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), id);
+    assert_eq!(read(&iidfile), id);
 }
 
 #[test]
@@ -320,21 +261,11 @@ fn dockerignore_keeps_files_out_of_copy_dot() {
             ("logs/keep.log", "keep"),
         ],
     );
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
+    let out = kiln.build_rootfs(&context, "rootfs", &[]);
     assert!(out.join("ctx/public.txt").is_file());
     assert!(!out.join("ctx/secret.txt").exists());
     assert!(!out.join("ctx/logs/a.log").exists());
-    assert_eq!(
-        std::fs::read_to_string(out.join("ctx/logs/keep.log")).unwrap(),
-        "keep"
-    );
+    assert_eq!(read(out.join("ctx/logs/keep.log")), "keep");
     assert!(
         out.join("bin/busybox").is_file(),
         "type=local writes the whole root filesystem"
@@ -354,16 +285,11 @@ fn a_dockerfile_specific_ignore_file_wins() {
             ("b.txt", "b"),
         ],
     );
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "-f",
-        context.join("build/app.Dockerfile").to_str().unwrap(),
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
+    let out = kiln.build_rootfs(
+        &context,
+        "rootfs",
+        &["-f", context.join("build/app.Dockerfile").to_str().unwrap()],
+    );
     assert!(out.join("a.txt").is_file());
     assert!(!out.join("b.txt").exists());
 }
@@ -384,18 +310,8 @@ fn a_foreign_base_image_is_extracted_and_built_upon() {
         "app",
         &[("Dockerfile", "FROM base\nCOPY x /x\n"), ("x", "x")],
     );
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("etc/os-release")).unwrap(),
-        "ID=test\n"
-    );
+    let out = kiln.build_rootfs(&context, "rootfs", &[]);
+    assert_eq!(read(out.join("etc/os-release")), "ID=test\n");
     assert!(out.join("usr/share/doc/readme").is_file());
     assert!(out.join("x").is_file());
 }
@@ -413,22 +329,12 @@ fn target_and_build_args_select_what_is_built() {
             ("other.txt", "o"),
         ],
     );
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--target",
-        "first",
-        "--build-arg",
-        "NAME=chosen",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("picked.txt")).unwrap(),
-        "c"
+    let out = kiln.build_rootfs(
+        &context,
+        "rootfs",
+        &["--target", "first", "--build-arg", "NAME=chosen"],
     );
+    assert_eq!(read(out.join("picked.txt")), "c");
     assert!(!out.join("other.txt").exists());
 }
 
@@ -438,18 +344,8 @@ fn copy_from_another_stage() {
     build_busybox_with_kiln(&kiln);
     let dockerfile = "FROM busybox AS build\nCOPY src.txt /out/result.txt\n\nFROM scratch\nCOPY --from=build /out/ /dist/\n";
     let context = kiln.context("app", &[("Dockerfile", dockerfile), ("src.txt", "built")]);
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("dist/result.txt")).unwrap(),
-        "built"
-    );
+    let out = kiln.build_rootfs(&context, "rootfs", &[]);
+    assert_eq!(read(out.join("dist/result.txt")), "built");
     assert!(!out.join("bin").exists());
 }
 
@@ -463,16 +359,7 @@ fn docker_archive_and_rootfs_tar_outputs() {
         "app",
         &[("Dockerfile", "FROM scratch\nCOPY x /x\n"), ("x", "x")],
     );
-    let docker_tar = kiln.work.path().join("docker.tar");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "-t",
-        "app:2",
-        "--output",
-        &format!("type=docker,dest={}", docker_tar.display()),
-        context.to_str().unwrap(),
-    ]);
+    let docker_tar = kiln.build_to("docker", "docker.tar", &context, &["-t", "app:2"]);
     let listing = Command::new("tar")
         .arg("-tf")
         .arg(&docker_tar)
@@ -486,14 +373,7 @@ fn docker_archive_and_rootfs_tar_outputs() {
         serde_json::from_slice(&std::fs::read(layout.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["app:2"]));
 
-    let rootfs_tar = kiln.work.path().join("rootfs.tar");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=tar,dest={}", rootfs_tar.display()),
-        context.to_str().unwrap(),
-    ]);
+    let rootfs_tar = kiln.build_to("tar", "rootfs.tar", &context, &[]);
     let listing = Command::new("tar")
         .arg("-tf")
         .arg(&rootfs_tar)
@@ -532,10 +412,7 @@ fn context_and_dockerfile_from_stdin() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", common::stderr(&output));
-    assert_eq!(
-        std::fs::read_to_string(out.join("in.txt")).unwrap(),
-        "stdin"
-    );
+    assert_eq!(read(out.join("in.txt")), "stdin");
 
     // A Dockerfile on stdin with `-f -` and a directory context.
     let out2 = kiln.work.path().join("rootfs2");
@@ -576,14 +453,7 @@ fn steps_that_change_nothing_keep_history_and_layers_paired() {
             ("x", "x"),
         ],
     );
-    let archive = kiln.work.path().join("app.tar");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=oci,dest={}", archive.display()),
-        context.to_str().unwrap(),
-    ]);
+    let archive = kiln.build_to("oci", "app.tar", &context, &[]);
     let config = skopeo_inspect(&archive, true);
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(diff_ids.len(), 3, "{config}");
@@ -623,18 +493,8 @@ fn add_unpacks_a_local_archive_and_copy_does_not() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("unpacked/inner.txt")).unwrap(),
-        "inner"
-    );
+    let out = kiln.build_rootfs(&context, "rootfs", &[]);
+    assert_eq!(read(out.join("unpacked/inner.txt")), "inner");
     assert!(out.join("copied/bundle.tar.gz").is_file());
 }
 

@@ -33,36 +33,11 @@ fn docker_loads_and_runs_what_kiln_built() {
     let Some(dockerd) = TestDockerd::start() else {
         return;
     };
-    let loaded = dockerd
-        .docker()
-        .arg("load")
-        .arg("-i")
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        loaded.status.success(),
-        "docker load: {}\n{}",
-        stderr(&loaded),
-        dockerd.log_tail()
-    );
-    assert!(
-        stdout(&loaded).contains("kiln-built:1"),
-        "{}",
-        stdout(&loaded)
-    );
-    let inspected = dockerd
-        .docker()
-        .args(["image", "inspect", "--format", "{{.Id}}", "kiln-built:1"])
-        .output()
-        .unwrap();
-    let docker_id = stdout(&inspected).trim().to_string();
-    assert!(!docker_id.is_empty(), "{}", stderr(&inspected));
-    let ran = dockerd
-        .docker()
-        .args(["run", "--rm", "--network", "none", "kiln-built:1"])
-        .output()
-        .unwrap();
+    let loaded = dockerd.load(&archive);
+    assert!(loaded.contains("kiln-built:1"), "{loaded}");
+    let docker_id = dockerd.image_id("kiln-built:1");
+    assert!(!docker_id.is_empty(), "docker knows kiln-built:1");
+    let ran = dockerd.run_isolated(&["kiln-built:1"]);
     assert!(ran.status.success(), "docker run: {}", stderr(&ran));
     assert_eq!(stdout(&ran), "hello world from kiln in /srv as 1000\n");
     // Docker's image id is kiln's: the config digest.

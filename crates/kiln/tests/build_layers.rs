@@ -144,16 +144,12 @@ fn whiteouts_hardlinks_and_special_files_survive_docker_load_and_run() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
     let context = kiln.context("whiteouts-docker", &[("Dockerfile", WHITEOUTS)]);
-    let archive = kiln.work.path().join("whiteouts-docker.tar");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "-t",
-        "kiln-layers:1",
-        "--output",
-        &format!("type=docker,dest={}", archive.display()),
-        context.to_str().unwrap(),
-    ]);
+    let archive = kiln.build_to(
+        "docker",
+        "whiteouts-docker.tar",
+        &context,
+        &["-t", "kiln-layers:1"],
+    );
     // The same report from kiln's own sandbox first, so a docker mismatch is clearly docker's view
     // (a rebuild into kiln's store, all cached).
     kiln.ok(&[
@@ -169,33 +165,8 @@ fn whiteouts_hardlinks_and_special_files_survive_docker_load_and_run() {
     let Some(dockerd) = TestDockerd::start() else {
         return;
     };
-    let loaded = dockerd
-        .docker()
-        .arg("load")
-        .arg("-i")
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        loaded.status.success(),
-        "docker load: {}\n{}",
-        stderr(&loaded),
-        dockerd.log_tail()
-    );
-    let ran = dockerd
-        .docker()
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "kiln-layers:1",
-            "sh",
-            "-c",
-            REPORT,
-        ])
-        .output()
-        .unwrap();
+    dockerd.load(&archive);
+    let ran = dockerd.run_isolated(&["kiln-layers:1", "sh", "-c", REPORT]);
     assert!(
         ran.status.success(),
         "docker run: {}\n{}",

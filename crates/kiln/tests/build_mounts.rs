@@ -310,6 +310,34 @@ fn a_bind_mount_from_the_context_writes_nothing_back_and_is_keyed_by_its_source(
 }
 
 #[test]
+fn a_bind_mount_of_a_context_subdir_honours_dockerignore_and_only_its_files_key_it() {
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    let context = kiln.context(
+        "bind-ignore",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN --mount=type=bind,source=data,target=/m ls -a /m > /listing\n",
+            ),
+            (".dockerignore", "data/*.log\nother\n"),
+            ("data/a.txt", "a\n"),
+            ("data/debug.log", "noise\n"),
+            ("other/big.bin", "big\n"),
+        ],
+    );
+    let rootfs = build_local(&kiln, &context, "bind-ignore", &[]);
+    assert_eq!(read(&rootfs, "listing"), ".\n..\na.txt\n");
+
+    // Ignored or unselected files never invalidate the step.
+    std::fs::write(context.join("data/debug.log"), "more noise\n").unwrap();
+    std::fs::write(context.join("other/big.bin"), "bigger\n").unwrap();
+    let again = build(&kiln, &context, &[]);
+    assert!(!stderr(&again).contains("cache miss"), "{}", stderr(&again));
+}
+
+#[test]
 fn a_bind_mount_from_a_stage_reads_its_files() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);

@@ -4,45 +4,16 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Kiln, TestRegistry, build_busybox_with_kiln, have, stderr};
+use common::{Kiln, TestRegistry, build_busybox_with_kiln, have_or_skip, read, skopeo_ok, stderr};
 
 #[test]
 fn a_missing_base_image_is_pulled_then_used_from_the_store() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
-        return;
-    }
-    let Some(registry) = TestRegistry::start("") else {
+    // Make a busybox image with one kiln, export it, and push it with skopeo.
+    let Some((registry, builder)) = registry_and_builder() else {
         return;
     };
-    // Make a busybox image with one kiln, export it, and push it with skopeo.
-    let builder = Kiln::new();
-    build_busybox_with_kiln(&builder);
-    let base_context = builder.context(
-        "base",
-        &[
-            ("Dockerfile", "FROM busybox\nCOPY marker /marker\n"),
-            ("marker", "from the registry\n"),
-        ],
-    );
-    let archive = builder.work.path().join("base.tar");
-    builder.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=oci,dest={}", archive.display()),
-        base_context.to_str().unwrap(),
-    ]);
     let reference = format!("{}/test/base:1", registry.host());
-    let pushed = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}", archive.display()))
-        .arg(format!("docker://{reference}"))
-        .output()
-        .unwrap();
-    assert!(pushed.status.success(), "skopeo copy: {}", stderr(&pushed));
+    push_marker_image(&builder, &reference, "from the registry\n", "base");
 
     // A fresh store: the build pulls the base.
     let kiln = Kiln::new();
@@ -53,18 +24,8 @@ fn a_missing_base_image_is_pulled_then_used_from_the_store() {
             &format!("FROM {reference}\nRUN cat /marker > /copied\n"),
         )],
     );
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        context.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out.join("copied")).unwrap(),
-        "from the registry\n"
-    );
+    let out = kiln.build_rootfs(&context, "rootfs", &[]);
+    assert_eq!(read(out.join("copied")), "from the registry\n");
     let manifests_fetched = registry.log_count("GET /v2/test/base/manifests/1");
     assert!(
         manifests_fetched >= 1,
@@ -72,14 +33,7 @@ fn a_missing_base_image_is_pulled_then_used_from_the_store() {
     );
 
     // The pulled image is in the store now: a second build does not ask the registry for it again.
-    let out2 = kiln.work.path().join("rootfs2");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out2.display()),
-        context.to_str().unwrap(),
-    ]);
+    let out2 = kiln.build_rootfs(&context, "rootfs2", &[]);
     assert!(out2.join("copied").is_file());
     assert_eq!(
         registry.log_count("GET /v2/test/base/manifests/1"),
@@ -89,8 +43,7 @@ fn a_missing_base_image_is_pulled_then_used_from_the_store() {
 
 #[test]
 fn push_sends_the_built_image_to_its_registry() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
+    if !have_or_skip("skopeo") {
         return;
     }
     let Some(registry) = TestRegistry::start("") else {
@@ -107,25 +60,19 @@ fn push_sends_the_built_image_to_its_registry() {
     let name = format!("{}/test/pushed:2", registry.host());
     let output = kiln.ok(&["build", "--push", "-t", &name, context.to_str().unwrap()]);
     let id = common::stdout(&output).trim().to_string();
-    let inspected = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--config"])
-        .arg(format!("docker://{name}"))
-        .output()
-        .unwrap();
-    assert!(
-        inspected.status.success(),
-        "skopeo inspect: {}",
-        stderr(&inspected)
-    );
-    let config: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let inspect = |what: &str| -> serde_json::Value {
+        let json = skopeo_ok(&[
+            "inspect",
+            "--tls-verify=false",
+            what,
+            &format!("docker://{name}"),
+        ]);
+        serde_json::from_str(&json).expect("skopeo prints JSON")
+    };
+    let config = inspect("--config");
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["/x"]));
     // The registry holds exactly the config kiln reported as the image id.
-    let raw = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{name}"))
-        .output()
-        .unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let manifest = inspect("--raw");
     assert_eq!(manifest["config"]["digest"], serde_json::Value::String(id));
 
     // --push with an archive output is refused.
@@ -142,6 +89,18 @@ fn push_sends_the_built_image_to_its_registry() {
     assert!(stderr(&refused).contains("--push"), "{}", stderr(&refused));
 }
 
+/// A local registry, and a kiln with the busybox base to build the images pushed there; `None`
+/// (the test is skipped) when skopeo or the registry is missing.
+fn registry_and_builder() -> Option<(TestRegistry, Kiln)> {
+    if !have_or_skip("skopeo") {
+        return None;
+    }
+    let registry = TestRegistry::start("")?;
+    let builder = Kiln::new();
+    build_busybox_with_kiln(&builder);
+    Some((registry, builder))
+}
+
 /// Pushes an image whose `/marker` holds `marker` to `reference` with skopeo, building it with
 /// `builder` (which must already have the busybox base).
 fn push_marker_image(builder: &Kiln, reference: &str, marker: &str, name: &str) {
@@ -152,34 +111,20 @@ fn push_marker_image(builder: &Kiln, reference: &str, marker: &str, name: &str) 
             ("marker", marker),
         ],
     );
-    let archive = builder.work.path().join(format!("{name}.tar"));
-    builder.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=oci,dest={}", archive.display()),
-        context.to_str().unwrap(),
+    let archive = builder.build_to("oci", &format!("{name}.tar"), &context, &[]);
+    skopeo_ok(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}", archive.display()),
+        &format!("docker://{reference}"),
     ]);
-    let pushed = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci-archive:{}", archive.display()))
-        .arg(format!("docker://{reference}"))
-        .output()
-        .unwrap();
-    assert!(pushed.status.success(), "skopeo copy: {}", stderr(&pushed));
 }
 
 #[test]
 fn pull_flag_re_resolves_a_base_the_store_already_has() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
-        return;
-    }
-    let Some(registry) = TestRegistry::start("") else {
+    let Some((registry, builder)) = registry_and_builder() else {
         return;
     };
-    let builder = Kiln::new();
-    build_busybox_with_kiln(&builder);
     let reference = format!("{}/test/moving:1", registry.host());
     push_marker_image(&builder, &reference, "first\n", "first");
 
@@ -192,41 +137,22 @@ fn pull_flag_re_resolves_a_base_the_store_already_has() {
         )],
     );
     let build = |dest: &str, pull: bool| {
-        let out = kiln.work.path().join(dest);
-        let spec = format!("type=local,dest={}", out.display());
-        let mut args = vec!["build", "-q", "--output", spec.as_str()];
-        if pull {
-            args.push("--pull");
-        }
-        args.push(context.to_str().unwrap());
-        kiln.ok(&args);
-        out
+        let extra: &[&str] = if pull { &["--pull"] } else { &[] };
+        kiln.build_rootfs(&context, dest, extra)
     };
     let out = build("a", false);
-    assert_eq!(
-        std::fs::read_to_string(out.join("copied")).unwrap(),
-        "first\n"
-    );
+    assert_eq!(read(out.join("copied")), "first\n");
 
     // The tag moves in the registry. Without --pull the local image still wins (Docker's rule)...
     push_marker_image(&builder, &reference, "second\n", "second");
     let out = build("b", false);
-    assert_eq!(
-        std::fs::read_to_string(out.join("copied")).unwrap(),
-        "first\n"
-    );
+    assert_eq!(read(out.join("copied")), "first\n");
 
     // ...with --pull the registry is asked again, once for both FROMs of the same tag.
     let before = registry.log_count("GET /v2/test/moving/manifests/1");
     let out = build("c", true);
-    assert_eq!(
-        std::fs::read_to_string(out.join("copied")).unwrap(),
-        "second\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(out.join("again")).unwrap(),
-        "second\n"
-    );
+    assert_eq!(read(out.join("copied")), "second\n");
+    assert_eq!(read(out.join("again")), "second\n");
     assert_eq!(
         registry.log_count("GET /v2/test/moving/manifests/1") - before,
         1,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Kiln, build_busybox_with_kiln, stderr, stdout, testdata};
+use common::{Kiln, build_busybox_with_kiln, read, stderr, stdout, testdata};
 
 #[test]
 fn readme_demo_builds_and_tags_demo() {
@@ -10,14 +10,7 @@ fn readme_demo_builds_and_tags_demo() {
     let demo = testdata().join("demo");
     let output = kiln.ok(&["build", "-t", "demo", demo.to_str().unwrap()]);
     assert!(stdout(&output).trim().starts_with("sha256:"));
-    let out = kiln.work.path().join("rootfs");
-    kiln.ok(&[
-        "build",
-        "-q",
-        "--output",
-        &format!("type=local,dest={}", out.display()),
-        demo.to_str().unwrap(),
-    ]);
+    let out = kiln.build_rootfs(&demo, "rootfs", &[]);
     assert!(out.join("srv/www/index.html").is_file());
     assert!(out.join("srv/www/style.css").is_file());
     assert!(out.join("hello.txt").is_file());
@@ -44,11 +37,11 @@ fn multistage_testdata_passes_build_args_through_stages() {
         context.to_str().unwrap(),
     ]);
     assert_eq!(
-        std::fs::read_to_string(out.join("usr/share/app/greeting.txt")).unwrap(),
+        read(out.join("usr/share/app/greeting.txt")),
         "hello from version 2.5\n"
     );
     assert_eq!(
-        std::fs::read_to_string(out.join("usr/share/app/build-info.txt")).unwrap(),
+        read(out.join("usr/share/app/build-info.txt")),
         "built with kiln\n"
     );
     // The final stage's RUN printed the file built in the first stage.

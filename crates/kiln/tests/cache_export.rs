@@ -160,6 +160,131 @@ fn a_max_cache_makes_a_fresh_store_run_nothing_and_give_the_same_image() {
     );
 }
 
+/// The files under `dir/blobs/sha256`, by name.
+fn blob_names(dir: &Path) -> std::collections::BTreeSet<String> {
+    match std::fs::read_dir(dir.join("blobs/sha256")) {
+        Ok(entries) => entries
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Default::default(),
+    }
+}
+
+#[test]
+fn explain_reports_steps_an_imported_cache_has_without_fetching_them() {
+    let shared = shared();
+    let a = Kiln::new();
+    busybox_base(&a, &shared.base_context, &shared.base_cache, true);
+    build(
+        &a,
+        &app_context(&a, APP),
+        &[&format!(
+            "--cache-to=type=local,dest={},mode=max",
+            shared.cache.display()
+        )],
+    );
+
+    let b = Kiln::new();
+    busybox_base(&b, &shared.base_context, &shared.base_cache, false);
+    let context = app_context(&b, APP);
+    let blobs_before = blob_names(b.root.path());
+    let cache_from = format!("--cache-from=type=local,src={}", shared.cache.display());
+    let explained = build(&b, &context, &["--explain", &cache_from]);
+    let table = stdout(&explained);
+    let imported = format!("CACHED  (imported from {})", shared.cache.display());
+    // The base image is in the store (`CACHED` without a source); the steps come from the cache.
+    let lines: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with('[') && !l.contains(" FROM "))
+        .collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    for line in &lines {
+        assert!(line.ends_with(&imported), "{line:?} in\n{table}");
+    }
+    assert!(table.contains("4 step(s) cached, 0 to run"), "{table}");
+    assert_eq!(
+        blob_names(b.root.path()),
+        blobs_before,
+        "an explain fetches no blob"
+    );
+
+    // Without the cache the same explain says the steps would run.
+    let alone = stdout(&build(&b, &context, &["--explain"]));
+    assert!(alone.contains("1 step(s) cached, 3 to run"), "{alone}");
+
+    // And the build it predicted runs nothing.
+    let built = steps(&build(&b, &context, &[&cache_from]));
+    assert!(built.values().all(|s| *s == "CACHED"), "{built:?}");
+}
+
+/// The blobs `dir/index.json` references through its manifests (config and layers).
+fn referenced_blobs(dir: &Path) -> std::collections::BTreeSet<String> {
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    };
+    let hex = |descriptor: &serde_json::Value| {
+        descriptor["digest"].as_str().unwrap()["sha256:".len()..].to_string()
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for manifest in read(dir.join("index.json"))["manifests"]
+        .as_array()
+        .unwrap()
+    {
+        names.insert(hex(manifest));
+        let manifest = read(dir.join("blobs/sha256").join(hex(manifest)));
+        names.insert(hex(&manifest["config"]));
+        for layer in manifest["layers"].as_array().unwrap() {
+            names.insert(hex(layer));
+        }
+    }
+    names
+}
+
+#[test]
+fn a_local_cache_dir_keeps_only_what_its_index_references() {
+    let shared = shared();
+    let kiln = Kiln::new();
+    busybox_base(&kiln, &shared.base_context, &shared.base_cache, true);
+    let cache_to = format!(
+        "--cache-to=type=local,dest={},mode=max",
+        shared.cache.display()
+    );
+    let context = app_context(&kiln, APP);
+    build(&kiln, &context, &[&cache_to]);
+    let first = blob_names(&shared.cache);
+    assert_eq!(first, referenced_blobs(&shared.cache));
+    // As if that export ran an hour ago: an export removes only files older than its start.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for name in &first {
+        std::fs::File::options()
+            .write(true)
+            .open(shared.cache.join("blobs/sha256").join(name))
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(an_hour_ago))
+            .unwrap();
+    }
+
+    // A changed file changes every step's result: the old blobs are not referenced any more.
+    std::fs::write(context.join("a.txt"), "b\n").unwrap();
+    build(&kiln, &context, &[&cache_to]);
+    let second = blob_names(&shared.cache);
+    assert_eq!(
+        second,
+        referenced_blobs(&shared.cache),
+        "nothing else is left"
+    );
+    assert!(
+        first.difference(&second).count() >= 3,
+        "the old manifest, config and layers went: {first:?} -> {second:?}"
+    );
+
+    // `reset=false` (BuildKit's default) keeps them.
+    std::fs::write(context.join("a.txt"), "c\n").unwrap();
+    build(&kiln, &context, &[&format!("{cache_to},reset=false")]);
+    assert!(blob_names(&shared.cache).is_superset(&second));
+    assert!(blob_names(&shared.cache).len() > referenced_blobs(&shared.cache).len());
+}
+
 #[test]
 fn the_builder_stage_hits_only_with_mode_max() {
     // SOURCE_DATE_EPOCH clamps file times, so a re-run builder writes identical bytes.

@@ -5,9 +5,12 @@ mod common;
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{Kiln, TestRegistry, have, make_image, stderr, stdout};
+use common::{
+    Kiln, TestRegistry, have, have_or_skip, make_image, multi_platform_layout, skopeo_ok, stderr,
+    stdout,
+};
 
 const APP: &str = "docker.io/library/app:latest";
 
@@ -43,13 +46,15 @@ fn ok_with(kiln: &Kiln, config_dir: &Path, args: &[&str]) -> String {
 }
 
 fn skopeo_digest(reference: &str) -> String {
-    let output = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("run skopeo");
-    assert!(output.status.success(), "skopeo: {}", stderr(&output));
-    stdout(&output).trim().to_string()
+    skopeo_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{reference}"),
+    ])
+    .trim()
+    .to_string()
 }
 
 #[test]
@@ -190,8 +195,7 @@ fn push_mounts_blobs_from_another_repository_of_the_same_image() {
 
 #[test]
 fn pull_picks_the_requested_platform_from_an_index() {
-    if !have("skopeo") {
-        eprintln!("SKIP: skopeo is not installed");
+    if !have_or_skip("skopeo") {
         return;
     }
     let Some(registry) = TestRegistry::start("") else {
@@ -210,66 +214,31 @@ fn pull_picks_the_requested_platform_from_an_index() {
         &[&[("arch", "arm64\n")]],
     );
     // kiln's archive is an OCI layout: unpack it, add an index of both images, push that.
-    let archive = kiln.work.path().join("multi.tar");
-    kiln.ok(&[
-        "save",
-        "-o",
-        archive.to_str().expect("path"),
-        "multi:amd64",
-        "multi:arm64",
-    ]);
-    let layout = kiln.work.path().join("layout");
-    std::fs::create_dir_all(&layout).expect("mkdir layout");
-    let status = Command::new("tar")
-        .arg("-xf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .expect("tar -x");
-    assert!(status.success());
-    let manifest_size = |digest: &kiln_image::Digest| {
-        std::fs::metadata(layout.join("blobs/sha256").join(digest.hex()))
-            .expect("manifest in layout")
-            .len()
-    };
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": amd64.manifest.to_string(), "size": manifest_size(&amd64.manifest), "platform": {"os": "linux", "architecture": "amd64"}},
-            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": arm64.manifest.to_string(), "size": manifest_size(&arm64.manifest), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+    let (layout, index_digest) = multi_platform_layout(
+        &kiln,
+        "layout",
+        &[
+            (
+                "multi:amd64",
+                &amd64,
+                serde_json::json!({"os": "linux", "architecture": "amd64"}),
+            ),
+            (
+                "multi:arm64",
+                &arm64,
+                serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            ),
         ],
-    });
-    let index_bytes = serde_json::to_vec(&index).expect("index JSON");
-    let index_digest = kiln_image::Digest::of(&index_bytes);
-    std::fs::write(
-        layout.join("blobs/sha256").join(index_digest.hex()),
-        &index_bytes,
-    )
-    .expect("write index");
-    let top = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": index_digest.to_string(),
-            "size": index_bytes.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "multi"},
-        }],
-    });
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&top).expect("json"),
-    )
-    .expect("write index.json");
+        serde_json::json!({"org.opencontainers.image.ref.name": "multi"}),
+    );
     let destination = format!("{}/multi:v1", registry.host());
-    let copied = Command::new("skopeo")
-        .args(["copy", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:multi", layout.display()))
-        .arg(format!("docker://{destination}"))
-        .output()
-        .expect("skopeo copy");
-    assert!(copied.status.success(), "skopeo copy: {}", stderr(&copied));
+    skopeo_ok(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{destination}"),
+    ]);
 
     let fresh = Kiln::new();
     let pulled = ok_with(

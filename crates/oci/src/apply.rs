@@ -1,4 +1,5 @@
-//! Layer apply: a layer tar stream (plain, gzip or zstd) → a directory, confined to that directory.
+//! Layer apply: a layer tar stream (plain, or compressed as [`decompressing_reader`] detects) → a
+//! directory, confined to that directory.
 //!
 //! Confinement: every path is resolved with `openat2(RESOLVE_IN_ROOT)` against a descriptor of the root,
 //! so `..` and symlinks (absolute or relative) met while resolving a parent directory stay inside the
@@ -116,7 +117,7 @@ pub enum ApplyError {
     },
 }
 
-/// Applies the layer read from `layer` (tar, gzip- or zstd-compressed tar: detected by magic bytes) to
+/// Applies the layer read from `layer` (a tar, plain or compressed: detected by magic bytes) to
 /// the existing directory `root`, and reads the stream to its end (so that a caller hashing the stream
 /// sees every byte).
 ///
@@ -158,8 +159,9 @@ pub fn apply_layer<R: Read>(
 }
 
 /// The path of an entry as components inside the root, or `None` when `..` climbs above the root.
-/// A leading `/` and `.` components are dropped; `a/../b` becomes `b`.
-fn clean_path(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// A leading `/` and `.` components are dropped; `a/../b` becomes `b`. Also how `ADD` (kiln-fileop)
+/// reads the names in a local archive.
+pub fn clean_path(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut components: Vec<Vec<u8>> = Vec::new();
     for part in raw.split(|&b| b == b'/') {
         match part {

@@ -15,8 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flate2::GzBuilder;
-use flate2::read::MultiGzDecoder;
-use kiln_image::Digest;
+use kiln_image::{Digest, StreamCompression};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
@@ -37,14 +36,6 @@ pub enum Compression {
     Zstd {
         level: i32,
     },
-}
-
-/// The compression found in a stream's first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetectedCompression {
-    Uncompressed,
-    Gzip,
-    Zstd,
 }
 
 /// The digests of a layer written by [`LayerWriter`].
@@ -316,16 +307,19 @@ pub fn compress_dir_layer<W: Write>(
     writer.finish().map_err(CompressError::Write)
 }
 
-/// Detects gzip (`1f 8b`) or zstd (`28 b5 2f fd`) by the first bytes of `input` and returns a reader
-/// of the decompressed stream (multi-member gzip and multi-frame zstd included); anything else is
-/// passed through as uncompressed.
+/// A stream whose first bytes were read to tell its compression, with those bytes put back in front.
+pub type SniffedStream<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first bytes of `input` and tells its compression by their magic number (see
+/// [`kiln_image::magic`]); returns it with a reader of the whole stream again, those bytes included.
+/// Nothing is decompressed.
 ///
 /// # Errors
-/// Read errors of the first bytes; zstd initialisation errors.
-pub fn decompressing_reader<'a, R: Read + 'a>(
+/// Read errors of the first bytes.
+pub fn sniff_compression<R: Read>(
     mut input: R,
-) -> io::Result<(DetectedCompression, Box<dyn Read + 'a>)> {
-    let mut head = [0u8; 4];
+) -> io::Result<(StreamCompression, SniffedStream<R>)> {
+    let mut head = vec![0u8; StreamCompression::MAGIC_LEN];
     let mut filled = 0;
     while filled < head.len() {
         match input.read(&mut head[filled..]) {
@@ -335,18 +329,39 @@ pub fn decompressing_reader<'a, R: Read + 'a>(
             Err(e) => return Err(e),
         }
     }
-    let peeked = io::Cursor::new(head[..filled].to_vec()).chain(input);
-    if filled >= 2 && head[..2] == [0x1f, 0x8b] {
-        Ok((
-            DetectedCompression::Gzip,
-            Box::new(MultiGzDecoder::new(io::BufReader::new(peeked))),
-        ))
-    } else if filled == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
-        let decoder = zstd::Decoder::with_buffer(io::BufReader::new(peeked))?;
-        Ok((DetectedCompression::Zstd, Box::new(decoder)))
-    } else {
-        Ok((DetectedCompression::Uncompressed, Box::new(peeked)))
-    }
+    head.truncate(filled);
+    Ok((
+        StreamCompression::detect(&head),
+        io::Cursor::new(head).chain(input),
+    ))
+}
+
+/// Detects gzip, bzip2, xz or zstd by the first bytes of `input` (as Docker's `DecompressStream`
+/// does) and returns a reader of the decompressed stream (multi-member gzip and bzip2, multi-stream
+/// xz and multi-frame zstd included); anything else is passed through as uncompressed.
+///
+/// # Errors
+/// Read errors of the first bytes; zstd initialisation errors.
+pub fn decompressing_reader<'a, R: Read + 'a>(
+    input: R,
+) -> io::Result<(StreamCompression, Box<dyn Read + 'a>)> {
+    let (compression, stream) = sniff_compression(input)?;
+    let reader: Box<dyn Read + 'a> = match compression {
+        StreamCompression::Uncompressed => Box::new(stream),
+        StreamCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
+            io::BufReader::new(stream),
+        )),
+        StreamCompression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(
+            io::BufReader::new(stream),
+        )),
+        StreamCompression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
+            io::BufReader::new(stream),
+        )),
+        StreamCompression::Zstd => {
+            Box::new(zstd::Decoder::with_buffer(io::BufReader::new(stream))?)
+        }
+    };
+    Ok((compression, reader))
 }
 
 #[cfg(test)]
@@ -429,11 +444,40 @@ mod tests {
     fn plain_streams_pass_through_detection_even_when_short() {
         for data in [&b""[..], b"a", b"abcdef"] {
             let (kind, mut reader) = decompressing_reader(data).unwrap();
-            assert_eq!(kind, DetectedCompression::Uncompressed);
+            assert_eq!(kind, StreamCompression::Uncompressed);
             let mut back = Vec::new();
             reader.read_to_end(&mut back).unwrap();
             assert_eq!(back, data);
         }
+    }
+
+    #[test]
+    fn bzip2_and_xz_streams_are_decompressed_too() {
+        let data = sample(100_000);
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(&data).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&data).unwrap();
+        for (blob, expected) in [
+            (bz.finish().unwrap(), StreamCompression::Bzip2),
+            (xz.finish().unwrap(), StreamCompression::Xz),
+        ] {
+            let (kind, mut reader) = decompressing_reader(&blob[..]).unwrap();
+            assert_eq!(kind, expected);
+            let mut back = Vec::new();
+            reader.read_to_end(&mut back).unwrap();
+            assert!(back == data, "{expected:?} did not round-trip");
+        }
+    }
+
+    #[test]
+    fn sniffing_gives_back_the_whole_stream() {
+        let (kind, mut stream) =
+            sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4][..]).unwrap();
+        assert_eq!(kind, StreamCompression::Zstd);
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).unwrap();
+        assert_eq!(back, [0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4]);
     }
 
     /// CPU seconds used by the whole process so far.

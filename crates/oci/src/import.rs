@@ -20,7 +20,9 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use crate::blobs::{BlobSink, HashingReader};
-use crate::compress::{Compression, DetectedCompression, decompressing_reader};
+use kiln_image::StreamCompression;
+
+use crate::compress::{Compression, decompressing_reader, sniff_compression};
 use crate::manifest::{
     ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ManifestError, MediaTypeSet, build_manifest,
     descriptor, is_index, is_manifest, is_non_distributable, kiln_digest,
@@ -99,6 +101,11 @@ pub enum ImportError {
         expected: String,
         actual: String,
     },
+    #[error("layer {layer} is {compression:?}-compressed; image layers may only be gzip or zstd")]
+    UnsupportedLayerCompression {
+        layer: String,
+        compression: StreamCompression,
+    },
     #[error("the archive has neither index.json (OCI layout) nor manifest.json (docker archive)")]
     NotAnImageArchive,
     #[error(transparent)]
@@ -110,7 +117,7 @@ pub enum ImportError {
 struct StoredFile {
     digest: Digest,
     size: u64,
-    compression: DetectedCompression,
+    compression: StreamCompression,
 }
 
 #[derive(Default)]
@@ -121,7 +128,7 @@ struct Collected {
     /// Small blobs (`blobs/sha256/<hex>`) that look like JSON, by digest.
     json_blobs: HashMap<Digest, Vec<u8>>,
     /// Every blob written to the sink, with its size and the compression its first bytes show.
-    stored_blobs: HashMap<Digest, (u64, DetectedCompression)>,
+    stored_blobs: HashMap<Digest, (u64, StreamCompression)>,
     /// Big non-blob files streamed into the sink, by path.
     stored_files: HashMap<String, StoredFile>,
     /// Symlinks and hard links: path → normalized target path.
@@ -242,17 +249,9 @@ fn stream_into_sink(
     expected: Option<&Digest>,
     path: &str,
     sink: &dyn BlobSink,
-) -> Result<(Digest, u64, DetectedCompression), ImportError> {
-    let mut head = [0u8; 4];
-    let mut filled = 0;
-    while filled < 4 {
-        match entry.read(&mut head[filled..]).map_err(ImportError::Read)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    let compression = detect(&head[..filled]);
-    let mut reader = HashingReader::new(io::Cursor::new(head[..filled].to_vec()).chain(entry));
+) -> Result<(Digest, u64, StreamCompression), ImportError> {
+    let (compression, stream) = sniff_compression(entry).map_err(ImportError::Read)?;
+    let mut reader = HashingReader::new(stream);
     let stored = sink.write_blob(expected, &mut reader);
     let (read, actual) = (reader.read, reader.digest());
     if let Some(expected) = expected {
@@ -276,16 +275,6 @@ fn stream_into_sink(
         });
     }
     Ok((digest, read, compression))
-}
-
-fn detect(head: &[u8]) -> DetectedCompression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        DetectedCompression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        DetectedCompression::Zstd
-    } else {
-        DetectedCompression::Uncompressed
-    }
 }
 
 fn read_small<R: Read>(
@@ -338,7 +327,7 @@ fn collect_blob<R: Read>(
             })?;
         collected
             .stored_blobs
-            .insert(expected.clone(), (size, detect(&bytes)));
+            .insert(expected.clone(), (size, StreamCompression::detect(&bytes)));
         if looks_like_json(&bytes) {
             collected.json_blobs.insert(expected, bytes);
         } else {
@@ -580,7 +569,7 @@ impl Collected {
         let stored = StoredFile {
             digest: digest.clone(),
             size: bytes.len() as u64,
-            compression: detect(bytes),
+            compression: StreamCompression::detect(bytes),
         };
         self.stored_blobs
             .insert(digest, (stored.size, stored.compression));
@@ -624,7 +613,7 @@ fn load_legacy(
         for (i, layer_path) in item.layers.iter().enumerate() {
             let stored = collected.store_file(layer_path, "manifest.json", sink)?;
             let compression = match stored.compression {
-                DetectedCompression::Uncompressed => {
+                StreamCompression::Uncompressed => {
                     if let Some(expected) = diff_ids.get(i) {
                         if *expected != stored.digest.to_string() {
                             return Err(ImportError::DiffIdMismatch {
@@ -637,8 +626,15 @@ fn load_legacy(
                     }
                     Compression::Uncompressed
                 }
-                DetectedCompression::Gzip => Compression::Gzip { level: 0 },
-                DetectedCompression::Zstd => Compression::Zstd { level: 0 },
+                StreamCompression::Gzip => Compression::Gzip { level: 0 },
+                StreamCompression::Zstd => Compression::Zstd { level: 0 },
+                // No layer media type names these: Docker would decompress and re-register.
+                unsupported @ (StreamCompression::Bzip2 | StreamCompression::Xz) => {
+                    return Err(ImportError::UnsupportedLayerCompression {
+                        layer: layer_path.clone(),
+                        compression: unsupported,
+                    });
+                }
             };
             layers.push(descriptor(
                 MediaTypeSet::Docker.layer(compression),
@@ -693,6 +689,43 @@ mod tests {
             resolve_link("abc/layer.tar", "/x/layer.tar", true),
             "x/layer.tar"
         );
+    }
+
+    #[test]
+    fn a_legacy_layer_compressed_with_xz_is_refused_by_name() {
+        use std::io::Write as _;
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(b"not even a tar").unwrap();
+        let layer = xz.finish().unwrap();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let manifest = br#"[{"Config":"config.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#;
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in [
+            ("l/layer.tar", &layer[..]),
+            ("config.json", &config[..]),
+            ("manifest.json", &manifest[..]),
+        ] {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, path, content).unwrap();
+        }
+        let archive = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sink = crate::blobs::LayoutDir::create(dir.path()).unwrap();
+        let err = load_archive(&archive[..], &sink).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImportError::UnsupportedLayerCompression {
+                    compression: StreamCompression::Xz,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("l/layer.tar"), "{err}");
     }
 
     #[test]

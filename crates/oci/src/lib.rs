@@ -3,9 +3,10 @@
 //! directly: blobs come and go through the small [`blobs::BlobSource`] / [`blobs::BlobSink`] traits.
 //!
 //! - [`diff`]: a directory (plain, or an overlayfs upper dir) → a deterministic PAX layer tar.
-//! - [`apply`]: a layer tar (plain/gzip/zstd) → a directory, confined with `openat2(RESOLVE_IN_ROOT)`,
+//! - [`apply`]: a layer tar (plain or compressed) → a directory, confined with `openat2(RESOLVE_IN_ROOT)`,
 //!   whiteouts in overlay lower-dir form or applied onto a merged tree.
-//! - [`compress`]: diff id and blob digest in one streaming pass; parallel multi-member gzip; zstd.
+//! - [`compress`]: diff id and blob digest in one streaming pass; parallel multi-member gzip; zstd;
+//!   decompression of gzip, bzip2, xz and zstd told by magic bytes ([`kiln_image::magic`]).
 //! - [`export`] / [`import`]: OCI layout tars and docker archives (Docker 25+ and legacy), several
 //!   images per archive, every blob verified.
 //! - [`manifest`]: media types (OCI or Docker), manifest building, deterministic JSON.

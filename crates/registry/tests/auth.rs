@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestRegistry, make_image};
+use common::{TempStore, TestRegistry, make_image};
 use kiln_registry::credentials::{Credentials, CredentialsError, DockerConfig};
 use kiln_registry::{
     ClientOptions, CredentialSource, RegistryClient, RegistryError, Repository, WantedPlatform,
 };
-use kiln_store::Store;
 
 struct Fixed(Option<Credentials>);
 
@@ -46,16 +45,14 @@ fn amd64() -> WantedPlatform {
 }
 
 async fn push_one(client: &RegistryClient, registry: &TestRegistry) -> Result<(), RegistryError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = TempStore::new();
     let digest = make_image(&store, "auth/app:1", 1, "auth");
     let repo = Repository {
         registry: registry.host(),
         name: "auth/app".into(),
     };
     kiln_registry::push(client, &store, &digest, &repo, "1", &[], &|_| {}).await?;
-    let fresh_dir = tempfile::tempdir().unwrap();
-    let fresh = Store::open(fresh_dir.path()).unwrap();
+    let fresh = TempStore::new();
     let pulled = kiln_registry::pull(client, &fresh, &repo, "1", &amd64(), &|_| {}).await?;
     assert_eq!(pulled.manifest.digest, digest);
     Ok(())
@@ -64,16 +61,7 @@ async fn push_one(client: &RegistryClient, registry: &TestRegistry) -> Result<()
 #[tokio::test]
 async fn htpasswd_basic_auth_with_right_wrong_and_config_json_credentials() {
     let work = tempfile::tempdir().unwrap();
-    let htpasswd = work.path().join("htpasswd");
-    let hash = bcrypt::hash_with_result("right-pw", 4)
-        .unwrap()
-        .format_for_version(bcrypt::Version::TwoY);
-    std::fs::write(&htpasswd, format!("alice:{hash}\n")).unwrap();
-    let auth = format!(
-        "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-        htpasswd.display()
-    );
-    let Some(registry) = TestRegistry::start(&auth) else {
+    let Some(registry) = TestRegistry::start_with_password("alice", "right-pw") else {
         return;
     };
 

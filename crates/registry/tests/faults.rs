@@ -8,12 +8,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{TestRegistry, make_image};
+use common::{TempStore, TestRegistry, make_image};
 use kiln_registry::{
     Anonymous, ClientOptions, RegistryClient, RegistryError, Repository, TransferEvent,
     WantedPlatform,
 };
-use kiln_store::Store;
 
 const PASS: u8 = 0;
 const ALTER_BLOBS: u8 = 1;
@@ -161,8 +160,7 @@ async fn altered_or_truncated_blobs_are_rejected_and_nothing_is_stored() {
         return;
     };
     let client = quick_client();
-    let source_dir = tempfile::tempdir().unwrap();
-    let source = Store::open(source_dir.path()).unwrap();
+    let source = TempStore::new();
     let digest = make_image(&source, "fault/app:1", 2, "fault");
     let direct = Repository {
         registry: registry.host(),
@@ -179,8 +177,7 @@ async fn altered_or_truncated_blobs_are_rejected_and_nothing_is_stored() {
     };
     for mode in [ALTER_BLOBS, TRUNCATE_BLOBS] {
         proxy.mode.store(mode, Ordering::SeqCst);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = TempStore::new();
         let error = kiln_registry::pull(&client, &store, &via_proxy, "1", &amd64(), &|_| {})
             .await
             .unwrap_err();
@@ -198,7 +195,7 @@ async fn altered_or_truncated_blobs_are_rejected_and_nothing_is_stored() {
             ),
         }
         assert_eq!(
-            blob_count(dir.path()),
+            blob_count(store.path()),
             0,
             "no blob of a failed pull is stored ({error})"
         );
@@ -207,8 +204,7 @@ async fn altered_or_truncated_blobs_are_rejected_and_nothing_is_stored() {
 
     // Through an honest proxy the same pull works.
     proxy.mode.store(PASS, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = TempStore::new();
     let pulled = kiln_registry::pull(&client, &store, &via_proxy, "1", &amd64(), &|_| {})
         .await
         .unwrap();
@@ -221,8 +217,7 @@ async fn registry_gone_mid_push_gives_a_clear_error_and_the_retry_succeeds() {
         return;
     };
     let proxy = start_proxy(registry.port);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = TempStore::new();
     let digest = make_image(&store, "gone/app:1", 4, "gone");
     let repo = Repository {
         registry: format!("127.0.0.1:{}", proxy.port),

@@ -5,12 +5,11 @@ mod common;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{TestRegistry, make_image};
+use common::{TempStore, TestRegistry, have, make_image};
 use kiln_registry::{
     Anonymous, ClientOptions, RegistryClient, RegistryError, Repository, TransferEvent,
     WantedPlatform,
 };
-use kiln_store::Store;
 
 fn client() -> RegistryClient {
     RegistryClient::new(Arc::new(Anonymous), ClientOptions::default()).expect("client")
@@ -33,21 +32,12 @@ fn events() -> (
     (seen, move |event| sink.lock().unwrap().push(event))
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn push_then_pull_round_trip_keeps_digests_and_second_push_uploads_nothing() {
     let Some(registry) = TestRegistry::start("") else {
         return;
     };
-    let store_a_dir = tempfile::tempdir().unwrap();
-    let store_a = Store::open(store_a_dir.path()).unwrap();
+    let store_a = TempStore::new();
     let manifest_digest = make_image(&store_a, "example/app:1", 3, "round-trip");
     let repo = Repository {
         registry: registry.host(),
@@ -108,8 +98,7 @@ async fn push_then_pull_round_trip_keeps_digests_and_second_push_uploads_nothing
     );
 
     // Pull into an empty store: same manifest digest, every blob verified into the store.
-    let store_b_dir = tempfile::tempdir().unwrap();
-    let store_b = Store::open(store_b_dir.path()).unwrap();
+    let store_b = TempStore::new();
     let (_seen, sink) = events();
     let pulled = kiln_registry::pull(&client, &store_b, &repo, "1", &amd64(), &sink)
         .await
@@ -134,8 +123,7 @@ async fn pull_of_what_skopeo_pushed_including_a_multi_platform_index() {
         eprintln!("SKIP: skopeo is not installed");
         return;
     }
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path()).unwrap();
+    let store = TempStore::new();
     let client = client();
     let source = make_image(&store, "src:1", 2, "skopeo-source");
     let source_repo = Repository {
@@ -165,8 +153,7 @@ async fn pull_of_what_skopeo_pushed_including_a_multi_platform_index() {
         "{}",
         String::from_utf8_lossy(&copy.stderr)
     );
-    let fresh_dir = tempfile::tempdir().unwrap();
-    let fresh = Store::open(fresh_dir.path()).unwrap();
+    let fresh = TempStore::new();
     let copied_repo = Repository {
         registry: registry.host(),
         name: "copied".into(),
@@ -245,8 +232,7 @@ async fn errors_name_what_failed() {
         return;
     };
     let client = client();
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path()).unwrap();
+    let store = TempStore::new();
     let repo = Repository {
         registry: registry.host(),
         name: "absent".into(),
@@ -280,8 +266,7 @@ async fn blobs_are_mounted_across_repositories_and_big_blobs_go_in_chunks() {
     let Some(registry) = TestRegistry::start("") else {
         return;
     };
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(store_dir.path()).unwrap();
+    let store = TempStore::new();
     let digest = make_image(&store, "mount/a:1", 2, "mounting");
     // Chunks far smaller than the blobs, so every upload takes several PATCH requests.
     let chunked = RegistryClient::new(
@@ -304,8 +289,7 @@ async fn blobs_are_mounted_across_repositories_and_big_blobs_go_in_chunks() {
         registry.log_count("PATCH /v2/mount/a/blobs/uploads/") >= 6,
         "uploads were chunked"
     );
-    let fresh_dir = tempfile::tempdir().unwrap();
-    let fresh = Store::open(fresh_dir.path()).unwrap();
+    let fresh = TempStore::new();
     let pulled = kiln_registry::pull(&client(), &fresh, &first, "1", &amd64(), &sink)
         .await
         .expect("pull of a chunked upload");

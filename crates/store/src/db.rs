@@ -183,6 +183,8 @@ impl MetaDb {
                 tx.execute_batch(SCHEMA_V1)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
+            // Additive, so older kiln versions still read and write the table.
+            crate::stat_cache::ensure_xattrs_column(tx)?;
             Ok(())
         })?;
         Ok(db)

@@ -42,7 +42,7 @@ pub use layout::{Layout, ROOT_ENV_VAR, default_root, resolve_root};
 pub use lease::{Lease, LeaseInfo};
 pub use lock::{LockMode, StoreLock};
 pub use refs::{Owner, Resource};
-pub use stat_cache::{RACY_MARGIN_NS, StatCacheEntry, StatKey};
+pub use stat_cache::{RACY_MARGIN_NS, StatCacheEntry, StatKey, StatXattrs};
 
 use crate::db::MetaDb;
 use crate::error::io_err;

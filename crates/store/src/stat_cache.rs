@@ -6,6 +6,16 @@
 //! it), so an entry whose mtime or ctime is not at least [`RACY_MARGIN_NS`] older than the moment it
 //! was recorded is never returned: the caller re-hashes and re-records it, and once the file has
 //! aged the entry becomes trustworthy.
+//!
+//! An entry also holds the digest of the file's extended attributes ([`StatXattrs`]): setting or
+//! removing one changes the file's ctime, so an entry that is trusted for the content is trusted
+//! for them too, and an unchanged file costs no `llistxattr`. The column was added after the
+//! table (entries written before it say [`StatXattrs::Unknown`]); older kiln versions name their
+//! columns and so keep working on the same database, leaving it unknown.
+//!
+//! A build looks up every file of its context at once ([`Store::get_stat_cache_many`]). The keys
+//! are sorted by (device, inode) and nearby inodes — files created together usually are — are
+//! read with one range scan of the primary key, merged with the keys in order.
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
@@ -63,6 +73,37 @@ impl StatKey {
     }
 }
 
+/// What an entry knows about the file's extended attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StatXattrs {
+    /// Not recorded (an entry from before the column existed, or from an older kiln).
+    #[default]
+    Unknown,
+    /// The file had none that count.
+    Absent,
+    /// The digest over them, as the context checksum computes it.
+    Digest(Digest),
+}
+
+impl StatXattrs {
+    /// The column value: NULL, `''` or the digest.
+    fn to_column(&self) -> Option<String> {
+        match self {
+            Self::Unknown => None,
+            Self::Absent => Some(String::new()),
+            Self::Digest(digest) => Some(digest.to_string()),
+        }
+    }
+
+    fn from_column(value: Option<&str>) -> Result<Self, TxError> {
+        Ok(match value {
+            None => Self::Unknown,
+            Some("") => Self::Absent,
+            Some(text) => Self::Digest(parse_digest(text)?),
+        })
+    }
+}
+
 /// A trusted stat cache hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatCacheEntry {
@@ -70,6 +111,26 @@ pub struct StatCacheEntry {
     pub sha256: Digest,
     /// When the hash was taken, ns since the epoch.
     pub recorded_at_ns: i64,
+    /// The file's extended attributes at that time.
+    pub xattrs: StatXattrs,
+}
+
+/// Two keys whose inodes are at most this far apart are read by one range scan: it then reads
+/// at most this many rows per key, each far cheaper than a lookup of its own.
+const MAX_SCAN_GAP: i64 = 8;
+
+/// Adds the `xattrs` column to a `stat_cache` table made before it existed (run when the
+/// database is opened; a no-op once done).
+pub(crate) fn ensure_xattrs_column(conn: &Connection) -> Result<(), TxError> {
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('stat_cache') WHERE name = 'xattrs'",
+        [],
+        |row| row.get(0),
+    )?;
+    if present == 0 {
+        conn.execute("ALTER TABLE stat_cache ADD COLUMN xattrs TEXT", [])?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -101,12 +162,29 @@ impl Store {
             // rollback) is the right end.
             let snapshot = conn.unchecked_transaction()?;
             // In primary-key order: consecutive lookups land on the same or the next B-tree page,
-            // so each page is read once however large the table is.
+            // and runs of nearby inodes become range scans.
             let mut order: Vec<usize> = (0..keys.len()).collect();
             order.sort_unstable_by_key(|&index| (keys[index].dev as i64, keys[index].ino as i64));
             let mut found = vec![None; keys.len()];
-            for index in order {
-                found[index] = lookup_entry(&snapshot, &keys[index])?;
+            let mut run_start = 0;
+            while run_start < order.len() {
+                let first = &keys[order[run_start]];
+                let mut run_end = run_start + 1;
+                while run_end < order.len() {
+                    let (previous, next) = (&keys[order[run_end - 1]], &keys[order[run_end]]);
+                    let gap = (next.ino as i64).checked_sub(previous.ino as i64);
+                    if next.dev != first.dev || gap.is_none_or(|gap| gap > MAX_SCAN_GAP) {
+                        break;
+                    }
+                    run_end += 1;
+                }
+                let run = &order[run_start..run_end];
+                if run.len() == 1 {
+                    found[run[0]] = lookup_entry(&snapshot, first)?;
+                } else {
+                    scan_run(&snapshot, keys, run, &mut found)?;
+                }
+                run_start = run_end;
             }
             snapshot.rollback()?;
             Ok(found)
@@ -121,7 +199,7 @@ impl Store {
     /// [`crate::StoreError::Db`] on a database failure.
     pub fn put_stat_cache(&self, key: &StatKey, sha256: &Digest, hashed_at_ns: i64) -> Result<()> {
         self.db().write("record stat cache", |tx| {
-            insert_entry(tx, key, sha256, hashed_at_ns)
+            insert_entry(tx, key, sha256, hashed_at_ns, &StatXattrs::Unknown)
         })
     }
 
@@ -136,7 +214,7 @@ impl Store {
     ) -> Result<()> {
         self.db().write("record stat cache", |tx| {
             for (key, sha256) in entries {
-                insert_entry(tx, key, sha256, hashed_at_ns)?;
+                insert_entry(tx, key, sha256, hashed_at_ns, &StatXattrs::Unknown)?;
             }
             Ok(())
         })
@@ -154,7 +232,13 @@ impl Store {
         }
         self.db().write("record stat cache", |tx| {
             for (key, entry) in entries {
-                insert_entry(tx, key, &entry.sha256, entry.recorded_at_ns)?;
+                insert_entry(
+                    tx,
+                    key,
+                    &entry.sha256,
+                    entry.recorded_at_ns,
+                    &entry.xattrs,
+                )?;
             }
             Ok(())
         })
@@ -166,10 +250,10 @@ fn lookup_entry(conn: &Connection, key: &StatKey) -> Result<Option<StatCacheEntr
     // Cached: a build looks up thousands of files, and parsing the SQL each time cost more than
     // the lookup itself.
     let mut statement = conn.prepare_cached(
-        "SELECT sha256, recorded_at_ns FROM stat_cache
+        "SELECT sha256, recorded_at_ns, xattrs FROM stat_cache
          WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
     )?;
-    let row: Option<(String, i64)> = statement
+    let row: Option<(String, i64, Option<String>)> = statement
         .query_row(
             params![
                 key.dev as i64,
@@ -178,17 +262,75 @@ fn lookup_entry(conn: &Connection, key: &StatKey) -> Result<Option<StatCacheEntr
                 key.mtime_ns,
                 key.ctime_ns
             ],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
     match row {
-        Some((_, recorded_at_ns)) if key.is_racy_at(recorded_at_ns) => Ok(None),
-        Some((sha256, recorded_at_ns)) => Ok(Some(StatCacheEntry {
-            sha256: parse_digest(&sha256)?,
-            recorded_at_ns,
-        })),
+        Some((sha256, recorded_at_ns, xattrs)) => {
+            trusted_entry(key, &sha256, recorded_at_ns, xattrs.as_deref())
+        }
         None => Ok(None),
     }
+}
+
+/// Looks up the keys `run` (indexes into `keys`, sorted by inode, all on one device) with one
+/// range scan over their inodes, merging the rows with the keys in order.
+fn scan_run(
+    conn: &Connection,
+    keys: &[StatKey],
+    run: &[usize],
+    found: &mut [Option<StatCacheEntry>],
+) -> Result<(), TxError> {
+    let (first, last) = (&keys[run[0]], &keys[run[run.len() - 1]]);
+    let mut statement = conn.prepare_cached(
+        "SELECT ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns, xattrs FROM stat_cache
+         WHERE dev = ?1 AND ino BETWEEN ?2 AND ?3 ORDER BY ino",
+    )?;
+    let mut rows = statement.query(params![
+        first.dev as i64,
+        first.ino as i64,
+        last.ino as i64
+    ])?;
+    let mut next = 0;
+    while let Some(row) = rows.next()? {
+        let ino: i64 = row.get(0)?;
+        while next < run.len() && (keys[run[next]].ino as i64) < ino {
+            next += 1;
+        }
+        // One row per inode; a key may be asked for more than once.
+        let mut index = next;
+        while index < run.len() && keys[run[index]].ino as i64 == ino {
+            let key = &keys[run[index]];
+            let (size, mtime_ns, ctime_ns): (i64, i64, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
+            if (size, mtime_ns, ctime_ns) == (key.size as i64, key.mtime_ns, key.ctime_ns) {
+                let sha256: String = row.get(4)?;
+                let xattrs: Option<String> = row.get(6)?;
+                found[run[index]] = trusted_entry(key, &sha256, row.get(5)?, xattrs.as_deref())?;
+            }
+            index += 1;
+        }
+        if next == run.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The entry of a matching row, unless it is racy.
+fn trusted_entry(
+    key: &StatKey,
+    sha256: &str,
+    recorded_at_ns: i64,
+    xattrs: Option<&str>,
+) -> Result<Option<StatCacheEntry>, TxError> {
+    if key.is_racy_at(recorded_at_ns) {
+        return Ok(None);
+    }
+    Ok(Some(StatCacheEntry {
+        sha256: parse_digest(sha256)?,
+        recorded_at_ns,
+        xattrs: StatXattrs::from_column(xattrs)?,
+    }))
 }
 
 fn insert_entry(
@@ -196,10 +338,12 @@ fn insert_entry(
     key: &StatKey,
     sha256: &Digest,
     hashed_at_ns: i64,
+    xattrs: &StatXattrs,
 ) -> Result<(), TxError> {
     let mut statement = conn.prepare_cached(
-        "INSERT OR REPLACE INTO stat_cache (dev, ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO stat_cache
+             (dev, ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns, xattrs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     statement.execute(params![
         // SQLite integers are signed; the bit pattern round-trips (overlayfs' xino uses high bits).
@@ -209,7 +353,8 @@ fn insert_entry(
         key.mtime_ns,
         key.ctime_ns,
         sha256.to_string(),
-        hashed_at_ns
+        hashed_at_ns,
+        xattrs.to_column()
     ])?;
     Ok(())
 }
@@ -241,7 +386,7 @@ mod tests {
         StatKey {
             dev: 7,
             ino,
-            size: 100 + ino,
+            size: 100 + ino % 1000,
             mtime_ns: 1_000_000_000,
             ctime_ns: 1_000_000_000,
         }
@@ -251,6 +396,7 @@ mod tests {
         StatCacheEntry {
             sha256: Digest::of(name.as_bytes()),
             recorded_at_ns,
+            xattrs: StatXattrs::Absent,
         }
     }
 
@@ -320,5 +466,92 @@ mod tests {
                 .unwrap(),
             vec![None, Some(newer)]
         );
+    }
+
+    #[test]
+    fn range_scans_and_single_lookups_agree_on_every_kind_of_key() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        // Recorded: every third inode of a dense block, a few far apart, high-bit inodes (as
+        // i64 they are negative) and another device.
+        let mut recorded = Vec::new();
+        for ino in (100..400).step_by(3) {
+            recorded.push((old_file(ino), entry_at(&format!("f{ino}"), 50_000_000_000)));
+        }
+        for ino in [10_000, 20_000, u64::MAX - 5, u64::MAX - 1, 1 << 63] {
+            recorded.push((old_file(ino), entry_at(&format!("far{ino}"), 50_000_000_000)));
+        }
+        recorded.push((StatKey { dev: 8, ..old_file(103) }, entry_at("dev8", 50_000_000_000)));
+        let racy = StatKey { ino: 106, ..old_file(106) };
+        recorded.retain(|(key, _)| *key != racy);
+        recorded.push((racy, entry_at("racy", 1_500_000_000)));
+        let with_xattrs = old_file(109);
+        recorded.retain(|(key, _)| *key != with_xattrs);
+        recorded.push((
+            with_xattrs,
+            StatCacheEntry {
+                xattrs: StatXattrs::Digest(Digest::of(b"xattrs")),
+                ..entry_at("x", 50_000_000_000)
+            },
+        ));
+        store.put_stat_cache_entries(&recorded).unwrap();
+
+        // Asked: every inode of the block (most not recorded), changed stat fields, repeats,
+        // the far ones, the other device, in a scrambled order.
+        let mut keys: Vec<StatKey> = (95..405).map(old_file).collect();
+        keys.push(StatKey { mtime_ns: 5, ..old_file(112) });
+        keys.push(StatKey { size: 1, ..old_file(115) });
+        keys.extend([old_file(112), old_file(10_000), old_file(10_001)]);
+        keys.extend([u64::MAX - 5, u64::MAX - 1, 1 << 63, 0].map(old_file));
+        keys.push(StatKey { dev: 8, ..old_file(103) });
+        keys.push(StatKey { dev: 9, ..old_file(103) });
+        keys.reverse();
+        keys.swap(3, 200);
+
+        let batch = store.get_stat_cache_many(&keys).unwrap();
+        let single: Vec<_> = keys
+            .iter()
+            .map(|key| store.get_stat_cache(key).unwrap())
+            .collect();
+        assert_eq!(batch, single);
+        let hits = batch.iter().filter(|found| found.is_some()).count();
+        // 100 dense ones minus the racy one, plus 112 again, 10_000, three high, dev 8.
+        assert_eq!(hits, 99 + 1 + 1 + 3 + 1);
+        let index = keys.iter().position(|key| *key == with_xattrs).unwrap();
+        assert_eq!(
+            batch[index].as_ref().map(|entry| &entry.xattrs),
+            Some(&StatXattrs::Digest(Digest::of(b"xattrs")))
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_the_xattrs_column_gets_it_and_reads_unknown() {
+        let root = tempfile::tempdir().unwrap();
+        drop(Store::open(root.path()).unwrap());
+        {
+            // The table as older versions made it, with a row they wrote.
+            let conn = Connection::open(root.path().join("meta.db")).unwrap();
+            conn.execute("ALTER TABLE stat_cache DROP COLUMN xattrs", [])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO stat_cache (dev, ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns)
+                 VALUES (7, 1, 101, 1000000000, 1000000000, ?1, 50000000000)",
+                [Digest::of(b"old").to_string()],
+            )
+            .unwrap();
+        }
+        let store = Store::open(root.path()).unwrap();
+        let found = store.get_stat_cache(&old_file(1)).unwrap().unwrap();
+        assert_eq!(found.xattrs, StatXattrs::Unknown);
+        assert_eq!(found.sha256, Digest::of(b"old"));
+        // And entries with attributes can be written again.
+        let entry = StatCacheEntry {
+            xattrs: StatXattrs::Absent,
+            ..found
+        };
+        store
+            .put_stat_cache_entries(&[(old_file(1), entry.clone())])
+            .unwrap();
+        assert_eq!(store.get_stat_cache(&old_file(1)).unwrap(), Some(entry));
     }
 }

@@ -13,9 +13,11 @@
 //!
 //! Mount stubs: a sandbox bind-mounts files (`/etc/hosts`, secrets) and dirs (`/proc`, bind mounts) onto
 //! paths the image may not have. Creating those mount points inside the writable root would put them in
-//! the layer, so both snapshotters create them *beneath* the image instead: the overlay snapshotter as an
-//! extra lowest lower dir (image content shadows it), the native one in the copy before it records the
-//! base. Either way a stub the command does not touch is never part of the diff.
+//! the layer, so both snapshotters put them *beneath* the image instead: the overlay snapshotter hands
+//! them to whoever mounts the root as an extra lowest lower dir to lay out (image content shadows it;
+//! the sandbox builds it in a tmpfs of its own, so a run creates no stub files on the host), the native
+//! one creates them in the copy before it records the base. Either way a stub the command does not
+//! touch is never part of the diff.
 
 mod native;
 mod overlay;
@@ -60,17 +62,51 @@ pub(crate) fn io_err<'p>(
 /// How the sandbox must mount its root. Paths are host paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootMount {
-    /// overlayfs; `lower_dirs` topmost first (overlayfs's own `lowerdir=` order), never empty.
+    /// overlayfs; `lower_dirs` topmost first (overlayfs's own `lowerdir=` order). `stubs` are mount
+    /// points whoever mounts the root lays out in one more, lowest, layer of its own: the sandbox in
+    /// a tmpfs private to its mount namespace (nothing to create or remove on the host per run),
+    /// anyone else on disk with [`RootMount::with_stub_layer`].
     Overlay {
         lower_dirs: Vec<PathBuf>,
         upper_dir: PathBuf,
         work_dir: PathBuf,
+        stubs: Vec<MountStub>,
     },
     /// A plain directory bind-mounted read-write as the root.
     Bind { source: PathBuf },
 }
 
 impl RootMount {
+    /// For mounting an overlay root outside a sandbox: lays its stubs out on disk in `dir` (created;
+    /// the caller removes it after unmounting) and returns the root with `dir` as its lowest lower
+    /// dir and no stubs left. The dir is added even without stubs, so that a root over no layers
+    /// (`FROM scratch`) still has the lower dir overlayfs needs. Other roots are returned as they are.
+    ///
+    /// # Errors
+    /// Creating `dir` or a stub failed.
+    pub fn with_stub_layer(&self, dir: &Path) -> Result<RootMount, SnapshotError> {
+        match self {
+            RootMount::Overlay {
+                lower_dirs,
+                upper_dir,
+                work_dir,
+                stubs,
+            } => {
+                make_dir(dir)?;
+                create_stubs(dir, stubs)?;
+                let mut lower_dirs = lower_dirs.clone();
+                lower_dirs.push(dir.to_path_buf());
+                Ok(RootMount::Overlay {
+                    lower_dirs,
+                    upper_dir: upper_dir.clone(),
+                    work_dir: work_dir.clone(),
+                    stubs: Vec::new(),
+                })
+            }
+            RootMount::Bind { .. } => Ok(self.clone()),
+        }
+    }
+
     /// Reads a regular file of the root's merged view, e.g. `/etc/passwd`, without mounting anything.
     /// `Ok(None)` when the path is absent, deleted by a whiteout, hidden by an opaque dir, or not a
     /// regular file (symlinks are not followed: resolving them would need the mounted view).
@@ -180,8 +216,10 @@ pub trait Snapshotter: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Prepares a root over `layers` (extracted layer dirs, **bottom first**, i.e. manifest order; may be
-    /// empty for `FROM scratch`), using `scratch` (an empty or missing dir the caller owns) for its state,
-    /// with `stubs` present as mount points that never show up in the diff.
+    /// empty for `FROM scratch`), using `scratch` (a dir the caller owns, created when missing) for its
+    /// state, with `stubs` present as mount points that never show up in the diff. Only the entries
+    /// `upper`, `work`, `rootfs` and `diff` of `scratch` are the snapshotter's; others are left alone.
+    /// An overlay snapshot leaves the stubs to whoever mounts it ([`RootMount::Overlay`]).
     ///
     /// # Errors
     /// A layer dir is missing, or creating/copying under `scratch` failed.

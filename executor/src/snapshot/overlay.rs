@@ -1,5 +1,6 @@
-//! The overlayfs snapshotter: lower dirs are the layer dirs themselves (topmost first) plus a stub
-//! layer at the very bottom, the upper dir starts empty and *is* the diff afterwards.
+//! The overlayfs snapshotter: lower dirs are the layer dirs themselves (topmost first), the mount stubs
+//! are left to whoever mounts the root (a lowest layer of its own), the upper dir starts empty and
+//! *is* the diff afterwards. Preparing a snapshot costs two `mkdir`s.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -8,8 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::{
-    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, create_stubs, io_err,
-    make_dir,
+    MountStub, RootMount, Snapshot, SnapshotError, Snapshotter, check_layers, io_err, make_dir,
 };
 
 /// Mount options every overlay root uses: no inode index, no metacopy, no redirects, so the upper dir
@@ -34,11 +34,9 @@ impl Snapshotter for OverlaySnapshotter {
         check_layers(layers)?;
         let upper_dir = scratch.join("upper");
         let work_dir = scratch.join("work");
-        let stub_dir = scratch.join("stubs");
-        for dir in [&upper_dir, &work_dir, &stub_dir] {
+        for dir in [&upper_dir, &work_dir] {
             make_dir(dir)?;
         }
-        create_stubs(&stub_dir, stubs)?;
         // overlayfs shows the upper dir's root as "/": give it the image root's owner and mode, or the
         // layer would record a changed "/" (containerd does the same).
         if let Some(top) = layers.last() {
@@ -48,13 +46,13 @@ impl Snapshotter for OverlaySnapshotter {
             fs::set_permissions(&upper_dir, fs::Permissions::from_mode(meta.mode() & 0o7777))
                 .map_err(io_err("chmod", &upper_dir))?;
         }
-        let mut lower_dirs: Vec<PathBuf> = layers.iter().rev().cloned().collect();
-        lower_dirs.push(stub_dir);
+        let lower_dirs: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         Ok(Snapshot {
             mount: RootMount::Overlay {
                 lower_dirs,
                 upper_dir,
                 work_dir,
+                stubs: stubs.to_vec(),
             },
             scratch: scratch.to_path_buf(),
             native_base: None,

@@ -1,7 +1,7 @@
 //! The content-addressed build cache: what a step's cache key is made of ([`key`]), how a step's
 //! result is recorded in and restored from the store ([`record`]), and why a step missed
 //! ([`explain`]), and how records travel between stores ([`transfer`]: `--cache-to` and
-//! `--cache-from`). `docs/cache-keys.md` and `docs/cache-export.md` explain the choices.
+//! `--cache-from`; [`local_dir`]: locking and cleaning a shared cache directory). `docs/cache-keys.md` and `docs/cache-export.md` explain the choices.
 //!
 //! A key is `sha256(op digest without inputs ‖ identity of each input ‖ checksum of what the op
 //! reads from local sources)`, where the identity of a root-filesystem input is the chain id of
@@ -12,6 +12,7 @@
 
 pub mod explain;
 pub mod key;
+pub mod local_dir;
 pub mod record;
 pub mod transfer;
 

@@ -15,11 +15,11 @@
 //! the previous build of "the same step" to compare components with.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
-use kiln_context::{CachedDigest, ContentChecksum, EntryRecord, StatCache, StatKey};
+use kiln_context::{CachedDigest, CachedXattrs, ContentChecksum, EntryRecord, StatCache, StatKey};
 use kiln_image::Digest;
-use kiln_store::{CacheValueKind, Resource, StatCacheEntry, Store, StoreError};
+use kiln_store::{CacheValueKind, Resource, StatCacheEntry, StatXattrs, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -370,14 +370,22 @@ impl CacheEntry {
         }
     }
 
-    /// The recorded chain with its extracted dirs, or `None` when a layer or blob is no longer in
-    /// the store (then the step must run again).
+    /// The recorded chain with its extracted dirs, or `None` when a blob is no longer in the store
+    /// (then the step must run again).
+    ///
+    /// A layer whose blob is there but which was never extracted under its chain id is extracted
+    /// now and committed under it: a `COPY --link` layer rebased by a merge has a new chain id
+    /// (its parent changed) while its dir is still the one extracted under the old id, so the
+    /// next build finds it by the new id. Extraction failing is a miss too (a warning).
     ///
     /// # Errors
     /// [`RecordError::Store`] on a store failure.
     pub fn restore(&self, store: &Store) -> Result<Option<Vec<Layer>>, RecordError> {
         let mut chain = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
+            if !store.has_blob(&layer.blob_digest) {
+                return Ok(None);
+            }
             let dir = store
                 .layer_path(&layer.chain_id)
                 .map_err(|source| RecordError::Store {
@@ -385,11 +393,8 @@ impl CacheEntry {
                     source: Box::new(source),
                 })?;
             let Some(dir) = dir else {
-                return Ok(None);
+                return Ok(self.extract_missing_layers(store));
             };
-            if !store.has_blob(&layer.blob_digest) {
-                return Ok(None);
-            }
             chain.push(Layer {
                 diff_id: layer.diff_id.clone(),
                 chain_id: layer.chain_id.clone(),
@@ -400,6 +405,41 @@ impl CacheEntry {
             });
         }
         Ok(Some(chain))
+    }
+}
+
+impl CacheEntry {
+    /// The recorded chain with every layer extracted from its blob under its recorded chain id
+    /// (those already extracted are kept), or `None` with a warning when that fails or gives
+    /// other chain ids than the record's.
+    fn extract_missing_layers(&self, store: &Store) -> Option<Vec<Layer>> {
+        let manifest_layers: Vec<kiln_store::ManifestLayer> = self
+            .layers
+            .iter()
+            .map(|layer| kiln_store::ManifestLayer {
+                blob_digest: layer.blob_digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+            })
+            .collect();
+        let chain = match crate::layers::ensure_extracted(store, &manifest_layers) {
+            Ok(chain) => chain,
+            Err(error) => {
+                tracing::warn!(%error, "could not extract a cached layer; running the step");
+                return None;
+            }
+        };
+        // Chain ids follow from diff ids alone, so a record can only disagree if it is damaged.
+        let consistent = chain
+            .iter()
+            .zip(&self.layers)
+            .all(|(layer, recorded)| layer.chain_id == recorded.chain_id);
+        if !consistent {
+            tracing::warn!("a cache record's chain ids do not follow from its diff ids");
+            return None;
+        }
+        Some(chain)
     }
 }
 
@@ -456,45 +496,41 @@ pub fn position_keys(description: &str, file: &str, local_dirs: &[String]) -> Ve
 
 /// The store's persistent stat cache behind kiln-context's [`StatCache`], for one build.
 ///
-/// A checksum [prefetches](StatCache::prefetch) the keys of all the files it selected: they are
-/// looked up in one batch (one read transaction, one prepared statement) and kept in memory, so the
-/// per-file `get`s that follow, on many hashing threads at once, never touch the database or its
-/// lock. A key that was not prefetched is looked up alone. New entries are kept in memory too (a
-/// second COPY of the same file in this build hits) and written in one transaction by
+/// A checksum asks for all the files it selected at once ([`StatCache::get_many`]): one batch
+/// (one read transaction, range scans over nearby inodes) answered in order, so the hashing
+/// threads never touch the database or its lock. Entries this build records are kept in memory
+/// (a later COPY of the same file in this build hits them) and written in one transaction by
 /// [`StoreStatCache::flush`].
 pub struct StoreStatCache<'a> {
     store: &'a Store,
-    /// What this build knows: the store's answer for each key looked up (`None`: no trusted
-    /// entry), and the entries it recorded itself.
-    known: RwLock<HashMap<StatKey, Option<CachedDigest>>>,
     /// Entries recorded by this build, not yet written.
-    pending: Mutex<Vec<(kiln_store::StatKey, StatCacheEntry)>>,
+    recorded: Mutex<HashMap<StatKey, CachedDigest>>,
 }
 
 impl<'a> StoreStatCache<'a> {
     pub fn new(store: &'a Store) -> Self {
         StoreStatCache {
             store,
-            known: RwLock::new(HashMap::new()),
-            pending: Mutex::new(Vec::new()),
+            recorded: Mutex::new(HashMap::new()),
         }
     }
 
     /// Writes the buffered entries, all in one transaction. A failure only costs re-hashing next
     /// time, so it is logged, not returned.
     pub fn flush(&self) {
-        let pending = {
-            let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *guard)
-        };
-        if let Err(error) = self.store.put_stat_cache_entries(&pending) {
+        let recorded = std::mem::take(&mut *self.recorded());
+        let entries: Vec<(kiln_store::StatKey, StatCacheEntry)> = recorded
+            .iter()
+            .filter_map(|(key, digest)| Some((store_key(key), store_entry(digest)?)))
+            .collect();
+        if let Err(error) = self.store.put_stat_cache_entries(&entries) {
             tracing::warn!(%error, "could not record the stat cache");
         }
     }
 
-    fn remember(&self, key: StatKey, digest: Option<CachedDigest>) {
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        known.insert(key, digest);
+    fn recorded(&self) -> std::sync::MutexGuard<'_, HashMap<StatKey, CachedDigest>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -510,53 +546,68 @@ fn store_key(key: &StatKey) -> kiln_store::StatKey {
 
 /// The store's entry as kiln-context's digest (`None` for a digest that is not a sha256).
 fn cached_digest(entry: &StatCacheEntry) -> Option<CachedDigest> {
-    let bytes = hex::decode(entry.sha256.hex()).ok()?;
+    let xattrs = match &entry.xattrs {
+        StatXattrs::Unknown => CachedXattrs::Unknown,
+        StatXattrs::Absent => CachedXattrs::Absent,
+        StatXattrs::Digest(digest) => CachedXattrs::Digest(digest_bytes(digest)?),
+    };
     Some(CachedDigest {
-        sha256: bytes.try_into().ok()?,
+        sha256: digest_bytes(&entry.sha256)?,
         recorded_at_ns: entry.recorded_at_ns,
+        xattrs,
     })
 }
 
-impl StatCache for StoreStatCache<'_> {
-    fn prefetch(&self, keys: &[StatKey]) {
-        let missing: Vec<StatKey> = {
-            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-            keys.iter()
-                .filter(|key| !known.contains_key(key))
-                .copied()
-                .collect()
-        };
-        let store_keys: Vec<kiln_store::StatKey> = missing.iter().map(store_key).collect();
-        match self.store.get_stat_cache_many(&store_keys) {
-            Ok(found) => {
-                let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-                for (key, entry) in missing.into_iter().zip(found) {
-                    // Recorded by this build meanwhile (another thread's checksum): keep that.
-                    known
-                        .entry(key)
-                        .or_insert_with(|| entry.as_ref().and_then(cached_digest));
-                }
-            }
-            // The per-file lookups will try again (and hash what they cannot find).
-            Err(error) => tracing::debug!(%error, "stat cache batch lookup failed"),
+/// The 32 bytes of a digest (a build turns every file's digest back into bytes: kept simple
+/// and fast).
+fn digest_bytes(digest: &Digest) -> Option<[u8; 32]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
         }
+    }
+    let hex = digest.hex().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0; 32];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(bytes)
+}
+
+impl StatCache for StoreStatCache<'_> {
+    fn get_many(&self, keys: &[StatKey]) -> Vec<Option<CachedDigest>> {
+        let store_keys: Vec<kiln_store::StatKey> = keys.iter().map(store_key).collect();
+        let found = self
+            .store
+            .get_stat_cache_many(&store_keys)
+            .unwrap_or_else(|error| {
+                // Every file is then hashed: slower, never wrong.
+                tracing::debug!(%error, "stat cache batch lookup failed");
+                vec![None; keys.len()]
+            });
+        let recorded = self.recorded();
+        keys.iter()
+            .zip(found)
+            .map(|(key, entry)| {
+                recorded
+                    .get(key)
+                    .copied()
+                    .or_else(|| entry.as_ref().and_then(cached_digest))
+            })
+            .collect()
     }
 
     fn get(&self, key: &StatKey) -> Option<CachedDigest> {
-        if let Some(known) = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
-            return *known;
+        if let Some(digest) = self.recorded().get(key) {
+            return Some(*digest);
         }
         match self.store.get_stat_cache(&store_key(key)) {
-            Ok(entry) => {
-                let digest = entry.as_ref().and_then(cached_digest);
-                self.remember(*key, digest);
-                digest
-            }
+            Ok(entry) => entry.as_ref().and_then(cached_digest),
             Err(error) => {
                 tracing::debug!(%error, "stat cache lookup failed; hashing the file");
                 None
@@ -565,17 +616,24 @@ impl StatCache for StoreStatCache<'_> {
     }
 
     fn put(&self, key: &StatKey, digest: CachedDigest) {
-        let Ok(sha256) = Digest::from_hex(&hex::encode(digest.sha256)) else {
-            return;
-        };
-        self.remember(*key, Some(digest));
-        let entry = StatCacheEntry {
-            sha256,
-            recorded_at_ns: digest.recorded_at_ns,
-        };
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.push((store_key(key), entry));
+        self.recorded().insert(*key, digest);
     }
+}
+
+/// kiln-context's digest as the store's entry.
+fn store_entry(digest: &CachedDigest) -> Option<StatCacheEntry> {
+    let xattrs = match digest.xattrs {
+        CachedXattrs::Unknown => StatXattrs::Unknown,
+        CachedXattrs::Absent => StatXattrs::Absent,
+        CachedXattrs::Digest(bytes) => {
+            StatXattrs::Digest(Digest::from_hex(&hex::encode(bytes)).ok()?)
+        }
+    };
+    Some(StatCacheEntry {
+        sha256: Digest::from_hex(&hex::encode(digest.sha256)).ok()?,
+        recorded_at_ns: digest.recorded_at_ns,
+        xattrs,
+    })
 }
 
 #[cfg(test)]
@@ -597,6 +655,7 @@ mod tests {
         let digest = CachedDigest {
             sha256: [9; 32],
             recorded_at_ns: 100_000_000_000,
+            xattrs: CachedXattrs::Digest([5; 32]),
         };
         cache.put(&key, digest);
         assert_eq!(cache.get(&key), Some(digest), "this build remembers it");
@@ -612,13 +671,13 @@ mod tests {
         cache.put(&racy, digest);
         cache.flush();
         let later_build = StoreStatCache::new(&store);
-        later_build.prefetch(&[racy]);
+        assert_eq!(later_build.get_many(&[racy]), vec![None]);
         assert_eq!(later_build.get(&racy), None);
         assert_eq!(StoreStatCache::new(&store).get(&racy), None);
     }
 
     #[test]
-    fn prefetched_keys_are_answered_from_memory() {
+    fn a_batch_answers_in_order_with_this_builds_own_records_first() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let key = |ino| StatKey {
@@ -628,25 +687,36 @@ mod tests {
             mtime_ns: 1_000_000_000,
             ctime_ns: 1_000_000_000,
         };
-        let digest = CachedDigest {
-            sha256: [4; 32],
+        let digest = |byte| CachedDigest {
+            sha256: [byte; 32],
             recorded_at_ns: 100_000_000_000,
+            xattrs: CachedXattrs::Absent,
         };
-        let first = StoreStatCache::new(&store);
-        first.put(&key(1), digest);
-        first.flush();
+        let earlier_build = StoreStatCache::new(&store);
+        earlier_build.put(&key(1), digest(1));
+        earlier_build.put(&key(3), digest(3));
+        earlier_build.flush();
 
         let cache = StoreStatCache::new(&store);
-        cache.prefetch(&[key(1), key(2)]);
-        // Written by another process after the prefetch: this build already knows key 2 has no
-        // entry and does not ask again (the database is consulted once, not per file).
-        let other = StoreStatCache::new(&store);
-        other.put(&key(2), digest);
-        other.flush();
-        assert_eq!(cache.get(&key(1)), Some(digest));
-        assert_eq!(cache.get(&key(2)), None);
-        // A key nobody prefetched is looked up on its own.
-        assert_eq!(StoreStatCache::new(&store).get(&key(2)), Some(digest));
+        // Recorded by this build, not yet written: it wins over the store's older answer.
+        cache.put(&key(3), digest(33));
+        cache.put(&key(4), digest(4));
+        assert_eq!(
+            cache.get_many(&[key(4), key(1), key(2), key(3), key(1)]),
+            vec![
+                Some(digest(4)),
+                Some(digest(1)),
+                None,
+                Some(digest(33)),
+                Some(digest(1))
+            ]
+        );
+        assert_eq!(cache.get(&key(3)), Some(digest(33)));
+        cache.flush();
+        assert_eq!(
+            StoreStatCache::new(&store).get_many(&[key(3), key(4)]),
+            vec![Some(digest(33)), Some(digest(4))]
+        );
     }
 
     #[test]

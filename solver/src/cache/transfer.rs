@@ -26,6 +26,7 @@ use kiln_oci::apply::{ApplyOptions, WhiteoutMode, apply_layer};
 use kiln_oci::compress::{Compression, compress_dir_layer};
 use kiln_oci::diff::DiffOptions;
 
+use crate::cache::local_dir::{self, ExportLock};
 use crate::cache::record::{CacheEntry, RecordError};
 use crate::error::OpError;
 use crate::layers::ensure_extracted;
@@ -43,7 +44,7 @@ const CACHE_MOUNT_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzi
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Metadata (index, manifest, config) larger than this is not a cache we wrote.
-const MAX_METADATA_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_METADATA_BYTES: u64 = 256 << 20;
 
 /// Exporting or importing a cache failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,16 +105,29 @@ pub enum ExportMode {
     Max,
 }
 
+/// What an export to a directory does with the blobs of earlier exports that the new index no
+/// longer references (see [`crate::cache::local_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OldBlobs {
+    /// Remove them (`reset=true`, kiln's default): the directory holds one cache.
+    #[default]
+    Remove,
+    /// Keep them (`reset=false`, BuildKit's default): the directory only grows.
+    Keep,
+}
+
 /// One `--cache-to` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheTo {
-    /// `type=local,dest=DIR[,mode=min|max][,cache-mounts=true|false]`.
+    /// `type=local,dest=DIR[,mode=min|max][,cache-mounts=true|false][,reset=true|false]`.
     Local {
         dest: PathBuf,
         mode: ExportMode,
         /// Whether the contents of `RUN --mount=type=cache` dirs travel too (default: with
         /// `mode=max`).
         cache_mounts: bool,
+        /// `reset=`: whether blobs no longer referenced are removed (default: yes).
+        old_blobs: OldBlobs,
     },
     /// `type=registry,ref=NAME[:TAG][,mode=min|max][,cache-mounts=true|false]` (the reference
     /// normalised).
@@ -204,6 +218,15 @@ impl CacheTo {
             Some("false") => false,
             Some(_) => return Err(invalid("cache-mounts must be true or false")),
         };
+        let reset = map.remove("reset");
+        if reset.is_some() && kind != "local" {
+            return Err(invalid("reset applies to type=local only"));
+        }
+        let old_blobs = match reset.as_deref() {
+            None | Some("true") => OldBlobs::Remove,
+            Some("false") => OldBlobs::Keep,
+            Some(_) => return Err(invalid("reset must be true or false")),
+        };
         let parsed = match kind.as_str() {
             "local" => CacheTo::Local {
                 dest: map
@@ -213,6 +236,7 @@ impl CacheTo {
                     .ok_or_else(|| invalid("type=local needs dest=DIR"))?,
                 mode,
                 cache_mounts,
+                old_blobs,
             },
             "registry" => CacheTo::Registry {
                 reference: registry_ref(spec, &mut map)?,
@@ -449,25 +473,31 @@ pub struct ExportSummary {
     pub blobs_written: usize,
     /// Layer blobs the destination already had.
     pub blobs_present: usize,
+    /// Files of earlier exports removed from the destination's `blobs/` (a directory export with
+    /// [`OldBlobs::Remove`]).
+    pub blobs_removed: usize,
 }
 
 /// Writes `records` and their layer blobs as an OCI image layout in `dest` (created if missing).
 /// Blobs already in `dest` are not copied again; `index.json` is replaced last and atomically, so
 /// a reader sees the old cache or the new one, never a mix. Time is linear in the records. A blob
 /// the store lacks (of a record hit in an imported cache and never fetched) is fetched from
-/// `imported` first.
+/// `imported` first. With [`OldBlobs::Remove`], the blobs the new index does not reference are
+/// removed afterwards. The whole export holds `dest`'s lock ([`crate::cache::local_dir`]).
 ///
 /// # Errors
 /// [`TransferError`] when a blob is missing from the store and `imported`, or `dest` cannot be
-/// written.
+/// written or locked. A failed clean-up is only a warning: the new cache is complete by then.
 pub fn export_to_dir(
     store: &Store,
     export: &CacheExport,
     dest: &Path,
     imported: Option<&ImportedCache>,
+    old_blobs: OldBlobs,
 ) -> Result<ExportSummary, TransferError> {
     let blobs_dir = dest.join("blobs").join("sha256");
     fs::create_dir_all(&blobs_dir).map_err(io_error("create", &blobs_dir))?;
+    let lock = ExportLock::acquire(dest)?;
     let artifact = CacheArtifact::of(export)?;
     let mut summary = ExportSummary {
         records: export.records.len(),
@@ -504,6 +534,20 @@ pub fn export_to_dir(
     });
     let index_bytes = to_json(&index, "encoding the cache index")?;
     write_atomically(&dest.join("index.json"), |out| out.write_all(&index_bytes))?;
+    if old_blobs == OldBlobs::Remove {
+        // Computed from the index on disk, not from this export: whatever it lists is kept.
+        let cleaned = local_dir::referenced_blobs(dest).and_then(|referenced| {
+            local_dir::remove_unreferenced(dest, &referenced, lock.started())
+        });
+        match cleaned {
+            Ok(clean_up) => {
+                summary.blobs_removed = clean_up.removed;
+                tracing::debug!(?clean_up, dest = %dest.display(), "removed old cache blobs");
+            }
+            Err(error) => tracing::warn!(%error, "not removing old blobs from the cache dir"),
+        }
+    }
+    drop(lock);
     Ok(summary)
 }
 
@@ -801,6 +845,13 @@ pub trait CacheImport: Send + Sync {
     /// [`TransferError`] when the record's blobs cannot be fetched or extracted (the caller treats
     /// it as a miss and warns).
     fn import(&self, store: &Store, key: &str) -> Result<Option<CacheEntry>, TransferError>;
+
+    /// Which cache the record under `key` comes from, as the user named it (a registry
+    /// reference, an image, or a directory), for `--explain`; `None` when unknown.
+    fn origin(&self, key: &str) -> Option<String> {
+        let _ = key;
+        None
+    }
 }
 
 /// Where the blobs of an imported cache come from.
@@ -815,6 +866,8 @@ enum BlobSource {
 #[derive(Default)]
 pub struct ImportedCache {
     sources: Vec<BlobSource>,
+    /// How the user named each source (same index as `sources`).
+    origins: Vec<String>,
     /// Key → (record, index into `sources`); the first cache to list a key wins.
     records: HashMap<String, (ExportedRecord, usize)>,
     /// The store cache mounts are imported into (see [`ImportedCache::for_store`]).
@@ -862,11 +915,14 @@ impl ImportedCache {
     /// [`TransferError`] when the cache is missing, unreadable or of another format; nothing is
     /// added then.
     pub fn add(&mut self, from: &CacheFrom) -> Result<usize, TransferError> {
-        match from {
-            CacheFrom::Local { src } => self.add_local_dir(src),
-            CacheFrom::Registry { reference } => self.add_registry(reference),
-            CacheFrom::Image { reference } => self.add_image(reference),
-        }
+        let (added, origin) = match from {
+            CacheFrom::Local { src } => (self.add_local_dir(src), src.display().to_string()),
+            CacheFrom::Registry { reference } => (self.add_registry(reference), reference.clone()),
+            CacheFrom::Image { reference } => (self.add_image(reference), reference.clone()),
+        };
+        // A source is pushed only once its records are read; the origins follow it.
+        self.origins.resize(self.sources.len(), origin);
+        added
     }
 
     /// The inline cache of the image `reference` (a single-platform manifest, or this host's
@@ -1013,6 +1069,8 @@ impl ImportedCache {
     }
 
     fn add_local_dir(&mut self, dir: &Path) -> Result<usize, TransferError> {
+        // Held while the index, manifest and config are read: no export replaces them meanwhile.
+        let _lock = local_dir::lock_for_import(dir);
         let index_path = dir.join("index.json");
         let index: OciIndex = read_json(&index_path, None)?;
         let blobs_dir = dir.join("blobs").join("sha256");
@@ -1170,6 +1228,11 @@ impl ImportedCache {
 }
 
 impl CacheImport for ImportedCache {
+    fn origin(&self, key: &str) -> Option<String> {
+        let (_, source) = self.records.get(key)?;
+        self.origins.get(*source).cloned()
+    }
+
     fn find(&self, store: &Store, key: &str) -> Option<CacheEntry> {
         let (record, source) = self.records.get(key)?;
         let available = record.entry.layers.iter().all(|layer| {
@@ -1324,6 +1387,7 @@ mod tests {
                 dest: "/tmp/c".into(),
                 mode: ExportMode::Max,
                 cache_mounts: true,
+                old_blobs: OldBlobs::Remove,
             }
         );
         assert_eq!(
@@ -1332,6 +1396,7 @@ mod tests {
                 dest: "d".into(),
                 mode: ExportMode::Min,
                 cache_mounts: false,
+                old_blobs: OldBlobs::Remove,
             }
         );
         assert!(CacheTo::parse("type=local").is_err());
@@ -1342,9 +1407,21 @@ mod tests {
                 dest: "d".into(),
                 mode: ExportMode::Max,
                 cache_mounts: false,
+                old_blobs: OldBlobs::Remove,
             }
         );
         assert!(CacheTo::parse("type=local,dest=d,cache-mounts=yes").is_err());
+        assert_eq!(
+            CacheTo::parse("type=local,dest=d,reset=false").unwrap(),
+            CacheTo::Local {
+                dest: "d".into(),
+                mode: ExportMode::Min,
+                cache_mounts: false,
+                old_blobs: OldBlobs::Keep,
+            }
+        );
+        assert!(CacheTo::parse("type=local,dest=d,reset=maybe").is_err());
+        assert!(CacheTo::parse("type=registry,ref=r,reset=true").is_err());
         assert!(CacheTo::parse("type=local,dest=d,colour=blue").is_err());
         assert!(CacheTo::parse("dest=d").is_err());
         assert_eq!(

@@ -18,6 +18,9 @@ use crate::ops::{OpContext, chain_input, layer_dirs};
 use crate::result::OpOutput;
 use crate::scratch::ScratchDir;
 
+/// The scratch dirs of exec ops, recycled between steps (see [`ScratchDir::recycle`]).
+const SCRATCH_PURPOSE: &str = "exec";
+
 /// How many trailing output lines a failure reports.
 const TAIL_LINES: usize = 20;
 
@@ -39,19 +42,23 @@ pub(crate) fn run_exec(
         None => Vec::new(),
     };
 
-    let scratch = ScratchDir::new(cx.store, "exec").map_err(OpError::io(
+    let scratch = ScratchDir::reuse_or_new(cx.store, SCRATCH_PURPOSE).map_err(OpError::io(
         "create a scratch dir in",
         cx.store.scratch_dir(),
     ))?;
     let extra = prepare_mounts(cx, exec, inputs, scratch.path())?;
+    // The step's scratch dir itself: a snapshotter creates only its own entries there (`upper`,
+    // `work` or `rootfs`, `diff`), beside the mounts' `mount-<n>` and `secrets`.
     let snapshot = cx.snapshotter.prepare(
         &layer_dirs(&base),
-        &scratch.path().join("snapshot"),
+        scratch.path(),
         &mount_stubs(&extra.mounts),
     )?;
+    // One mount point for every sandbox of the session: each mounts its own tmpfs there, inside
+    // its own mount namespace, so the dir is created once and never written to.
     let mut spec = SandboxSpec::new(
         snapshot.mount().clone(),
-        scratch.path().join("sandbox"),
+        cx.store.scratch_dir().join("sandbox"),
         exec.args.clone(),
     );
     spec.env = exec
@@ -68,6 +75,7 @@ pub(crate) fn run_exec(
         kiln_llb::NetworkMode::None => NetworkMode::None,
         kiln_llb::NetworkMode::Host | kiln_llb::NetworkMode::Sandbox => NetworkMode::Host,
     };
+    spec.limits = cx.limits;
 
     let tail: Mutex<VecDeque<String>> = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
     let on_line = |line: &[u8]| {
@@ -109,5 +117,9 @@ pub(crate) fn run_exec(
         commit_diff(cx.store, &upper, chain.last(), &cx.layer_options)
     })?;
     chain.push(layer);
+    // A step that changed nothing left just an empty upper dir (its layer was already in the store)
+    // and overlayfs's work dir: the next step reuses them rather than making and removing its own.
+    drop(extra);
+    scratch.recycle(SCRATCH_PURPOSE);
     Ok(OpOutput::Chain(chain))
 }

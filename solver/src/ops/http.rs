@@ -151,6 +151,40 @@ pub(crate) fn run_http(
     }))
 }
 
+/// The identity of a download pinned by `checksum` (`sha256:<hex>`), known before anything is
+/// fetched: what [`run_http`] will give its output, so a step reading it can hit the cache without
+/// a request, as BuildKit keys its http source by the checksum. The name comes from `filename`,
+/// else the URL (never from a response, which is not there yet; [`download`] then ignores
+/// `Content-Disposition` too). `None` when the checksum, name or URL is invalid: the op then runs
+/// and reports the problem.
+pub(crate) fn pinned_identity(url: &str, checksum: &str, filename: Option<&str>) -> Option<String> {
+    let digest = parse_checksum(checksum).ok()?;
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let name = pinned_name(&parsed, filename).ok()?;
+    Some(cache_identity(&digest, &name, None))
+}
+
+/// [`pinned_identity`] of an Http source with a checksum; `None` for any other source.
+pub(crate) fn pinned_source_identity(source: &kiln_llb::SourceOp) -> Option<String> {
+    match source {
+        kiln_llb::SourceOp::Http {
+            url,
+            checksum: Some(checksum),
+            filename,
+        } => pinned_identity(url, checksum, filename.as_deref()),
+        _ => None,
+    }
+}
+
+/// The file name of a download whose content is pinned by a checksum: the given name, else the
+/// last URL path segment, else the fallback (BuildKit's `getFileName` without a response).
+fn pinned_name(url: &reqwest::Url, filename: Option<&str>) -> Result<String, HttpError> {
+    match filename {
+        Some(name) => check_filename(name).map(|()| name.to_string()),
+        None => Ok(url_name(url).unwrap_or_else(|| FALLBACK_NAME.to_string())),
+    }
+}
+
 /// How a download enters the keys of the ops that read it: what a copy of it can differ by (its
 /// mode is always 0600). The URL is left out, as in BuildKit, so the same bytes from a mirror hit
 /// the same cache. With a checksum, `digest` is that checksum and `last_modified` is `None`, so
@@ -249,11 +283,15 @@ async fn fetch(
                         actual: body.digest,
                     });
                 }
-                let name = filename
-                    .map(str::to_string)
-                    .or(body.disposition_name)
-                    .or_else(|| url_name(&url))
-                    .unwrap_or_else(|| FALLBACK_NAME.to_string());
+                // With a checksum the name was fixed before the request (see `pinned_identity`).
+                let name = match expected {
+                    Some(_) => pinned_name(&url, filename)?,
+                    None => filename
+                        .map(str::to_string)
+                        .or(body.disposition_name)
+                        .or_else(|| url_name(&url))
+                        .unwrap_or_else(|| FALLBACK_NAME.to_string()),
+                };
                 return finish(&partial, &dir.join(name), body.digest, body.last_modified);
             }
             Err(Attempt::Transient(error)) if retry => {
@@ -545,6 +583,35 @@ mod tests {
         assert_eq!(downloaded.digest, Digest::of(b"a,b"));
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only the file is left in the dir");
+    }
+
+    #[test]
+    fn with_a_checksum_the_name_and_identity_are_known_before_the_request() {
+        let base = serve(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\
+             Content-Disposition: attachment; filename=\"report.csv\"\r\n\r\na,b",
+        );
+        let url = format!("{base}/export");
+        let checksum = Digest::of(b"a,b").to_string();
+        let identity = pinned_identity(&url, &checksum, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let downloaded = download(&url, Some(&checksum), None, dir.path()).unwrap();
+        assert_eq!(
+            downloaded.path,
+            dir.path().join("export"),
+            "the response cannot rename a pinned download"
+        );
+        assert_eq!(
+            identity,
+            cache_identity(&downloaded.digest, "export", None),
+            "the identity computed up front is the one the download gets"
+        );
+        assert_eq!(
+            pinned_identity(&url, &checksum, Some("given.csv")).unwrap(),
+            cache_identity(&downloaded.digest, "given.csv", None)
+        );
+        assert_eq!(pinned_identity(&url, "sha256:short", None), None);
+        assert_eq!(pinned_identity(&url, &checksum, Some("a/b")), None);
     }
 
     #[test]

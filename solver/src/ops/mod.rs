@@ -19,6 +19,7 @@ use crate::layers::LayerOptions;
 use crate::progress::{Progress, StepId};
 use crate::result::{Layer, OpOutput};
 
+pub(crate) use http::pinned_source_identity;
 pub use mounts::{SecretSource, Secrets};
 pub(crate) use source::ContextIgnore;
 pub use source::LocalSource;
@@ -37,6 +38,8 @@ pub struct OpContext<'a> {
     pub progress: &'a dyn Progress,
     /// The step this op is shown as, for output lines (`None` for ops without a description).
     pub step: Option<StepId>,
+    /// Resource limits for RUN sandboxes (never part of a cache key).
+    pub limits: kiln_executor::ResourceLimits,
 }
 
 impl OpContext<'_> {

@@ -5,8 +5,10 @@
 //!
 //! - `bind`: a path of the context or of another stage/image (`from=`), read-only by default. The
 //!   sandbox can only bind host paths, so a stage's root is copied into the step's scratch dir
-//!   first. `rw` binds get a private copy, so writes are discarded as in BuildKit and never reach
-//!   the context or a shared staged copy.
+//!   first. From the context only what `source=` selects is ever staged (the set the step's key
+//!   covers): the user's own directory when `.dockerignore` hides nothing in it, else a private
+//!   copy of its visible entries — never the whole context. `rw` binds get a private copy, so
+//!   writes are discarded as in BuildKit and never reach the context or a shared staged copy.
 //! - `cache`: a directory of the store (`cache_mounts/`, cleared by `kiln prune -a`) that persists
 //!   across builds, keyed by `id` (and by its seed when `from=` is given). A new dir gets the
 //!   mount's uid/gid/mode and its seed's content, prepared in scratch and renamed into place so
@@ -238,13 +240,34 @@ impl PreparedMounts {
             target: mount.target.clone(),
         })?;
         let selector = mount.selector.as_deref().unwrap_or("/");
-        let (root, private) = match inputs.get(index as usize) {
-            Some(OpOutput::Local(local)) => (local.selected_dir()?, false),
+        let Selection {
+            root,
+            selector,
+            source,
+            private,
+        } = match inputs.get(index as usize) {
+            Some(OpOutput::Local(local)) => context_selection(
+                local,
+                selector,
+                !mount.readonly,
+                &work.join("context"),
+                "bind",
+                &mount.target,
+            )?,
             // The copy of a stage is already private to this step.
-            Some(OpOutput::Chain(chain)) => (self.copy_of(chain, &work.join("stage"))?, true),
+            Some(OpOutput::Chain(chain)) => {
+                let root = self.copy_of(chain, &work.join("stage"))?;
+                let source = find_in_root(&root, selector, "bind", &mount.target)?;
+                Selection {
+                    root,
+                    selector: selector.to_string(),
+                    source,
+                    private: true,
+                }
+            }
             None => return Err(OpError::MissingInput(format!("#{index}"))),
         };
-        let source = find_in_root(&root, selector, "bind", &mount.target)?;
+        let selector = selector.as_str();
         let source = if mount.readonly || private {
             source
         } else {
@@ -284,8 +307,9 @@ impl PreparedMounts {
         let (seed, base_id) = match mount.input {
             None => (None, id.to_string()),
             Some(index) => match inputs.get(index as usize) {
+                // Resolved only if the cache dir is new: a warm cache never stages the context.
                 Some(OpOutput::Local(local)) => (
-                    Some(Seed::Dir(local.selected_dir()?)),
+                    Some(Seed::Local(local.clone())),
                     format!("{id}\0from=local:{}{selector}", local.name),
                 ),
                 Some(OpOutput::Chain(chain)) => {
@@ -374,11 +398,26 @@ impl PreparedMounts {
         };
         std::fs::create_dir_all(&fresh).map_err(cache_err("create", &fresh))?;
         if let Some(seed) = seed {
-            let root = match seed {
-                Seed::Dir(dir) => dir.clone(),
-                Seed::Chain(chain) => self.copy_of(chain, &work.join("seed"))?,
+            let (root, selector, source) = match seed {
+                Seed::Local(local) => {
+                    // Only read: the seed is copied into the new cache dir.
+                    let selection = context_selection(
+                        local,
+                        selector,
+                        false,
+                        &work.join("seed"),
+                        "cache",
+                        &mount.target,
+                    )?;
+                    (selection.root, selection.selector, selection.source)
+                }
+                Seed::Chain(chain) => {
+                    let root = self.copy_of(chain, &work.join("seed"))?;
+                    let source = find_in_root(&root, selector, "cache", &mount.target)?;
+                    (root, selector.to_string(), source)
+                }
             };
-            let source = find_in_root(&root, selector, "cache", &mount.target)?;
+            let selector = selector.as_str();
             if !source.is_dir() {
                 return Err(RunMountError::SeedNotDir {
                     target: mount.target.clone(),
@@ -434,8 +473,262 @@ impl PreparedMounts {
 
 /// Where a cache mount's first content comes from.
 enum Seed {
-    Dir(PathBuf),
+    Local(crate::result::LocalDir),
     Chain(Vec<Layer>),
+}
+
+/// What a mount reads from a root: `selector` resolved to `source` inside `root`.
+struct Selection {
+    /// The directory `selector` is relative to.
+    root: PathBuf,
+    selector: String,
+    /// The file or directory to mount.
+    source: PathBuf,
+    /// Whether `root` is a copy private to this step (writes to it reach nothing else).
+    private: bool,
+}
+
+/// What `selector` selects in a build context, for a bind or a cache seed: only that is ever
+/// staged, never the rest of the context, and it is exactly what the step's cache key covers
+/// (`cache::key`: the same `resolve_sources` and `select_entries`, `.dockerignore` applied).
+///
+/// - A context without ignore patterns, or a selection in which the patterns hide nothing: the
+///   user's own directory, read in place.
+/// - A selection with hidden entries: its visible entries alone, staged in `work` — hard-linked
+///   for a read-only use (cheap; the mount cannot write through them), copied when `writable`
+///   (a private copy). The whole context (`source=/`) read-only is the build's one shared staged
+///   context, made once for every step that needs it.
+/// - A selection that is itself hidden: [`RunMountError::SourceNotFound`], as for a COPY.
+fn context_selection(
+    local: &crate::result::LocalDir,
+    selector: &str,
+    writable: bool,
+    work: &Path,
+    kind: &'static str,
+    target: &str,
+) -> Result<Selection, OpError> {
+    let Some(ignore) = &local.ignore else {
+        let source = find_in_root(&local.path, selector, kind, target)?;
+        return Ok(Selection {
+            root: local.path.clone(),
+            selector: selector.to_string(),
+            source,
+            private: false,
+        });
+    };
+    let not_found = |error: kiln_context::SourceError| RunMountError::SourceNotFound {
+        kind,
+        target: target.to_string(),
+        source_path: selector.to_string(),
+        source: std::io::Error::other(error),
+    };
+    let patterns =
+        kiln_context::IgnorePatterns::compile(&ignore.excludes).map_err(|error| OpError::Io {
+            action: "compile the ignore patterns of",
+            path: local.path.clone(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    let options = kiln_context::SourceOptions {
+        ignore: Some(&patterns),
+        follow_symlinks: true,
+        allow_wildcards: false,
+    };
+    let resolved =
+        kiln_context::resolve_sources(&local.path, selector, &options).map_err(not_found)?;
+    // Resolved, so no symlink is left on the way and `path` is where the data is.
+    let path = resolved
+        .first()
+        .map(|source| source.path.clone())
+        .unwrap_or_default();
+    let in_place = format!("/{path}");
+    let data = local.path.join(&path);
+    let hidden = data.is_dir() && hides_something(&local.path, &path, &patterns)?;
+    if !hidden {
+        return Ok(Selection {
+            root: local.path.clone(),
+            source: data,
+            selector: in_place,
+            private: false,
+        });
+    }
+    if !writable && path.is_empty() {
+        let root = local.selected_dir()?;
+        return Ok(Selection {
+            source: root.clone(),
+            root,
+            selector: "/".to_string(),
+            private: false,
+        });
+    }
+    std::fs::create_dir_all(work).map_err(|source| RunMountError::Io {
+        action: "create the copy dir",
+        path: work.to_path_buf(),
+        source,
+    })?;
+    let staged = work.join("selection");
+    let linked = !writable && {
+        let selection = kiln_context::select_entries(
+            &local.path,
+            &resolved,
+            Some(&patterns),
+            &kiln_context::IgnorePatterns::empty(),
+        )
+        .map_err(not_found)?;
+        let entries = selection.into_iter().flat_map(|s| s.entries);
+        match link_selection(&local.path, &path, entries, &staged) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::debug!(%reason, "hard-linking the mount's source failed; copying it");
+                if staged.exists() {
+                    std::fs::remove_dir_all(&staged).map_err(|source| RunMountError::Io {
+                        action: "clear",
+                        path: staged.clone(),
+                        source,
+                    })?;
+                }
+                false
+            }
+        }
+    };
+    if !linked {
+        // The patterns are applied while reading, so hidden entries are never copied.
+        let mut options = whole_copy(&in_place);
+        options.follow_symlinks = false;
+        options.context_excludes = ignore.excludes.clone();
+        std::fs::create_dir_all(&staged).map_err(|source| RunMountError::Io {
+            action: "create the copy dir",
+            path: staged.clone(),
+            source,
+        })?;
+        kiln_fileop::copy(&local.path, &staged, &options).map_err(|source| {
+            RunMountError::Copy {
+                kind,
+                target: target.to_string(),
+                source_path: selector.to_string(),
+                source: Box::new(source),
+            }
+        })?;
+    }
+    Ok(Selection {
+        root: staged.clone(),
+        selector: "/".to_string(),
+        source: staged,
+        private: writable,
+    })
+}
+
+/// Whether the patterns hide anything below the directory `dir` (root-relative) of `root`. Stops
+/// at the first hidden entry; reads directories only (no `stat` per file).
+fn hides_something(
+    root: &Path,
+    dir: &str,
+    patterns: &kiln_context::IgnorePatterns,
+) -> Result<bool, RunMountError> {
+    let mut pending = vec![dir.to_string()];
+    while let Some(dir) = pending.pop() {
+        let absolute = root.join(&dir);
+        let entries = std::fs::read_dir(&absolute).map_err(|source| RunMountError::Io {
+            action: "read the directory",
+            path: absolute.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| RunMountError::Io {
+                action: "read the directory",
+                path: absolute.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                // Not UTF-8: the patterns cannot be asked; stage to be safe.
+                return Ok(true);
+            };
+            let relative = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+            if patterns.matches(&relative) {
+                return Ok(true);
+            }
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                pending.push(relative);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Recreates the directory `dir` (root-relative) of `root` at `dest` from its selected `entries`
+/// (root-relative paths, `dir` itself first): directories and symlinks anew with the source's
+/// owner, mode and times, regular files as hard links. Fails (and the caller copies instead) on
+/// anything it cannot reproduce that way.
+fn link_selection(
+    root: &Path,
+    dir: &str,
+    entries: impl Iterator<Item = kiln_context::Entry>,
+    dest: &Path,
+) -> Result<(), String> {
+    use kiln_context::FileKind;
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::lchown;
+
+    let set_times = |path: &Path, mtime_ns: i64| {
+        let time = TimeSpec::new(
+            mtime_ns.div_euclid(1_000_000_000),
+            mtime_ns.rem_euclid(1_000_000_000),
+        );
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &time,
+            &time,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        // The first entry is `dir` itself (labelled `dir`, or `.` for the root).
+        let relative = if entry.path == dir || entry.path == "." {
+            ""
+        } else {
+            entry
+                .path
+                .strip_prefix(&prefix)
+                .ok_or_else(|| format!("{} is outside {dir}", entry.path))?
+        };
+        let to = dest.join(relative);
+        let fail = |e: std::io::Error| format!("{}: {e}", to.display());
+        match entry.kind {
+            FileKind::Dir => {
+                std::fs::create_dir_all(&to).map_err(fail)?;
+                dirs.push((to, entry));
+            }
+            FileKind::File => std::fs::hard_link(root.join(&entry.path), &to).map_err(fail)?,
+            FileKind::Symlink => {
+                let target = entry.link_target.as_deref().unwrap_or_default();
+                std::os::unix::fs::symlink(target, &to).map_err(fail)?;
+                lchown(&to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
+                set_times(&to, entry.mtime_ns)?;
+            }
+            other => return Err(format!("{} is a {}", entry.path, other.as_str())),
+        }
+    }
+    // Directory metadata last, deepest first: creating children changes a directory's mtime.
+    for (to, entry) in dirs.iter().rev() {
+        let fail = |e: std::io::Error| format!("{}: {e}", to.display());
+        lchown(to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(entry.mode)).map_err(fail)?;
+        set_times(to, entry.mtime_ns)?;
+    }
+    Ok(())
 }
 
 /// `selector` resolved inside `root` (symlinks followed as if `root` were `/`, so a link cannot
@@ -672,6 +965,7 @@ mod tests {
             puller: None,
             progress: &crate::progress::NoProgress,
             step: None,
+            limits: kiln_executor::ResourceLimits::default(),
         };
         let scratch = tempfile::tempdir().unwrap();
         let prepare = |exec: &ExecOp, name: &str| {
@@ -699,6 +993,180 @@ mod tests {
         // A private user does not take a dir shared users are in.
         let private_user = prepare(&private, "6");
         assert_ne!(bind_source(&private_user), first_dir);
+    }
+
+    /// A context dir with `.dockerignore`-style `excludes`, as the solver hands it to a RUN:
+    /// (the store's temp root, the context's `LocalDir`).
+    fn context_with(files: &[&str], excludes: &[&str]) -> (tempfile::TempDir, OpOutput) {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context");
+        for path in files {
+            let path = context.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        let store = kiln_store::Store::open(&dir.path().join("store")).unwrap();
+        let locals = BTreeMap::from([(
+            "context".to_string(),
+            crate::ops::LocalSource {
+                dir: context,
+                excludes: excludes.iter().map(|e| e.to_string()).collect(),
+            },
+        )]);
+        let secrets = Secrets::new();
+        let cx = OpContext {
+            store: &store,
+            snapshotter: &NativeSnapshotter,
+            layer_options: crate::layers::LayerOptions::default(),
+            locals: &locals,
+            secrets: &secrets,
+            puller: None,
+            progress: &crate::progress::NoProgress,
+            step: None,
+            limits: kiln_executor::ResourceLimits::default(),
+        };
+        let source = kiln_llb::SourceOp::Local {
+            name: "context".into(),
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+            follow_paths: Vec::new(),
+        };
+        let output = crate::ops::source::run_source(&cx, &source).unwrap();
+        (dir, output)
+    }
+
+    fn bind_exec(selector: &str, readonly: bool) -> ExecOp {
+        let mut exec = cache_exec(CacheSharing::Shared);
+        exec.mounts[0] = Mount {
+            target: "/mnt".into(),
+            input: Some(0),
+            selector: Some(selector.into()),
+            readonly,
+            output: None,
+            kind: MountKind::Bind,
+        };
+        exec
+    }
+
+    /// Prepares `exec`'s mounts with `context` as input 0, in a scratch dir under `dir`.
+    fn prepare_with(dir: &Path, context: &OpOutput, exec: &ExecOp) -> PreparedMounts {
+        let store = kiln_store::Store::open(&dir.join("store")).unwrap();
+        let (locals, secrets) = (BTreeMap::new(), Secrets::new());
+        let cx = OpContext {
+            store: &store,
+            snapshotter: &NativeSnapshotter,
+            layer_options: crate::layers::LayerOptions::default(),
+            locals: &locals,
+            secrets: &secrets,
+            puller: None,
+            progress: &crate::progress::NoProgress,
+            step: None,
+            limits: kiln_executor::ResourceLimits::default(),
+        };
+        let scratch = tempfile::Builder::new()
+            .prefix("scratch")
+            .tempdir_in(dir)
+            .unwrap()
+            .keep();
+        prepare_mounts(&cx, exec, std::slice::from_ref(context), &scratch).unwrap()
+    }
+
+    fn link_count(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn a_bind_of_a_context_subdir_stages_nothing_else() {
+        let files = ["sub/a.txt", "sub/deep/b.txt", "other/big.bin", "app.log"];
+        let (dir, context) = context_with(&files, &["*.log", "other/skip"]);
+        // Nothing under `sub` is ignored: the user's dir is bound as it is.
+        let prepared = prepare_with(dir.path(), &context, &bind_exec("sub", true));
+        assert_eq!(bind_source(&prepared), dir.path().join("context/sub"));
+        // Staging the whole context hard-links every file; nothing may have been linked.
+        for file in files {
+            assert_eq!(
+                link_count(&dir.path().join("context").join(file)),
+                1,
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bind_of_a_context_subdir_with_ignored_entries_shows_only_the_visible_ones() {
+        let files = [
+            "sub/a.txt",
+            "sub/debug.log",
+            "sub/keep.log",
+            "other/big.bin",
+        ];
+        let (dir, context) = context_with(&files, &["**/*.log", "!sub/keep.log"]);
+        let prepared = prepare_with(dir.path(), &context, &bind_exec("/sub", true));
+        let source = bind_source(&prepared);
+        assert!(
+            !source.starts_with(dir.path().join("context")),
+            "a private copy: {source:?}"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&source)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "keep.log"]);
+        assert_eq!(link_count(&dir.path().join("context/other/big.bin")), 1);
+        assert_eq!(
+            link_count(&dir.path().join("context/sub/a.txt")),
+            2,
+            "a read-only selection is hard-linked, not copied"
+        );
+
+        // The whole context, read-only: the build's shared staged context, without hidden files.
+        let prepared = prepare_with(dir.path(), &context, &bind_exec("/", true));
+        let whole = bind_source(&prepared);
+        assert!(whole.join("other/big.bin").is_file());
+        assert!(whole.join("sub/keep.log").is_file());
+        assert!(!whole.join("sub/debug.log").exists());
+
+        // A single file, and an ignored one (not found, as for a COPY).
+        let prepared = prepare_with(dir.path(), &context, &bind_exec("sub/a.txt", true));
+        assert_eq!(bind_source(&prepared), dir.path().join("context/sub/a.txt"));
+        let store = kiln_store::Store::open(&dir.path().join("store")).unwrap();
+        let (locals, secrets) = (BTreeMap::new(), Secrets::new());
+        let cx = OpContext {
+            store: &store,
+            snapshotter: &NativeSnapshotter,
+            layer_options: crate::layers::LayerOptions::default(),
+            locals: &locals,
+            secrets: &secrets,
+            puller: None,
+            progress: &crate::progress::NoProgress,
+            step: None,
+            limits: kiln_executor::ResourceLimits::default(),
+        };
+        let error = prepare_mounts(
+            &cx,
+            &bind_exec("sub/debug.log", true),
+            std::slice::from_ref(&context),
+            &dir.path().join("scratch-x"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains("sub/debug.log"), "{error}");
+    }
+
+    #[test]
+    fn a_rw_bind_of_a_partly_ignored_subdir_writes_to_its_private_copy() {
+        let files = ["sub/a.txt", "sub/debug.log"];
+        let (dir, context) = context_with(&files, &["**/*.log"]);
+        let prepared = prepare_with(dir.path(), &context, &bind_exec("sub", false));
+        let source = bind_source(&prepared);
+        std::fs::write(source.join("a.txt"), "changed").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("context/sub/a.txt")).unwrap(),
+            "x"
+        );
+        assert!(!source.join("debug.log").exists());
     }
 
     #[test]

@@ -1,13 +1,83 @@
-//! Helpers the solver's integration tests share: a busybox base built from the host's
-//! busybox-static, and a RUN-like exec op over it.
+//! Helpers the solver's integration tests share: a store in a temp dir, step metadata as a
+//! Dockerfile gives it, the usual sources (scratch, the build context), COPY and file-writing ops,
+//! a busybox base built from the host's busybox-static, and a RUN-like exec op over it.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use kiln_llb::{
-    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, Mount, MountKind, NetworkMode, Op,
-    OpKind, OpMetadata, OpRef, SecurityMode, SourceOp,
+    CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MkfileAction, Mount, MountKind,
+    NetworkMode, Op, OpKind, OpMetadata, OpRef, SecurityMode, SourceLocation, SourceOp,
 };
 use kiln_solver::LocalSource;
+pub use kiln_testsupport::temp_store;
+
+/// Metadata of a step shown as `text`, from line `line` of the Dockerfile.
+pub fn described_at(text: &str, line: usize) -> OpMetadata {
+    OpMetadata {
+        description: Some(text.to_string()),
+        location: Some(SourceLocation {
+            file: "Dockerfile".to_string(),
+            start_line: line,
+            end_line: line,
+        }),
+        ignore_cache: false,
+    }
+}
+
+/// Metadata of a step shown as `text` (line 1 of the Dockerfile).
+pub fn described(text: &str) -> OpMetadata {
+    described_at(text, 1)
+}
+
+/// A File op writing `data` to `path` (mode 0644) on top of `base`.
+pub fn mkfile_op(base: OpRef, path: &str, data: &str) -> Op {
+    Op {
+        inputs: vec![base],
+        kind: OpKind::File(FileOp {
+            base: Some(0),
+            actions: vec![FileAction::Mkfile(MkfileAction {
+                path: path.into(),
+                data: data.into(),
+                mode: 0o644,
+                owner: None,
+            })],
+        }),
+    }
+}
+
+/// Adds `FROM scratch` (the empty root) to `builder`.
+pub fn scratch(builder: &mut DefinitionBuilder) -> OpRef {
+    builder
+        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+        .expect("add scratch")
+}
+
+/// Adds the build context (the Local source `context`, no include or exclude patterns) to
+/// `builder`.
+pub fn context_source(builder: &mut DefinitionBuilder) -> OpRef {
+    builder
+        .add(
+            Op::source(SourceOp::Local {
+                name: "context".into(),
+                include_patterns: vec![],
+                exclude_patterns: vec![],
+                follow_paths: vec![],
+            }),
+            OpMetadata::default(),
+        )
+        .expect("add context source")
+}
+
+/// A File op doing `copy` from `source` (input 1) onto `base` (input 0).
+pub fn copy_op(base: OpRef, source: OpRef, copy: CopyAction) -> Op {
+    Op {
+        inputs: vec![base, source],
+        kind: OpKind::File(FileOp {
+            base: Some(0),
+            actions: vec![FileAction::Copy(copy)],
+        }),
+    }
+}
 
 /// `sh -c script` over `base`, its root the step's output, no network.
 pub fn exec_op(base: OpRef, script: &str) -> Op {
@@ -43,38 +113,20 @@ pub fn busybox_base(
     applets: &[&str],
     metadata: OpMetadata,
 ) -> (OpRef, LocalSource) {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is installed");
     std::fs::create_dir_all(host_dir.join("bin")).unwrap();
-    std::fs::copy(busybox, host_dir.join("bin/busybox")).unwrap();
+    std::fs::copy(
+        kiln_testsupport::busybox_binary(),
+        host_dir.join("bin/busybox"),
+    )
+    .unwrap();
     for applet in applets {
         std::os::unix::fs::symlink("busybox", host_dir.join("bin").join(applet)).unwrap();
     }
-    let scratch = builder
-        .add(Op::source(SourceOp::Scratch), OpMetadata::default())
-        .unwrap();
-    let local = builder
-        .add(
-            Op::source(SourceOp::Local {
-                name: "context".into(),
-                include_patterns: vec![],
-                exclude_patterns: vec![],
-                follow_paths: vec![],
-            }),
-            OpMetadata::default(),
-        )
-        .unwrap();
+    let empty = scratch(builder);
+    let local = context_source(builder);
     let base = builder
         .add(
-            Op {
-                inputs: vec![scratch, local],
-                kind: OpKind::File(FileOp {
-                    base: Some(0),
-                    actions: vec![FileAction::Copy(CopyAction::new(1, "/", "/"))],
-                }),
-            },
+            copy_op(empty, local, CopyAction::new(1, "/", "/")),
             metadata,
         )
         .unwrap();

@@ -113,6 +113,10 @@ pub struct BuildArgs {
     /// warning, not an error.
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
+    /// Memory limit for every RUN step, as Docker writes it: a number with an optional unit b,
+    /// k, m or g (64m); at least 6m, 0 for none. Not part of the cache key (as with Docker).
+    #[arg(short = 'm', long, value_name = "BYTES", value_parser = super::run::parse_memory_flag)]
+    pub memory: Option<u64>,
     /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
     pub context: String,
 }
@@ -225,7 +229,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         secrets,
     };
     let puller = LazyPuller::default();
-    let imported = import_caches(&store, &cache_from, &args.cache_from);
+    // An explain only looks: no cache mount is unpacked into the store (nor any blob fetched).
+    let imported = import_caches(&store, &cache_from, &args.cache_from, !args.explain);
     let mut solver = Solver::new(
         store.clone(),
         solve_options,
@@ -234,6 +239,12 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     );
     if !imported.is_empty() {
         solver = solver.with_cache_import(&imported);
+    }
+    if let Some(bytes) = args.memory.filter(|bytes| *bytes > 0) {
+        solver = solver.with_limits(kiln_executor::ResourceLimits {
+            memory_bytes: Some(bytes),
+            pids_max: None,
+        });
     }
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
     if args.explain {
@@ -359,9 +370,19 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The records of every `--cache-from`; one that cannot be read is a warning.
-fn import_caches(store: &Store, specs: &[CacheFrom], given: &[String]) -> ImportedCache {
-    let mut imported = ImportedCache::for_store(store);
+/// The records of every `--cache-from` (and with `with_cache_mounts` their cache mounts,
+/// unpacked into the store); one that cannot be read is a warning.
+fn import_caches(
+    store: &Store,
+    specs: &[CacheFrom],
+    given: &[String],
+    with_cache_mounts: bool,
+) -> ImportedCache {
+    let mut imported = if with_cache_mounts {
+        ImportedCache::for_store(store)
+    } else {
+        ImportedCache::new()
+    };
     for (spec, text) in specs.iter().zip(given) {
         if let Err(error) = imported.add(spec) {
             eprintln!("warning: --cache-from {text}: {error}; building without it");
@@ -420,8 +441,10 @@ fn export_caches(
             },
         };
         match spec {
-            CacheTo::Local { dest, .. } => {
-                let summary = export_to_dir(store, &export, dest, Some(imported))
+            CacheTo::Local {
+                dest, old_blobs, ..
+            } => {
+                let summary = export_to_dir(store, &export, dest, Some(imported), *old_blobs)
                     .with_context(|| format!("exporting the build cache to {}", dest.display()))?;
                 tracing::info!(?summary, dest = %dest.display(), "exported the build cache");
             }

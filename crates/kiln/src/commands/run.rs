@@ -12,6 +12,9 @@
 //! - Bind mounts only (`-v /host:/ctr[:ro|rw]`), and the host path must exist (Docker creates a
 //!   missing one as a directory); no named volumes.
 //! - `--name` is checked against Docker's naming rule but names nothing yet (no container list).
+//! - `-m/--memory` leaves no swap beyond the limit (Docker without `--memory-swap` allows as much
+//!   swap again); there is no `--memory-swap` or CPU limit yet. An OOM kill is reported on stderr
+//!   (Docker shows it only in `docker inspect`).
 //!
 //! Exit codes follow Docker: the command's own code, 128 + N when a signal N killed it, 125 when
 //! kiln fails before the command starts, 126 when the command cannot be executed and 127 when it
@@ -24,11 +27,12 @@ use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
+use kiln_executor::cgroup::SizeError;
 use kiln_executor::plan::{self, PlanError};
 use kiln_executor::syscall::LinuxSyscall;
 use kiln_executor::{
-    ExitStatus, ExtraMount, Input, NetworkMode, Output, RootMount, SandboxError, SandboxIo,
-    SandboxSpec, SnapshotError, default_snapshotter, mount_stubs,
+    ExitStatus, ExtraMount, Input, NetworkMode, Output, ResourceLimits, RootMount, SandboxError,
+    SandboxIo, SandboxSpec, SnapshotError, default_snapshotter, mount_stubs,
 };
 use kiln_image::config::{ContainerConfig, ImageConfig};
 use kiln_image::{Platform, Reference};
@@ -121,6 +125,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub read_only: bool,
 
+    /// Memory limit, as Docker writes it: a number with an optional unit b, k, m or g (64m); at
+    /// least 6m, 0 for none. Swap cannot be used to go beyond it. Exceeding it gets the command
+    /// killed, reported as out of memory.
+    #[arg(short = 'm', long, value_name = "BYTES", value_parser = parse_memory_flag)]
+    pub memory: Option<u64>,
+
+    /// Limit on the number of processes and threads in the container (0 or -1: unlimited).
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+
     /// The image (a name or an image id prefix), then the command and its arguments.
     #[arg(
         value_name = "IMAGE [COMMAND] [ARG...]",
@@ -184,12 +198,27 @@ impl RunError {
 /// itself: kiln's own errors are reported here and become Docker's 125, 126 or 127.
 pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<ExitCode> {
     match run_container(args, global) {
-        Ok(status) => Ok(exit_code_of(status)),
+        Ok(status) => {
+            // Docker records this as OOMKilled; say it, since 137 alone looks like any kill -9.
+            if matches!(status, ExitStatus::OutOfMemory { .. }) {
+                eprintln!("kiln: {status}");
+            }
+            Ok(exit_code_of(status))
+        }
         Err(error) => {
             report(&error);
             Ok(ExitCode::from(error.exit_code()))
         }
     }
+}
+
+/// Parses `--memory` (for `kiln run` and `kiln build`) as Docker does; 0 means no limit. clap
+/// names the flag in the error.
+///
+/// # Errors
+/// A malformed size, one past `u64`, or one below Docker's minimum of 6 MiB.
+pub(crate) fn parse_memory_flag(text: &str) -> Result<u64, SizeError> {
+    Ok(kiln_executor::cgroup::parse_memory_limit(text)?.unwrap_or(0))
 }
 
 /// The process's exit code for the command's status: its code, or 128 + the signal.
@@ -236,6 +265,8 @@ struct RunOptions {
     network: NetworkMode,
     hostname: String,
     read_only: bool,
+    /// `--memory` and `--pids-limit`.
+    limits: ResourceLimits,
 }
 
 impl RunOptions {
@@ -296,6 +327,14 @@ impl RunOptions {
             },
             hostname,
             read_only: args.read_only,
+            limits: ResourceLimits {
+                // 0 means no limit for both flags, as with Docker; -1 too for --pids-limit.
+                memory_bytes: args.memory.filter(|bytes| *bytes > 0),
+                pids_max: args
+                    .pids_limit
+                    .and_then(|max| u64::try_from(max).ok())
+                    .filter(|max| *max > 0),
+            },
         })
     }
 }
@@ -346,6 +385,7 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
     spec.hostname = options.hostname.clone();
     spec.network = options.network;
     spec.mounts = options.mounts.clone();
+    spec.limits = options.limits;
 
     let _raw_terminal = if options.tty && options.interactive {
         RawTerminal::enable()
@@ -666,7 +706,9 @@ impl ReadOnlyRoot {
             path: path.to_path_buf(),
             source,
         })?;
-        let step = plan::root_mount_step(root, path)?;
+        // The mount stubs (/proc, /etc/hosts...) go on disk beside the mount point.
+        let root = root.with_stub_layer(&path.with_extension("stubs"))?;
+        let step = plan::root_mount_step(&root, path)?;
         plan::execute(&[step], &LinuxSyscall, &mut []).map_err(|failure| failed(failure.errno))?;
         let mounted = ReadOnlyRoot {
             path: path.to_path_buf(),
@@ -721,6 +763,54 @@ impl Drop for RawTerminal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kiln run <args>` through clap and [`RunOptions::from_args`].
+    fn run_options(args: &[&str]) -> Result<RunOptions, String> {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["kiln", "run"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            crate::cli::Command::Run(args) => {
+                RunOptions::from_args(args).map_err(|e| e.to_string())
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_and_pids_limit_flags_follow_docker() {
+        let limits = |args: &[&str]| run_options(args).map(|options| options.limits);
+        assert_eq!(
+            limits(&["-m", "64m", "--pids-limit", "20", "img"]),
+            Ok(ResourceLimits {
+                memory_bytes: Some(64 << 20),
+                pids_max: Some(20)
+            })
+        );
+        assert_eq!(
+            limits(&["--memory=1.5g", "img"]).map(|l| l.memory_bytes),
+            Ok(Some(3 << 29))
+        );
+        // 0 and -1 mean unlimited, as with Docker; no flag, no limits.
+        assert_eq!(
+            limits(&["--memory", "0", "--pids-limit", "-1", "img"]),
+            Ok(ResourceLimits::default())
+        );
+        assert_eq!(
+            limits(&["--pids-limit", "0", "img"]),
+            Ok(ResourceLimits::default())
+        );
+        assert_eq!(limits(&["img"]), Ok(ResourceLimits::default()));
+        // Bad values name the flag.
+        for (args, flag) in [
+            (&["-m", "64x", "img"][..], "--memory"),
+            (&["--memory", "5m", "img"][..], "--memory"),
+            (&["--pids-limit", "many", "img"][..], "--pids-limit"),
+        ] {
+            let error = limits(args).unwrap_err();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+    }
 
     fn config(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> ContainerConfig {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

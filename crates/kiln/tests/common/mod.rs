@@ -1,8 +1,13 @@
 //! Shared helpers for end-to-end tests: a temp store root, a way to run the real `kiln` binary on a
-//! context written by the test, and a busybox root filesystem laid out from Debian's
-//! `busybox-static` (base images are made locally, never downloaded).
+//! context written by the test, images written into kiln's store, and a private dockerd. The
+//! fixtures other crates' tests share too (busybox root filesystem, local registry, images made with
+//! GNU tar) come from kiln-testsupport and are re-exported here.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
+
+pub use kiln_testsupport::{
+    MediaTypes, TestImage, TestRegistry, busybox_rootfs, free_port, have, tar_gz_dir, write_files,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -48,15 +53,41 @@ impl Kiln {
         output
     }
 
+    /// `kiln build -q <extra…> --output type=<kind>,dest=<work dir>/<dest> <context>`, panicking
+    /// with kiln's output when it fails; returns the destination (a directory for `local`, an
+    /// archive for `oci` and `docker`).
+    pub fn build_to(&self, kind: &str, dest: &str, context: &Path, extra: &[&str]) -> PathBuf {
+        let dest = self.work.path().join(dest);
+        let output = format!("type={kind},dest={}", dest.display());
+        let mut args = vec!["build", "-q"];
+        args.extend_from_slice(extra);
+        args.extend([
+            "--output",
+            output.as_str(),
+            context.to_str().expect("UTF-8 context path"),
+        ]);
+        self.ok(&args);
+        dest
+    }
+
+    /// [`Kiln::build_to`] with `type=local`: the built root filesystem, at `<work dir>/<dest>`.
+    pub fn build_rootfs(&self, context: &Path, dest: &str, extra: &[&str]) -> PathBuf {
+        self.build_to("local", dest, context, extra)
+    }
+
+    /// `kiln save -o <work dir>/<file> <names…>`, panicking when it fails; returns the archive.
+    pub fn save(&self, file: &str, names: &[&str]) -> PathBuf {
+        let archive = self.work.path().join(file);
+        let mut args = vec!["save", "-o", archive.to_str().expect("UTF-8 work path")];
+        args.extend_from_slice(names);
+        self.ok(&args);
+        archive
+    }
+
     /// A new context directory under the work dir, with `files` (path, content) written into it.
     pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
         let dir = self.work.path().join(name);
-        for (path, content) in files {
-            let file = dir.join(path);
-            std::fs::create_dir_all(file.parent().expect("file has a parent")).expect("mkdir");
-            std::fs::write(&file, content).expect("write context file");
-        }
-        std::fs::create_dir_all(&dir).expect("mkdir context");
+        write_files(&dir, files);
         dir
     }
 }
@@ -64,6 +95,56 @@ impl Kiln {
 /// The workspace's `testdata/` directory.
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
+/// Whether `tool` is installed; when it is not, says that the test is skipped.
+pub fn have_or_skip(tool: &str) -> bool {
+    let installed = have(tool);
+    if !installed {
+        eprintln!("SKIP: {tool} is not installed");
+    }
+    installed
+}
+
+/// Runs `command` to its end, panicking with its stderr when it cannot start or fails; returns its
+/// output.
+pub fn output_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}",
+        output.status,
+        stderr(&output)
+    );
+    output
+}
+
+/// Runs `skopeo <args…>` (plain HTTP and no TLS checks are the caller's flags), panicking with its
+/// output when it fails; returns its stdout.
+pub fn skopeo_ok(args: &[&str]) -> String {
+    stdout(&output_ok(Command::new("skopeo").args(args)))
+}
+
+/// Extracts `archive` with GNU tar into `dir` (created if missing) and returns `dir`.
+pub fn untar(archive: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("run tar -x");
+    assert!(status.success(), "tar -xf {} failed", archive.display());
+    dir.to_path_buf()
+}
+
+/// The content of the text file `path`, panicking when it cannot be read.
+pub fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 pub fn stdout(output: &Output) -> String {
@@ -74,116 +155,9 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Whether an external tool is on PATH; tests that need a missing tool say so and skip.
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Lays out a busybox root filesystem in `dir`: `/bin/busybox` from Debian's busybox-static with a
-/// symlink per applet, `/etc/passwd` and `/etc/group` with root, a user `app` (1000) and a group
-/// `staff` (50), and the usual empty directories.
-pub fn busybox_rootfs(dir: &Path) {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("busybox-static is installed (./setup.sh deps)");
-    std::fs::create_dir_all(dir.join("bin")).expect("mkdir bin");
-    std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" {
-            continue;
-        }
-        let link = dir.join("bin").join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", &link).expect("applet symlink");
-        }
-    }
-    for empty in [
-        "etc", "tmp", "root", "home/app", "var", "proc", "sys", "dev",
-    ] {
-        std::fs::create_dir_all(dir.join(empty)).expect("mkdir");
-    }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    )
-    .expect("passwd");
-    std::fs::write(
-        dir.join("etc/group"),
-        "root:x:0:\nstaff:x:50:app\napp:x:1000:\nnogroup:x:65534:\n",
-    )
-    .expect("group");
-}
-
 // ---------------------------------------------------------------------------------------------
-// Images in a store, a local registry and dockerd (added for the image, archive and registry
-// command tests).
-
-/// What [`make_image`] wrote.
-#[derive(Debug, Clone)]
-pub struct TestImage {
-    pub manifest: kiln_image::Digest,
-    pub config: kiln_image::Digest,
-    pub layer_blobs: Vec<kiln_image::Digest>,
-    pub diff_ids: Vec<kiln_image::Digest>,
-}
-
-/// A layer as a gzip'd tar of the directory `dir`, made with GNU tar and gzip (tools independent
-/// of kiln); returns (compressed bytes, diff id).
-pub fn tar_gz_dir(dir: &Path) -> (Vec<u8>, kiln_image::Digest) {
-    let tar = Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-cf",
-            "-",
-            "-C",
-        ])
-        .arg(dir)
-        .arg(".")
-        .output()
-        .expect("run tar");
-    assert!(tar.status.success(), "tar failed");
-    let diff_id = kiln_image::Digest::of(&tar.stdout);
-    let mut gzip = Command::new("gzip")
-        .args(["-n", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run gzip");
-    let mut stdin = gzip.stdin.take().expect("gzip stdin");
-    let input = tar.stdout;
-    let writer = std::thread::spawn(move || {
-        use std::io::Write as _;
-        stdin.write_all(&input).expect("feed gzip");
-    });
-    let output = gzip.wait_with_output().expect("gzip output");
-    writer.join().expect("gzip feeder");
-    assert!(output.status.success(), "gzip failed");
-    (output.stdout, diff_id)
-}
-
-fn ingest_bytes(store: &kiln_store::Store, bytes: &[u8]) -> kiln_image::Digest {
-    use std::io::Write as _;
-    let mut writer = store.ingest().expect("ingest");
-    writer.write_all(bytes).expect("write blob");
-    writer.commit(None).expect("commit blob").digest
-}
+// Images in kiln's store, multi-platform layouts made from them, and a private dockerd (for the
+// image, archive and registry command tests).
 
 /// Writes an image into the store at `root` with the store API and tags it `name` (a full,
 /// normalised name such as `docker.io/library/app:latest`). Each layer is a directory tree of
@@ -191,39 +165,28 @@ fn ingest_bytes(store: &kiln_store::Store, bytes: &[u8]) -> kiln_image::Digest {
 /// final `CMD` entry without a layer, and Docker media types, as `docker save` would have them.
 pub fn make_image(root: &Path, name: &str, layers: &[&[(&str, &str)]]) -> TestImage {
     let work = tempfile::tempdir().expect("work dir");
-    let mut dirs = Vec::new();
-    for (i, files) in layers.iter().enumerate() {
-        let dir = work.path().join(format!("layer{i}"));
-        std::fs::create_dir_all(&dir).expect("mkdir layer");
-        for (path, content) in files.iter() {
-            let file = dir.join(path);
-            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-            std::fs::write(file, content).expect("write layer file");
-        }
-        dirs.push(dir);
-    }
+    let dirs: Vec<PathBuf> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, files)| {
+            let dir = work.path().join(format!("layer{i}"));
+            write_files(&dir, files);
+            dir
+        })
+        .collect();
     make_image_from_dirs(root, name, &dirs, &[])
 }
 
 /// As [`make_image`], from layer directories already laid out; `env` goes into the config.
 pub fn make_image_from_dirs(root: &Path, name: &str, dirs: &[PathBuf], env: &[&str]) -> TestImage {
-    let store = kiln_store::Store::open(root).expect("open store");
-    let mut layer_records = Vec::new();
-    let mut history = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let (blob, diff_id) = tar_gz_dir(dir);
-        let digest = ingest_bytes(&store, &blob);
-        layer_records.push(kiln_store::ManifestLayer {
-            blob_digest: digest,
-            diff_id,
-            media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
-            size: blob.len() as u64,
-        });
-        history.push(serde_json::json!({
-            "created": "2024-01-01T00:00:00Z",
-            "created_by": format!("/bin/sh -c #(nop) ADD dir:layer{i} in / "),
-        }));
-    }
+    let mut history: Vec<serde_json::Value> = (0..dirs.len())
+        .map(|i| {
+            serde_json::json!({
+                "created": "2024-01-01T00:00:00Z",
+                "created_by": format!("/bin/sh -c #(nop) ADD dir:layer{i} in / "),
+            })
+        })
+        .collect();
     history.push(serde_json::json!({
         "created": "2024-01-01T00:00:00Z",
         "created_by": "/bin/sh -c #(nop)  CMD [\"sh\"]",
@@ -236,50 +199,63 @@ pub fn make_image_from_dirs(root: &Path, name: &str, dirs: &[PathBuf], env: &[&s
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
         "config": {"Env": env_list, "Cmd": ["sh"], "Labels": {"test.name": name}},
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": layer_records.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
-        },
+        "rootfs": {},
         "history": history,
     });
-    let config_bytes = serde_json::to_vec(&config).expect("config json");
-    let config_digest = ingest_bytes(&store, &config_bytes);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {
-            "mediaType": "application/vnd.docker.container.image.v1+json",
-            "digest": config_digest.to_string(),
-            "size": config_bytes.len(),
-        },
-        "layers": layer_records.iter().map(|l| serde_json::json!({
-            "mediaType": l.media_type,
-            "digest": l.blob_digest.to_string(),
-            "size": l.size,
-        })).collect::<Vec<_>>(),
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest json");
-    let manifest_digest = ingest_bytes(&store, &manifest_bytes);
-    store
-        .record_manifest(&kiln_store::ManifestRecord {
-            digest: manifest_digest.clone(),
-            config_digest: config_digest.clone(),
-            media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
-            layers: layer_records.clone(),
+    let store = kiln_store::Store::open(root).expect("open store");
+    kiln_testsupport::write_image(&store, name, dirs, config, MediaTypes::Docker)
+}
+
+/// Saves `images` ((name for `kiln save`, the image, its platform as OCI JSON)) from `kiln`'s store,
+/// unpacks the archive into `<work dir>/<dir>` and makes that an OCI layout whose one entry is an
+/// image index of them, with `annotations` on the entry. Returns the layout and the index's digest.
+pub fn multi_platform_layout(
+    kiln: &Kiln,
+    dir: &str,
+    images: &[(&str, &TestImage, serde_json::Value)],
+    annotations: serde_json::Value,
+) -> (PathBuf, kiln_image::Digest) {
+    let names: Vec<&str> = images.iter().map(|(name, _, _)| *name).collect();
+    let archive = kiln.save(&format!("{dir}.tar"), &names);
+    let layout = untar(&archive, &kiln.work.path().join(dir));
+    // Only the OCI layout stays: kiln's docker-archive files would name the images one by one.
+    std::fs::remove_file(layout.join("manifest.json")).expect("rm manifest.json");
+    std::fs::remove_file(layout.join("repositories")).expect("rm repositories");
+    let blob = |digest: &kiln_image::Digest| layout.join("blobs/sha256").join(digest.hex());
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .map(|(_, image, platform)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": image.manifest.to_string(),
+                "size": std::fs::metadata(blob(&image.manifest)).expect("manifest in layout").len(),
+                "platform": platform,
+            })
         })
-        .expect("record manifest");
-    store
-        .tag(name, &manifest_digest, &config_digest)
-        .expect("tag image");
-    TestImage {
-        manifest: manifest_digest,
-        config: config_digest,
-        layer_blobs: layer_records
-            .iter()
-            .map(|l| l.blob_digest.clone())
-            .collect(),
-        diff_ids: layer_records.iter().map(|l| l.diff_id.clone()).collect(),
-    }
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let index_bytes = serde_json::to_vec(&index).expect("index JSON");
+    let index_digest = kiln_image::Digest::of(&index_bytes);
+    std::fs::write(blob(&index_digest), &index_bytes).expect("write index");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest.to_string(),
+            "size": index_bytes.len(),
+            "annotations": annotations,
+        }],
+    });
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&top).expect("json"),
+    )
+    .expect("write index.json");
+    (layout, index_digest)
 }
 
 /// A runnable one-layer busybox image (from Debian's busybox-static) tagged `name` in the store at
@@ -289,115 +265,6 @@ pub fn make_busybox_image(root: &Path, name: &str) -> TestImage {
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
     make_image_from_dirs(root, name, &[rootfs], &[])
-}
-
-/// A CNCF distribution registry (Debian's `docker-registry`) on 127.0.0.1 with a temp config and
-/// storage, stopped when dropped.
-pub struct TestRegistry {
-    child: std::process::Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    pub log: PathBuf,
-    /// Other directories the registry reads (the htpasswd file), removed with it.
-    keep_alive: Vec<tempfile::TempDir>,
-}
-
-impl TestRegistry {
-    /// Starts a registry; `auth_yaml` is an optional top-level `auth:` section. Returns `None`
-    /// (and says why) when `docker-registry` is not installed.
-    pub fn start(auth_yaml: &str) -> Option<TestRegistry> {
-        if !have("docker-registry") {
-            eprintln!("SKIP: docker-registry is not installed (./setup.sh deps)");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("registry dir");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("write registry config");
-        let log = dir.path().join("registry.log");
-        let log_file = std::fs::File::create(&log).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log_file.try_clone().expect("log handle"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = TestRegistry {
-            child,
-            port,
-            dir,
-            log,
-            keep_alive: Vec::new(),
-        };
-        registry.wait_ready();
-        Some(registry)
-    }
-
-    /// A registry that requires `user`/`password` (htpasswd, bcrypt).
-    pub fn start_with_password(user: &str, password: &str) -> Option<TestRegistry> {
-        let auth_dir = tempfile::tempdir().expect("auth dir");
-        let htpasswd = auth_dir.path().join("htpasswd");
-        let hash = bcrypt::hash_with_result(password, 4)
-            .expect("bcrypt hash")
-            .format_for_version(bcrypt::Version::TwoY);
-        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
-        let mut registry = TestRegistry::start(&format!(
-            "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-            htpasswd.display()
-        ))?;
-        registry.keep_alive.push(auth_dir);
-        Some(registry)
-    }
-
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!(
-            "registry did not start; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Lines of the registry's log containing `needle` (e.g. `"PUT /v2/"`).
-    pub fn log_count(&self, needle: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 /// A private dockerd (`--iptables=false --bridge=none`) on its own socket, data root and exec
@@ -486,6 +353,45 @@ impl TestDockerd {
         command
     }
 
+    /// `docker load -i <archive>`, panicking with the daemon's log when it fails; returns docker's
+    /// stdout (the `Loaded image: …` lines).
+    pub fn load(&self, archive: &Path) -> String {
+        let loaded = self
+            .docker()
+            .arg("load")
+            .arg("-i")
+            .arg(archive)
+            .output()
+            .expect("run docker load");
+        assert!(
+            loaded.status.success(),
+            "docker load: {}\n{}",
+            stderr(&loaded),
+            self.log_tail()
+        );
+        stdout(&loaded)
+    }
+
+    /// Docker's id of the image `name` (`docker image inspect --format {{.Id}}`), empty when docker
+    /// does not know it.
+    pub fn image_id(&self, name: &str) -> String {
+        let inspected = self
+            .docker()
+            .args(["image", "inspect", "--format", "{{.Id}}", name])
+            .output()
+            .expect("run docker image inspect");
+        stdout(&inspected).trim().to_string()
+    }
+
+    /// `docker run --rm --network none <args…>`; returns the output whatever the exit status.
+    pub fn run_isolated(&self, args: &[&str]) -> Output {
+        self.docker()
+            .args(["run", "--rm", "--network", "none"])
+            .args(args)
+            .output()
+            .expect("run docker run")
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -544,56 +450,14 @@ pub fn make_busybox_image_with_config(
     let work = tempfile::tempdir().expect("work dir");
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
-    let store = kiln_store::Store::open(root).expect("open store");
-    let (blob, diff_id) = tar_gz_dir(&rootfs);
-    let layer_digest = ingest_bytes(&store, &blob);
-    let layer = kiln_store::ManifestLayer {
-        blob_digest: layer_digest,
-        diff_id,
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        size: blob.len() as u64,
-    };
     let config = serde_json::json!({
         "architecture": kiln_image::Platform::host().architecture,
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
         "config": container_config,
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+        "rootfs": {},
         "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "COPY rootfs/ / # buildkit"}],
     });
-    let config_bytes = serde_json::to_vec(&config).expect("config json");
-    let config_digest = ingest_bytes(&store, &config_bytes);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest.to_string(),
-            "size": config_bytes.len(),
-        },
-        "layers": [{
-            "mediaType": layer.media_type,
-            "digest": layer.blob_digest.to_string(),
-            "size": layer.size,
-        }],
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest json");
-    let manifest_digest = ingest_bytes(&store, &manifest_bytes);
-    store
-        .record_manifest(&kiln_store::ManifestRecord {
-            digest: manifest_digest.clone(),
-            config_digest: config_digest.clone(),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            layers: vec![layer.clone()],
-        })
-        .expect("record manifest");
-    store
-        .tag(name, &manifest_digest, &config_digest)
-        .expect("tag image");
-    TestImage {
-        manifest: manifest_digest,
-        config: config_digest,
-        layer_blobs: vec![layer.blob_digest],
-        diff_ids: vec![layer.diff_id],
-    }
+    let store = kiln_store::Store::open(root).expect("open store");
+    kiln_testsupport::write_image(&store, name, &[rootfs], config, MediaTypes::Oci)
 }
