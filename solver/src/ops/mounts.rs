@@ -6,8 +6,10 @@
 //! - `bind`: a path of the context or of another stage/image (`from=`), read-only by default. The
 //!   sandbox can only bind host paths, so a stage's root is copied into the step's scratch dir
 //!   first. From the context only what `source=` selects is ever staged (the set the step's key
-//!   covers): the user's own directory when `.dockerignore` hides nothing in it, else a private
-//!   copy of its visible entries — never the whole context. `rw` binds get a private copy, so
+//!   covers): the user's own directory when `.dockerignore` hides nothing in it, else its
+//!   visible entries alone, hard-linked into the step's scratch dir — never the whole context
+//!   (unless `source=/`, when the build's one shared staged context serves). `rw` binds get a
+//!   private copy, so
 //!   writes are discarded as in BuildKit and never reach the context or a shared staged copy.
 //! - `cache`: a directory of the store (`cache_mounts/`, cleared by `kiln prune -a`) that persists
 //!   across builds, keyed by `id` (and by its seed when `from=` is given). A new dir gets the
