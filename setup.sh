@@ -12,6 +12,7 @@ packages=(
   docker-registry  # the CNCF distribution server, for registry tests
   docker.io        # dockerd, to check that `docker load` accepts kiln's archives
   git              # `ADD <git repository>` checks out with it
+  attr             # setfattr/getfattr: tests put xattrs on files and read them back
 )
 
 install_packages() {

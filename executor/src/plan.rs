@@ -705,6 +705,60 @@ mod tests {
     }
 
     #[test]
+    fn stub_layer_lays_out_parents_first_once_each() {
+        let stubs = [
+            MountStub {
+                path: "/etc/hosts".into(),
+                kind: StubKind::File,
+            },
+            MountStub {
+                path: "/etc/hostname".into(),
+                kind: StubKind::File,
+            },
+            MountStub {
+                path: "/run/secrets/id".into(),
+                kind: StubKind::File,
+            },
+            MountStub {
+                path: "/proc".into(),
+                kind: StubKind::Dir,
+            },
+        ];
+        let step = stub_layer_step(Path::new("/t/stubs"), &stubs).unwrap();
+        // A stub under a file stub cannot be made: skipped, as on disk (the mount reports it).
+        let sys = RecordingSyscall::failing_on("mkdir /t/stubs/run/secrets", Errno::ENOTDIR);
+        execute(&[step], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /t/stubs 755",
+                "mkdir /t/stubs/etc 755",
+                "mknod /t/stubs/etc/hosts 100644 0:0",
+                "mknod /t/stubs/etc/hostname 100644 0:0",
+                "mkdir /t/stubs/run 755",
+                "mkdir /t/stubs/run/secrets 755",
+                "mknod /t/stubs/run/secrets/id 100644 0:0",
+                "mkdir /t/stubs/proc 755",
+            ]
+        );
+    }
+
+    #[test]
+    fn stubs_must_have_a_layer_before_mounting() {
+        let mut root = overlay(1, 1);
+        if let RootMount::Overlay { stubs, .. } = &mut root {
+            stubs.push(MountStub {
+                path: "/proc".into(),
+                kind: StubKind::Dir,
+            });
+        }
+        assert_eq!(
+            root_mount_step(&root, Path::new("/r")).unwrap_err(),
+            PlanError::UnplacedStubs
+        );
+    }
+
+    #[test]
     fn flags_are_described() {
         assert_eq!(
             describe_mount_flags(libc::MS_BIND | libc::MS_REC),

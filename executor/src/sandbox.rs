@@ -1,10 +1,13 @@
 //! Running one command in a sandbox: [`run`] (RUN steps and `kiln run`).
 //!
 //! Process model: the parent prepares *everything* first — the user (resolved from the image's own
-//! `/etc/passwd` and `/etc/group` read through the layers), the environment, the generated
-//! `/etc/hosts`/`hostname`/`resolv.conf`, pipes, and the child's whole setup as a [`Step`] list of
-//! ready C strings (`plan.rs`) — then calls `clone(2)` with `CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS
-//! | CLONE_NEWIPC` (`| CLONE_NEWNET` for `--network none`). The child is PID 1 of its PID namespace
+//! `/etc/passwd` and `/etc/group` read through the layers), the environment, the contents of the
+//! generated `/etc/hosts`/`hostname`/`resolv.conf`, pipes, and the child's whole setup as a [`Step`]
+//! list of ready C strings (`plan.rs`) — then calls `clone(2)` with `CLONE_NEWNS | CLONE_NEWPID |
+//! CLONE_NEWUTS | CLONE_NEWIPC` (`| CLONE_NEWNET` for `--network none`) and `CLONE_VM | CLONE_VFORK`
+//! (as `posix_spawn`: no copy of our page tables; we wait until it execs). The child writes the
+//! generated files, the mount stubs and its root mount point into a tmpfs of its own mounted on the
+//! scratch dir, so a run creates nothing on the host's disk. The child is PID 1 of its PID namespace
 //! from its first instruction and only walks the step list with raw syscalls until `execve`, so it is
 //! safe even though the parent (tests, tokio) is multi-threaded: no allocation, no lock. We chose this
 //! over re-executing our own binary because it costs no extra exec and keeps the library

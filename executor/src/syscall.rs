@@ -161,7 +161,8 @@ impl Syscall for LinuxSyscall {
     }
 
     fn write_file(&self, path: &CStr, bytes: &[u8]) -> Result<(), Errno> {
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: valid C string; the fd is ours and closed on every path.
         let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
         if fd < 0 {

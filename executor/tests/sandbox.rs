@@ -583,3 +583,75 @@ fn etc_file_symlinked_in_the_image_is_mounted_at_its_target() {
     };
     assert_eq!(fs::read_dir(upper_dir).unwrap().count(), 0);
 }
+
+/// The generated /etc files live in each sandbox's own tmpfs: a command may append to them (as in
+/// Docker), the change lands neither in the upper dir nor on the host, and the next sandbox gets
+/// fresh ones even though both use the same scratch dir.
+#[test]
+fn etc_files_are_writable_private_and_fresh_per_run() {
+    if !is_root() {
+        return;
+    }
+    let fixture = Fixture::new(&OverlaySnapshotter);
+    let spec = fixture.spec("echo '10.1.1.1 extra' >> /etc/hosts && grep -c extra /etc/hosts");
+    let (status, stdout, stderr) = run_capture(&spec);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "1\n");
+    let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+        panic!()
+    };
+    assert!(
+        fs::symlink_metadata(upper_dir.join("etc")).is_err(),
+        "the write reached the upper dir"
+    );
+    assert_eq!(
+        fs::read_dir(&spec.scratch_dir).unwrap().count(),
+        0,
+        "the sandbox wrote into its scratch dir on the host"
+    );
+    let (status, stdout, stderr) = run_capture(&fixture.spec("grep -c extra /etc/hosts; true"));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "0\n", "the next sandbox saw the earlier write");
+}
+
+/// Sandboxes running at the same time may share one scratch dir: each mounts its own tmpfs there
+/// inside its own mount namespace.
+#[test]
+fn concurrent_sandboxes_share_one_scratch_dir() {
+    if !is_root() {
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let fixtures: Vec<Fixture> = (0..2).map(|_| Fixture::new(&OverlaySnapshotter)).collect();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = fixtures
+            .iter()
+            .enumerate()
+            .map(|(index, fixture)| {
+                let mut spec = fixture.spec("sleep 0.2; cat /etc/hostname; echo $index > /mine");
+                spec.scratch_dir = shared.path().join("sandbox");
+                spec.hostname = format!("box{index}");
+                spec.env = vec![format!("index={index}")];
+                scope.spawn(move || run_capture(&spec))
+            })
+            .collect();
+        for (index, run) in runs.into_iter().enumerate() {
+            let (status, stdout, stderr) = run.join().unwrap();
+            assert!(status.success(), "{stderr}");
+            assert_eq!(stdout, format!("box{index}\n"));
+        }
+    });
+    for (index, fixture) in fixtures.iter().enumerate() {
+        let kiln_executor::RootMount::Overlay { upper_dir, .. } = fixture.root() else {
+            panic!()
+        };
+        assert_eq!(
+            fs::read_to_string(upper_dir.join("mine")).unwrap(),
+            format!("{index}\n")
+        );
+    }
+    assert_eq!(
+        fs::read_dir(shared.path().join("sandbox")).unwrap().count(),
+        0
+    );
+}

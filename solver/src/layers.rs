@@ -243,3 +243,55 @@ fn extract_layer(
     }
     Ok(store.commit_layer(temp, id, &layer.diff_id, parent)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_options(level: u32) -> LayerOptions {
+        LayerOptions {
+            compression: Compression::Gzip { level },
+            source_date_epoch: None,
+        }
+    }
+
+    /// Commits `upper` (a fresh dir made by `fill`) on top of nothing.
+    fn commit(store: &Store, name: &str, options: &LayerOptions, fill: impl Fn(&Path)) -> Layer {
+        let upper = store.scratch_dir().join(name);
+        fs::create_dir_all(&upper).unwrap();
+        fill(&upper);
+        commit_diff(store, &upper, None, options).unwrap()
+    }
+
+    #[test]
+    fn an_empty_diff_gives_the_same_layer_whether_written_or_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        // Level 2: an options value no other test of this process uses, so the first commit
+        // really writes the tar.
+        let options = layer_options(2);
+        let written = commit(&store, "a", &options, |_| {});
+        assert!(known_empty_layer(&options).is_some(), "remembered");
+        let reused = commit(&store, "b", &options, |_| {});
+        assert_eq!(
+            (&written.diff_id, &written.blob_digest, written.size),
+            (&reused.diff_id, &reused.blob_digest, reused.size)
+        );
+        // The empty tar is 1024 zero bytes whatever the upper dir's own metadata.
+        assert_eq!(written.diff_id, Digest::of(&[0u8; 1024]));
+        assert_eq!(store.blob_size(&written.blob_digest).unwrap(), written.size);
+    }
+
+    #[test]
+    fn a_diff_with_content_is_never_taken_for_the_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let options = layer_options(1);
+        let empty = commit(&store, "a", &options, |_| {});
+        let full = commit(&store, "b", &options, |dir| {
+            fs::write(dir.join("file"), "content").unwrap();
+        });
+        assert_ne!(empty.diff_id, full.diff_id);
+        assert!(full.dir.join("file").is_file());
+    }
+}

@@ -162,3 +162,36 @@ mod tests {
         assert!(!is_reusable_overlay_scratch(&dir), "upper is not a dir");
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_dir_is_reused_only_by_its_session_and_purpose() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("a")).unwrap();
+        let other = Store::open(&tmp.path().join("b")).unwrap();
+
+        let scratch = ScratchDir::new(&store, "test-recycle").unwrap();
+        fs::create_dir_all(scratch.path().join("upper")).unwrap();
+        fs::create_dir_all(scratch.path().join("work/work")).unwrap();
+        let path = scratch.path().to_path_buf();
+        scratch.recycle("test-recycle");
+        assert!(path.is_dir(), "kept");
+
+        let elsewhere = ScratchDir::reuse_or_new(&other, "test-recycle").unwrap();
+        assert_ne!(elsewhere.path(), path, "another store's session");
+        let unrelated = ScratchDir::reuse_or_new(&store, "test-other").unwrap();
+        assert_ne!(unrelated.path(), path, "another purpose");
+        let reused = ScratchDir::reuse_or_new(&store, "test-recycle").unwrap();
+        assert_eq!(reused.path(), path);
+
+        // Dirty: removed, not kept.
+        fs::write(reused.path().join("upper/changed"), "x").unwrap();
+        reused.recycle("test-recycle");
+        assert!(!path.exists());
+        let fresh = ScratchDir::reuse_or_new(&store, "test-recycle").unwrap();
+        assert_ne!(fresh.path(), path);
+    }
+}

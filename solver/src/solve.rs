@@ -414,8 +414,9 @@ impl<'s, 'd> Run<'s, 'd> {
                     .ok_or_else(|| self.fail(node, OpError::MissingInput(input.digest.to_string())))
             })
             .collect::<Result<_, _>>()?;
-        // A download pinned by a checksum is identified before it runs: it is fetched only when
-        // a step reading it runs ([`Run::materialize`]), so a cache hit makes no request.
+        // A source pinned by content (a download with a checksum, a checkout of a full commit
+        // id) is identified before it runs: it is fetched only when a step reading it runs
+        // ([`Run::materialize`]), so a cache hit makes no request.
         if let OpKind::Source(source) = &op.kind
             && let Some(identity) = crate::ops::pinned_source_identity(source)
         {
@@ -907,8 +908,8 @@ impl<'s, 'd> Run<'s, 'd> {
         })
     }
 
-    /// The output of `node` as an input: local sources and pinned downloads are staged on first
-    /// use (once, however many ops read them).
+    /// The output of `node` as an input: local sources and pinned remote sources are staged on
+    /// first use (once, however many ops read them).
     fn materialize(&self, node: usize, result: NodeResult) -> Result<Option<OpOutput>, SolveError> {
         if let Some(output) = result.output {
             return Ok(Some(output));

@@ -80,9 +80,10 @@ impl Default for ChecksumOptions {
 ///
 /// Cache records keep one per file of a COPY to explain a later miss, so the serialised form is
 /// compact: a JSON array of the fields in order, without `digest` (derived from the others, and
-/// with the hex content the bulk of the record). Both that and the older object form (with
-/// `digest`) read back.
+/// with the hex content the bulk of the record; it is computed again when read). Both that and
+/// the older object form (with `digest`) read back.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "StoredEntryRecord")]
 pub struct EntryRecord {
     /// Path relative to the root (`.` for the root itself).
     pub path: String,
@@ -103,10 +104,102 @@ pub struct EntryRecord {
     /// `security.selinux` label left out), empty when there are none.
     #[serde(default)]
     pub xattrs: String,
-    /// `sha256:<hex>` over all fields above. Not serialised: empty in a record read back from
-    /// the compact form ([`diff_entries`] compares the fields themselves).
-    #[serde(default)]
+    /// `sha256:<hex>` over all fields above.
     pub digest: String,
+}
+
+impl EntryRecord {
+    /// A record of these fields, with its digest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: String,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        content: String,
+        xattrs: String,
+    ) -> Self {
+        // `kiln.context.entry.v1 \0 path \0 kind \0 mode (octal) \0 uid \0 gid \0 size \0
+        // content \0 xattrs`, written piece by piece (no formatting machinery: this runs once
+        // per file).
+        let mut text = Vec::with_capacity(64 + path.len() + content.len() + xattrs.len());
+        text.extend_from_slice(b"kiln.context.entry.v1\0");
+        text.extend_from_slice(path.as_bytes());
+        text.push(0);
+        text.extend_from_slice(kind.as_str().as_bytes());
+        text.push(0);
+        push_number(&mut text, u64::from(mode), 8);
+        text.push(0);
+        push_number(&mut text, u64::from(uid), 10);
+        text.push(0);
+        push_number(&mut text, u64::from(gid), 10);
+        text.push(0);
+        push_number(&mut text, size, 10);
+        text.push(0);
+        text.extend_from_slice(content.as_bytes());
+        text.push(0);
+        text.extend_from_slice(xattrs.as_bytes());
+        let digest = sha256_text(&Sha256::digest(&text).into());
+        Self {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            content,
+            xattrs,
+            digest,
+        }
+    }
+}
+
+/// An [`EntryRecord`] as read: the compact array or the older object, with or without a digest.
+#[derive(Deserialize)]
+struct StoredEntryRecord {
+    path: String,
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    content: String,
+    #[serde(default)]
+    xattrs: String,
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+impl From<StoredEntryRecord> for EntryRecord {
+    fn from(stored: StoredEntryRecord) -> Self {
+        let StoredEntryRecord {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            content,
+            xattrs,
+            digest,
+        } = stored;
+        match digest {
+            Some(digest) => Self {
+                path,
+                kind,
+                mode,
+                uid,
+                gid,
+                size,
+                content,
+                xattrs,
+                digest,
+            },
+            None => Self::new(path, kind, mode, uid, gid, size, content, xattrs),
+        }
+    }
 }
 
 impl Serialize for EntryRecord {
@@ -388,36 +481,16 @@ fn record_entry(
         FileKind::Dir | FileKind::Fifo | FileKind::Socket => (0, String::new(), xattrs_of_path()?),
     };
     let xattrs = xattrs.map(|digest| sha256_text(&digest)).unwrap_or_default();
-    // `kiln.context.entry.v1 \0 path \0 kind \0 mode (octal) \0 uid \0 gid \0 size \0 content
-    // \0 xattrs`, written piece by piece (no formatting machinery: this runs once per file).
-    let mut text = Vec::with_capacity(64 + entry.path.len() + content.len() + xattrs.len());
-    text.extend_from_slice(b"kiln.context.entry.v1\0");
-    text.extend_from_slice(entry.path.as_bytes());
-    text.push(0);
-    text.extend_from_slice(entry.kind.as_str().as_bytes());
-    text.push(0);
-    push_number(&mut text, u64::from(entry.mode), 8);
-    text.push(0);
-    push_number(&mut text, u64::from(entry.uid), 10);
-    text.push(0);
-    push_number(&mut text, u64::from(entry.gid), 10);
-    text.push(0);
-    push_number(&mut text, size, 10);
-    text.push(0);
-    text.extend_from_slice(content.as_bytes());
-    text.push(0);
-    text.extend_from_slice(xattrs.as_bytes());
-    Ok(EntryRecord {
-        path: entry.path.clone(),
-        kind: entry.kind,
-        mode: entry.mode,
-        uid: entry.uid,
-        gid: entry.gid,
+    Ok(EntryRecord::new(
+        entry.path.clone(),
+        entry.kind,
+        entry.mode,
+        entry.uid,
+        entry.gid,
         size,
         content,
         xattrs,
-        digest: sha256_text(&Sha256::digest(&text).into()),
-    })
+    ))
 }
 
 /// Appends `value` in base `radix` (8 or 10), without leading zeros.

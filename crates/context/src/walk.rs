@@ -10,6 +10,11 @@
 //!
 //! Paths are matched as text: a name that is not UTF-8 is an error only if it is part of the
 //! context (excluded ones are skipped).
+//!
+//! Cost per file: one `statx` relative to the open directory (one name to resolve, not the whole
+//! path), and `.dockerignore` matching against only the patterns that can still match below the
+//! directory ([`DirMatch`]: parents are never matched again, and a subtree no pattern reaches is
+//! not matched at all). Directories are walked in parallel and spliced back in order.
 
 use std::fs::{self, Metadata};
 use std::io;
@@ -17,6 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -245,7 +251,8 @@ pub(crate) fn walk_filtered(
         .iter()
         .filter_map(|filter| filter.at(start))
         .collect();
-    walk_dir(root, start, &positioned, false, out)
+    out.extend(walk_dir(root, start, &positioned, false)?);
+    Ok(())
 }
 
 /// A pattern list whose paths are relative to `prefix` (a directory under the walk root).
@@ -329,9 +336,7 @@ pub(crate) fn has_visible_descendant(
         prefix: "",
     };
     let positioned: Vec<FilterAt<'_>> = filter.at(dir).into_iter().collect();
-    let mut found = Vec::new();
-    walk_dir(root, dir, &positioned, true, &mut found)?;
-    Ok(!found.is_empty())
+    Ok(!walk_dir(root, dir, &positioned, true)?.is_empty())
 }
 
 /// Reads a directory's entries, sorted bytewise by name. Each entry keeps the open directory, so
@@ -344,20 +349,31 @@ fn sorted_entries(dir: &Path) -> io::Result<Vec<(std::ffi::OsString, fs::DirEntr
     Ok(entries)
 }
 
-/// Walks one directory. `dir_excluded` says the directory itself is excluded and is only being
-/// searched for re-included entries: then permission errors are ignored, as BuildKit does.
+/// One entry of a directory as the walk decided it, before the directories below are walked.
+enum Step<'a> {
+    /// A kept entry with nothing to walk below it.
+    Kept(Entry),
+    /// A kept directory, to walk with these filters.
+    KeptDir(Entry, Vec<FilterAt<'a>>),
+    /// An excluded directory to search for re-included entries: reported only if one is found.
+    SearchedDir(Entry, Vec<FilterAt<'a>>),
+}
+
+/// Walks one directory and everything below it; directories below are walked in parallel (on
+/// rayon's pool) and their entries spliced in order. `dir_excluded` says the directory itself is
+/// excluded and is only being searched for re-included entries: then permission errors are
+/// ignored, as BuildKit does. The first error in walk order is returned.
 fn walk_dir(
     root: &Path,
     dir_rel: &str,
     filters: &[FilterAt<'_>],
     dir_excluded: bool,
-    out: &mut Vec<Entry>,
-) -> Result<(), WalkError> {
+) -> Result<Vec<Entry>, WalkError> {
     let dir_abs = root.join(dir_rel);
     let entries = match sorted_entries(&dir_abs) {
         Ok(entries) => entries,
         Err(err) if dir_excluded && err.kind() == io::ErrorKind::PermissionDenied => {
-            return Ok(());
+            return Ok(Vec::new());
         }
         Err(source) => {
             return Err(WalkError::Io {
@@ -367,71 +383,115 @@ fn walk_dir(
             });
         }
     };
+    let mut steps = Vec::with_capacity(entries.len());
+    // An error stops the listing here; what comes before it is still walked, so that an error
+    // further up in walk order wins, as in a sequential walk.
+    let mut failure = None;
     for (name, dir_entry) in entries {
-        // Patterns are text: a name that is not UTF-8 is matched in its lossy form and is an
-        // error only if the entry is kept.
-        let utf8 = name.to_str().is_some();
-        let rel = join_rel(dir_rel, &name.to_string_lossy());
-        let excluded = filters.iter().any(|f| f.excludes(&rel));
-        let non_utf8 = || WalkError::NonUtf8Name {
-            path: dir_abs.join(&name),
-        };
-        // An excluded entry matters only if it is a directory (something inside may be
-        // re-included); the type from the directory listing usually saves its `lstat`.
-        if excluded && !dir_entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let metadata = match dir_entry.metadata() {
-            Ok(metadata) => metadata,
-            // Removed while we walk: nothing to report.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                if excluded {
-                    continue;
-                }
-                return Err(WalkError::Io {
-                    action: "lstat",
-                    path: dir_abs.join(&name),
-                    source,
-                });
-            }
-        };
-        let is_dir = metadata.file_type().is_dir();
-        if !excluded {
-            if !utf8 {
-                return Err(non_utf8());
-            }
-            let entry = Entry::from_metadata_in(rel, &dir_abs, &name, &metadata)?;
-            if is_dir {
-                let inner: Vec<FilterAt<'_>> = filters.iter().map(|f| f.enter(&entry.path)).collect();
-                let path = entry.path.clone();
-                out.push(entry);
-                walk_dir(root, &path, &inner, false, out)?;
-            } else {
-                out.push(entry);
-            }
-            continue;
-        }
-        // Excluded: only a directory that may hold re-included entries is looked into, and it is
-        // reported only if one of them is found.
-        let searchable = filters
-            .iter()
-            .filter(|f| f.excludes(&rel))
-            .all(|f| f.may_reinclude_below(&rel));
-        if is_dir && searchable {
-            if !utf8 {
-                return Err(non_utf8());
-            }
-            let inner: Vec<FilterAt<'_>> = filters.iter().map(|f| f.enter(&rel)).collect();
-            let placeholder = out.len();
-            out.push(Entry::from_metadata_in(rel.clone(), &dir_abs, &name, &metadata)?);
-            walk_dir(root, &rel, &inner, true, out)?;
-            if out.len() == placeholder + 1 {
-                out.pop();
+        match decide(&dir_abs, dir_rel, filters, &name, &dir_entry) {
+            Ok(Some(step)) => steps.push(step),
+            Ok(None) => {}
+            Err(error) => {
+                failure = Some(error);
+                break;
             }
         }
     }
-    Ok(())
+    // One result per directory step, in order (rayon's collect keeps it).
+    let walked: Vec<Result<Vec<Entry>, WalkError>> = steps
+        .par_iter()
+        .filter_map(|step| match step {
+            Step::Kept(_) => None,
+            Step::KeptDir(entry, inner) => Some(walk_dir(root, &entry.path, inner, false)),
+            Step::SearchedDir(entry, inner) => Some(walk_dir(root, &entry.path, inner, true)),
+        })
+        .collect();
+    let mut walked = walked.into_iter();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::Kept(entry) => out.push(entry),
+            Step::KeptDir(entry, _) => {
+                let below = walked.next().unwrap_or_else(|| Ok(Vec::new()))?;
+                out.push(entry);
+                out.extend(below);
+            }
+            Step::SearchedDir(entry, _) => {
+                let below = walked.next().unwrap_or_else(|| Ok(Vec::new()))?;
+                if !below.is_empty() {
+                    out.push(entry);
+                    out.extend(below);
+                }
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(out),
+    }
+}
+
+/// What the walk does with the entry `name` of the directory `dir_rel`: keep it, search it (an
+/// excluded directory that may hold re-included entries) or skip it (`None`).
+fn decide<'a>(
+    dir_abs: &Path,
+    dir_rel: &str,
+    filters: &[FilterAt<'a>],
+    name: &std::ffi::OsStr,
+    dir_entry: &fs::DirEntry,
+) -> Result<Option<Step<'a>>, WalkError> {
+    // Patterns are text: a name that is not UTF-8 is matched in its lossy form and is an error
+    // only if the entry is kept.
+    let utf8 = name.to_str().is_some();
+    let rel = join_rel(dir_rel, &name.to_string_lossy());
+    let excluded = filters.iter().any(|f| f.excludes(&rel));
+    let non_utf8 = || WalkError::NonUtf8Name {
+        path: dir_abs.join(name),
+    };
+    // An excluded entry matters only if it is a directory (something inside may be
+    // re-included); the type from the directory listing usually saves its `lstat`.
+    if excluded && !dir_entry.file_type().is_ok_and(|t| t.is_dir()) {
+        return Ok(None);
+    }
+    let metadata = match dir_entry.metadata() {
+        Ok(metadata) => metadata,
+        // Removed while we walk: nothing to report.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if excluded => return Ok(None),
+        Err(source) => {
+            return Err(WalkError::Io {
+                action: "lstat",
+                path: dir_abs.join(name),
+                source,
+            });
+        }
+    };
+    let is_dir = metadata.file_type().is_dir();
+    if !excluded {
+        if !utf8 {
+            return Err(non_utf8());
+        }
+        let entry = Entry::from_metadata_in(rel, dir_abs, name, &metadata)?;
+        if !is_dir {
+            return Ok(Some(Step::Kept(entry)));
+        }
+        let inner = filters.iter().map(|f| f.enter(&entry.path)).collect();
+        return Ok(Some(Step::KeptDir(entry, inner)));
+    }
+    // Excluded: only a directory that may hold re-included entries is looked into.
+    let searchable = filters
+        .iter()
+        .filter(|f| f.excludes(&rel))
+        .all(|f| f.may_reinclude_below(&rel));
+    if !is_dir || !searchable {
+        return Ok(None);
+    }
+    if !utf8 {
+        return Err(non_utf8());
+    }
+    let inner = filters.iter().map(|f| f.enter(&rel)).collect();
+    let entry = Entry::from_metadata_in(rel, dir_abs, name, &metadata)?;
+    Ok(Some(Step::SearchedDir(entry, inner)))
 }
 
 #[cfg(test)]
@@ -524,5 +584,56 @@ mod tests {
         assert_eq!(entry.mode, 0o4751);
         assert_eq!(entry.size, 5);
         assert!(entry.ino != 0 && entry.mtime_ns > 0);
+    }
+
+    /// The walk order computed the plain way: sorted names, parents first, one directory at a
+    /// time.
+    fn sequential_order(root: &Path, rel: &str, out: &mut Vec<String>) {
+        let mut names: Vec<String> = fs::read_dir(root.join(rel))
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        names.sort();
+        for name in names {
+            let path = join_rel(rel, &name);
+            out.push(path.clone());
+            if fs::symlink_metadata(root.join(&path)).expect("lstat").is_dir() {
+                sequential_order(root, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn directories_walked_in_parallel_come_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for a in 0..12 {
+            for b in 0..(a % 4) {
+                let sub = dir.path().join(format!("d{a}/s{b}"));
+                fs::create_dir_all(&sub).expect("mkdir");
+                for f in 0..5 {
+                    fs::write(sub.join(format!("f{f}")), "x").expect("write");
+                }
+            }
+            fs::create_dir_all(dir.path().join(format!("d{a}"))).expect("mkdir");
+            fs::write(dir.path().join(format!("d{a}.txt")), "x").expect("write");
+        }
+        let mut expected = Vec::new();
+        sequential_order(dir.path(), "", &mut expected);
+        let entries = walk_context(dir.path(), &IgnorePatterns::empty()).expect("walk");
+        assert_eq!(paths(&entries), expected);
+    }
+
+    #[test]
+    fn the_first_error_in_walk_order_is_the_one_reported() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("a/deep")).expect("mkdir");
+        fs::write(dir.path().join("a/deep").join(OsStr::from_bytes(b"x\xff")), "x").expect("write");
+        fs::write(dir.path().join(OsStr::from_bytes(b"z\xff")), "x").expect("write");
+        let err = walk_context(dir.path(), &IgnorePatterns::empty()).expect_err("non-UTF-8 names");
+        let WalkError::NonUtf8Name { path } = err else {
+            panic!("unexpected error {err}");
+        };
+        assert!(path.starts_with(dir.path().join("a/deep")), "{}", path.display());
     }
 }

@@ -3,10 +3,15 @@
 //!
 //! As in BuildKit, a file that is not a tar (after decompression) is copied as-is, a leading `/` in
 //! entry names is dropped, entries keep their archive owner and mode unless `--chown` is given, and
-//! an entry replaces whatever was at its path. Extraction resolves every path with
-//! `openat2(RESOLVE_BENEATH)` from the destination directory, so an entry that climbs out with
-//! `../`, or that is written through a symlink leading outside the destination (an absolute one, or
-//! a relative one that climbs out) — whether the archive planted it or the image had it — is
+//! an entry replaces whatever was at its path. As in moby's extractor (Go's `archive/tar` merges
+//! PAX records into the header), PAX `uid`, `gid`, `mtime` (with its nanoseconds), `path`,
+//! `linkpath`, `size` and `SCHILY.xattr.*` records, and GNU long-name/long-link records, override
+//! the header fields; mtimes outside 1970..2262 become the epoch, as moby bounds them.
+//!
+//! Extraction resolves every path with `openat2(RESOLVE_BENEATH)` from the destination directory,
+//! so an entry that climbs out with `../`, or that is written through a symlink leading outside the
+//! destination (an absolute one, or a relative one that climbs out) — whether the archive planted
+//! it or the image had it — is
 //! refused with [`FileOpError::ArchiveEscape`] instead of being written. Extracting into the
 //! image's root (`ADD rootfs.tar.xz /`, how base images are made) is the one case where absolute
 //! symlinks such as `/var/run -> /run` are followed — inside the root, with
@@ -14,7 +19,7 @@
 //! `../` names are refused there too, as BuildKit does.
 //!
 //! The extractor is not kiln-oci's `apply_layer` (they share [`kiln_image::magic`], decompression and
-//! entry-name cleaning):
+//! entry-name cleaning, and PAX time parsing):
 //! ADD reads no whiteouts, resolves beneath the destination, makes implied parents root-owned, applies
 //! `--chown` and fails on xattr and device errors; layer apply does whiteouts, opaque directories and
 //! rootless skips. One function would need a switch for each difference, so there are two.
@@ -32,7 +37,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, linkat, symlinkat};
 
 use kiln_image::magic::{TAR_BLOCK_SIZE, is_tar_header};
-use kiln_oci::apply::clean_path;
+use kiln_oci::apply::{clean_path, parse_pax_time};
 use kiln_oci::compress::decompressing_reader;
 
 use crate::error::{FileOpError, Result, io_err, sys_err};
@@ -236,6 +241,17 @@ impl Extractor<'_> {
     }
 
     fn extract<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let kind = entry.header().entry_type();
+        // A global PAX header describes no file (its name is no path) and, as in Go's reader,
+        // applies to no entry; the tar crate folds per-entry ones into the entry that follows.
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            return Ok(());
+        }
+        // The name and link target with PAX `path`/`linkpath` and GNU long-name/long-link records
+        // already applied by the tar crate.
         let raw = entry.path_bytes().into_owned();
         let Some(mut parts) = clean_path(&raw) else {
             return Err(self.escape(&raw));
@@ -243,26 +259,13 @@ impl Extractor<'_> {
         let Some(name) = parts.pop() else {
             return Ok(());
         };
-        let xattrs = pax_xattrs(&mut entry).map_err(|e| self.fail(&raw, e))?;
         let header = entry.header().clone();
-        let kind = header.entry_type();
-        // Global PAX headers carry no file; the tar crate folds per-entry ones in already.
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            return Ok(());
-        }
+        let meta = EntryMeta::read(&mut entry, &header).map_err(|e| self.fail(&raw, e))?;
+        let xattrs = meta.xattrs;
         // Go's archive/tar reads an empty numeric field as 0; so do we.
         let mode = header.mode().unwrap_or(0) & 0o7777;
-        let owner = match self.owner {
-            Some(owner) => owner,
-            None => (
-                header.uid().unwrap_or(0) as u32,
-                header.gid().unwrap_or(0) as u32,
-            ),
-        };
-        let mtime = TimeSpec::new(header.mtime().unwrap_or(0) as libc::time_t, 0);
+        let owner = self.owner.unwrap_or((meta.uid, meta.gid));
+        let mtime = meta.mtime;
         let parent = self.parent_dir(&raw, &parts)?;
         let name_os = OsStr::from_bytes(&name);
         let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -401,18 +404,81 @@ impl Extractor<'_> {
     }
 }
 
-/// The `SCHILY.xattr.*` PAX records of an entry (how GNU tar and Docker store xattrs).
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(extensions) = entry.pax_extensions()? {
-        for extension in extensions {
-            let extension = extension?;
-            if let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((name.to_vec(), extension.value_bytes().to_vec()));
+/// Owner, mtime and xattrs of an entry: its header, overridden by its PAX records.
+#[derive(Debug)]
+struct EntryMeta {
+    uid: u32,
+    gid: u32,
+    /// Already bounded as moby does (see [`bound_time`]).
+    mtime: TimeSpec,
+    /// `SCHILY.xattr.*` records (how GNU tar and Docker store xattrs).
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    /// Reads `entry`'s metadata; `header` is its header. The tar crate already merges PAX `size`,
+    /// `path` and `linkpath` (and `uid`/`gid` when they parse); `uid`, `gid` and `mtime` are read
+    /// here so that a malformed record fails, as Go's reader does, instead of being skipped.
+    /// `uname`/`gname` are ignored: Docker applies the numeric ids, never looks names up.
+    fn read<R: Read>(
+        entry: &mut tar::Entry<'_, R>,
+        header: &tar::Header,
+    ) -> std::result::Result<EntryMeta, String> {
+        // Go's archive/tar reads an empty numeric field as 0; so do we. A GNU base-256 field holds
+        // a negative mtime in two's complement, which the cast to i64 restores.
+        let mut uid = header.uid().unwrap_or(0);
+        let mut gid = header.gid().unwrap_or(0);
+        let mut mtime = TimeSpec::new(header.mtime().unwrap_or(0) as i64, 0);
+        let mut xattrs = Vec::new();
+        if let Some(extensions) = entry.pax_extensions().map_err(|e| e.to_string())? {
+            for extension in extensions {
+                let extension = extension.map_err(|e| e.to_string())?;
+                let key = extension.key_bytes();
+                let value = extension.value_bytes();
+                let text = String::from_utf8_lossy(value);
+                let bad = || {
+                    format!(
+                        "invalid PAX record {}={text:?}",
+                        String::from_utf8_lossy(key)
+                    )
+                };
+                match key {
+                    b"uid" => uid = text.parse().map_err(|_| bad())?,
+                    b"gid" => gid = text.parse().map_err(|_| bad())?,
+                    b"mtime" => mtime = parse_pax_time(&text).ok_or_else(bad)?,
+                    _ => {
+                        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                            xattrs.push((name.to_vec(), value.to_vec()));
+                        }
+                    }
+                }
             }
         }
+        // chown(2) takes 32-bit ids: the kernel would silently keep the low bits (Docker's
+        // result, root for 2^32), so a larger id is refused instead.
+        let id = |what: &str, value: u64| {
+            u32::try_from(value).map_err(|_| format!("{what} {value} does not fit in 32 bits"))
+        };
+        Ok(EntryMeta {
+            uid: id("uid", uid)?,
+            gid: id("gid", gid)?,
+            mtime: bound_time(mtime),
+            xattrs,
+        })
     }
-    Ok(out)
+}
+
+/// The latest time moby's extractor keeps: `time.Unix(0, math.MaxInt64)`, 2262-04-11.
+const MAX_TIME: TimeSpec = TimeSpec::new(i64::MAX / 1_000_000_000, i64::MAX % 1_000_000_000);
+
+/// moby (`boundTime` in `archive.createTarFile`) replaces a time before the epoch or after
+/// [`MAX_TIME`] with the epoch, for every entry kind; ADD matches it.
+fn bound_time(time: TimeSpec) -> TimeSpec {
+    if time < TimeSpec::new(0, 0) || time > MAX_TIME {
+        TimeSpec::new(0, 0)
+    } else {
+        time
+    }
 }
 
 /// Extracts source archive `archive_rel` (`shown` as the user named it) into destination directory
@@ -480,6 +546,23 @@ mod tests {
         assert_eq!(clean_path(b"./a/../b"), Some(vec![b"b".to_vec()]));
         assert_eq!(clean_path(b"../x"), None);
         assert_eq!(clean_path(b"a/../../x"), None);
+    }
+
+    #[test]
+    fn times_outside_1970_to_2262_become_the_epoch() {
+        let epoch = TimeSpec::new(0, 0);
+        assert_eq!(bound_time(TimeSpec::new(5, 7)), TimeSpec::new(5, 7));
+        assert_eq!(bound_time(epoch), epoch);
+        assert_eq!(bound_time(MAX_TIME), MAX_TIME);
+        assert_eq!(
+            bound_time(TimeSpec::new(MAX_TIME.tv_sec(), MAX_TIME.tv_nsec() + 1)),
+            epoch
+        );
+        assert_eq!(bound_time(TimeSpec::new(-1, 999_999_999)), epoch);
+        assert_eq!(
+            bound_time(TimeSpec::new(8_589_934_600, 1)),
+            TimeSpec::new(8_589_934_600, 1)
+        );
     }
 
     #[test]

@@ -46,9 +46,12 @@ impl Response {
 }
 
 /// A route: the responses for its first requests in turn, the last one repeated after that.
+/// A response with an `ETag` is answered `304 Not Modified` (no body) to a request whose
+/// `If-None-Match` names that tag.
 struct Route {
     responses: Vec<Response>,
     hits: AtomicUsize,
+    not_modified: AtomicUsize,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 answering each connection once (`Connection: close`).
@@ -79,6 +82,7 @@ impl TestServer {
             Arc::new(Route {
                 responses,
                 hits: AtomicUsize::new(0),
+                not_modified: AtomicUsize::new(0),
             }),
         );
     }
@@ -92,6 +96,13 @@ impl TestServer {
             .hits
             .load(Ordering::SeqCst)
     }
+
+    /// How many requests to `path` were answered `304 Not Modified`.
+    fn not_modified(&self, path: &str) -> usize {
+        self.routes.lock().unwrap()[path]
+            .not_modified
+            .load(Ordering::SeqCst)
+    }
 }
 
 fn answer(stream: TcpStream, routes: &Mutex<HashMap<String, Arc<Route>>>) {
@@ -100,13 +111,20 @@ fn answer(stream: TcpStream, routes: &Mutex<HashMap<String, Arc<Route>>>) {
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
-    // Skip the headers (requests carry no body here).
+    // Read the headers (requests carry no body here); only `If-None-Match` matters.
+    let mut if_none_match = None;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) if line == "\r\n" || line == "\n" => break,
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("if-none-match")
+                {
+                    if_none_match = Some(value.trim().to_string());
+                }
+            }
         }
     }
     let path = request_line
@@ -118,7 +136,22 @@ fn answer(stream: TcpStream, routes: &Mutex<HashMap<String, Arc<Route>>>) {
     let response = match route {
         Some(route) => {
             let hit = route.hits.fetch_add(1, Ordering::SeqCst);
-            route.responses[hit.min(route.responses.len() - 1)].clone()
+            let response = route.responses[hit.min(route.responses.len() - 1)].clone();
+            let etag = response
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
+                .map(|(_, value)| value.clone());
+            if etag.is_some() && etag == if_none_match {
+                route.not_modified.fetch_add(1, Ordering::SeqCst);
+                Response {
+                    status: "304 Not Modified",
+                    headers: response.headers,
+                    body: Vec::new(),
+                }
+            } else {
+                response
+            }
         }
         None => Response {
             status: "404 Not Found",
@@ -521,6 +554,49 @@ fn add_url_with_checksum_hits_the_cache_without_a_request() {
     assert!(server.hits("/pinned.txt") > 0, "a new checksum fetches");
 }
 
+#[test]
+fn add_url_with_an_etag_is_revalidated_not_downloaded_again() {
+    // Without a checksum kiln must ask the server, but like BuildKit it asks `If-None-Match`
+    // with the ETag of its earlier download and reuses those bytes on 304.
+    let server = TestServer::start();
+    server.route(
+        "/tool.txt",
+        vec![
+            Response::ok(b"tool 1\n")
+                .header("ETag", "\"t1\"")
+                .header("Last-Modified", LAST_MODIFIED),
+        ],
+    );
+    let kiln = Kiln::new();
+    let dockerfile = format!("FROM scratch\nADD {} /tool.txt\n", server.url("/tool.txt"));
+    let first = build_ok(&kiln, "etag-1", &dockerfile);
+    assert_eq!(std::fs::read(first.join("tool.txt")).unwrap(), b"tool 1\n");
+    let (output, second) = build(&kiln, "etag-2", &dockerfile);
+    let text = stderr(&output);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(server.hits("/tool.txt"), 2, "asked both times");
+    assert_eq!(
+        server.not_modified("/tool.txt"),
+        1,
+        "the second answer had no body"
+    );
+    assert!(text.contains("CACHED"), "{text}");
+    assert_eq!(std::fs::read(second.join("tool.txt")).unwrap(), b"tool 1\n");
+    assert_eq!(
+        std::fs::metadata(second.join("tool.txt")).unwrap().mtime(),
+        LAST_MODIFIED_UNIX
+    );
+
+    // New content under a new tag is downloaded and used.
+    server.route(
+        "/tool.txt",
+        vec![Response::ok(b"tool 2\n").header("ETag", "\"t2\"")],
+    );
+    let third = build_ok(&kiln, "etag-3", &dockerfile);
+    assert_eq!(std::fs::read(third.join("tool.txt")).unwrap(), b"tool 2\n");
+    assert_eq!(server.not_modified("/tool.txt"), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Git
 
@@ -756,6 +832,49 @@ fn add_git_is_cached_by_commit_and_follows_a_moved_branch() {
     let (third, version) = build("third");
     assert_eq!(version, "three\n");
     assert!(!third.contains("CACHED"), "{third}");
+}
+
+#[test]
+fn add_git_at_a_full_commit_id_hits_the_cache_without_fetching() {
+    if !git_present() {
+        return;
+    }
+    let daemon = GitDaemon::start();
+    let first = make_repository(&daemon, "pinned");
+    let url = daemon.url("pinned.git");
+    let kiln = Kiln::new();
+    let context = kiln.context(
+        "git-pinned",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {url}#{first} /src/\n"),
+        )],
+    );
+    let build = |dest: &str| {
+        let out = kiln.work.path().join(dest);
+        let output = kiln.ok(&[
+            "build",
+            "--progress",
+            "plain",
+            "--output",
+            &format!("type=local,dest={}", out.display()),
+            context.to_str().unwrap(),
+        ]);
+        (
+            stderr(&output),
+            std::fs::read_to_string(out.join("src/version")).unwrap(),
+        )
+    };
+    let (built, version) = build("first");
+    assert_eq!(version, "one\n");
+    assert!(built.contains("checked out"), "{built}");
+    // With the server gone, the commit id alone finds the cached step (BuildKit skips its
+    // `ls-remote` for a full commit id too).
+    drop(daemon);
+    let (again, version) = build("second");
+    assert_eq!(version, "one\n");
+    assert!(again.contains("CACHED"), "{again}");
+    assert!(!again.contains("checked out"), "nothing fetched:\n{again}");
 }
 
 /// Routes every file of `dir` under `prefix` on `server` (a static copy, as a dumb HTTP Git server

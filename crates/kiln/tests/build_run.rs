@@ -235,3 +235,69 @@ fn copy_from_an_image_reads_its_root_filesystem() {
     assert!(out.join("tools/busybox").is_file());
     assert!(!out.join("bin").exists());
 }
+
+/// The generated /etc files are private to each RUN: a command may append to /etc/hosts (as with
+/// Docker's classic builder), the next RUN sees a fresh one, and none of it reaches the image. The
+/// `RUN true` between them leaves its scratch dirs for the next step to reuse, which must not
+/// carry anything over either.
+#[test]
+fn run_may_append_to_etc_hosts_and_it_never_reaches_the_image() {
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    let dockerfile = "FROM busybox\n\
+        RUN echo '10.0.0.9 extra' >> /etc/hosts && grep -q extra /etc/hosts\n\
+        RUN true\n\
+        RUN ! grep -q extra /etc/hosts && echo fresh > /checked\n";
+    let context = kiln.context("hosts", &[("Dockerfile", dockerfile)]);
+    let out = rootfs_of(&kiln, &context, &[], "rootfs");
+    assert_eq!(
+        std::fs::read_to_string(out.join("checked")).unwrap(),
+        "fresh\n"
+    );
+    assert!(!out.join("etc/hosts").exists() && !out.join("etc/hostname").exists());
+}
+
+/// A RUN that changes nothing still records a layer, the empty tar (as BuildKit does), also when
+/// kiln reuses that layer's bytes instead of writing the tar again; the step after it gets exactly
+/// its own changes.
+#[test]
+fn steps_that_change_nothing_record_the_empty_layer() {
+    const EMPTY_TAR: &str =
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let kiln = Kiln::new();
+    build_busybox_with_kiln(&kiln);
+    let dockerfile = "FROM busybox\nRUN true\nRUN true\nRUN echo made > /made\n";
+    let context = kiln.context("noop", &[("Dockerfile", dockerfile)]);
+    let archive = kiln.work.path().join("noop.tar");
+    kiln.ok(&[
+        "build",
+        "-q",
+        "--output",
+        &format!("type=oci,dest={}", archive.display()),
+        context.to_str().unwrap(),
+    ]);
+    let dir = common::untar(&archive, &kiln.work.path().join("noop"));
+    let blob = |digest: &serde_json::Value| -> serde_json::Value {
+        let hex = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let config = blob(&manifest["config"]["digest"]);
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let n = diff_ids.len();
+    assert!(n >= 4, "{diff_ids:?}");
+    assert_eq!(
+        diff_ids[n - 3..n - 1],
+        [EMPTY_TAR, EMPTY_TAR],
+        "{diff_ids:?}"
+    );
+    assert_ne!(diff_ids[n - 1], EMPTY_TAR);
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), n);
+}

@@ -220,8 +220,9 @@ fn copy_with(buffer: &mut [u8], from: &mut impl Read, to: &mut impl Write) -> io
     }
 }
 
-/// A PAX time `secs[.fraction]`, possibly negative (`-1.5` is 1.5 s before the epoch).
-fn parse_pax_time(value: &str) -> Option<TimeSpec> {
+/// A PAX time `secs[.fraction]`, possibly negative (`-1.5` is 1.5 s before the epoch). Also how
+/// `ADD` (kiln-fileop) reads the PAX times in a local archive.
+pub fn parse_pax_time(value: &str) -> Option<TimeSpec> {
     let negative = value.starts_with('-');
     let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
     let secs: i64 = secs.parse().ok()?;

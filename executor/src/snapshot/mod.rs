@@ -338,6 +338,36 @@ mod tests {
     }
 
     #[test]
+    fn stub_layer_on_disk_is_the_lowest_lower_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = RootMount::Overlay {
+            lower_dirs: Vec::new(),
+            upper_dir: "/u".into(),
+            work_dir: "/w".into(),
+            stubs: vec![MountStub {
+                path: "/etc/hosts".into(),
+                kind: StubKind::File,
+            }],
+        };
+        let stub_dir = tmp.path().join("stubs");
+        let placed = root.with_stub_layer(&stub_dir).unwrap();
+        let RootMount::Overlay {
+            lower_dirs, stubs, ..
+        } = &placed
+        else {
+            panic!()
+        };
+        assert_eq!(lower_dirs, std::slice::from_ref(&stub_dir));
+        assert!(stubs.is_empty());
+        assert!(stub_dir.join("etc/hosts").is_file());
+        let bind = RootMount::Bind {
+            source: "/r".into(),
+        };
+        assert_eq!(bind.with_stub_layer(&tmp.path().join("x")).unwrap(), bind);
+        assert!(!tmp.path().join("x").exists());
+    }
+
+    #[test]
     fn stubs_are_created_without_following_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");

@@ -420,6 +420,56 @@ mod tests {
     }
 
     #[test]
+    fn files_the_dockerignore_excludes_below_the_copied_dir_never_change_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["tree/a", "tree/node_modules/pkg", "tree/b"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for file in [
+            "tree/a/main.rs",
+            "tree/a/scratch.tmp",
+            "tree/b/keep.tmp",
+            "tree/node_modules/pkg/index.js",
+        ] {
+            std::fs::write(dir.path().join(file), "1").unwrap();
+        }
+        let mut ignoring = inputs();
+        ignoring[1].local_excludes = vec![
+            "**/*.tmp".into(),
+            "tree/node_modules".into(),
+            "!**/keep.tmp".into(),
+        ];
+        let cache = MemoryStatCache::new();
+        let key = || {
+            compute_key(
+                &copy_op("tree"),
+                "",
+                ignoring.clone(),
+                &locals(dir.path()),
+                &cache,
+            )
+            .unwrap()
+        };
+        let first = key();
+        let paths: Vec<&str> = first.contents[0]
+            .checksum
+            .entries
+            .iter()
+            .map(|entry| entry.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            vec!["tree", "tree/a", "tree/a/main.rs", "tree/b", "tree/b/keep.tmp"]
+        );
+        for excluded in ["tree/a/scratch.tmp", "tree/node_modules/pkg/index.js"] {
+            std::fs::write(dir.path().join(excluded), "2").unwrap();
+            assert_eq!(key().key(), first.key(), "{excluded} is excluded");
+        }
+        std::fs::write(dir.path().join("tree/b/keep.tmp"), "2").unwrap();
+        assert_ne!(key().key(), first.key(), "keep.tmp is re-included");
+    }
+
+    #[test]
     fn the_key_depends_on_input_results_not_on_their_keys() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), "a").unwrap();

@@ -27,6 +27,9 @@ use super::transfer::{MAX_METADATA_BYTES, TransferError};
 /// The lock file inside a cache directory.
 pub const LOCK_FILE: &str = ".kiln-lock";
 
+/// What the names of an export's temp files contain (`.<name>.kiln-tmp-<pid>`).
+pub const TEMP_MARKER: &str = ".kiln-tmp-";
+
 /// Media types of blobs that list further blobs (followed when finding what is referenced).
 const NESTING_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.oci.image.manifest.v1+json",
@@ -140,24 +143,18 @@ pub fn referenced_blobs(dir: &Path) -> Result<HashSet<String>, TransferError> {
     let mut referenced = HashSet::new();
     let mut pending: Vec<serde_json::Value> = descriptors(&index);
     while let Some(descriptor) = pending.pop() {
-        let Some(digest) = descriptor
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
+        let text = descriptor.get("digest").and_then(|d| d.as_str());
+        // Other algorithms live in other dirs, which are never cleaned.
+        if text.is_some_and(|text| !text.starts_with("sha256:")) {
+            continue;
+        }
+        let Some(digest) = text.and_then(|d| d.parse::<Digest>().ok()) else {
             return Err(TransferError::Format {
                 path: index_path,
                 reason: format!("a descriptor without a valid digest: {descriptor}"),
             });
         };
-        // Other algorithms live in other dirs, which are never cleaned.
-        let Some(hex) = digest
-            .to_string()
-            .strip_prefix("sha256:")
-            .map(str::to_string)
-        else {
-            continue;
-        };
+        let hex = digest.hex().to_string();
         if !referenced.insert(hex.clone()) {
             continue;
         }
@@ -217,7 +214,7 @@ fn read_json(path: &Path, digest: Option<&Digest>) -> Result<serde_json::Value, 
 /// What a clean-up of a cache directory did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CleanUp {
-    /// Files removed from `blobs/sha256` (unreferenced blobs and temp files of dead exports).
+    /// Files removed: unreferenced blobs, and temp files of exports that died.
     pub removed: usize,
     /// Bytes they held.
     pub bytes: u64,
@@ -227,7 +224,9 @@ pub struct CleanUp {
 }
 
 /// Removes from `dir/blobs/sha256` every file not in `referenced` that was last modified before
-/// `started`. A file that cannot be removed is logged and left; the clean-up goes on.
+/// `started`, and from `dir` itself the temp files (`.<name>.kiln-tmp-<pid>`) of exports that
+/// died before their rename (older than `started` too: under the lock, no live export has any).
+/// A file that cannot be removed is logged and left; the clean-up goes on.
 ///
 /// # Errors
 /// [`TransferError::Io`] when the blobs directory cannot be listed.
@@ -238,14 +237,24 @@ pub fn remove_unreferenced(
 ) -> Result<CleanUp, TransferError> {
     let blobs_dir = dir.join("blobs").join("sha256");
     let mut clean_up = CleanUp::default();
+    let mut candidates: Vec<PathBuf> = Vec::new();
     let entries = fs::read_dir(&blobs_dir).map_err(io_error("list", &blobs_dir))?;
     for entry in entries {
         let entry = entry.map_err(io_error("list", &blobs_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if referenced.contains(&name) {
-            continue;
+        if !referenced.contains(&name) {
+            candidates.push(entry.path());
         }
-        let path: PathBuf = entry.path();
+    }
+    let entries = fs::read_dir(dir).map_err(io_error("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(TEMP_MARKER) {
+            candidates.push(entry.path());
+        }
+    }
+    for path in candidates {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
@@ -326,12 +335,30 @@ mod tests {
         })
         .to_string();
         let nested = blob(dir.path(), nested_json.as_bytes(), HOUR);
+        // A blob of another algorithm is skipped, not an error (its dir is never cleaned).
+        let other_algorithm = serde_json::json!({
+            "mediaType": "application/octet-stream",
+            "digest": format!("sha512:{}", "a".repeat(128)),
+            "size": 1,
+        });
         index(
             dir.path(),
-            &[descriptor(NESTING_MEDIA_TYPES[1], nested_json.as_bytes())],
+            &[
+                descriptor(NESTING_MEDIA_TYPES[1], nested_json.as_bytes()),
+                other_algorithm,
+            ],
         );
         let old = blob(dir.path(), b"old layer", HOUR);
         let recent = blob(dir.path(), b"being written", Duration::ZERO);
+        // The temp file of an export killed before its rename.
+        let stale = dir.path().join(format!(".index.json{TEMP_MARKER}999"));
+        fs::write(&stale, b"partial").unwrap();
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(SystemTime::now() - HOUR))
+            .unwrap();
 
         let referenced = referenced_blobs(dir.path()).unwrap();
         let expected: HashSet<String> = [&layer, &config, &manifest, &nested]
@@ -344,11 +371,12 @@ mod tests {
         assert_eq!(
             clean_up,
             CleanUp {
-                removed: 1,
-                bytes: 9,
+                removed: 2,
+                bytes: 9 + 7,
                 kept_recent: 1
             }
         );
+        assert!(!stale.exists());
         let blobs = dir.path().join("blobs/sha256");
         assert!(!blobs.join(&old).exists());
         for kept in [&layer, &config, &manifest, &nested, &recent] {

@@ -785,16 +785,17 @@ mod tests {
     fn reading(files: &[(&str, &str)]) -> KeyComponents {
         let entries = files
             .iter()
-            .map(|(path, content)| EntryRecord {
-                path: (*path).into(),
-                kind: kiln_context::FileKind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: content.len() as u64,
-                content: format!("sha256:{content}"),
-                xattrs: String::new(),
-                digest: format!("{path}:{content}"),
+            .map(|(path, content)| {
+                EntryRecord::new(
+                    (*path).into(),
+                    kiln_context::FileKind::File,
+                    0o644,
+                    0,
+                    0,
+                    content.len() as u64,
+                    format!("sha256:{content}"),
+                    String::new(),
+                )
             })
             .collect();
         KeyComponents {

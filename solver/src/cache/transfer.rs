@@ -819,7 +819,11 @@ fn write_atomically(
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.kiln-tmp-{}", std::process::id()));
+    let temp = path.with_file_name(format!(
+        ".{name}{}{}",
+        local_dir::TEMP_MARKER,
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = fs::File::create(&temp).map_err(io_error("create", &temp))?;
         write(&mut file).map_err(io_error("write", &temp))?;

@@ -82,13 +82,7 @@ pub(crate) fn run_git(cx: &OpContext<'_>, spec: &GitSpec<'_>) -> Result<OpOutput
     ))?;
     let checkout = checkout(spec, scratch.path()).map_err(fetch_error)?;
     cx.output(format!("checked out {what} at {}", checkout.commit));
-    // The commit pins the tree (submodules included); BuildKit keys a checkout the same way.
-    let identity = format!(
-        "git:{} subdir={:?} keep_git_dir={}",
-        checkout.commit,
-        spec.subdir.unwrap_or_default(),
-        spec.keep_git_dir
-    );
+    let identity = cache_identity(&checkout.commit, spec);
     Ok(OpOutput::Local(LocalDir {
         name: what.clone(),
         path: checkout.root,
@@ -96,6 +90,30 @@ pub(crate) fn run_git(cx: &OpContext<'_>, spec: &GitSpec<'_>) -> Result<OpOutput
         content_identity: Some(identity),
         ignore: None,
     }))
+}
+
+/// How a checkout enters the keys of the ops that read it: the commit pins the tree (submodules
+/// included), as in BuildKit's key; the URL is left out, so a mirror hits the same cache.
+fn cache_identity(commit: &str, spec: &GitSpec<'_>) -> String {
+    format!(
+        "git:{} subdir={:?} keep_git_dir={}",
+        commit.to_ascii_lowercase(),
+        spec.subdir.unwrap_or_default(),
+        spec.keep_git_dir
+    )
+}
+
+/// The identity of a checkout whose ref is a full commit id (40 or 64 hex digits), known without
+/// asking the remote: a step reading it can then hit the cache with no fetch at all, as BuildKit
+/// skips its `ls-remote` for such a ref. `None` for any other ref, or an invalid spec (the op
+/// then runs and reports it). A full id can only name one object, so the key stays sound even
+/// if it names an annotated tag rather than a commit.
+pub(crate) fn pinned_identity(spec: &GitSpec<'_>) -> Option<String> {
+    let reference = spec.reference?;
+    let full_id = matches!(reference.len(), 40 | 64) && looks_like_commit(reference);
+    let valid = check_argument("the repository URL", spec.url).is_ok()
+        && spec.subdir.map(clean_subdir).transpose().is_ok();
+    (full_id && valid).then(|| cache_identity(reference, spec))
 }
 
 /// A finished checkout.
@@ -337,6 +355,29 @@ mod tests {
             Err(GitError::BadArgument { .. })
         ));
         assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_a_full_commit_id_pins_the_identity_before_fetching() {
+        let spec = |reference: Option<&'static str>| GitSpec {
+            url: "https://example.com/repo.git",
+            reference,
+            subdir: Some("docs"),
+            keep_git_dir: false,
+        };
+        let full = "0123456789ABCDEF0123456789abcdef01234567";
+        assert_eq!(
+            pinned_identity(&spec(Some(full))),
+            Some(cache_identity(&full.to_ascii_lowercase(), &spec(None)))
+        );
+        assert!(pinned_identity(&spec(Some(&full[..64 / 2]))).is_none());
+        assert!(pinned_identity(&spec(Some("main"))).is_none());
+        assert!(pinned_identity(&spec(None)).is_none());
+        let escaping = GitSpec {
+            subdir: Some("../x"),
+            ..spec(Some(full))
+        };
+        assert!(pinned_identity(&escaping).is_none());
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! absent); a `sha256:` checksum is verified before anything is kept; an archive is never
 //! unpacked. Redirects are followed, and connection failures and 5xx/408/429 answers are retried
 //! with backoff. The body streams to disk while it is hashed; it is never held in memory.
+//!
+//! With a checksum the content is known before any request ([`pinned_identity`]): the solver
+//! fetches only when a step reading the file runs. Without one, every build must ask the server;
+//! as BuildKit does, a download that came with a strong `ETag` is kept in the store, and the next
+//! build asks `If-None-Match` and reuses those bytes on `304 Not Modified` ([`revalidate`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -58,6 +63,14 @@ pub enum HttpError {
         status: reqwest::StatusCode,
         attempts: u32,
     },
+    #[error("the server answered 304 Not Modified to a request that asked for no revalidation")]
+    UnexpectedNotModified,
+    #[error(
+        "the server answered 304 Not Modified for ETag {answered}, but kiln asked about {sent}"
+    )]
+    NotModifiedOtherTag { sent: String, answered: String },
+    #[error("the download remembered for revalidation: {0}")]
+    Remembered(#[source] kiln_store::StoreError),
     #[error("checksum mismatch: expected {expected}, but the content is {actual}")]
     ChecksumMismatch { expected: String, actual: Digest },
     #[error("{action} {}: {source}", path.display())]
@@ -98,6 +111,8 @@ pub struct Downloaded {
     pub digest: Digest,
     /// The `Last-Modified` header as sent, when present.
     pub last_modified: Option<String>,
+    /// The strong `ETag` the server sent, when it sent one.
+    pub etag: Option<String>,
 }
 
 /// Runs an Http source op: downloads `url` into a new scratch dir and returns that dir (holding the
@@ -126,11 +141,20 @@ pub(crate) fn run_http(
     std::fs::create_dir(&dir)
         .map_err(HttpError::io("create", &dir))
         .map_err(fetch_error)?;
-    let downloaded = download(url, checksum, filename, &dir).map_err(fetch_error)?;
-    cx.output(format!(
-        "downloaded {url} ({})",
-        downloaded.digest.to_string().get(..19).unwrap_or_default()
-    ));
+    let (downloaded, reused) = match checksum {
+        Some(_) => (
+            download(url, checksum, filename, &dir).map_err(fetch_error)?,
+            false,
+        ),
+        None => revalidate(cx.store, url, filename, &dir).map_err(fetch_error)?,
+    };
+    let short = downloaded.digest.to_string();
+    let short = short.get(..19).unwrap_or_default();
+    cx.output(if reused {
+        format!("{url} not modified (ETag); reused the earlier download ({short})")
+    } else {
+        format!("downloaded {url} ({short})")
+    });
     let name = downloaded
         .path
         .file_name()
@@ -151,6 +175,156 @@ pub(crate) fn run_http(
     }))
 }
 
+/// What kiln keeps of a download without a checksum that came with a strong `ETag`, so that the
+/// next build can ask `If-None-Match` and, on `304 Not Modified`, reuse the bytes instead of
+/// transferring them again (as BuildKit does). The content is a blob of the store, which the
+/// record references, so prune keeps it as long as the record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    etag: String,
+    digest: Digest,
+    name: String,
+    last_modified: Option<String>,
+}
+
+/// The store record of the downloads of `url` (named `filename`), like BuildKit's URL hash.
+fn remembered_key(url: &str, filename: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(url.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(filename.unwrap_or_default().as_bytes());
+    format!("kiln.http.v1:{}", hex::encode(hasher.finalize()))
+}
+
+/// The remembered download under `key`, if its content is still in the store.
+fn recall(store: &kiln_store::Store, key: &str) -> Option<Remembered> {
+    let record = match store.get_cache_record(key) {
+        Ok(record) => record?,
+        Err(error) => {
+            tracing::debug!(%error, "reading a remembered download; downloading in full");
+            return None;
+        }
+    };
+    let kiln_store::CacheValue::Json(value) = record.value else {
+        return None;
+    };
+    let remembered: Remembered = serde_json::from_value(value).ok()?;
+    store.has_blob(&remembered.digest).then_some(remembered)
+}
+
+/// Keeps `downloaded` (when it has a strong `ETag`) in the store under `key`.
+fn remember(
+    store: &kiln_store::Store,
+    key: &str,
+    downloaded: &Downloaded,
+) -> Result<(), HttpError> {
+    let Some(etag) = &downloaded.etag else {
+        return Ok(());
+    };
+    if !store.has_blob(&downloaded.digest) {
+        let mut file =
+            File::open(&downloaded.path).map_err(HttpError::io("open", &downloaded.path))?;
+        store
+            .ingest_from(&mut file, Some(&downloaded.digest))
+            .map_err(HttpError::Remembered)?;
+    }
+    let remembered = Remembered {
+        etag: etag.clone(),
+        digest: downloaded.digest.clone(),
+        name: downloaded
+            .path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        last_modified: downloaded.last_modified.clone(),
+    };
+    let value = serde_json::to_value(&remembered).map_err(|error| {
+        HttpError::Remembered(kiln_store::StoreError::Json {
+            what: format!("encode the remembered download {key}"),
+            source: error,
+        })
+    })?;
+    store
+        .put_cache_record(
+            key,
+            &kiln_store::CacheValue::Json(value),
+            &[kiln_store::Resource::Blob(downloaded.digest.clone())],
+        )
+        .map_err(HttpError::Remembered)
+}
+
+/// Writes the remembered content into `dir` as the download would have (name, mode 0600, mtime
+/// from the remembered `Last-Modified`).
+fn restore_remembered(
+    store: &kiln_store::Store,
+    remembered: &Remembered,
+    dir: &Path,
+) -> Result<Downloaded, HttpError> {
+    let partial = dir.join(".download.partial");
+    let copied = (|| {
+        let mut blob = store
+            .open_blob(&remembered.digest)
+            .map_err(HttpError::Remembered)?;
+        let mut file = File::create(&partial).map_err(HttpError::io("create", &partial))?;
+        std::io::copy(&mut blob, &mut file).map_err(HttpError::io("write", &partial))?;
+        file.sync_all().map_err(HttpError::io("sync", &partial))
+    })();
+    if let Err(error) = copied {
+        remove_quietly(&partial);
+        return Err(error);
+    }
+    let downloaded = finish(
+        &partial,
+        &dir.join(&remembered.name),
+        remembered.digest.clone(),
+        remembered.last_modified.clone(),
+    )?;
+    Ok(Downloaded {
+        etag: Some(remembered.etag.clone()),
+        ..downloaded
+    })
+}
+
+/// Downloads `url` (no checksum) into `dir`, revalidating an earlier download of it with its
+/// `ETag` when the store still has one: on `304 Not Modified` the earlier bytes are reused (the
+/// second value is then `true`). A server that ignores `If-None-Match` simply sends the body.
+/// Remembering a download is best effort: failing to is logged, not an error.
+///
+/// # Errors
+/// As [`download`].
+fn revalidate(
+    store: &kiln_store::Store,
+    url: &str,
+    filename: Option<&str>,
+    dir: &Path,
+) -> Result<(Downloaded, bool), HttpError> {
+    let key = remembered_key(url, filename);
+    let known = recall(store, &key);
+    let etag = known.as_ref().map(|known| known.etag.as_str());
+    let answer = match request(url, None, filename, dir, etag) {
+        Err(error @ HttpError::NotModifiedOtherTag { .. }) => {
+            tracing::warn!(%error, "downloading again");
+            Fetched::Downloaded(download(url, None, filename, dir)?)
+        }
+        other => other?,
+    };
+    let fetched = match (answer, known) {
+        (Fetched::NotModified, Some(known)) => match restore_remembered(store, &known, dir) {
+            Ok(downloaded) => return Ok((downloaded, true)),
+            Err(error) => {
+                tracing::warn!(%error, "could not reuse an earlier download; downloading again");
+                download(url, None, filename, dir)?
+            }
+        },
+        (Fetched::NotModified, None) => return Err(HttpError::UnexpectedNotModified),
+        (Fetched::Downloaded(downloaded), _) => downloaded,
+    };
+    if let Err(error) = remember(store, &key, &fetched) {
+        tracing::debug!(%error, "could not remember a download for revalidation");
+    }
+    Ok((fetched, false))
+}
+
 /// The identity of a download pinned by `checksum` (`sha256:<hex>`), known before anything is
 /// fetched: what [`run_http`] will give its output, so a step reading it can hit the cache without
 /// a request, as BuildKit keys its http source by the checksum. The name comes from `filename`,
@@ -162,18 +336,6 @@ pub(crate) fn pinned_identity(url: &str, checksum: &str, filename: Option<&str>)
     let parsed = reqwest::Url::parse(url).ok()?;
     let name = pinned_name(&parsed, filename).ok()?;
     Some(cache_identity(&digest, &name, None))
-}
-
-/// [`pinned_identity`] of an Http source with a checksum; `None` for any other source.
-pub(crate) fn pinned_source_identity(source: &kiln_llb::SourceOp) -> Option<String> {
-    match source {
-        kiln_llb::SourceOp::Http {
-            url,
-            checksum: Some(checksum),
-            filename,
-        } => pinned_identity(url, checksum, filename.as_deref()),
-        _ => None,
-    }
 }
 
 /// The file name of a download whose content is pinned by a checksum: the given name, else the
@@ -208,6 +370,21 @@ pub fn download(
     filename: Option<&str>,
     dir: &Path,
 ) -> Result<Downloaded, HttpError> {
+    match request(url, checksum, filename, dir, None)? {
+        Fetched::Downloaded(downloaded) => Ok(downloaded),
+        // Never: a 304 needs an `If-None-Match`, and none was sent.
+        Fetched::NotModified => Err(HttpError::UnexpectedNotModified),
+    }
+}
+
+/// [`download`], optionally conditional on `if_none_match` (an `ETag` of an earlier download).
+fn request(
+    url: &str,
+    checksum: Option<&str>,
+    filename: Option<&str>,
+    dir: &Path,
+    if_none_match: Option<&str>,
+) -> Result<Fetched, HttpError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| HttpError::BadUrl(e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(HttpError::BadUrl(format!(
@@ -228,7 +405,13 @@ pub fn download(
                     .enable_all()
                     .build()
                     .map_err(HttpError::Runtime)?;
-                runtime.block_on(fetch(parsed, expected.as_ref(), filename, dir))
+                runtime.block_on(fetch(
+                    parsed,
+                    expected.as_ref(),
+                    filename,
+                    dir,
+                    if_none_match,
+                ))
             })
             .join()
             .unwrap_or(Err(HttpError::Panicked))
@@ -254,12 +437,20 @@ fn check_filename(name: &str) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// What a (possibly conditional) request gave.
+enum Fetched {
+    Downloaded(Downloaded),
+    /// The server answered `304 Not Modified` to the `If-None-Match` sent.
+    NotModified,
+}
+
 async fn fetch(
     url: reqwest::Url,
     expected: Option<&Digest>,
     filename: Option<&str>,
     dir: &Path,
-) -> Result<Downloaded, HttpError> {
+    if_none_match: Option<&str>,
+) -> Result<Fetched, HttpError> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
@@ -272,8 +463,9 @@ async fn fetch(
     loop {
         attempt += 1;
         let retry = attempt < ATTEMPTS;
-        match try_once(&client, &url, &partial).await {
-            Ok(body) => {
+        match try_once(&client, &url, &partial, if_none_match).await {
+            Ok(None) => return Ok(Fetched::NotModified),
+            Ok(Some(body)) => {
                 if let Some(expected) = expected
                     && *expected != body.digest
                 {
@@ -292,7 +484,14 @@ async fn fetch(
                         .or_else(|| url_name(&url))
                         .unwrap_or_else(|| FALLBACK_NAME.to_string()),
                 };
-                return finish(&partial, &dir.join(name), body.digest, body.last_modified);
+                return finish(&partial, &dir.join(name), body.digest, body.last_modified).map(
+                    |downloaded| {
+                        Fetched::Downloaded(Downloaded {
+                            etag: body.etag,
+                            ..downloaded
+                        })
+                    },
+                );
             }
             Err(Attempt::Transient(error)) if retry => {
                 tracing::debug!(%url, attempt, %error, "download failed; retrying");
@@ -327,6 +526,8 @@ struct Body {
     digest: Digest,
     last_modified: Option<String>,
     disposition_name: Option<String>,
+    /// A strong `ETag`, when the server sent one.
+    etag: Option<String>,
 }
 
 /// How one attempt failed: worth retrying or not.
@@ -335,11 +536,13 @@ enum Attempt {
     Fatal(HttpError),
 }
 
+/// One request; `Ok(None)` when `if_none_match` was sent and the server answered 304.
 async fn try_once(
     client: &reqwest::Client,
     url: &reqwest::Url,
     partial: &Path,
-) -> Result<Body, Attempt> {
+    if_none_match: Option<&str>,
+) -> Result<Option<Body>, Attempt> {
     let request_failed = |source: reqwest::Error| {
         let error = HttpError::Request {
             attempts: 1,
@@ -348,12 +551,26 @@ async fn try_once(
         // Anything below HTTP (refused, reset, timed out, a broken body) may pass.
         Attempt::Transient(error)
     };
-    let mut response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(request_failed)?;
+    let mut request = client.get(url.clone());
+    if let Some(etag) = if_none_match {
+        request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+    }
+    let mut response = request.send().await.map_err(request_failed)?;
     let status = response.status();
+    if let Some(sent) = if_none_match
+        && status == reqwest::StatusCode::NOT_MODIFIED
+    {
+        // Without an ETag the answer is about the one tag sent; with another one it is not.
+        return match response.headers().get(reqwest::header::ETAG) {
+            Some(tag) if tag.as_bytes() != sent.as_bytes() => {
+                Err(Attempt::Fatal(HttpError::NotModifiedOtherTag {
+                    sent: sent.to_string(),
+                    answered: String::from_utf8_lossy(tag.as_bytes()).into_owned(),
+                }))
+            }
+            _ => Ok(None),
+        };
+    }
     if !status.is_success() {
         let error = HttpError::Status {
             status,
@@ -376,6 +593,8 @@ async fn try_once(
             .map(str::to_string)
     };
     let last_modified = header(reqwest::header::LAST_MODIFIED);
+    // Only a strong validator promises the same bytes; a weak one (`W/"…"`) is not kept.
+    let etag = header(reqwest::header::ETAG).filter(|etag| !etag.starts_with("W/"));
     let disposition_name = header(reqwest::header::CONTENT_DISPOSITION)
         .as_deref()
         .and_then(disposition_filename);
@@ -393,11 +612,12 @@ async fn try_once(
     file.sync_all()
         .map_err(HttpError::io("sync", partial))
         .map_err(Attempt::Fatal)?;
-    Ok(Body {
+    Ok(Some(Body {
         digest: Digest::from_hasher(hasher),
         last_modified,
         disposition_name,
-    })
+        etag,
+    }))
 }
 
 /// Gives the complete download its mode, mtime and name.
@@ -429,6 +649,7 @@ fn finish(
         path: path.to_path_buf(),
         digest,
         last_modified,
+        etag: None,
     })
 }
 
@@ -612,6 +833,126 @@ mod tests {
         );
         assert_eq!(pinned_identity(&url, "sha256:short", None), None);
         assert_eq!(pinned_identity(&url, &checksum, Some("a/b")), None);
+    }
+
+    /// Serves `body` with a strong `ETag` (or a weak one), answering `304 Not Modified` to a
+    /// request whose `If-None-Match` is that tag; returns the base URL and the count of bodies
+    /// sent.
+    fn serve_with_etag(
+        body: &'static str,
+        etag: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let mut matched = false;
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("if-none-match:") {
+                        matched = value.trim() == etag.to_ascii_lowercase();
+                    }
+                    line.clear();
+                }
+                let response = if matched {
+                    format!(
+                        "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+                    )
+                } else {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\n\
+                         Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), bodies)
+    }
+
+    #[test]
+    fn a_strong_etag_lets_the_next_download_reuse_the_bytes() {
+        use std::sync::atomic::Ordering;
+        let (base, bodies) = serve_with_etag("tool v1", "\"v1\"");
+        let root = tempfile::tempdir().unwrap();
+        let store = kiln_store::Store::open(root.path()).unwrap();
+        let url = format!("{base}/tool");
+        let first_dir = tempfile::tempdir().unwrap();
+        let (first, reused) = revalidate(&store, &url, Some("tool"), first_dir.path()).unwrap();
+        assert!(!reused);
+        assert_eq!(bodies.load(Ordering::SeqCst), 1);
+
+        let second_dir = tempfile::tempdir().unwrap();
+        let (second, reused) = revalidate(&store, &url, Some("tool"), second_dir.path()).unwrap();
+        assert!(reused, "304: the earlier bytes are reused");
+        assert_eq!(bodies.load(Ordering::SeqCst), 1, "no second body");
+        assert_eq!(second.digest, first.digest);
+        assert_eq!(second.last_modified, first.last_modified);
+        assert_eq!(second.path, second_dir.path().join("tool"));
+        assert_eq!(std::fs::read(&second.path).unwrap(), b"tool v1");
+        let meta = std::fs::metadata(&second.path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, FILE_MODE);
+        assert_eq!(
+            meta.modified().unwrap(),
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
+        );
+        assert_eq!(std::fs::read_dir(second_dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_304_about_another_tag_is_not_trusted() {
+        use std::io::{BufRead, BufReader};
+        // Answers any conditional request with 304 for a tag it was not asked about.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut conditional) = (String::new(), false);
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    conditional |= line.to_ascii_lowercase().starts_with("if-none-match:");
+                    line.clear();
+                }
+                let response = if conditional {
+                    "HTTP/1.1 304 Not Modified\r\nETag: \"other\"\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nETag: \"a\"\r\nConnection: close\r\n\r\nv1"
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        let root = tempfile::tempdir().unwrap();
+        let store = kiln_store::Store::open(root.path()).unwrap();
+        let url = format!("http://127.0.0.1:{port}/f");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!revalidate(&store, &url, None, dir.path()).unwrap().1);
+        let dir = tempfile::tempdir().unwrap();
+        let (downloaded, reused) = revalidate(&store, &url, None, dir.path()).unwrap();
+        assert!(!reused, "downloaded again");
+        assert_eq!(std::fs::read(downloaded.path).unwrap(), b"v1");
+    }
+
+    #[test]
+    fn a_weak_etag_is_never_used_to_skip_a_download() {
+        use std::sync::atomic::Ordering;
+        let (base, bodies) = serve_with_etag("page", "W/\"p\"");
+        let root = tempfile::tempdir().unwrap();
+        let store = kiln_store::Store::open(root.path()).unwrap();
+        let url = format!("{base}/page");
+        for _ in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, reused) = revalidate(&store, &url, None, dir.path()).unwrap();
+            assert!(!reused);
+        }
+        assert_eq!(bodies.load(Ordering::SeqCst), 2);
     }
 
     #[test]

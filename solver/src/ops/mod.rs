@@ -19,7 +19,6 @@ use crate::layers::LayerOptions;
 use crate::progress::{Progress, StepId};
 use crate::result::{Layer, OpOutput};
 
-pub(crate) use http::pinned_source_identity;
 pub use mounts::{SecretSource, Secrets};
 pub(crate) use source::ContextIgnore;
 pub use source::LocalSource;
@@ -70,6 +69,31 @@ pub fn execute_op(cx: &OpContext<'_>, op: &Op, inputs: &[OpOutput]) -> Result<Op
         OpKind::File(file) => file::run_file(cx, file, inputs),
         OpKind::Exec(exec) => exec::run_exec(cx, exec, inputs),
         OpKind::Merge(_) => Ok(OpOutput::Chain(merge(inputs)?)),
+    }
+}
+
+/// The identity a source's output will have when it is known before the source runs — a download
+/// pinned by `--checksum`, a checkout of a full commit id — so that the steps reading it can hit
+/// the cache without fetching anything. `None` for every other source.
+pub(crate) fn pinned_source_identity(source: &kiln_llb::SourceOp) -> Option<String> {
+    match source {
+        kiln_llb::SourceOp::Http {
+            url,
+            checksum: Some(checksum),
+            filename,
+        } => http::pinned_identity(url, checksum, filename.as_deref()),
+        kiln_llb::SourceOp::Git {
+            url,
+            reference,
+            subdir,
+            keep_git_dir,
+        } => git::pinned_identity(&git::GitSpec {
+            url,
+            reference: reference.as_deref(),
+            subdir: subdir.as_deref(),
+            keep_git_dir: *keep_git_dir,
+        }),
+        _ => None,
     }
 }
 

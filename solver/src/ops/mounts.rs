@@ -9,8 +9,8 @@
 //!   covers): the user's own directory when `.dockerignore` hides nothing in it, else its
 //!   visible entries alone, hard-linked into the step's scratch dir — never the whole context
 //!   (unless `source=/`, when the build's one shared staged context serves). `rw` binds get a
-//!   private copy, so
-//!   writes are discarded as in BuildKit and never reach the context or a shared staged copy.
+//!   private copy, so writes are discarded as in BuildKit and never reach the context or a
+//!   shared staged copy.
 //! - `cache`: a directory of the store (`cache_mounts/`, cleared by `kiln prune -a`) that persists
 //!   across builds, keyed by `id` (and by its seed when `from=` is given). A new dir gets the
 //!   mount's uid/gid/mode and its seed's content, prepared in scratch and renamed into place so
