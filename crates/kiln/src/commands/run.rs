@@ -356,7 +356,8 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
     let scratch = ScratchDir::new(&store, "run").map_err(RunError::Scratch)?;
     let snapshotter = default_snapshotter(scratch.path());
     let stubs = mount_stubs(&options.mounts);
-    let snapshot = snapshotter.prepare(&layers, &scratch.path().join("snapshot"), &stubs)?;
+    // The scratch dir itself: the snapshot's own entries (`upper`, `work`...) sit beside `ro-root`.
+    let snapshot = snapshotter.prepare(&layers, scratch.path(), &stubs)?;
     let read_only_root = if options.read_only {
         Some(ReadOnlyRoot::mount(
             snapshot.mount(),
