@@ -4,13 +4,17 @@
 //! step needs (and for a re-export), a fetched record is kept locally, and a corrupt blob in the
 //! cache makes the step run instead of failing the build.
 
+mod common;
+
+use common::{described, mkfile_op};
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use kiln_llb::{
-    CopyAction, Definition, DefinitionBuilder, FileAction, FileOp, MkfileAction, Op, OpKind,
-    OpMetadata, OpRef, SourceLocation, SourceOp,
+    CopyAction, Definition, DefinitionBuilder, FileAction, FileOp, Op, OpKind, OpMetadata, OpRef,
+    SourceOp,
 };
 use kiln_solver::cache::transfer::{
     CacheConfig, CacheExport, CacheFrom, ExportMode, ExportedRecord, ImportedCache, OldBlobs,
@@ -19,33 +23,6 @@ use kiln_solver::cache::transfer::{
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
 use kiln_store::Store;
-
-fn described(text: &str) -> OpMetadata {
-    OpMetadata {
-        description: Some(text.to_string()),
-        location: Some(SourceLocation {
-            file: "Dockerfile".to_string(),
-            start_line: 1,
-            end_line: 1,
-        }),
-        ignore_cache: false,
-    }
-}
-
-fn mkfile(base: OpRef, path: &str, data: &str) -> Op {
-    Op {
-        inputs: vec![base],
-        kind: OpKind::File(FileOp {
-            base: Some(0),
-            actions: vec![FileAction::Mkfile(MkfileAction {
-                path: path.into(),
-                data: data.into(),
-                mode: 0o644,
-                owner: None,
-            })],
-        }),
-    }
-}
 
 /// A two-stage build: `builder` writes /tool then /built; the final stage copies /built onto
 /// scratch. Returns the definition and the final target.
@@ -56,13 +33,13 @@ fn two_stages() -> (Definition, OpRef) {
         .unwrap();
     let tool = builder
         .add(
-            mkfile(scratch.clone(), "/tool", "tool"),
+            mkfile_op(scratch.clone(), "/tool", "tool"),
             described("[builder 1/2] TOOL"),
         )
         .unwrap();
     let built = builder
         .add(
-            mkfile(tool, "/built", "built"),
+            mkfile_op(tool, "/built", "built"),
             described("[builder 2/2] BUILD"),
         )
         .unwrap();
@@ -80,7 +57,7 @@ fn two_stages() -> (Definition, OpRef) {
         .unwrap();
     let last = builder
         .add(
-            mkfile(copied, "/final", "final"),
+            mkfile_op(copied, "/final", "final"),
             described("[stage-1 2/2] FINAL"),
         )
         .unwrap();

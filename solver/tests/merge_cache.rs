@@ -2,42 +2,16 @@
 //! chain id in the merged chain is a new one. A step after the merge records that chain; the next
 //! build must find every layer of it by those chain ids, and hit.
 
+mod common;
+
+use common::{described, mkfile_op};
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use kiln_llb::{
-    Definition, DefinitionBuilder, FileAction, FileOp, MergeOp, MkfileAction, Op, OpKind,
-    OpMetadata, OpRef, SourceLocation, SourceOp,
-};
+use kiln_llb::{Definition, DefinitionBuilder, MergeOp, Op, OpKind, OpMetadata, OpRef, SourceOp};
 use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
 use kiln_store::Store;
-
-fn described(text: &str) -> OpMetadata {
-    OpMetadata {
-        description: Some(text.to_string()),
-        location: Some(SourceLocation {
-            file: "Dockerfile".to_string(),
-            start_line: 1,
-            end_line: 1,
-        }),
-        ignore_cache: false,
-    }
-}
-
-fn mkfile(base: OpRef, path: &str, data: &str) -> Op {
-    Op {
-        inputs: vec![base],
-        kind: OpKind::File(FileOp {
-            base: Some(0),
-            actions: vec![FileAction::Mkfile(MkfileAction {
-                path: path.into(),
-                data: data.into(),
-                mode: 0o644,
-                owner: None,
-            })],
-        }),
-    }
-}
 
 /// `FROM scratch` + a base layer with `base_data`, then `COPY --link` of a layer made on scratch,
 /// then a step on the merged chain. Returns the definition and its target.
@@ -48,13 +22,13 @@ fn linked(base_data: &str) -> (Definition, OpRef) {
         .unwrap();
     let base = builder
         .add(
-            mkfile(scratch.clone(), "/base", base_data),
+            mkfile_op(scratch.clone(), "/base", base_data),
             described("[1/3] BASE"),
         )
         .unwrap();
     let link = builder
         .add(
-            mkfile(scratch, "/linked", "linked"),
+            mkfile_op(scratch, "/linked", "linked"),
             described("[2/3] COPY --link"),
         )
         .unwrap();
@@ -68,7 +42,10 @@ fn linked(base_data: &str) -> (Definition, OpRef) {
         )
         .unwrap();
     let after = builder
-        .add(mkfile(merged, "/after", "after"), described("[3/3] AFTER"))
+        .add(
+            mkfile_op(merged, "/after", "after"),
+            described("[3/3] AFTER"),
+        )
         .unwrap();
     (builder.build(), after)
 }

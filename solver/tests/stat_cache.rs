@@ -193,7 +193,10 @@ fn attributes_come_from_the_store_and_a_changed_one_changes_the_key() {
 
     // Served from the store, attributes included: the same key, nothing read.
     let again = key_as_a_build(&store, context.path());
-    assert_eq!((stats(&again).cache_hits, stats(&again).files_hashed), (6, 0));
+    assert_eq!(
+        (stats(&again).cache_hits, stats(&again).files_hashed),
+        (6, 0)
+    );
     assert_eq!(again.key(), first.key());
     assert_eq!(tagged_entry(&again), tagged_entry(&first));
 

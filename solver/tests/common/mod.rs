@@ -9,6 +9,7 @@ use kiln_llb::{
     NetworkMode, Op, OpKind, OpMetadata, OpRef, SecurityMode, SourceLocation, SourceOp,
 };
 use kiln_solver::LocalSource;
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use kiln_testsupport::temp_store;
 
 /// Metadata of a step shown as `text`, from line `line` of the Dockerfile.

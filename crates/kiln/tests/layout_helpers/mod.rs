@@ -1,7 +1,7 @@
 //! Reading what `kiln build --output type=oci` wrote with independent tools: the layout untarred
 //! with GNU tar, the manifest and config read as JSON, every layer listed or extracted with
-//! `tar -z`, and `umoci unpack` for the merged root filesystem. Shared by `build_mounts.rs` and
-//! `build_layers.rs`.
+//! `tar -z`, and `umoci unpack` for the merged root filesystem. Test files that use it also declare
+//! `mod common;` (it untars with `common::untar`).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -28,15 +28,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 impl Layout {
     /// Untars `archive` into `dir` and reads its (only) image's manifest and config.
     pub fn open(archive: &Path, dir: &Path) -> Layout {
-        std::fs::create_dir_all(dir).unwrap();
-        let status = Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(dir)
-            .status()
-            .expect("run tar");
-        assert!(status.success(), "tar -x {}", archive.display());
+        crate::common::untar(archive, dir);
         let index = read_json(&dir.join("index.json"));
         let digest = index["manifests"][0]["digest"]
             .as_str()
