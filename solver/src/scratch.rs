@@ -79,6 +79,8 @@ impl ScratchDir {
         let Ok(mut recycled) = RECYCLED.lock() else {
             return;
         };
+        // Dirs of sessions that ended went with them: forget those first.
+        recycled.retain(|(_, path)| path.is_dir());
         if recycled.len() >= MAX_RECYCLED {
             return;
         }

@@ -102,8 +102,14 @@ impl Store {
         parent: Option<&Digest>,
     ) -> Result<PathBuf> {
         // The extractor wrote many files without fsyncing each; one syncfs makes them all durable
-        // before the rename publishes them.
-        sync_filesystem(&temp.path)?;
+        // before the rename publishes them. An empty dir (a RUN that changed nothing) has only its own
+        // inode to write: fsync that, not the whole filesystem.
+        let is_empty = fs::read_dir(&temp.path).is_ok_and(|mut entries| entries.next().is_none());
+        if is_empty {
+            sync_dir(&temp.path)?;
+        } else {
+            sync_filesystem(&temp.path)?;
+        }
         let layers_dir = self.layout().layers_dir();
         let mut renamed_to: Option<PathBuf> = None;
         let outcome = self.db().write("commit layer", |tx| {

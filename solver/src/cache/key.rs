@@ -459,7 +459,13 @@ mod tests {
             .collect();
         assert_eq!(
             paths,
-            vec!["tree", "tree/a", "tree/a/main.rs", "tree/b", "tree/b/keep.tmp"]
+            vec![
+                "tree",
+                "tree/a",
+                "tree/a/main.rs",
+                "tree/b",
+                "tree/b/keep.tmp"
+            ]
         );
         for excluded in ["tree/a/scratch.tmp", "tree/node_modules/pkg/index.js"] {
             std::fs::write(dir.path().join(excluded), "2").unwrap();
