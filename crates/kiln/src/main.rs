@@ -2,11 +2,14 @@
 //! with their context (file:line, the failing step, a hint). Exit codes: 0 success, 1 a failed
 //! command, 2 a usage error (clap's), and a container's own code for `kiln run`.
 
+mod build_inputs;
 mod cli;
 mod commands;
+mod oci_layout_context;
 mod output_spec;
 mod progress;
 mod resolver;
+mod run_platform;
 mod store_blobs;
 
 use std::process::ExitCode;

@@ -556,10 +556,12 @@ impl<'a> Lowerer<'a> {
                 .name
                 .as_deref()
                 .filter(|name| !matches!(*name, "scratch" | "context"))
-                .and_then(|name| self.options.named_contexts.get(name).map(|c| (name, c)));
+                .and_then(|name| self.named_context(name));
             let base = if let Some((name, context)) = replacement {
                 match context {
                     NamedContext::Local => StageBase::Context(name.to_string()),
+                    // `docker-image://scratch` is the empty filesystem, as in BuildKit.
+                    NamedContext::Image(reference) if reference == "scratch" => StageBase::Scratch,
                     NamedContext::Image(reference) => {
                         StageBase::Image(self.normalize(reference, at)?)
                     }
@@ -568,9 +570,10 @@ impl<'a> Lowerer<'a> {
                 StageBase::Stage(base)
             } else if image.eq_ignore_ascii_case("scratch") {
                 StageBase::Scratch
-            } else if self.options.named_contexts.contains_key(&image) {
-                match &self.options.named_contexts[&image] {
-                    NamedContext::Local => StageBase::Context(image.clone()),
+            } else if let Some((key, context)) = self.named_context(&image) {
+                match context {
+                    NamedContext::Local => StageBase::Context(key.to_string()),
+                    NamedContext::Image(reference) if reference == "scratch" => StageBase::Scratch,
                     NamedContext::Image(reference) => {
                         StageBase::Image(self.normalize(reference, at)?)
                     }
@@ -598,6 +601,25 @@ impl<'a> Lowerer<'a> {
             });
         }
         Ok(infos)
+    }
+
+    /// The named context `name` refers to, with its key: by the name as written, else (as
+    /// BuildKit) by its familiar form without `:latest` (`docker.io/library/alpine:latest` finds
+    /// `alpine`).
+    fn named_context(&self, name: &str) -> Option<(&str, &NamedContext)> {
+        let contexts = &self.options.named_contexts;
+        if let Some((key, context)) = contexts.get_key_value(name) {
+            return Some((key.as_str(), context));
+        }
+        let normalized = names::normalize_reference(name).ok()?;
+        let familiar = normalized
+            .strip_prefix("docker.io/library/")
+            .or_else(|| normalized.strip_prefix("docker.io/"))
+            .unwrap_or(&normalized);
+        let familiar = familiar.strip_suffix(":latest").unwrap_or(familiar);
+        contexts
+            .get_key_value(familiar)
+            .map(|(key, context)| (key.as_str(), context))
     }
 
     fn normalize(&self, reference: &str, at: Option<Location>) -> Result<String, LowerError> {

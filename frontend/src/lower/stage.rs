@@ -79,7 +79,21 @@ pub(crate) fn lower_stage(lw: &mut Lowerer<'_>, index: usize) -> Result<StageSta
             (Start::Ready(state), false)
         }
         StageBase::Context(name) => {
-            let root = lw.local_source(name)?;
+            // A directory context as a stage's root: copied onto scratch, so that later steps
+            // (and the exporter) get a root filesystem rather than a local directory.
+            let local = lw.local_source(name)?;
+            let copy = Op {
+                inputs: vec![local],
+                kind: OpKind::File(FileOp {
+                    base: None,
+                    actions: vec![FileAction::Copy(CopyAction::new(0, "/", "/"))],
+                }),
+            };
+            let metadata = OpMetadata {
+                description: Some(format!("[context {name}] load")),
+                ..Default::default()
+            };
+            let root = lw.add_op(copy, metadata)?;
             let config = empty_image(&default_platform);
             let state = fresh_state(root, config, default_platform.clone(), None);
             (Start::Ready(state), false)
@@ -676,14 +690,32 @@ impl StageCx<'_, '_> {
                 .root);
         }
         if let Some(index) = self.lw.stage_by_reference(value) {
+            // A stage replaced by a directory context is read from the directory itself, so
+            // that a step is keyed by just the paths it takes from it.
+            if let Some(info) = self.lw.stages.get(index).filter(|info| info.replaced) {
+                if let StageBase::Context(name) = &info.base {
+                    let name = name.clone();
+                    return self.lw.local_source(&name);
+                }
+            }
             return Ok(self
                 .lw
                 .lower_stage(index, Some((self.index, Some(at))))?
                 .root);
         }
-        let reference = match self.lw.options.named_contexts.get(value) {
-            Some(NamedContext::Local) => return self.lw.local_source(value),
-            Some(NamedContext::Image(reference)) => reference.clone(),
+        let reference = match self.lw.named_context(value) {
+            Some((key, NamedContext::Local)) => {
+                let key = key.to_string();
+                return self.lw.local_source(&key);
+            }
+            Some((_, NamedContext::Image(reference))) if reference == "scratch" => {
+                return self
+                    .lw
+                    .builder
+                    .add(Op::source(SourceOp::Scratch), OpMetadata::default())
+                    .map_err(|e| self.error(at, e.into()));
+            }
+            Some((_, NamedContext::Image(reference))) => reference.clone(),
             None => value.to_string(),
         };
         let normalized = self.lw.normalize(&reference, Some(at))?;

@@ -949,6 +949,63 @@ fn named_contexts_stand_in_for_images_and_stages() {
 }
 
 #[test]
+fn named_contexts_match_familiar_names() {
+    let mut options = options();
+    options.named_contexts.insert(
+        "alpine".to_string(),
+        NamedContext::Image("busybox:1.36".to_string()),
+    );
+    options
+        .named_contexts
+        .insert("example.com/tools".to_string(), NamedContext::Local);
+    let lowered = lower_with(
+        "FROM docker.io/library/alpine:latest\nCOPY --from=example.com/tools:latest /t /t\n",
+        &options,
+    )
+    .unwrap();
+    let sources: Vec<SourceOp> = lowered
+        .definition
+        .ops()
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Source(source) => Some(source.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(sources.iter().any(|s| matches!(s, SourceOp::Image { reference, .. } if reference == "docker.io/library/busybox:1.36")), "{sources:?}");
+    assert!(
+        sources
+            .iter()
+            .any(|s| matches!(s, SourceOp::Local { name, .. } if name == "example.com/tools")),
+        "{sources:?}"
+    );
+    // A tag other than latest is a different name.
+    let lowered = lower_with("FROM alpine:3.19\n", &options).unwrap();
+    assert_eq!(
+        lowered.target.base_image.as_deref(),
+        Some("docker.io/library/alpine:3.19")
+    );
+}
+
+#[test]
+fn a_named_scratch_image_is_the_empty_filesystem() {
+    let mut options = options();
+    options.named_contexts.insert(
+        "base".to_string(),
+        NamedContext::Image("scratch".to_string()),
+    );
+    let lowered = lower_with("FROM base\nCOPY --from=base / /x/\n", &options).unwrap();
+    let images = lowered
+        .definition
+        .ops()
+        .iter()
+        .filter(|op| matches!(&op.kind, OpKind::Source(SourceOp::Image { .. })))
+        .count();
+    assert_eq!(images, 0, "no image is resolved for docker-image://scratch");
+    assert_eq!(lowered.target.base_image, None);
+}
+
+#[test]
 fn source_date_epoch_dates_new_history_entries() {
     let mut options = options();
     options
