@@ -117,7 +117,28 @@ pub struct BuildArgs {
     /// k, m or g (64m); at least 6m, 0 for none. Not part of the cache key (as with Docker).
     #[arg(short = 'm', long, value_name = "BYTES", value_parser = super::run::parse_memory_flag)]
     pub memory: Option<u64>,
-    /// The build context: a directory, or `-` for a tar (or a Dockerfile) on stdin.
+    /// Add a line to every RUN step's /etc/hosts: NAME:IP or NAME=IP (repeatable; host-gateway
+    /// is 127.0.0.1, RUN steps use the host network). Part of RUN steps' cache keys, as in
+    /// BuildKit; never part of a layer.
+    #[arg(long = "add-host", value_name = "NAME:IP", value_parser = parse_add_host_flag)]
+    pub add_host: Vec<(String, String)>,
+    /// An extra build context, `NAME=VALUE` (repeatable): a directory, `docker-image://REF`,
+    /// `oci-layout://PATH[:TAG|@DIGEST]`, a Git URL or an HTTP(S) URL. It stands in for
+    /// `FROM NAME` (and a stage named NAME) and is read by `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// The platform to build for, `os/arch[/variant]` (default: this machine's). It is the
+    /// default for FROM, sets the TARGET* build args and is written into the image.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// Grants an entitlement, as BuildKit does (repeatable): `security.insecure` lets
+    /// `RUN --security=insecure` run privileged; `network.host` is accepted (RUN uses the host
+    /// network by default, as Docker's builder does).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// The build context: a directory, `-` for a tar (or a Dockerfile) on stdin, a Git URL
+    /// (`URL#ref:subdir`), or an HTTP(S) URL of a tarball or a Dockerfile.
     pub context: String,
 }
 
@@ -163,6 +184,11 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .map(|spec| CacheFrom::parse(spec))
         .collect::<Result<Vec<_>, _>>()?;
     let source_date_epoch = source_date_epoch()?;
+    let target_platform = args
+        .platform
+        .as_deref()
+        .map(parse_target_platform)
+        .transpose()?;
 
     let store = open_store(global)?;
     let _lock = store
@@ -176,7 +202,14 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         args.progress
     }
     .display();
-    let input = BuildInput::read(&args, &store)?;
+    let input = BuildInput::read(&args, &store, snapshotter, progress.as_ref())?;
+    let named_contexts = crate::build_inputs::prepare_named_contexts(
+        &args.build_contexts,
+        &store,
+        snapshotter,
+        progress.as_ref(),
+        target_platform.as_ref().unwrap_or(&host_platform()),
+    )?;
     let dockerfile = time_phase(progress.as_ref(), Phase::Parse, None, None, || {
         kiln_frontend::parser::parse_dockerfile(&input.dockerfile, &input.dockerfile_name)
     })?;
@@ -188,6 +221,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     options.network = network;
     options.no_cache = args.no_cache;
     options.no_cache_filter = args.no_cache_filter.clone();
+    options.target_platform = target_platform;
+    options.named_contexts = named_contexts.lowering.clone();
     let lowered = time_phase(progress.as_ref(), Phase::Lower, None, None, || {
         lower(
             &dockerfile,
@@ -219,13 +254,18 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             compression: layer_compression(compression),
             source_date_epoch,
         },
-        locals: BTreeMap::from([(
-            options.context_name.clone(),
-            LocalSource {
-                dir: input.context_dir.clone(),
-                excludes: input.excludes.clone(),
-            },
-        )]),
+        locals: named_contexts
+            .locals
+            .clone()
+            .into_iter()
+            .chain([(
+                options.context_name.clone(),
+                LocalSource {
+                    dir: input.context_dir.clone(),
+                    excludes: input.excludes.clone(),
+                },
+            )])
+            .collect(),
         secrets,
     };
     let puller = LazyPuller::default();
@@ -246,7 +286,17 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             pids_max: None,
         });
     }
+    if !args.add_host.is_empty() {
+        solver = solver.with_extra_hosts(args.add_host.clone());
+    }
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
+    check_entitlements(&lowered.definition, &args.allow)?;
+    if !args.explain {
+        // A RUN for a platform this machine cannot execute fails now, naming the step, rather
+        // than with the kernel's "exec format error" from inside the sandbox.
+        let binfmt_dir = crate::run_platform::binfmt_misc_dir();
+        crate::run_platform::ensure_runnable(&solver, &lowered, &host_platform(), &binfmt_dir)?;
+    }
     if args.explain {
         let plan = solver.explain(&lowered.definition, &lowered.target.root)?;
         print!("{}", kiln_solver::cache::format_plan(&plan));
@@ -372,6 +422,46 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
 
 /// The records of every `--cache-from` (and with `with_cache_mounts` their cache mounts,
 /// unpacked into the store); one that cannot be read is a warning.
+/// BuildKit's entitlements: a `RUN --security=insecure` step needs `--allow security.insecure`.
+///
+/// # Errors
+/// An unknown entitlement, or an insecure step without the grant (naming its Dockerfile line).
+fn check_entitlements(definition: &kiln_llb::Definition, allow: &[String]) -> anyhow::Result<()> {
+    let mut insecure_allowed = false;
+    for entitlement in allow {
+        match entitlement.as_str() {
+            "security.insecure" => insecure_allowed = true,
+            "network.host" => {}
+            other => bail!(
+                "invalid --allow {other:?} (expected security.insecure or network.host)"
+            ),
+        }
+    }
+    if insecure_allowed {
+        return Ok(());
+    }
+    for (_, op, metadata) in definition.iter() {
+        let kiln_llb::OpKind::Exec(exec) = &op.kind else {
+            continue;
+        };
+        if exec.security != kiln_llb::SecurityMode::Insecure {
+            continue;
+        }
+        let place = match metadata.and_then(|m| m.location.as_ref()) {
+            Some(location) => format!("{}:{}: ", location.file, location.start_line),
+            None => String::new(),
+        };
+        let step = metadata
+            .and_then(|m| m.description.as_deref())
+            .unwrap_or("RUN --security=insecure");
+        bail!(
+            "{place}{step}: RUN --security=insecure needs the security.insecure entitlement: \
+             run `kiln build --allow security.insecure` to grant it"
+        );
+    }
+    Ok(())
+}
+
 fn import_caches(
     store: &Store,
     specs: &[CacheFrom],
@@ -469,13 +559,21 @@ struct BuildInput {
     excludes: Vec<String>,
     /// Holds a context unpacked from stdin.
     _stdin_context: Option<ScratchDir>,
+    /// Holds a context fetched from a URL.
+    _remote_context: Option<crate::build_inputs::FetchedContext>,
 }
 
 impl BuildInput {
-    fn read(args: &BuildArgs, store: &Store) -> anyhow::Result<BuildInput> {
+    fn read(
+        args: &BuildArgs,
+        store: &Store,
+        snapshotter: SnapshotterKind,
+        progress: &dyn kiln_solver::Progress,
+    ) -> anyhow::Result<BuildInput> {
         let dockerfile_from_stdin = args.file.as_deref() == Some(Path::new("-"));
         let mut stdin_dockerfile = None;
         let mut stdin_context = None;
+        let mut remote_context = None;
         let context_dir = if args.context == "-" {
             if dockerfile_from_stdin {
                 bail!("the Dockerfile and the context cannot both come from stdin");
@@ -493,6 +591,18 @@ impl BuildInput {
                 kiln_context::StdinContext::Archive { .. } => {}
             }
             stdin_context = Some(scratch);
+            dir
+        } else if let crate::build_inputs::ContextArg::Remote(remote) =
+            crate::build_inputs::classify_context(&args.context)
+        {
+            let fetched =
+                crate::build_inputs::fetch_remote(store, snapshotter, progress, &remote, true)?;
+            // A URL that is not an archive is the Dockerfile (of an empty context), as in Docker.
+            if !dockerfile_from_stdin {
+                stdin_dockerfile = fetched.dockerfile.clone();
+            }
+            let dir = fetched.dir.clone();
+            remote_context = Some(fetched);
             dir
         } else {
             let dir = PathBuf::from(&args.context);
@@ -523,7 +633,9 @@ impl BuildInput {
             (None, Some(file)) => {
                 // A relative -f is relative to the working directory, as in `docker build`, but a
                 // context from stdin carries its own Dockerfile.
-                let path = if stdin_context.is_some() && file.is_relative() {
+                let path = if (stdin_context.is_some() || remote_context.is_some())
+                    && file.is_relative()
+                {
                     context_dir.join(file)
                 } else {
                     file.clone()
@@ -546,6 +658,9 @@ impl BuildInput {
 
         let ignore = kiln_context::load_context_ignore(&context_dir, dockerfile_path.as_deref())?;
         let excludes = match &ignore.file {
+            // BuildKit reads `.dockerignore` only for contexts sent by the client, never for a
+            // Git or HTTP context.
+            Some(_) if remote_context.is_some() => Vec::new(),
             Some(file) => {
                 let text = fs::read_to_string(file)
                     .with_context(|| format!("reading {}", file.display()))?;
@@ -559,6 +674,7 @@ impl BuildInput {
             context_dir,
             excludes,
             _stdin_context: stdin_context,
+            _remote_context: remote_context,
         })
     }
 }
@@ -642,6 +758,12 @@ where
     Ok(())
 }
 
+/// Parses `--add-host` as `kiln run` does; RUN steps share the host's network, so
+/// `host-gateway` is the host's loopback address. clap names the flag in the error.
+fn parse_add_host_flag(value: &str) -> Result<(String, String), super::run::FlagError> {
+    super::run::parse_add_host(value, super::run::HostGateway::Loopback)
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -717,6 +839,16 @@ fn parse_secrets(values: &[String]) -> anyhow::Result<kiln_solver::Secrets> {
         secrets.insert(id, source);
     }
     Ok(secrets)
+}
+
+/// `--platform`: one platform (Docker's multi-platform lists need an image index per platform,
+/// which one build here does not make).
+fn parse_target_platform(value: &str) -> anyhow::Result<kiln_llb::Platform> {
+    if value.contains(',') {
+        bail!("--platform {value:?}: kiln builds one platform at a time; give a single os/arch");
+    }
+    kiln_frontend::lower::parse_platform(value.trim(), &host_platform())
+        .map_err(|reason| anyhow::anyhow!("invalid --platform {value:?}: {reason}"))
 }
 
 /// `SOURCE_DATE_EPOCH` as seconds, when set.
