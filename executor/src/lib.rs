@@ -6,19 +6,23 @@
 //! - [`sandbox`]: [`run`] mounts that root inside new namespaces and runs one command as PID 1.
 //! - [`syscall`]: every syscall of the child's setup behind a trait, with a recording fake; [`plan`] is
 //!   that setup as data, built before `clone`.
+//! - [`confinement`]: Docker's default capabilities, masked and read-only paths, and `nodev`.
 //! - [`cgroup`]: optional memory/pids limits with cgroup v1 or v2, detected per controller and
 //!   skipped with a warning where neither is available.
 //!
 //! Paths in, paths out: this crate does not know the store; callers pass layer dirs and scratch dirs.
 
 pub mod cgroup;
+pub mod confinement;
 mod fsutil;
+pub mod init;
 pub mod plan;
 pub mod sandbox;
 pub mod snapshot;
 pub mod syscall;
 
 pub use cgroup::ResourceLimits;
+pub use confinement::{CapabilityError, CapabilitySet, Confinement};
 pub use sandbox::{
     ExitStatus, ExtraMount, Input, LineCallback, NetworkMode, Output, SandboxError, SandboxIo,
     SandboxSpec, mount_stubs, run,

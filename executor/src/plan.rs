@@ -174,10 +174,39 @@ pub enum Step {
         ptmx: CString,
         socket: RawFd,
     },
+    /// Removes every capability up to `last` (the kernel's last) that is not in `keep` from the
+    /// bounding set: nothing the command execs can gain them back.
+    DropBoundingCapabilities {
+        keep: u64,
+        last: u32,
+    },
+    /// capset(2) of the effective, permitted and inheritable sets, then clears the ambient set.
+    SetCapabilities {
+        effective: u64,
+        permitted: u64,
+        inheritable: u64,
+    },
+    /// Sets `MOUNT_ATTR_*` bits on the mount at `target` and below (mount_setattr(2)).
+    SetMountAttributes {
+        target: CString,
+        attributes: u64,
+    },
+    /// Hides `path` (if the kernel has it) under an empty read-only tmpfs (`dir`) or `/dev/null`.
+    MaskPath {
+        path: CString,
+        dir: bool,
+    },
+    /// Makes `path` (if the kernel has it) read-only: bound onto itself, then marked read-only.
+    ReadOnlyPath(CString),
     SetGroups(Vec<libc::gid_t>),
     SetGid(u32),
     SetUid(u32),
     CloexecFrom(RawFd),
+    /// `--init`: forks; the rest of the steps run in the new process (the command's), while this
+    /// one stays PID 1 as the init (`crate::init`). With `tty` the new process takes the terminal.
+    ForkInit {
+        tty: bool,
+    },
     Exec(ExecArgs),
 }
 
@@ -348,10 +377,52 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
             }
             Ok(())
         }
+        Step::DropBoundingCapabilities { keep, last } => {
+            for number in 0..=*last {
+                if number >= 64 || keep & (1 << number) == 0 {
+                    sys.drop_bounding_capability(number)?;
+                }
+            }
+            Ok(())
+        }
+        Step::SetCapabilities {
+            effective,
+            permitted,
+            inheritable,
+        } => {
+            sys.set_capabilities(*effective, *permitted, *inheritable)?;
+            sys.clear_ambient_capabilities()
+        }
+        Step::SetMountAttributes { target, attributes } => sys.mount_setattr(target, *attributes),
+        Step::MaskPath { path, dir } => {
+            let masked = if *dir {
+                sys.mount(
+                    Some(c"tmpfs"),
+                    path,
+                    Some(c"tmpfs"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    None,
+                )
+            } else {
+                sys.mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)
+            };
+            match masked {
+                Err(Errno::ENOENT) => Ok(()),
+                other => other,
+            }
+        }
+        Step::ReadOnlyPath(path) => {
+            match sys.mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None) {
+                Err(Errno::ENOENT) => return Ok(()),
+                other => other?,
+            }
+            sys.mount_setattr(path, crate::syscall::MOUNT_ATTR_RDONLY)
+        }
         Step::SetGroups(gids) => sys.setgroups(gids),
         Step::SetGid(gid) => sys.setresgid(*gid),
         Step::SetUid(uid) => sys.setresuid(*uid),
         Step::CloexecFrom(first) => sys.cloexec_from(*first),
+        Step::ForkInit { tty } => sys.fork_init(*tty),
         Step::Exec(args) => {
             // Like execvp: keep looking after "not here" or "not allowed", report EACCES if that is
             // all we found, ENOENT otherwise.
@@ -431,10 +502,22 @@ impl std::fmt::Display for Step {
             Step::SetHostname(name) => write!(f, "set hostname {}", s(name)),
             Step::LoopbackUp => write!(f, "bring up lo"),
             Step::Pty { .. } => write!(f, "open the terminal"),
+            Step::DropBoundingCapabilities { keep, .. } => {
+                write!(f, "limit the capability bounding set to {keep:#x}")
+            }
+            Step::SetCapabilities { effective, .. } => {
+                write!(f, "set capabilities {effective:#x}")
+            }
+            Step::SetMountAttributes { target, .. } => {
+                write!(f, "set mount attributes on {}", s(target))
+            }
+            Step::MaskPath { path, .. } => write!(f, "mask {}", s(path)),
+            Step::ReadOnlyPath(path) => write!(f, "make {} read-only", s(path)),
             Step::SetGroups(gids) => write!(f, "set supplementary groups {gids:?}"),
             Step::SetGid(gid) => write!(f, "set gid {gid}"),
             Step::SetUid(uid) => write!(f, "set uid {uid}"),
             Step::CloexecFrom(_) => write!(f, "mark inherited fds close-on-exec"),
+            Step::ForkInit { .. } => write!(f, "start the init (--init)"),
             Step::Exec(args) => write!(f, "exec {}", args.program()),
         }
     }
@@ -756,6 +839,34 @@ mod tests {
             root_mount_step(&root, Path::new("/r")).unwrap_err(),
             PlanError::UnplacedStubs
         );
+    }
+
+    #[test]
+    fn fork_init_runs_before_the_exec_and_its_failure_is_named() {
+        let exec = || Step::Exec(ExecArgs::new(&["/bin/true".into()], &[], "/bin").unwrap());
+        let sys = RecordingSyscall::new();
+        execute(&[Step::ForkInit { tty: true }, exec()], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            ["fork_init tty=true", r#"execve /bin/true ["/bin/true"] []"#]
+        );
+
+        let steps = [Step::ForkInit { tty: false }, exec()];
+        let sys = RecordingSyscall::failing_on("fork_init", Errno::EAGAIN);
+        let failure = execute(&steps, &sys, &mut []).unwrap_err();
+        assert_eq!(
+            failure,
+            StepFailure {
+                index: 0,
+                errno: Errno::EAGAIN
+            }
+        );
+        assert_eq!(
+            sys.calls(),
+            ["fork_init tty=false"],
+            "no exec after a failed fork"
+        );
+        assert_eq!(steps[0].to_string(), "start the init (--init)");
     }
 
     #[test]

@@ -18,6 +18,14 @@
 //! leaves a daemon behind cannot outlive the step. As PID 1 it also ignores signals it has no handler
 //! for (as in Docker without `--init`).
 //!
+//! The command is confined as Docker confines a default container ([`SandboxSpec::confinement`],
+//! [`crate::confinement`]): Docker's 14 capabilities (none effective for a non-root user), masked and
+//! read-only paths under /proc and /sys, and `nodev` on every filesystem it can write to.
+//!
+//! With [`SandboxSpec::init`] (`kiln run --init`) the child forks as its last step and stays PID 1 as
+//! a minimal init ([`crate::init`]) while PID 2 execs the command; that child is then cloned without
+//! `CLONE_VM | CLONE_VFORK` (it never execs, so it must neither share our memory nor keep us waiting).
+//!
 //! With `tty`, the pty is opened by the child from the container's own fresh devpts (so `tty` prints
 //! `/dev/pts/0` inside) and the master is passed to the parent over a socketpair; the caller's
 //! terminal mode (raw or not) is the caller's business.
@@ -43,9 +51,10 @@ use nix::unistd::{Pid, pipe2};
 use thiserror::Error;
 
 use crate::cgroup::{CgroupError, ResourceLimits, SandboxCgroup};
+use crate::confinement::{Confinement, MASKED_PATHS, MaskKind, READ_ONLY_PATHS, host_capabilities};
 use crate::plan::{self, ExecArgs, PlanError, Step, StepFailure, cpath, cstr};
 use crate::snapshot::{MountStub, RootMount, StubKind};
-use crate::syscall::LinuxSyscall;
+use crate::syscall::{LinuxSyscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
 
 /// Docker's default PATH, used when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,6 +62,9 @@ const CHILD_STACK_SIZE: usize = 1024 * 1024;
 const DEV_SIZE: &str = "65536k";
 /// The sandbox's own tmpfs (generated /etc files, which the command may append to, and stubs).
 const SCRATCH_SIZE: &str = "16m";
+/// The device nodes of the minimal /dev: bind mounts of the host's own nodes, since /dev itself is
+/// `nodev` (see the Confinement section of `docs/sandbox.md`).
+const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Errors of [`run`]; each says what failed and where.
 #[derive(Debug, Error)]
@@ -114,6 +126,13 @@ pub enum ExtraMount {
     },
     /// A secret: a host file bind-mounted read-only.
     Secret { source: PathBuf, target: PathBuf },
+    /// A fresh tmpfs with the caller's mount flags (`MS_*`) and data (`size=...,mode=...`), as
+    /// `kiln run --tmpfs` and `--mount type=tmpfs` give them.
+    TmpfsWithOptions {
+        target: PathBuf,
+        flags: libc::c_ulong,
+        data: String,
+    },
 }
 
 /// What to run and how.
@@ -140,6 +159,12 @@ pub struct SandboxSpec {
     pub extra_hosts: Vec<(String, String)>,
     /// Applied with cgroup v1 or v2 controllers; skipped with a warning where neither has them.
     pub limits: ResourceLimits,
+    /// `--init`: PID 1 is a minimal init that forwards signals to the command, reaps zombies and
+    /// exits with the command's status (see [`crate::init`]); the command runs as PID 2.
+    pub init: bool,
+    /// Capabilities, masked paths and device access: Docker's default unless loosened
+    /// (`--privileged`, `--cap-add`, `RUN --security=insecure`).
+    pub confinement: Confinement,
 }
 
 impl SandboxSpec {
@@ -161,6 +186,8 @@ impl SandboxSpec {
             mounts: Vec::new(),
             extra_hosts: Vec::new(),
             limits: ResourceLimits::default(),
+            init: false,
+            confinement: Confinement::docker_default(),
         }
     }
 }
@@ -198,8 +225,9 @@ pub struct SandboxIo<'a> {
     pub stderr: Output<'a>,
     /// Run on a pseudo-terminal (`-t`).
     pub tty: bool,
-    /// Forward SIGINT, SIGTERM, SIGHUP and SIGQUIT received by this process to the command while it
-    /// runs (for `kiln run`; installs process-wide handlers for the duration, so one run at a time).
+    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received by this process to
+    /// the command while it runs, and with `tty` copy the terminal size to the pty on SIGWINCH (for
+    /// `kiln run`; installs process-wide handlers for the duration, so one run at a time).
     pub forward_signals: bool,
 }
 
@@ -318,10 +346,12 @@ pub fn mount_stubs(mounts: &[ExtraMount]) -> Vec<MountStub> {
                     kind,
                 }
             }
-            ExtraMount::Tmpfs { target, .. } => MountStub {
-                path: target.clone(),
-                kind: StubKind::Dir,
-            },
+            ExtraMount::Tmpfs { target, .. } | ExtraMount::TmpfsWithOptions { target, .. } => {
+                MountStub {
+                    path: target.clone(),
+                    kind: StubKind::Dir,
+                }
+            }
             ExtraMount::Secret { target, .. } => MountStub {
                 path: target.clone(),
                 kind: StubKind::File,
@@ -365,6 +395,7 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
         let target = match mount {
             ExtraMount::Bind { target, .. }
             | ExtraMount::Tmpfs { target, .. }
+            | ExtraMount::TmpfsWithOptions { target, .. }
             | ExtraMount::Secret { target, .. } => target,
         };
         if !target.is_absolute() {
@@ -575,8 +606,36 @@ fn build_plan_inner(
         path: cpath(&root_dir)?,
         mode: 0o755,
     });
-    // 3. The root.
-    steps.push(plan::root_mount_step(&rootfs, &root_dir)?);
+    // 3. The root; `nodev` so that a device node a command creates cannot be opened.
+    let confined = !spec.confinement.privileged;
+    match plan::root_mount_step(&rootfs, &root_dir)? {
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } if flags & libc::MS_BIND == 0 => steps.push(Step::Mount {
+            source,
+            target,
+            fstype,
+            flags: if confined {
+                flags | libc::MS_NODEV
+            } else {
+                flags
+            },
+            data,
+        }),
+        step => {
+            steps.push(step);
+            if confined {
+                steps.push(Step::SetMountAttributes {
+                    target: cpath(&root_dir)?,
+                    attributes: MOUNT_ATTR_NODEV,
+                });
+            }
+        }
+    }
 
     // 4. Bind sources are host paths: grab them as detached mounts while the host is still visible;
     //    they are attached after pivot_root, so targets resolve inside the container (an image's
@@ -590,6 +649,11 @@ fn build_plan_inner(
         Tmpfs {
             target: PathBuf,
             size_bytes: Option<u64>,
+        },
+        TmpfsWithOptions {
+            target: PathBuf,
+            flags: libc::c_ulong,
+            data: String,
         },
     }
     let mut attaches = Vec::new();
@@ -633,8 +697,28 @@ fn build_plan_inner(
                 target: target.clone(),
                 size_bytes: *size_bytes,
             },
+            ExtraMount::TmpfsWithOptions {
+                target,
+                flags,
+                data,
+            } => Attach::TmpfsWithOptions {
+                target: target.clone(),
+                flags: *flags,
+                data: data.clone(),
+            },
         };
         attaches.push(attach);
+    }
+    // The host's device nodes, bound into the `nodev` /dev below: a bind mount of a node carries
+    // the flags of the host's /dev mount, so these stay usable while nodes made in the sandbox do not.
+    let mut device_slots = Vec::with_capacity(DEV_NODES.len());
+    for name in DEV_NODES {
+        steps.push(Step::OpenTree {
+            source: cstr(&format!("/dev/{name}"))?,
+            slot: slots,
+        });
+        device_slots.push((slots, name));
+        slots += 1;
     }
 
     // 5. Switch root; the old root is detached entirely.
@@ -661,25 +745,29 @@ fn build_plan_inner(
         nosuid_nodev_noexec | libc::MS_RDONLY,
         None,
     )?);
+    let nodev_if_confined = if confined { libc::MS_NODEV } else { 0 };
     steps.push(mount(
         Some("tmpfs"),
         "/dev",
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        libc::MS_NOSUID | libc::MS_STRICTATIME | nodev_if_confined,
         Some(&format!("mode=755,size={DEV_SIZE}")),
     )?);
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        steps.push(Step::Mknod {
-            path: cstr(&format!("/dev/{name}"))?,
-            mode: libc::S_IFCHR | 0o666,
-            dev: libc::makedev(major, minor),
+    steps.push(Step::MakeStubs(
+        DEV_NODES
+            .iter()
+            .map(|name| {
+                Ok(plan::StubEntry {
+                    path: cstr(&format!("/dev/{name}"))?,
+                    dir: false,
+                })
+            })
+            .collect::<Result<_, PlanError>>()?,
+    ));
+    for (slot, name) in device_slots {
+        steps.push(Step::MoveMount {
+            slot,
+            target: cstr(&format!("/dev/{name}"))?,
         });
     }
     steps.push(Step::Mkdir {
@@ -721,6 +809,19 @@ fn build_plan_inner(
         });
     }
 
+    // 6b. Docker's masked and read-only paths (after /dev, whose null hides masked files).
+    if confined {
+        for (path, kind) in MASKED_PATHS {
+            steps.push(Step::MaskPath {
+                path: cstr(path)?,
+                dir: kind == MaskKind::Dir,
+            });
+        }
+        for path in READ_ONLY_PATHS {
+            steps.push(Step::ReadOnlyPath(cstr(path)?));
+        }
+    }
+
     // 7. /etc files and the caller's mounts, in order.
     for attach in attaches {
         match attach {
@@ -734,14 +835,12 @@ fn build_plan_inner(
                     slot,
                     target: target.clone(),
                 });
-                if read_only {
-                    steps.push(Step::Mount {
-                        source: None,
-                        target,
-                        fstype: None,
-                        flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        data: None,
-                    });
+                // One mount_setattr for both: a host dir (a cache mount) must not let a node
+                // made in it be opened either.
+                let attributes = if read_only { MOUNT_ATTR_RDONLY } else { 0 }
+                    | if confined { MOUNT_ATTR_NODEV } else { 0 };
+                if attributes != 0 {
+                    steps.push(Step::SetMountAttributes { target, attributes });
                 }
             }
             Attach::Tmpfs { target, size_bytes } => {
@@ -752,6 +851,20 @@ fn build_plan_inner(
                     fstype: Some(c"tmpfs".to_owned()),
                     flags: libc::MS_NOSUID | libc::MS_NODEV,
                     data: data.as_deref().map(cstr).transpose()?,
+                });
+            }
+            Attach::TmpfsWithOptions {
+                target,
+                flags,
+                data,
+            } => {
+                steps.push(Step::Mount {
+                    source: Some(c"tmpfs".to_owned()),
+                    target: cpath(&target)?,
+                    fstype: Some(c"tmpfs".to_owned()),
+                    // Writable tmpfs is `nodev` whatever the caller asked (see Confinement).
+                    flags: flags | nodev_if_confined,
+                    data: (!data.is_empty()).then(|| cstr(&data)).transpose()?,
                 });
             }
         }
@@ -780,10 +893,38 @@ fn build_plan_inner(
     // (otherwise a process keeps no group that files shared via the primary group could rely on).
     let mut groups = vec![user.gid];
     groups.extend(user.additional_gids.iter().filter(|g| **g != user.gid));
+    // Capabilities as runc applies them for Docker: the bounding set first (needs CAP_SETPCAP, and
+    // setuid needs CAP_SETUID, so both happen with root's full set), then the identity (the kernel
+    // clears a non-root user's effective and permitted sets here), then the sets themselves.
+    let host = host_capabilities();
+    let kept = spec.confinement.capabilities.bits() & host.permitted.bits();
+    if !spec.confinement.privileged {
+        steps.push(Step::DropBoundingCapabilities {
+            keep: kept,
+            last: host.last,
+        });
+    }
     steps.push(Step::SetGroups(groups));
     steps.push(Step::SetGid(user.gid));
     steps.push(Step::SetUid(user.uid));
+    if !spec.confinement.privileged {
+        // Root keeps the set; anyone else gets none, as Docker gives a non-root USER. Inheritable
+        // stays empty, as in Docker since CVE-2022-24769.
+        let effective = if user.uid == 0 { kept } else { 0 };
+        steps.push(Step::SetCapabilities {
+            effective,
+            permitted: effective,
+            inheritable: 0,
+        });
+    }
     steps.push(Step::CloexecFrom(3));
+    if spec.init {
+        // Last before the exec: PID 1 stays behind as the init, with the command's identity (as
+        // Docker's docker-init, exec'd as the container's user), and the fork copies every fd.
+        steps.push(Step::ForkInit {
+            tty: matches!(stdio, ChildStdio::Pty { .. }),
+        });
+    }
     steps.push(Step::Exec(ExecArgs::new(
         &spec.args,
         &prepared.env,
@@ -925,11 +1066,13 @@ fn feed(mut from: Box<dyn Read + Send>, to: fs::File) {
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 /// A signal that arrived before the sandbox's pid was known (0: none), forwarded once it is.
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
-const FORWARDED: [Signal; 4] = [
+const FORWARDED: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 extern "C" fn forward_signal(signal: libc::c_int) {
@@ -1105,6 +1248,70 @@ fn copy_window_size(master: &OwnedFd) {
     }
 }
 
+/// The container's pty master while [`WindowResizing`] is installed (-1: none).
+static RESIZE_MASTER: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn copy_window_size_on_winch(_signal: libc::c_int) {
+    let master = RESIZE_MASTER.load(Ordering::SeqCst);
+    if master >= 0 {
+        // SAFETY: ioctl is async-signal-safe; the fd stays open while it is published (see Drop).
+        unsafe {
+            let mut size: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(0, libc::TIOCGWINSZ, &mut size) == 0 {
+                libc::ioctl(master, libc::TIOCSWINSZ, &size);
+            }
+        }
+    }
+}
+
+/// Copies the caller's terminal size to the container's on every SIGWINCH while installed (the
+/// container's kernel then sends SIGWINCH to its foreground process group, as with `docker run
+/// -t`); dropping it restores the previous handler.
+struct WindowResizing {
+    /// Our own copy of the master, so the fd the handler uses cannot close or be reused under it
+    /// (closed after `Drop::drop` has unpublished it).
+    _master: OwnedFd,
+    previous: SigAction,
+}
+
+impl WindowResizing {
+    fn install(master: &OwnedFd) -> Result<WindowResizing, SandboxError> {
+        let master = master.try_clone().map_err(|source| SandboxError::Io {
+            action: "duplicate",
+            path: "pty master".into(),
+            source,
+        })?;
+        RESIZE_MASTER.store(master.as_raw_fd(), Ordering::SeqCst);
+        let action = SigAction::new(
+            SigHandler::Handler(copy_window_size_on_winch),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only reads an atomic and makes two ioctls.
+        match unsafe { sigaction(Signal::SIGWINCH, &action) } {
+            Ok(previous) => Ok(WindowResizing {
+                _master: master,
+                previous,
+            }),
+            Err(errno) => {
+                RESIZE_MASTER.store(-1, Ordering::SeqCst);
+                Err(SandboxError::Sys {
+                    action: "install the SIGWINCH handler",
+                    source: errno,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for WindowResizing {
+    fn drop(&mut self) {
+        // SAFETY: restoring what was installed before.
+        let _ = unsafe { sigaction(Signal::SIGWINCH, &self.previous) };
+        RESIZE_MASTER.store(-1, Ordering::SeqCst);
+    }
+}
+
 /// Runs `spec.args` in a sandbox and waits for it. Output streams to `io` while it runs. Blocks the
 /// calling thread (call it from `spawn_blocking` in async code); needs root (CAP_SYS_ADMIN).
 ///
@@ -1213,10 +1420,15 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     // instead of getting a copy of every page table of this (large, multi-threaded) process, and this
     // thread waits meanwhile, so `steps`, `slots` and the stack stay put. Signals stay blocked across
     // the clone so that no handler of ours can run on the child's side before it resets them all.
-    flags |= CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    // With --init, PID 1 never execs: it must not borrow our memory or keep us suspended, so it
+    // gets a copy instead (as fork does).
+    if !spec.init {
+        flags |= CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+    }
     let blocked = BlockedSignals::block_all()?;
     // SAFETY: the child runs only the allocation-free plan executor (see the module doc), on its own
-    // stack; with CLONE_VFORK nothing here runs until it has exec'd or exited.
+    // stack; with CLONE_VFORK nothing here runs until it has exec'd or exited, and without it (--init)
+    // the child works on its own copy of our memory.
     let cloned = unsafe { nix::sched::clone(child_main, &mut stack, flags, Some(libc::SIGCHLD)) };
     drop(blocked);
     let pid = cloned.map_err(sys_err("clone the sandbox process"))?;
@@ -1243,9 +1455,13 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     }
 
     let mut out_relay = out_relay;
+    let mut resizing = None;
     if let Some(socket) = &pty_socket {
         let master = receive_fd(socket)?;
         copy_window_size(&master);
+        if forward_signals {
+            resizing = Some(WindowResizing::install(&master)?);
+        }
         let master = fs::File::from(master);
         let writer_side = master.try_clone().map_err(|source| SandboxError::Io {
             action: "duplicate",
@@ -1271,6 +1487,7 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     // reach EOF no later than the command's exit and relaying them first cannot block the wait.
     relay_outputs([out_relay, err_relay]);
     let status = wait_for(pid);
+    drop(resizing);
     drop(forwarding);
     let status = match &cgroup {
         Some(cgroup) => status.map(|status| cgroup.exit_status(status)),
@@ -1283,6 +1500,7 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::confinement::CapabilitySet;
     use crate::syscall::RecordingSyscall;
 
     /// A spec over plain dirs (no root needed to *build* and record the plan).
@@ -1374,7 +1592,7 @@ mod tests {
             format!("mkdir {s}/stubs/tmp 755"),
             format!("mkdir {s}/root 755"),
             format!(
-                "mount overlay {s}/root overlay 0 lowerdir={}:{s}/stubs,upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off",
+                "mount overlay {s}/root overlay MS_NODEV lowerdir={}:{s}/stubs,upperdir=/s/upper,workdir=/s/work,index=off,metacopy=off,redirect_dir=off",
                 lower.display()
             ),
             format!("open_tree {s}/etc/hosts = 100"),
@@ -1382,19 +1600,37 @@ mod tests {
             format!("open_tree {s}/etc/resolv.conf = 102"),
             "open_tree /host/cache = 103".into(),
             "open_tree /host/secret = 104".into(),
+            "open_tree /dev/null = 105".into(),
+            "open_tree /dev/zero = 106".into(),
+            "open_tree /dev/full = 107".into(),
+            "open_tree /dev/random = 108".into(),
+            "open_tree /dev/urandom = 109".into(),
+            "open_tree /dev/tty = 110".into(),
             format!("chdir {s}/root"),
             "pivot_root . .".into(),
             "umount_detach .".into(),
             "chdir /".into(),
             "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
             "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
-            "mount tmpfs /dev tmpfs MS_NOSUID|MS_STRICTATIME mode=755,size=65536k".into(),
-            "mknod /dev/null 20666 1:3".into(),
-            "mknod /dev/zero 20666 1:5".into(),
-            "mknod /dev/full 20666 1:7".into(),
-            "mknod /dev/random 20666 1:8".into(),
-            "mknod /dev/urandom 20666 1:9".into(),
-            "mknod /dev/tty 20666 5:0".into(),
+            "mount tmpfs /dev tmpfs MS_NOSUID|MS_NODEV|MS_STRICTATIME mode=755,size=65536k".into(),
+            "mknod /dev/null 100644 0:0".into(),
+            "mknod /dev/zero 100644 0:0".into(),
+            "mknod /dev/full 100644 0:0".into(),
+            "mknod /dev/random 100644 0:0".into(),
+            "mknod /dev/urandom 100644 0:0".into(),
+            "mknod /dev/tty 100644 0:0".into(),
+            "move_mount 105 /dev/null".into(),
+            "close 105".into(),
+            "move_mount 106 /dev/zero".into(),
+            "close 106".into(),
+            "move_mount 107 /dev/full".into(),
+            "close 107".into(),
+            "move_mount 108 /dev/random".into(),
+            "close 108".into(),
+            "move_mount 109 /dev/urandom".into(),
+            "close 109".into(),
+            "move_mount 110 /dev/tty".into(),
+            "close 110".into(),
             "mkdir /dev/pts 755".into(),
             "mount devpts /dev/pts devpts MS_NOSUID|MS_NOEXEC newinstance,ptmxmode=0666,mode=0620,gid=5".into(),
             "symlink /dev/ptmx -> pts/ptmx".into(),
@@ -1405,19 +1641,43 @@ mod tests {
             "symlink /dev/stdout -> /proc/self/fd/1".into(),
             "symlink /dev/stderr -> /proc/self/fd/2".into(),
             "symlink /dev/core -> /proc/kcore".into(),
+            "mount tmpfs /proc/acpi tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount tmpfs /proc/asound tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount /dev/null /proc/kcore - MS_BIND -".into(),
+            "mount /dev/null /proc/keys - MS_BIND -".into(),
+            "mount /dev/null /proc/latency_stats - MS_BIND -".into(),
+            "mount /dev/null /proc/timer_list - MS_BIND -".into(),
+            "mount /dev/null /proc/timer_stats - MS_BIND -".into(),
+            "mount /dev/null /proc/sched_debug - MS_BIND -".into(),
+            "mount tmpfs /proc/scsi tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount tmpfs /sys/firmware tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount tmpfs /sys/devices/virtual/powercap tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -".into(),
+            "mount /proc/bus /proc/bus - MS_BIND|MS_REC -".into(),
+            "mount_setattr /proc/bus rdonly".into(),
+            "mount /proc/fs /proc/fs - MS_BIND|MS_REC -".into(),
+            "mount_setattr /proc/fs rdonly".into(),
+            "mount /proc/irq /proc/irq - MS_BIND|MS_REC -".into(),
+            "mount_setattr /proc/irq rdonly".into(),
+            "mount /proc/sys /proc/sys - MS_BIND|MS_REC -".into(),
+            "mount_setattr /proc/sys rdonly".into(),
+            "mount /proc/sysrq-trigger /proc/sysrq-trigger - MS_BIND|MS_REC -".into(),
+            "mount_setattr /proc/sysrq-trigger rdonly".into(),
             "move_mount 100 /etc/hosts".into(),
             "close 100".into(),
+            "mount_setattr /etc/hosts nodev".into(),
             "move_mount 101 /etc/hostname".into(),
             "close 101".into(),
+            "mount_setattr /etc/hostname nodev".into(),
             "move_mount 102 /etc/resolv.conf".into(),
             "close 102".into(),
+            "mount_setattr /etc/resolv.conf nodev".into(),
             "move_mount 103 /cache".into(),
             "close 103".into(),
-            "mount - /cache - MS_RDONLY|MS_REMOUNT|MS_BIND -".into(),
+            "mount_setattr /cache rdonly|nodev".into(),
             "mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV size=1024".into(),
             "move_mount 104 /run/secrets/id".into(),
             "close 104".into(),
-            "mount - /run/secrets/id - MS_RDONLY|MS_REMOUNT|MS_BIND -".into(),
+            "mount_setattr /run/secrets/id rdonly|nodev".into(),
             "sethostname box".into(),
             "loopback_up".into(),
             "mkdir /src 755".into(),
@@ -1425,12 +1685,32 @@ mod tests {
             "mkdir /src/app 755".into(),
             "lchown /src/app 1000:1000".into(),
             "chdir /src/app".into(),
+            "capbset_drop_all_but the default".into(),
             "setgroups [1000, 50]".into(),
             "setresgid 1000".into(),
             "setresuid 1000".into(),
+            // A non-root user keeps no capability, as in Docker.
+            "capset eff=0x0 prm=0x0 inh=0x0".into(),
+            "ambient_clear".into(),
             "cloexec_from 3".into(),
             r#"execve /usr/bin/make ["make", "all"] ["PATH=/usr/bin:/bin", "HOME=/home/app"]"#.into(),
         ];
+        // The bounding set loses every capability but Docker's 14, one prctl each.
+        let host = host_capabilities();
+        let kept = CapabilitySet::docker_default().bits() & host.permitted.bits();
+        let expected: Vec<String> = expected
+            .into_iter()
+            .flat_map(|line| {
+                if line.starts_with("capbset_drop_all_but") {
+                    (0..=host.last)
+                        .filter(|n| kept & (1 << n) == 0)
+                        .map(|n| format!("capbset_drop {n}"))
+                        .collect()
+                } else {
+                    vec![line]
+                }
+            })
+            .collect();
         assert_eq!(sys.calls(), expected);
         assert_eq!(
             fs::read_dir(&scratch).unwrap().count(),
@@ -1463,13 +1743,13 @@ mod tests {
         assert_eq!(
             &calls[pty_at..pty_at + 7],
             [
-                "open_pty /dev/pts/ptmx = 103,104",
-                "send_fd 9 103",
-                "close 103",
-                "set_controlling_tty 104",
-                "dup2 104 0",
-                "dup2 104 1",
-                "dup2 104 2",
+                "open_pty /dev/pts/ptmx = 109,110",
+                "send_fd 9 109",
+                "close 109",
+                "set_controlling_tty 110",
+                "dup2 110 0",
+                "dup2 110 1",
+                "dup2 110 2",
             ]
         );
         assert!(calls.last().unwrap().contains("TERM=xterm"));
@@ -1479,6 +1759,71 @@ mod tests {
                 .position(|c| c.starts_with("mount devpts"))
                 .unwrap()
                 < pty_at
+        );
+    }
+
+    #[test]
+    fn init_forks_last_before_the_exec_and_tmpfs_options_reach_the_mount() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.init = true;
+        spec.mounts = vec![ExtraMount::TmpfsWithOptions {
+            target: "/tmp".into(),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            data: "size=1024,mode=700".into(),
+        }];
+        let prepared = prepare(&spec, false).unwrap();
+        let plan = build_plan(&spec, &prepared, &ChildStdio::Fds([None; 3]), &[]).unwrap();
+        let sys = RecordingSyscall::new();
+        plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
+        let calls = sys.calls();
+        assert!(
+            calls.contains(
+                &"mount tmpfs /tmp tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC size=1024,mode=700"
+                    .to_string()
+            )
+        );
+        let n = calls.len();
+        assert_eq!(
+            calls[n - 6..n - 1],
+            [
+                "setresuid 1000",
+                "capset eff=0x0 prm=0x0 inh=0x0",
+                "ambient_clear",
+                "cloexec_from 3",
+                "fork_init tty=false"
+            ]
+        );
+        assert!(calls[n - 1].starts_with("execve /usr/bin/make"));
+
+        let prepared = prepare(&spec, true).unwrap();
+        let plan = build_plan(&spec, &prepared, &ChildStdio::Pty { socket: 9 }, &[]).unwrap();
+        let sys = RecordingSyscall::new();
+        plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
+        assert!(sys.calls().contains(&"fork_init tty=true".to_string()));
+
+        spec.init = false;
+        let plan = build_plan(&spec, &prepared, &ChildStdio::Fds([None; 3]), &[]).unwrap();
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::ForkInit { .. }))
+        );
+    }
+
+    #[test]
+    fn extra_hosts_follow_the_defaults_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.extra_hosts = vec![
+            ("db".into(), "10.0.0.5".into()),
+            ("v6".into(), "fd00::1".into()),
+        ];
+        assert_eq!(
+            hosts_file(&spec),
+            "127.0.0.1\tlocalhost box\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             10.0.0.5\tdb\nfd00::1\tv6\n"
         );
     }
 

@@ -21,6 +21,36 @@ const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `mount_setattr(2)` attributes.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct __user_cap_header_struct` of capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One half (32 capabilities) of `struct __user_cap_data_struct` for version 3.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
 
 /// The syscalls of sandbox setup. Paths are C strings prepared before `clone`.
 pub trait Syscall {
@@ -81,8 +111,25 @@ pub trait Syscall {
     fn set_controlling_tty(&self, fd: RawFd) -> Result<(), Errno>;
     /// Marks every fd from `first` up close-on-exec.
     fn cloexec_from(&self, first: RawFd) -> Result<(), Errno>;
+    /// prctl(PR_CAPBSET_DROP): removes capability `number` from the bounding set.
+    fn drop_bounding_capability(&self, number: u32) -> Result<(), Errno>;
+    /// capset(2) of this thread's effective, permitted and inheritable sets (bit n = capability n).
+    fn set_capabilities(
+        &self,
+        effective: u64,
+        permitted: u64,
+        inheritable: u64,
+    ) -> Result<(), Errno>;
+    /// prctl(PR_CAP_AMBIENT_CLEAR_ALL).
+    fn clear_ambient_capabilities(&self) -> Result<(), Errno>;
+    /// mount_setattr(2), recursive: sets the `MOUNT_ATTR_*` bits in `attributes` on the mount at
+    /// `path` and every mount below it, leaving its other attributes as they are.
+    fn mount_setattr(&self, path: &CStr, attributes: u64) -> Result<(), Errno>;
     /// execve(2); returns only on failure. `argv`/`envp` are NULL-terminated pointer arrays.
     fn execve(&self, path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno;
+    /// `kiln run --init`: forks the command's process and returns in it; this process (PID 1)
+    /// stays behind as the init and never returns (see [`crate::init::fork_init`]).
+    fn fork_init(&self, tty: bool) -> Result<(), Errno>;
 }
 
 fn check(result: libc::c_int) -> Result<(), Errno> {
@@ -418,10 +465,81 @@ impl Syscall for LinuxSyscall {
         .map(drop)
     }
 
+    fn drop_bounding_capability(&self, number: u32) -> Result<(), Errno> {
+        // SAFETY: plain integers.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, number as libc::c_ulong, 0, 0, 0) })
+    }
+
+    fn set_capabilities(
+        &self,
+        effective: u64,
+        permitted: u64,
+        inheritable: u64,
+    ) -> Result<(), Errno> {
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |shift: u32| CapData {
+            effective: (effective >> shift) as u32,
+            permitted: (permitted >> shift) as u32,
+            inheritable: (inheritable >> shift) as u32,
+        };
+        let data = [half(0), half(32)];
+        // SAFETY: a v3 header and the two data structs it expects, on the stack. Raw syscall: glibc
+        // has no wrapper.
+        check_fd(unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            )
+        })
+        .map(drop)
+    }
+
+    fn clear_ambient_capabilities(&self) -> Result<(), Errno> {
+        // SAFETY: plain integers.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        })
+    }
+
+    fn mount_setattr(&self, path: &CStr, attributes: u64) -> Result<(), Errno> {
+        let attr = MountAttr {
+            attr_set: attributes,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: valid C string and a mount_attr on the stack with its size.
+        check_fd(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                AT_RECURSIVE,
+                &attr as *const MountAttr,
+                size_of::<MountAttr>(),
+            )
+        })
+        .map(drop)
+    }
+
     fn execve(&self, path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
         // SAFETY: argv/envp are NULL-terminated arrays of pointers to live C strings.
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         Errno::last()
+    }
+
+    fn fork_init(&self, tty: bool) -> Result<(), Errno> {
+        crate::init::fork_init(tty)
     }
 }
 
@@ -609,6 +727,36 @@ impl Syscall for RecordingSyscall {
     fn cloexec_from(&self, first: RawFd) -> Result<(), Errno> {
         self.record(format!("cloexec_from {first}"))
     }
+    fn drop_bounding_capability(&self, number: u32) -> Result<(), Errno> {
+        self.record(format!("capbset_drop {number}"))
+    }
+    fn set_capabilities(
+        &self,
+        effective: u64,
+        permitted: u64,
+        inheritable: u64,
+    ) -> Result<(), Errno> {
+        self.record(format!(
+            "capset eff={effective:#x} prm={permitted:#x} inh={inheritable:#x}"
+        ))
+    }
+    fn clear_ambient_capabilities(&self) -> Result<(), Errno> {
+        self.record("ambient_clear".to_string())
+    }
+    fn mount_setattr(&self, path: &CStr, attributes: u64) -> Result<(), Errno> {
+        let mut names = Vec::new();
+        if attributes & MOUNT_ATTR_RDONLY != 0 {
+            names.push("rdonly");
+        }
+        if attributes & MOUNT_ATTR_NODEV != 0 {
+            names.push("nodev");
+        }
+        self.record(format!(
+            "mount_setattr {} {}",
+            show(Some(path)),
+            names.join("|")
+        ))
+    }
     fn execve(&self, path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
         // SAFETY: the arrays are NULL-terminated and point at live C strings (built by the plan).
         let strings = |array: &[*const c_char]| -> Vec<String> {
@@ -628,5 +776,8 @@ impl Syscall for RecordingSyscall {
             // A real execve does not return on success; the fake reports "no error".
             Ok(()) => Errno::UnknownErrno,
         }
+    }
+    fn fork_init(&self, tty: bool) -> Result<(), Errno> {
+        self.record(format!("fork_init tty={tty}"))
     }
 }

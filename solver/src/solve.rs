@@ -68,6 +68,8 @@ pub struct Solver<'a> {
     cache_keys: Mutex<Vec<String>>,
     /// See [`Solver::with_limits`].
     limits: kiln_executor::ResourceLimits,
+    /// See [`Solver::with_extra_hosts`].
+    extra_hosts: Vec<(String, String)>,
 }
 
 impl<'a> Solver<'a> {
@@ -104,6 +106,7 @@ impl<'a> Solver<'a> {
             cache_import: None,
             cache_keys: Mutex::new(Vec::new()),
             limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: Vec::new(),
         }
     }
 
@@ -112,6 +115,29 @@ impl<'a> Solver<'a> {
     pub fn with_limits(mut self, limits: kiln_executor::ResourceLimits) -> Solver<'a> {
         self.limits = limits;
         self
+    }
+
+    /// Adds `hosts` as (name, address) lines to every RUN step's `/etc/hosts` (`docker build
+    /// --add-host`). As in BuildKit, where they are part of the exec op's definition, they are part
+    /// of every RUN step's cache key; they never reach a layer (the file is the sandbox's own).
+    pub fn with_extra_hosts(mut self, hosts: Vec<(String, String)>) -> Solver<'a> {
+        self.extra_hosts = hosts;
+        self
+    }
+
+    /// The key components of `op` with [`Solver::with_extra_hosts`] mixed into an exec op's
+    /// digest (unchanged without extra hosts, so existing keys stay valid).
+    fn with_extra_hosts_in_key(&self, op: &Op, mut components: KeyComponents) -> KeyComponents {
+        if matches!(op.kind, OpKind::Exec(_)) && !self.extra_hosts.is_empty() {
+            let hosts: Vec<String> = self
+                .extra_hosts
+                .iter()
+                .map(|(name, address)| format!("{name}={address}"))
+                .collect();
+            components.op_digest =
+                format!("{}+extra-hosts:{}", components.op_digest, hosts.join(","));
+        }
+        components
     }
 
     /// Also looks up keys the store misses in `import` (`--cache-from`).
@@ -588,6 +614,7 @@ impl<'s, 'd> Run<'s, 'd> {
                     &self.solver.options.locals,
                     &self.stat_cache,
                 )
+                .map(|components| self.solver.with_extra_hosts_in_key(op, components))
             }))
         };
         let components = match computed {
@@ -882,6 +909,7 @@ impl<'s, 'd> Run<'s, 'd> {
             progress: self.solver.progress,
             step,
             limits: self.solver.limits,
+            extra_hosts: &self.solver.extra_hosts,
         };
         let phase = match op.kind {
             OpKind::Source(_) => Phase::Source,

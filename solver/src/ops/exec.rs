@@ -3,12 +3,19 @@
 //!
 //! `RUN --mount` (bind, cache, tmpfs, secret) and secret env vars are prepared by
 //! [`super::mounts`]; their mount points are stubs below the image, so they never reach the layer.
+//!
+//! A RUN is confined like a default Docker container (see `kiln_executor::confinement`);
+//! `RUN --security=insecure` runs privileged. Whether a build may use it at all is the CLI's
+//! decision (`kiln build --allow security.insecure`, BuildKit's entitlement), made before solving;
+//! the mode is a field of the op, so it is part of the op digest and the cache key.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::Mutex;
 
-use kiln_executor::{LineCallback, NetworkMode, Output, SandboxIo, SandboxSpec, mount_stubs};
+use kiln_executor::{
+    Confinement, LineCallback, NetworkMode, Output, SandboxIo, SandboxSpec, mount_stubs,
+};
 use kiln_llb::{ExecOp, SecurityMode};
 
 use crate::error::OpError;
@@ -24,6 +31,14 @@ const SCRATCH_PURPOSE: &str = "exec";
 /// How many trailing output lines a failure reports.
 const TAIL_LINES: usize = 20;
 
+/// The sandbox confinement of a RUN's security mode.
+fn confinement_of(security: SecurityMode) -> Confinement {
+    match security {
+        SecurityMode::Sandbox => Confinement::docker_default(),
+        SecurityMode::Insecure => Confinement::privileged(),
+    }
+}
+
 pub(crate) fn run_exec(
     cx: &OpContext<'_>,
     exec: &ExecOp,
@@ -34,9 +49,6 @@ pub(crate) fn run_exec(
         .iter()
         .find(|mount| mount.target == "/")
         .ok_or_else(|| OpError::Unsupported("RUN without a root filesystem".into()))?;
-    if exec.security == SecurityMode::Insecure {
-        return Err(OpError::Unsupported("RUN --security=insecure".into()));
-    }
     let base = match root.input {
         Some(index) => chain_input(inputs, index)?.to_vec(),
         None => Vec::new(),
@@ -76,6 +88,8 @@ pub(crate) fn run_exec(
         kiln_llb::NetworkMode::Host | kiln_llb::NetworkMode::Sandbox => NetworkMode::Host,
     };
     spec.limits = cx.limits;
+    spec.extra_hosts = cx.extra_hosts.to_vec();
+    spec.confinement = confinement_of(exec.security);
 
     let tail: Mutex<VecDeque<String>> = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
     let on_line = |line: &[u8]| {
@@ -122,4 +136,41 @@ pub(crate) fn run_exec(
     drop(extra);
     scratch.recycle(SCRATCH_PURPOSE);
     Ok(OpOutput::Chain(chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_llb::{Op, OpDigest, OpKind};
+
+    #[test]
+    fn insecure_runs_privileged_and_changes_the_op_digest() {
+        assert_eq!(
+            confinement_of(SecurityMode::Sandbox),
+            Confinement::docker_default()
+        );
+        assert_eq!(
+            confinement_of(SecurityMode::Insecure),
+            Confinement::privileged()
+        );
+        let exec = |security| Op {
+            inputs: Vec::new(),
+            kind: OpKind::Exec(ExecOp {
+                args: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+                network: kiln_llb::NetworkMode::Sandbox,
+                security,
+                mounts: Vec::new(),
+                secret_env: Vec::new(),
+                proxy_env: Vec::new(),
+            }),
+        };
+        assert_ne!(
+            OpDigest::of_op_without_inputs(&exec(SecurityMode::Sandbox)),
+            OpDigest::of_op_without_inputs(&exec(SecurityMode::Insecure)),
+            "the cache must not hand a sandboxed result to an insecure step or back"
+        );
+    }
 }

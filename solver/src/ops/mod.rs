@@ -39,6 +39,8 @@ pub struct OpContext<'a> {
     pub step: Option<StepId>,
     /// Resource limits for RUN sandboxes (never part of a cache key).
     pub limits: kiln_executor::ResourceLimits,
+    /// `--add-host` lines for RUN sandboxes' `/etc/hosts`, as (name, address).
+    pub extra_hosts: &'a [(String, String)],
 }
 
 impl OpContext<'_> {

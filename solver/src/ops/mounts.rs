@@ -968,6 +968,7 @@ mod tests {
             progress: &crate::progress::NoProgress,
             step: None,
             limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
         };
         let scratch = tempfile::tempdir().unwrap();
         let prepare = |exec: &ExecOp, name: &str| {
@@ -1026,6 +1027,7 @@ mod tests {
             progress: &crate::progress::NoProgress,
             step: None,
             limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
         };
         let source = kiln_llb::SourceOp::Local {
             name: "context".into(),
@@ -1064,6 +1066,7 @@ mod tests {
             progress: &crate::progress::NoProgress,
             step: None,
             limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
         };
         let scratch = tempfile::Builder::new()
             .prefix("scratch")
@@ -1144,6 +1147,7 @@ mod tests {
             progress: &crate::progress::NoProgress,
             step: None,
             limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
         };
         let error = prepare_mounts(
             &cx,

@@ -432,9 +432,9 @@ fn check_entitlements(definition: &kiln_llb::Definition, allow: &[String]) -> an
         match entitlement.as_str() {
             "security.insecure" => insecure_allowed = true,
             "network.host" => {}
-            other => bail!(
-                "invalid --allow {other:?} (expected security.insecure or network.host)"
-            ),
+            other => {
+                bail!("invalid --allow {other:?} (expected security.insecure or network.host)")
+            }
         }
     }
     if insecure_allowed {

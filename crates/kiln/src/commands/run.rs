@@ -9,8 +9,13 @@
 //! Differences from Docker, on purpose or not yet done:
 //! - The network is the host's by default (Docker's default is a bridge: kiln has no bridge
 //!   network yet); `--network none` gives a namespace with only `lo`.
-//! - Bind mounts only (`-v /host:/ctr[:ro|rw]`), and the host path must exist (Docker creates a
-//!   missing one as a directory); no named volumes.
+//! - Bind mounts (`-v /host:/ctr[:ro|rw]`, `--mount type=bind`) and tmpfs mounts (`--tmpfs`,
+//!   `--mount type=tmpfs`) only; a bind's host path must exist (Docker creates a missing one as a
+//!   directory); no named volumes.
+//! - `--add-host NAME:host-gateway` maps to 127.0.0.1 (the host network is the host's own) and is
+//!   rejected with `--network none`.
+//! - `--init` runs kiln's own minimal init as PID 1 (Docker bind-mounts tini); see
+//!   `kiln_executor::init`.
 //! - `--name` is checked against Docker's naming rule but names nothing yet (no container list).
 //! - `-m/--memory` leaves no swap beyond the limit (Docker without `--memory-swap` allows as much
 //!   swap again); there is no `--memory-swap` or CPU limit yet. An OOM kill is reported on stderr
@@ -30,6 +35,7 @@ use std::process::ExitCode;
 use kiln_executor::cgroup::SizeError;
 use kiln_executor::plan::{self, PlanError};
 use kiln_executor::syscall::LinuxSyscall;
+use kiln_executor::{CapabilitySet, Confinement};
 use kiln_executor::{
     ExitStatus, ExtraMount, Input, NetworkMode, Output, ResourceLimits, RootMount, SandboxError,
     SandboxIo, SandboxSpec, SnapshotError, default_snapshotter, mount_stubs,
@@ -46,6 +52,9 @@ use thiserror::Error;
 use super::images::find_image;
 use super::open_store;
 use crate::cli::Global;
+
+mod flags;
+pub(crate) use flags::{FlagError, HostGateway, parse_add_host};
 
 /// Docker's exit code when the failure is kiln's own, before the command started.
 const EXIT_KILN_ERROR: u8 = 125;
@@ -92,6 +101,37 @@ pub struct RunArgs {
     /// Bind-mount a host path: /host/path:/container/path[:ro|rw].
     #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro|rw]")]
     pub volume: Vec<String>,
+
+    /// Mount a tmpfs (default options noexec,nosuid,nodev; add e.g. size=64m,mode=1777,exec).
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
+
+    /// Attach a mount: type=bind,source=/host,target=/ctr[,readonly] or
+    /// type=tmpfs,target=/ctr[,tmpfs-size=BYTES][,tmpfs-mode=OCTAL] (no volumes in kiln).
+    #[arg(long = "mount", value_name = "type=bind|tmpfs,...")]
+    pub mount: Vec<String>,
+
+    /// Add a line to /etc/hosts: NAME:IP or NAME=IP (repeatable); host-gateway is 127.0.0.1,
+    /// the host network's own.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+
+    /// Run an init as PID 1 that forwards signals to the command and reaps zombies.
+    #[arg(long)]
+    pub init: bool,
+
+    /// Every capability, no masked or read-only /proc and /sys paths, and usable device nodes
+    /// (unlike Docker, /dev keeps its minimal set rather than the host's devices).
+    #[arg(long)]
+    pub privileged: bool,
+
+    /// Add a Linux capability to Docker's default set: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+
+    /// Drop a Linux capability from Docker's default set: CHOWN, CAP_CHOWN or ALL (repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
 
     /// Working directory inside the container (created if missing).
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
@@ -151,6 +191,8 @@ pub struct RunArgs {
 pub enum RunError {
     #[error("{0}")]
     InvalidOption(String),
+    #[error(transparent)]
+    Flag(#[from] FlagError),
     #[error("reading env file {path}: {source}")]
     EnvFile { path: PathBuf, source: io::Error },
     #[error("env file {path} line {line}: {reason}")]
@@ -256,7 +298,13 @@ struct RunOptions {
     command: Vec<String>,
     /// `KEY=VALUE` from `--env-file` then `-e`, in order.
     env: Vec<String>,
+    /// `-v`, then `--mount`, then `--tmpfs`, each in order.
     mounts: Vec<ExtraMount>,
+    /// `--add-host`, as (name, address).
+    extra_hosts: Vec<(String, String)>,
+    init: bool,
+    /// `--privileged`, `--cap-add`, `--cap-drop`.
+    confinement: Confinement,
     workdir: Option<String>,
     user: Option<String>,
     entrypoint: Option<String>,
@@ -286,10 +334,25 @@ impl RunOptions {
         for entry in &args.env {
             env.extend(parse_env_flag(entry, &lookup)?);
         }
-        let mounts = args
+        let mut mounts = args
             .volume
             .iter()
             .map(|spec| parse_volume(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        for spec in &args.mount {
+            mounts.push(flags::parse_mount(spec)?);
+        }
+        for spec in &args.tmpfs {
+            mounts.push(flags::parse_tmpfs(spec)?);
+        }
+        let gateway = match args.network {
+            NetworkArg::Host => HostGateway::Loopback,
+            NetworkArg::None => HostGateway::Unreachable,
+        };
+        let extra_hosts = args
+            .add_host
+            .iter()
+            .map(|value| parse_add_host(value, gateway))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(dir) = &args.workdir
             && !dir.starts_with('/')
@@ -298,6 +361,17 @@ impl RunOptions {
                 "the working directory {dir:?} is invalid, it needs to be an absolute path"
             )));
         }
+        // Names are checked even with --privileged, which then keeps every capability anyway.
+        let capabilities = CapabilitySet::docker_default_with(&args.cap_add, &args.cap_drop)
+            .map_err(|e| RunError::InvalidOption(e.to_string()))?;
+        let confinement = if args.privileged {
+            Confinement::privileged()
+        } else {
+            Confinement {
+                capabilities,
+                privileged: false,
+            }
+        };
         let hostname = match args.hostname {
             Some(name) => {
                 check_hostname(&name)?;
@@ -316,6 +390,9 @@ impl RunOptions {
             command: positional.collect(),
             env,
             mounts,
+            extra_hosts,
+            init: args.init,
+            confinement,
             workdir: args.workdir,
             user: args.user,
             entrypoint: args.entrypoint,
@@ -386,6 +463,9 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
     spec.hostname = options.hostname.clone();
     spec.network = options.network;
     spec.mounts = options.mounts.clone();
+    spec.extra_hosts = options.extra_hosts.clone();
+    spec.init = options.init;
+    spec.confinement = options.confinement;
     spec.limits = options.limits;
 
     let _raw_terminal = if options.tty && options.interactive {
@@ -776,6 +856,48 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn init_hosts_and_mount_flags_reach_the_options_in_order() {
+        let host = tempfile::tempdir().unwrap();
+        let bind = format!("type=bind,src={},dst=/b", host.path().display());
+        let volume = format!("{}:/v", host.path().display());
+        let options = run_options(&[
+            "--init",
+            "--tmpfs",
+            "/t",
+            "--mount",
+            &bind,
+            "-v",
+            &volume,
+            "--add-host",
+            "a:1.2.3.4",
+            "--add-host",
+            "b=::1",
+            "img",
+        ])
+        .unwrap();
+        assert!(options.init);
+        assert_eq!(
+            options.extra_hosts,
+            [("a".into(), "1.2.3.4".into()), ("b".into(), "::1".into())]
+        );
+        let targets: Vec<_> = options
+            .mounts
+            .iter()
+            .map(|m| match m {
+                ExtraMount::Bind { target, .. } | ExtraMount::TmpfsWithOptions { target, .. } => {
+                    target.display().to_string()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(targets, ["/v", "/b", "/t"]);
+        assert!(!run_options(&["img"]).unwrap().init);
+        // host-gateway needs the host network.
+        let error = run_options(&["--network", "none", "--add-host", "h:host-gateway", "img"]);
+        assert!(error.unwrap_err().contains("host-gateway"));
     }
 
     #[test]
