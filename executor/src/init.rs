@@ -11,11 +11,75 @@
 //! Everything here runs in the forked sandbox child of a possibly multi-threaded parent: raw
 //! syscalls on stack data only, no allocation, no lock (see the `sandbox` module doc). The fork is
 //! the raw `clone` syscall, not glibc's `fork`, whose atfork handlers take locks.
+//!
+//! PID 1 is a copy of kiln, so it would show kiln's command line in `/proc/1/cmdline` and kiln's
+//! environment (the host's, CI tokens included) in `/proc/1/environ` to every process of the
+//! container. Before it waits, PID 1 zeroes both areas (their bounds are read from
+//! `/proc/self/stat` by the parent: [`record_inherited_areas`]) and makes itself non-dumpable, so
+//! its memory cannot be read through `/proc/1/mem` without `CAP_SYS_PTRACE`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 
 /// The name PID 1 shows in `ps` (`/proc/1/comm`).
 const INIT_NAME: &std::ffi::CStr = c"kiln-init";
+
+/// `[arg_start, arg_end, env_start, env_end]` of this process, 0 until recorded.
+static INHERITED_AREAS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+/// Reads where this process's argv and environment strings live (fields 48–51 of
+/// `/proc/self/stat`, Linux ≥ 3.5), so that the init can wipe its copies of them. Call it in the
+/// parent before cloning a sandbox with an init; without it the areas stay as they are.
+pub fn record_inherited_areas() {
+    if INHERITED_AREAS[0].load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    if let Some(areas) = parse_inherited_areas(&stat) {
+        for (slot, value) in INHERITED_AREAS.iter().zip(areas) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Fields 48–51 of a `/proc/PID/stat` line. The command name (field 2) may hold spaces and
+/// parentheses, so counting starts after its last `)`.
+fn parse_inherited_areas(stat: &str) -> Option<[usize; 4]> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // After the name, field 3 (state) is the first word: field N is word N - 3.
+    let mut words = after_name.split_ascii_whitespace().skip(48 - 3);
+    let mut areas = [0usize; 4];
+    for area in &mut areas {
+        *area = words.next()?.parse().ok()?;
+    }
+    (areas[0] < areas[1] && areas[2] < areas[3]).then_some(areas)
+}
+
+/// Zeroes this process's argv and environment strings (as recorded) and names it `kiln-init` in
+/// `/proc/self/cmdline`.
+///
+/// # Safety
+/// Only in the forked init: the areas must be the recorded ones of the process this one is a copy
+/// of, and nothing may read `argv`/`environ` afterwards.
+unsafe fn wipe_inherited_areas() {
+    let [arg_start, arg_end, env_start, env_end] =
+        [0, 1, 2, 3].map(|i| INHERITED_AREAS[i].load(Ordering::Relaxed));
+    if arg_start == 0 {
+        return;
+    }
+    // SAFETY: both ranges are this process's initial-stack strings (see the caller's contract).
+    unsafe {
+        std::ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+        std::ptr::write_bytes(arg_start as *mut u8, 0, arg_end - arg_start);
+        let name = INIT_NAME.to_bytes();
+        if name.len() < arg_end - arg_start {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), arg_start as *mut u8, name.len());
+        }
+    }
+}
 
 /// A full signal set (every signal blocked or waited for).
 fn full_set() -> libc::sigset_t {
@@ -92,6 +156,10 @@ pub fn supervise(command: libc::pid_t) -> ! {
             0,
             0,
         );
+        // Nothing of kiln's memory is the container's business: no core dumps, no /proc/1/mem
+        // or /proc/1/environ for processes without CAP_SYS_PTRACE, no host environment at all.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        wipe_inherited_areas();
         // Our copies of the setup pipe, the terminal socket and the cgroup fds: the parent waits
         // for EOF on the setup pipe, which must come when the command has exec'd.
         libc::syscall(
@@ -140,6 +208,21 @@ fn exit_code(status: libc::c_int) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inherited_areas_are_read_after_the_command_name() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[48 - 3] = "1000".into();
+        fields[49 - 3] = "1100".into();
+        fields[50 - 3] = "1100".into();
+        fields[51 - 3] = "1500".into();
+        let line = format!("42 (a (weird) name) {}", fields.join(" "));
+        assert_eq!(parse_inherited_areas(&line), Some([1000, 1100, 1100, 1500]));
+        assert_eq!(parse_inherited_areas("42 (short) S 1 2"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let [arg_start, arg_end, ..] = parse_inherited_areas(&own).unwrap();
+        assert!(arg_end - arg_start >= std::env::args_os().map(|a| a.len() + 1).sum::<usize>());
+    }
 
     #[test]
     fn exit_codes_are_the_shells() {

@@ -288,3 +288,30 @@ fn a_terminal_resize_reaches_the_command() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert_eq!(wait_bounded(&mut child).code(), Some(143));
 }
+
+#[test]
+fn the_init_shows_neither_kilns_command_line_nor_its_environment() {
+    let kiln = kiln_with_busybox();
+    let script = "tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/1/environ 2>&1; echo";
+    let output = kiln
+        .command()
+        .env("KILN_TEST_HOST_TOKEN", "host-secret-7f3a")
+        .args([
+            "run",
+            "--init",
+            "-e",
+            "VISIBLE=1",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("run kiln");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = stdout(&output);
+    let cmdline = shown.lines().next().unwrap_or_default();
+    assert_eq!(cmdline.trim(), "kiln-init", "{shown}");
+    assert!(!shown.contains("host-secret-7f3a"), "{shown}");
+    assert!(!shown.contains("busybox"), "{shown}");
+}
