@@ -9,7 +9,9 @@
 //!
 //! File contents are streamed through the hasher in 64 KiB blocks, several files at a time on
 //! rayon's pool; the [`StatCache`] skips reading files whose identity and timestamps are
-//! unchanged, under the racy-entry rule described in [`crate::stat_cache`].
+//! unchanged, under the racy-entry rule described in [`crate::stat_cache`]. Its records hold the
+//! extended-attribute digest too, so an unchanged file costs its `statx` in the walk and nothing
+//! else: no read, no `llistxattr`. All files are looked up in the cache in one batch.
 //!
 //! The entries are exactly those of [`select_entries`], which the copy itself must use too.
 //! `COPY --exclude` patterns use `.dockerignore` syntax and are matched against the path as it
@@ -273,49 +275,28 @@ impl fmt::Display for EntryChange {
 /// Lists what differs between the records of an earlier checksum and a new one, in path order
 /// of the new records (removed paths last).
 pub fn diff_entries(old: &[EntryRecord], new: &[EntryRecord]) -> Vec<EntryChange> {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
+    // Both lists are in walk order: usually the same paths, so compare them pairwise while they
+    // agree and index only what is left (after the first added or removed path).
+    let common = old
+        .iter()
+        .zip(new)
+        .take_while(|(before, after)| before.path == after.path)
+        .count();
+    let mut changes: Vec<EntryChange> = old[..common]
+        .iter()
+        .zip(&new[..common])
+        .filter_map(|(before, after)| entry_change(before, after))
+        .collect();
+    let (old, new) = (&old[common..], &new[common..]);
     let old_by_path: HashMap<&str, &EntryRecord> =
         old.iter().map(|r| (r.path.as_str(), r)).collect();
-    let new_paths: std::collections::HashSet<&str> = new.iter().map(|r| r.path.as_str()).collect();
-    let mut changes = Vec::new();
+    let new_paths: HashSet<&str> = new.iter().map(|r| r.path.as_str()).collect();
     for record in new {
-        let Some(before) = old_by_path.get(record.path.as_str()) else {
-            changes.push(EntryChange::Added(record.path.clone()));
-            continue;
-        };
-        // Field by field: what the entry digest covers (records read back carry no digest).
-        let same = before.kind == record.kind
-            && before.content == record.content
-            && before.size == record.size
-            && before.mode == record.mode
-            && (before.uid, before.gid) == (record.uid, record.gid)
-            && before.xattrs == record.xattrs;
-        if same {
-            continue;
+        match old_by_path.get(record.path.as_str()) {
+            Some(before) => changes.extend(entry_change(before, record)),
+            None => changes.push(EntryChange::Added(record.path.clone())),
         }
-        let mut what = Vec::new();
-        if before.kind != record.kind {
-            what.push("type");
-        } else if before.content != record.content || before.size != record.size {
-            what.push(if record.kind == FileKind::Symlink {
-                "link target"
-            } else {
-                "content"
-            });
-        }
-        if before.mode != record.mode {
-            what.push("mode");
-        }
-        if (before.uid, before.gid) != (record.uid, record.gid) {
-            what.push("owner");
-        }
-        if before.xattrs != record.xattrs {
-            what.push("xattrs");
-        }
-        changes.push(EntryChange::Changed {
-            path: record.path.clone(),
-            what,
-        });
     }
     for record in old {
         if !new_paths.contains(record.path.as_str()) {
@@ -323,6 +304,37 @@ pub fn diff_entries(old: &[EntryRecord], new: &[EntryRecord]) -> Vec<EntryChange
         }
     }
     changes
+}
+
+/// What changed between two records of the same path, if anything.
+fn entry_change(before: &EntryRecord, record: &EntryRecord) -> Option<EntryChange> {
+    // The digest covers every field.
+    if before.digest == record.digest {
+        return None;
+    }
+    let mut what = Vec::new();
+    if before.kind != record.kind {
+        what.push("type");
+    } else if before.content != record.content || before.size != record.size {
+        what.push(if record.kind == FileKind::Symlink {
+            "link target"
+        } else {
+            "content"
+        });
+    }
+    if before.mode != record.mode {
+        what.push("mode");
+    }
+    if (before.uid, before.gid) != (record.uid, record.gid) {
+        what.push("owner");
+    }
+    if before.xattrs != record.xattrs {
+        what.push("xattrs");
+    }
+    Some(EntryChange::Changed {
+        path: record.path.clone(),
+        what,
+    })
 }
 
 /// Checksums the selected sources under `root` with default options.
@@ -480,7 +492,9 @@ fn record_entry(
         }
         FileKind::Dir | FileKind::Fifo | FileKind::Socket => (0, String::new(), xattrs_of_path()?),
     };
-    let xattrs = xattrs.map(|digest| sha256_text(&digest)).unwrap_or_default();
+    let xattrs = xattrs
+        .map(|digest| sha256_text(&digest))
+        .unwrap_or_default();
     Ok(EntryRecord::new(
         entry.path.clone(),
         entry.kind,
@@ -832,7 +846,10 @@ mod tests {
             .iter()
             .map(|path| lstat_key(path))
             .collect();
-        assert_eq!(looked_up, &expected, "exactly the selected regular files, in walk order");
+        assert_eq!(
+            looked_up, &expected,
+            "exactly the selected regular files, in walk order"
+        );
         assert_eq!(sum.stats.files, 2);
     }
 
@@ -868,7 +885,17 @@ mod tests {
 
     #[test]
     fn numbers_are_written_like_format() {
-        for value in [0, 7, 8, 10, 0o644, 0o4755, 65_534, u64::from(u32::MAX), u64::MAX] {
+        for value in [
+            0,
+            7,
+            8,
+            10,
+            0o644,
+            0o4755,
+            65_534,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut octal = Vec::new();
             push_number(&mut octal, value, 8);
             assert_eq!(String::from_utf8(octal).unwrap(), format!("{value:o}"));
@@ -876,5 +903,50 @@ mod tests {
             push_number(&mut decimal, value, 10);
             assert_eq!(String::from_utf8(decimal).unwrap(), value.to_string());
         }
+    }
+
+    fn file_record(path: &str, content: &str) -> EntryRecord {
+        EntryRecord::new(
+            path.into(),
+            FileKind::File,
+            0o644,
+            0,
+            0,
+            content.len() as u64,
+            content.into(),
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn differences_before_and_after_the_first_added_path_are_all_found_in_order() {
+        let old = [
+            file_record("a", "1"),
+            file_record("b", "1"),
+            file_record("c", "1"),
+            file_record("d", "1"),
+            file_record("e", "1"),
+        ];
+        let new = [
+            file_record("a", "1"),
+            file_record("b", "2"),
+            file_record("b2", "1"),
+            file_record("c", "1"),
+            file_record("e", "2"),
+        ];
+        let shown: Vec<String> = diff_entries(&old, &new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "b content changed",
+                "b2 added",
+                "e content changed",
+                "d removed"
+            ]
+        );
+        assert!(diff_entries(&old, &old).is_empty());
     }
 }

@@ -597,7 +597,10 @@ mod tests {
         for name in names {
             let path = join_rel(rel, &name);
             out.push(path.clone());
-            if fs::symlink_metadata(root.join(&path)).expect("lstat").is_dir() {
+            if fs::symlink_metadata(root.join(&path))
+                .expect("lstat")
+                .is_dir()
+            {
                 sequential_order(root, &path, out);
             }
         }
@@ -628,12 +631,20 @@ mod tests {
         use std::ffi::OsStr;
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(dir.path().join("a/deep")).expect("mkdir");
-        fs::write(dir.path().join("a/deep").join(OsStr::from_bytes(b"x\xff")), "x").expect("write");
+        fs::write(
+            dir.path().join("a/deep").join(OsStr::from_bytes(b"x\xff")),
+            "x",
+        )
+        .expect("write");
         fs::write(dir.path().join(OsStr::from_bytes(b"z\xff")), "x").expect("write");
         let err = walk_context(dir.path(), &IgnorePatterns::empty()).expect_err("non-UTF-8 names");
         let WalkError::NonUtf8Name { path } = err else {
             panic!("unexpected error {err}");
         };
-        assert!(path.starts_with(dir.path().join("a/deep")), "{}", path.display());
+        assert!(
+            path.starts_with(dir.path().join("a/deep")),
+            "{}",
+            path.display()
+        );
     }
 }

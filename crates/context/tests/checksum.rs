@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use kiln_context::{
-    CachedDigest, CachedXattrs, ChecksumOptions, ContentChecksum, IgnorePatterns, MemoryStatCache, NoStatCache,
-    SourceOptions, StatCache, StatKey, checksum, checksum_with_options, diff_entries,
+    CachedDigest, CachedXattrs, ChecksumOptions, ContentChecksum, IgnorePatterns, MemoryStatCache,
+    NoStatCache, SourceOptions, StatCache, StatKey, checksum, checksum_with_options, diff_entries,
     resolve_sources,
 };
 use sha2::{Digest as _, Sha256};
@@ -447,7 +447,10 @@ fn a_cache_hit_takes_the_xattrs_from_the_record() {
         },
     );
     let sum = sum_of(dir.path(), "README.md", &[], &cache);
-    assert_eq!(sum.entries[0].xattrs, format!("sha256:{}", hex::encode([0xEF; 32])));
+    assert_eq!(
+        sum.entries[0].xattrs,
+        format!("sha256:{}", hex::encode([0xEF; 32]))
+    );
     assert_eq!((sum.stats.cache_hits, sum.stats.files_hashed), (1, 0));
 }
 
@@ -471,7 +474,10 @@ fn a_record_without_xattrs_is_completed_once() {
         },
     );
     let sum = sum_of(dir.path(), "README.md", &[], &cache);
-    assert_eq!(sum.digest, reference.digest, "attributes read for an old record");
+    assert_eq!(
+        sum.digest, reference.digest,
+        "attributes read for an old record"
+    );
     assert_eq!((sum.stats.cache_hits, sum.stats.files_hashed), (1, 0));
     let completed = cache.get(&key).expect("record kept");
     assert_eq!(completed.recorded_at_ns, recorded_at_ns);

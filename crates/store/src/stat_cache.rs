@@ -232,13 +232,7 @@ impl Store {
         }
         self.db().write("record stat cache", |tx| {
             for (key, entry) in entries {
-                insert_entry(
-                    tx,
-                    key,
-                    &entry.sha256,
-                    entry.recorded_at_ns,
-                    &entry.xattrs,
-                )?;
+                insert_entry(tx, key, &entry.sha256, entry.recorded_at_ns, &entry.xattrs)?;
             }
             Ok(())
         })
@@ -286,11 +280,7 @@ fn scan_run(
         "SELECT ino, size, mtime_ns, ctime_ns, sha256, recorded_at_ns, xattrs FROM stat_cache
          WHERE dev = ?1 AND ino BETWEEN ?2 AND ?3 ORDER BY ino",
     )?;
-    let mut rows = statement.query(params![
-        first.dev as i64,
-        first.ino as i64,
-        last.ino as i64
-    ])?;
+    let mut rows = statement.query(params![first.dev as i64, first.ino as i64, last.ino as i64])?;
     let mut next = 0;
     while let Some(row) = rows.next()? {
         let ino: i64 = row.get(0)?;
@@ -301,11 +291,13 @@ fn scan_run(
         let mut index = next;
         while index < run.len() && keys[run[index]].ino as i64 == ino {
             let key = &keys[run[index]];
-            let (size, mtime_ns, ctime_ns): (i64, i64, i64) = (row.get(1)?, row.get(2)?, row.get(3)?);
+            let (size, mtime_ns, ctime_ns): (i64, i64, i64) =
+                (row.get(1)?, row.get(2)?, row.get(3)?);
             if (size, mtime_ns, ctime_ns) == (key.size as i64, key.mtime_ns, key.ctime_ns) {
-                let sha256: String = row.get(4)?;
-                let xattrs: Option<String> = row.get(6)?;
-                found[run[index]] = trusted_entry(key, &sha256, row.get(5)?, xattrs.as_deref())?;
+                // Borrowed from the row: no copy of the text before it is parsed.
+                let sha256 = text_column(row, 4)?.unwrap_or_default();
+                let xattrs = text_column(row, 6)?;
+                found[run[index]] = trusted_entry(key, sha256, row.get(5)?, xattrs)?;
             }
             index += 1;
         }
@@ -314,6 +306,14 @@ fn scan_run(
         }
     }
     Ok(())
+}
+
+/// A text (or NULL) column of `row`, borrowed.
+fn text_column<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<Option<&'r str>, TxError> {
+    let value = row.get_ref(index)?;
+    value.as_str_or_null().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, value.data_type(), Box::new(error)).into()
+    })
 }
 
 /// The entry of a matching row, unless it is racy.
@@ -479,10 +479,22 @@ mod tests {
             recorded.push((old_file(ino), entry_at(&format!("f{ino}"), 50_000_000_000)));
         }
         for ino in [10_000, 20_000, u64::MAX - 5, u64::MAX - 1, 1 << 63] {
-            recorded.push((old_file(ino), entry_at(&format!("far{ino}"), 50_000_000_000)));
+            recorded.push((
+                old_file(ino),
+                entry_at(&format!("far{ino}"), 50_000_000_000),
+            ));
         }
-        recorded.push((StatKey { dev: 8, ..old_file(103) }, entry_at("dev8", 50_000_000_000)));
-        let racy = StatKey { ino: 106, ..old_file(106) };
+        recorded.push((
+            StatKey {
+                dev: 8,
+                ..old_file(103)
+            },
+            entry_at("dev8", 50_000_000_000),
+        ));
+        let racy = StatKey {
+            ino: 106,
+            ..old_file(106)
+        };
         recorded.retain(|(key, _)| *key != racy);
         recorded.push((racy, entry_at("racy", 1_500_000_000)));
         let with_xattrs = old_file(109);
@@ -499,12 +511,24 @@ mod tests {
         // Asked: every inode of the block (most not recorded), changed stat fields, repeats,
         // the far ones, the other device, in a scrambled order.
         let mut keys: Vec<StatKey> = (95..405).map(old_file).collect();
-        keys.push(StatKey { mtime_ns: 5, ..old_file(112) });
-        keys.push(StatKey { size: 1, ..old_file(115) });
+        keys.push(StatKey {
+            mtime_ns: 5,
+            ..old_file(112)
+        });
+        keys.push(StatKey {
+            size: 1,
+            ..old_file(115)
+        });
         keys.extend([old_file(112), old_file(10_000), old_file(10_001)]);
         keys.extend([u64::MAX - 5, u64::MAX - 1, 1 << 63, 0].map(old_file));
-        keys.push(StatKey { dev: 8, ..old_file(103) });
-        keys.push(StatKey { dev: 9, ..old_file(103) });
+        keys.push(StatKey {
+            dev: 8,
+            ..old_file(103)
+        });
+        keys.push(StatKey {
+            dev: 9,
+            ..old_file(103)
+        });
         keys.reverse();
         keys.swap(3, 200);
 
