@@ -870,6 +870,55 @@ mod tests {
     }
 
     #[test]
+    fn confinement_steps_skip_what_the_kernel_lacks() {
+        let steps = [
+            Step::MaskPath {
+                path: c"/proc/kcore".to_owned(),
+                dir: false,
+            },
+            Step::MaskPath {
+                path: c"/proc/scsi".to_owned(),
+                dir: true,
+            },
+            Step::ReadOnlyPath(c"/proc/bus".to_owned()),
+            Step::ReadOnlyPath(c"/proc/sys".to_owned()),
+            Step::DropBoundingCapabilities {
+                keep: 0b1011,
+                last: 4,
+            },
+            Step::SetCapabilities {
+                effective: 0b1011,
+                permitted: 0b1011,
+                inheritable: 0,
+            },
+        ];
+        // A kernel without /proc/kcore and /proc/bus: both are skipped, nothing else is.
+        let sys = RecordingSyscall::failing_on("mount /dev/null /proc/kcore", Errno::ENOENT);
+        execute(&steps[..1], &sys, &mut []).unwrap();
+        let sys = RecordingSyscall::failing_on("mount /proc/bus", Errno::ENOENT);
+        execute(&steps[1..], &sys, &mut []).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mount tmpfs /proc/scsi tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+                "mount /proc/bus /proc/bus - MS_BIND|MS_REC -",
+                "mount /proc/sys /proc/sys - MS_BIND|MS_REC -",
+                "mount_setattr /proc/sys rdonly",
+                "capbset_drop 2",
+                "capbset_drop 4",
+                "capset eff=0xb prm=0xb inh=0x0",
+                "ambient_clear",
+            ]
+        );
+        // Any other failure stops the setup.
+        let sys = RecordingSyscall::failing_on("mount tmpfs /proc/scsi", Errno::EPERM);
+        assert_eq!(
+            execute(&steps[1..2], &sys, &mut []).unwrap_err().errno,
+            Errno::EPERM
+        );
+    }
+
+    #[test]
     fn flags_are_described() {
         assert_eq!(
             describe_mount_flags(libc::MS_BIND | libc::MS_REC),

@@ -919,6 +919,7 @@ fn build_plan_inner(
     }
     steps.push(Step::CloexecFrom(3));
     if spec.init {
+        crate::init::record_inherited_areas();
         // Last before the exec: PID 1 stays behind as the init, with the command's identity (as
         // Docker's docker-init, exec'd as the container's user), and the fork copies every fd.
         steps.push(Step::ForkInit {
@@ -1809,6 +1810,54 @@ mod tests {
                 .steps
                 .iter()
                 .any(|s| matches!(s, Step::ForkInit { .. }))
+        );
+    }
+
+    #[test]
+    fn root_keeps_its_capabilities_and_privileged_skips_confinement() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.user = String::new();
+        spec.mounts = vec![ExtraMount::TmpfsWithOptions {
+            target: "/tmp".into(),
+            flags: libc::MS_NOSUID,
+            data: String::new(),
+        }];
+        let calls = |spec: &SandboxSpec| {
+            let prepared = prepare(spec, false).unwrap();
+            let plan = build_plan(spec, &prepared, &ChildStdio::Fds([None; 3]), &[]).unwrap();
+            let sys = RecordingSyscall::new();
+            plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
+            sys.calls()
+        };
+        let kept = CapabilitySet::docker_default().bits() & host_capabilities().permitted.bits();
+        let confined = calls(&spec);
+        let uid_at = confined.iter().position(|c| c == "setresuid 0").unwrap();
+        assert_eq!(
+            confined[uid_at + 1],
+            format!("capset eff={kept:#x} prm={kept:#x} inh=0x0")
+        );
+        // A tmpfs is `nodev` even when its options leave it out.
+        assert!(confined.contains(&"mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV -".to_string()));
+
+        spec.confinement = Confinement::privileged();
+        let privileged = calls(&spec);
+        for absent in [
+            "capbset_drop",
+            "capset",
+            "mount_setattr",
+            "mount /dev/null /proc",
+        ] {
+            assert!(
+                !privileged.iter().any(|c| c.starts_with(absent)),
+                "{absent} in {privileged:#?}"
+            );
+        }
+        assert!(privileged.contains(&"mount tmpfs /tmp tmpfs MS_NOSUID -".to_string()));
+        assert!(
+            privileged
+                .iter()
+                .any(|c| c.starts_with("mount tmpfs /dev tmpfs MS_NOSUID|MS_STRICTATIME "))
         );
     }
 

@@ -191,7 +191,10 @@ fn limits_are_written_in_each_hierarchy() {
             CgroupVersion::V1 => {
                 assert_eq!(read("memory.limit_in_bytes").unwrap(), "50331648");
                 if let Some(memsw) = read("memory.memsw.limit_in_bytes") {
-                    assert_eq!(memsw, "100663296", "as Docker: as much swap again as memory");
+                    assert_eq!(
+                        memsw, "100663296",
+                        "as Docker: as much swap again as memory"
+                    );
                 }
             }
             CgroupVersion::V2 => assert_eq!(read("memory.max").unwrap(), "50331648"),

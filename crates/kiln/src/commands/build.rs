@@ -103,6 +103,11 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR` (as Docker).
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh` (as Docker): `default` or `ID` alone (the agent of
+    /// `$SSH_AUTH_SOCK`), `ID=/path/to/agent.sock`, or `ID=/path/to/key[,KEY…]` (private keys,
+    /// served by an `ssh-agent` kiln starts for the build) (repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
+    pub ssh: Vec<String>,
     /// Export the build cache: `type=local,dest=DIR` or `type=registry,ref=NAME:TAG`, with
     /// `mode=min` (the image's steps, default) or `mode=max` (every step), or `type=inline` (in
     /// the image's config) (repeatable).
@@ -173,6 +178,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     }
     let labels = parse_labels(&args.labels)?;
     let secrets = parse_secrets(&args.secrets)?;
+    // Lives until the build ends: agents kiln started for key files stop when it is dropped.
+    let ssh = crate::ssh_agent::SshForwards::start(&args.ssh, std::env::var_os("SSH_AUTH_SOCK"))?;
     let cache_to = args
         .cache_to
         .iter()
@@ -288,6 +295,9 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     }
     if !args.add_host.is_empty() {
         solver = solver.with_extra_hosts(args.add_host.clone());
+    }
+    if !ssh.agents().is_empty() {
+        solver = solver.with_ssh_agents(ssh.agents().clone());
     }
     tracing::debug!(snapshotter = solver.snapshotter_name(), "solving");
     check_entitlements(&lowered.definition, &args.allow)?;
