@@ -13,6 +13,7 @@ packages=(
   docker.io        # dockerd, to check that `docker load` accepts kiln's archives
   git              # `ADD <git repository>` checks out with it
   attr             # setfattr/getfattr: tests put xattrs on files and read them back
+  openssh-client   # ssh-agent/ssh-add: `kiln build --ssh ID=KEYFILE` and the SSH forwarding tests
 )
 
 install_packages() {

@@ -13,6 +13,7 @@
 //! - [`cache`]: cache keys (op digest, input results, checksums of exactly what a COPY reads),
 //!   records in the store, and miss explanations; [`schedule`] runs independent ops in parallel.
 //! - [`progress`]: the events a display receives; [`error`]: [`SolveError`] naming the failing step.
+//! - [`ssh`]: the proxy socket through which a RUN step reaches an SSH agent (`--mount=type=ssh`).
 //!
 //! Mounts happen only on short-lived threads in private mount namespaces (see `mount`), so a killed
 //! kiln never leaves a mount behind; temporary dirs live in the store's session scratch dir.
@@ -28,9 +29,10 @@ pub mod result;
 pub mod schedule;
 pub mod scratch;
 pub mod solve;
+pub mod ssh;
 
 pub use error::{OpError, SolveError};
-pub use ops::{SecretSource, Secrets};
+pub use ops::{SecretSource, Secrets, SshAgents};
 pub use progress::{NoProgress, Progress, ProgressEvent, StepId};
 pub use result::{Layer, LocalDir, OpOutput};
 pub use scratch::ScratchDir;

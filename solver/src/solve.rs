@@ -70,11 +70,15 @@ pub struct Solver<'a> {
     limits: kiln_executor::ResourceLimits,
     /// See [`Solver::with_extra_hosts`].
     extra_hosts: Vec<(String, String)>,
+    /// See [`Solver::with_ssh_agents`].
+    ssh_agents: crate::ops::SshAgents,
+    /// See [`Solver::with_step_numbers`].
+    step_numbers: Arc<AtomicUsize>,
 }
 
 impl<'a> Solver<'a> {
     /// A solver over `store`; picks the snapshotter now (probing overlayfs for
-    /// [`SnapshotterKind::Auto`]).
+    /// [`SnapshotterKind::Auto`], unless an earlier probe on this host found it usable).
     pub fn new(
         store: Store,
         options: SolveOptions,
@@ -85,9 +89,13 @@ impl<'a> Solver<'a> {
             SnapshotterKind::Overlay => Box::new(OverlaySnapshotter),
             SnapshotterKind::Native => Box::new(NativeSnapshotter),
             SnapshotterKind::Auto => {
-                let usable = ScratchDir::new(&store, "probe")
-                    .map(|dir| crate::mount::overlay_usable(dir.path()))
-                    .unwrap_or(false);
+                // The trial mount is a good share of a cached build's CPU: its answer is kept in
+                // the store (per kernel, filesystem and privileges) after the first success.
+                let usable = kiln_executor::snapshot::overlay_supported_cached(store.root(), || {
+                    ScratchDir::new(&store, "probe")
+                        .map(|dir| crate::mount::overlay_usable(dir.path()))
+                        .unwrap_or(false)
+                });
                 if usable {
                     Box::new(OverlaySnapshotter)
                 } else {
@@ -107,7 +115,17 @@ impl<'a> Solver<'a> {
             cache_keys: Mutex::new(Vec::new()),
             limits: kiln_executor::ResourceLimits::default(),
             extra_hosts: Vec::new(),
+            ssh_agents: crate::ops::SshAgents::new(),
+            step_numbers: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Numbers this solver's steps on from `counter` (the last number used) and advances it, so
+    /// that several solves of one build (a remote context fetched first, then the build) show one
+    /// sequence `#1 #2 …` instead of starting again at `#1`. Each solver counts from 0 otherwise.
+    pub fn with_step_numbers(mut self, counter: Arc<AtomicUsize>) -> Solver<'a> {
+        self.step_numbers = counter;
+        self
     }
 
     /// Runs every RUN step under `limits` (`docker build --memory`). Like Docker, the limits are
@@ -122,6 +140,14 @@ impl<'a> Solver<'a> {
     /// of every RUN step's cache key; they never reach a layer (the file is the sandbox's own).
     pub fn with_extra_hosts(mut self, hosts: Vec<(String, String)>) -> Solver<'a> {
         self.extra_hosts = hosts;
+        self
+    }
+
+    /// Forwards `agents` (id → agent socket, `docker build --ssh`) to RUN steps'
+    /// `--mount=type=ssh`. Like secrets, they are never part of a cache key: another agent or key
+    /// reuses the cached step.
+    pub fn with_ssh_agents(mut self, agents: crate::ops::SshAgents) -> Solver<'a> {
+        self.ssh_agents = agents;
         self
     }
 
@@ -280,7 +306,6 @@ struct Run<'s, 'd> {
     nodes: Vec<(OpDigest, &'d Op, Option<&'d OpMetadata>)>,
     index: HashMap<OpDigest, usize>,
     deps: Vec<Vec<usize>>,
-    next_step: AtomicUsize,
     /// Set by the scheduler once a step failed: steps waiting to run do not start.
     cancelled: AtomicBool,
     /// The newest creation time of the cache records behind this solve's steps (ns).
@@ -351,7 +376,6 @@ impl<'s, 'd> Run<'s, 'd> {
             nodes,
             index,
             deps,
-            next_step: AtomicUsize::new(0),
             cancelled: AtomicBool::new(false),
             newest_record_ns: AtomicI64::new(0),
             unrecorded_ran: AtomicBool::new(false),
@@ -397,7 +421,7 @@ impl<'s, 'd> Run<'s, 'd> {
     }
 
     fn start_step(&self, description: &str) -> StepId {
-        let id = self.next_step.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = self.solver.step_numbers.fetch_add(1, Ordering::SeqCst) + 1;
         emit(
             self.progress(),
             ProgressEvent::Started {
@@ -905,6 +929,7 @@ impl<'s, 'd> Run<'s, 'd> {
             layer_options: self.solver.options.layers,
             locals: &self.solver.options.locals,
             secrets: &self.solver.options.secrets,
+            ssh_agents: &self.solver.ssh_agents,
             puller: self.solver.puller,
             progress: self.solver.progress,
             step,

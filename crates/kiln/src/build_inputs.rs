@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use kiln_frontend::lower::NamedContext;
 use kiln_solver::progress::Progress;
@@ -302,6 +304,7 @@ pub fn fetch_remote(
     store: &Store,
     snapshotter: SnapshotterKind,
     progress: &dyn Progress,
+    step_numbers: &Arc<AtomicUsize>,
     remote: &RemoteContext,
     unpack: bool,
 ) -> Result<FetchedContext, BuildInputError> {
@@ -338,7 +341,8 @@ pub fn fetch_remote(
         snapshotter,
         ..SolveOptions::default()
     };
-    let solver = Solver::new(store.clone(), options, progress, None);
+    let solver = Solver::new(store.clone(), options, progress, None)
+        .with_step_numbers(Arc::clone(step_numbers));
     let output = solver
         .solve(&definition, &root)
         .map_err(|error| fetch_error(Box::new(error)))?;
@@ -428,6 +432,7 @@ pub fn prepare_named_contexts(
     store: &Store,
     snapshotter: SnapshotterKind,
     progress: &dyn Progress,
+    step_numbers: &Arc<AtomicUsize>,
     platform: &kiln_llb::Platform,
 ) -> Result<NamedContexts, BuildInputError> {
     let mut parsed = BTreeMap::new();
@@ -470,7 +475,8 @@ pub fn prepare_named_contexts(
                 contexts.lowering.insert(name, NamedContext::Local);
             }
             NamedValue::Remote(remote) => {
-                let fetched = fetch_remote(store, snapshotter, progress, &remote, false)?;
+                let fetched =
+                    fetch_remote(store, snapshotter, progress, step_numbers, &remote, false)?;
                 contexts.locals.insert(
                     name.clone(),
                     LocalSource {

@@ -10,6 +10,7 @@ mod output_spec;
 mod progress;
 mod resolver;
 mod run_platform;
+mod ssh_agent;
 mod store_blobs;
 
 use std::process::ExitCode;

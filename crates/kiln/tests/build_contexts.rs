@@ -401,7 +401,19 @@ fn a_git_repository_is_the_context() {
         stderr(&out)
     };
     plain();
-    assert!(step_cached(&plain(), "COPY . /sub/"));
+    let progress = plain();
+    assert!(step_cached(&progress, "COPY . /sub/"));
+    // The fetch of the context and the build are one numbering, as in BuildKit: no `#1` twice.
+    let mut started: Vec<&str> = progress
+        .lines()
+        .filter(|line| line.starts_with('#') && line.contains(" ["))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let shown = started.len();
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started.len(), shown, "a step number repeats:\n{progress}");
+    assert!(progress.contains("load remote build context"), "{progress}");
 
     let missing = kiln.run(&["build", &format!("{url}#no-such-branch")]);
     assert!(!missing.status.success());

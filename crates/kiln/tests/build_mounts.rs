@@ -1,7 +1,7 @@
 //! `RUN --mount` end to end with the real binary: cache mounts that survive between builds and never
 //! reach a layer, secrets (`--secret id=…,src=…|env=…`) that reach no layer, config, history or
 //! progress output, binds from the context and from a stage that write nothing back, tmpfs, and
-//! the errors for a missing required secret and for SSH mounts.
+//! the errors for a missing required secret and a missing required SSH agent.
 
 mod common;
 mod layout_helpers;
@@ -358,20 +358,21 @@ fn a_bind_mount_from_a_stage_reads_its_files() {
 }
 
 #[test]
-fn an_ssh_mount_is_refused_naming_the_step() {
+fn a_required_ssh_mount_without_an_agent_is_refused_naming_the_step() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
     let context = kiln.context(
         "ssh",
-        &[("Dockerfile", "FROM busybox\nRUN --mount=type=ssh true\n")],
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=ssh,required=true true\n",
+        )],
     );
     let output = kiln.run(&["build", "--progress=plain", context.to_str().unwrap()]);
     assert!(!output.status.success());
     let text = stderr(&output);
     assert!(
-        text.contains("Dockerfile:2")
-            && text.contains("type=ssh")
-            && text.contains("not supported"),
+        text.contains("Dockerfile:2") && text.contains("type=ssh") && text.contains("is required"),
         "{text}"
     );
 }

@@ -111,14 +111,14 @@ fn failing_run_reports_instruction_exit_code_and_output_tail() {
 }
 
 #[test]
-fn run_mounts_not_supported_yet_fail_clearly() {
+fn a_required_ssh_mount_without_an_agent_fails_clearly() {
     let kiln = Kiln::new();
     build_busybox_with_kiln(&kiln);
     let context = kiln.context(
         "app",
         &[(
             "Dockerfile",
-            "FROM busybox\nRUN --mount=type=ssh,id=agent true\n",
+            "FROM busybox\nRUN --mount=type=ssh,id=agent,required=true true\n",
         )],
     );
     let output = kiln.run(&["build", context.to_str().unwrap()]);
@@ -127,7 +127,7 @@ fn run_mounts_not_supported_yet_fail_clearly() {
     assert!(
         error.contains("Dockerfile:2")
             && error.contains("type=ssh,id=agent")
-            && error.contains("not supported"),
+            && error.contains("is required"),
         "{error}"
     );
 }

@@ -19,7 +19,7 @@ use crate::layers::LayerOptions;
 use crate::progress::{Progress, StepId};
 use crate::result::{Layer, OpOutput};
 
-pub use mounts::{SecretSource, Secrets};
+pub use mounts::{SecretSource, Secrets, SshAgents};
 pub(crate) use source::ContextIgnore;
 pub use source::LocalSource;
 
@@ -32,6 +32,8 @@ pub struct OpContext<'a> {
     pub locals: &'a std::collections::BTreeMap<String, LocalSource>,
     /// Build secrets by id (`RUN --mount=type=secret`).
     pub secrets: &'a Secrets,
+    /// SSH agent sockets by id (`RUN --mount=type=ssh`); never part of a cache key.
+    pub ssh_agents: &'a SshAgents,
     /// Pulls base images missing from the store; `None` fails instead.
     pub puller: Option<&'a dyn ImagePuller>,
     pub progress: &'a dyn Progress,

@@ -23,7 +23,12 @@
 //!   dir with the mount's uid/gid/mode and bind-mounted read-only (default target
 //!   `/run/secrets/<id>`), or put in the environment (`env=`). Only ids ever reach ops, cache keys,
 //!   history and progress; a missing secret is an error when `required`, else the mount is skipped.
-//! - `ssh`: not supported; refused with an error naming the mount.
+//! - `ssh`: the agent socket given to `kiln build --ssh ID=…` for the mount's `id` (default
+//!   `default`) is shown at the target (default `/run/buildkit/ssh_agent.<n>`) through an
+//!   [`AgentProxy`](crate::ssh::AgentProxy) in the step's scratch dir, with the mount's uid/gid/mode.
+//!   As in BuildKit's LLB, `SSH_AUTH_SOCK` is set to the first ssh mount's target unless the step's
+//!   environment already has it. A missing id is an error when `required`, else the mount is
+//!   skipped. Like secrets, only ids and targets reach ops and cache keys — never a host path.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -62,6 +67,9 @@ impl std::fmt::Debug for SecretSource {
 /// Build secrets by id.
 pub type Secrets = BTreeMap<String, SecretSource>;
 
+/// SSH agent sockets by id (`kiln build --ssh ID=SOCKET`), for `RUN --mount=type=ssh`.
+pub type SshAgents = BTreeMap<String, PathBuf>;
+
 /// Why a `RUN --mount` could not be set up. Messages name the mount, never a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum RunMountError {
@@ -85,9 +93,25 @@ pub enum RunMountError {
         source: std::io::Error,
     },
     #[error(
-        "RUN --mount=type=ssh,id={id} (target {target}): SSH agent forwarding is not supported by kiln"
+        "RUN --mount=type=ssh,id={id} is required but no SSH agent {id:?} was forwarded (pass --ssh {id}[=SOCKET|KEY[,KEY]])"
     )]
-    SshUnsupported { id: String, target: String },
+    SshMissing { id: String },
+    #[error("forwarding SSH agent {id:?} to {target}: {source}")]
+    SshProxy {
+        id: String,
+        target: String,
+        #[source]
+        source: crate::ssh::AgentProxyError,
+    },
+    #[error("forwarding SSH agent {id:?} to {target}: {action} {}: {source}", path.display())]
+    SshDir {
+        id: String,
+        target: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{kind} mount at {target}: source {source_path:?} not found: {source}")]
     SourceNotFound {
         kind: &'static str,
@@ -136,8 +160,11 @@ impl From<RunMountError> for OpError {
 #[derive(Default)]
 pub(crate) struct PreparedMounts {
     pub mounts: Vec<ExtraMount>,
-    /// `NAME=value` entries for `--mount=type=secret,env=NAME`.
+    /// `NAME=value` entries the mounts add to the step's environment: `--mount=type=secret,env=NAME`
+    /// and `SSH_AUTH_SOCK` for ssh mounts.
     pub secret_env: Vec<String>,
+    /// SSH agent proxies, listening until the step ends.
+    _ssh_proxies: Vec<crate::ssh::AgentProxy>,
     /// Locks on cache dirs, released when the step ends.
     _locks: Vec<Flock<File>>,
     /// Copies of stage roots that binds read from.
@@ -149,7 +176,7 @@ pub(crate) struct PreparedMounts {
 ///
 /// # Errors
 /// [`RunMountError`] (through [`OpError::RunMount`]) for a missing required secret, an unreadable
-/// secret, an SSH mount, a bind source that does not exist, or a cache dir that cannot be made;
+/// secret, a missing required SSH agent or a failing agent proxy, a bind source that does not exist, or a cache dir that cannot be made;
 /// other [`OpError`]s for store and snapshot failures.
 pub(crate) fn prepare_mounts(
     cx: &OpContext<'_>,
@@ -158,6 +185,7 @@ pub(crate) fn prepare_mounts(
     scratch: &Path,
 ) -> Result<PreparedMounts, OpError> {
     let mut prepared = PreparedMounts::default();
+    let mut first_ssh_target: Option<&str> = None;
     for (index, mount) in exec.mounts.iter().enumerate() {
         if mount.target == "/" {
             continue;
@@ -205,14 +233,42 @@ pub(crate) fn prepare_mounts(
                     target: PathBuf::from(&mount.target),
                 });
             }
-            MountKind::Ssh { id, .. } => {
-                return Err(RunMountError::SshUnsupported {
-                    id: id.clone(),
-                    target: mount.target.clone(),
-                }
-                .into());
+            MountKind::Ssh {
+                id,
+                required,
+                uid,
+                gid,
+                mode,
+            } => {
+                // BuildKit sets SSH_AUTH_SOCK when it builds the op, whether or not the agent is
+                // then forwarded.
+                first_ssh_target.get_or_insert(&mount.target);
+                let Some(agent) = ssh_agent(cx.ssh_agents, id, *required)? else {
+                    tracing::debug!(id, "optional SSH agent not forwarded; mount skipped");
+                    continue;
+                };
+                let owner = OwnerMode {
+                    uid: *uid,
+                    gid: *gid,
+                    mode: *mode,
+                };
+                let proxy = start_agent_proxy(scratch, index, id, &mount.target, agent, owner)?;
+                prepared.mounts.push(ExtraMount::Bind {
+                    source: proxy.path().to_path_buf(),
+                    target: PathBuf::from(&mount.target),
+                    read_only: true,
+                });
+                prepared._ssh_proxies.push(proxy);
             }
         }
+    }
+    if let Some(target) = first_ssh_target
+        && !exec
+            .env
+            .iter()
+            .any(|entry| entry.starts_with("SSH_AUTH_SOCK="))
+    {
+        prepared.secret_env.push(format!("SSH_AUTH_SOCK={target}"));
     }
     for secret in &exec.secret_env {
         let Some(value) = secret_value(cx.secrets, &secret.id, secret.required)? else {
@@ -816,6 +872,57 @@ fn secret_value(
     }
 }
 
+/// The agent socket forwarded as `id`: `None` when it was not given and is optional.
+fn ssh_agent<'a>(
+    agents: &'a SshAgents,
+    id: &str,
+    required: bool,
+) -> Result<Option<&'a Path>, RunMountError> {
+    match agents.get(id) {
+        Some(socket) => Ok(Some(socket)),
+        None if required => Err(RunMountError::SshMissing { id: id.to_string() }),
+        None => Ok(None),
+    }
+}
+
+/// Starts a proxy for `agent` at `scratch/ssh/<index>.sock` (in a dir only root can enter) with
+/// the mount's owner and mode; it stops when dropped, and its socket goes with the scratch dir.
+fn start_agent_proxy(
+    scratch: &Path,
+    index: usize,
+    id: &str,
+    target: &str,
+    agent: &Path,
+    owner: OwnerMode,
+) -> Result<crate::ssh::AgentProxy, RunMountError> {
+    let dir = scratch.join("ssh");
+    let dir_err = |action: &'static str| {
+        let dir = dir.clone();
+        move |source: std::io::Error| RunMountError::SshDir {
+            id: id.to_string(),
+            target: target.to_string(),
+            action,
+            path: dir,
+            source,
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(dir_err("create"))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(dir_err("chmod"))?;
+    crate::ssh::AgentProxy::start(
+        agent,
+        &dir.join(format!("{index}.sock")),
+        owner.uid,
+        owner.gid,
+        owner.mode,
+    )
+    .map_err(|source| RunMountError::SshProxy {
+        id: id.to_string(),
+        target: target.to_string(),
+        source,
+    })
+}
+
 /// Writes a secret into `scratch/secrets/<index>` (a dir only root can enter) with the mount's
 /// owner and mode; the file goes with the scratch dir when the step ends.
 fn write_secret_file(
@@ -964,6 +1071,7 @@ mod tests {
             layer_options: crate::layers::LayerOptions::default(),
             locals: &locals,
             secrets: &secrets,
+            ssh_agents: &SshAgents::new(),
             puller: None,
             progress: &crate::progress::NoProgress,
             step: None,
@@ -1023,6 +1131,7 @@ mod tests {
             layer_options: crate::layers::LayerOptions::default(),
             locals: &locals,
             secrets: &secrets,
+            ssh_agents: &SshAgents::new(),
             puller: None,
             progress: &crate::progress::NoProgress,
             step: None,
@@ -1062,6 +1171,7 @@ mod tests {
             layer_options: crate::layers::LayerOptions::default(),
             locals: &locals,
             secrets: &secrets,
+            ssh_agents: &SshAgents::new(),
             puller: None,
             progress: &crate::progress::NoProgress,
             step: None,
@@ -1143,6 +1253,7 @@ mod tests {
             layer_options: crate::layers::LayerOptions::default(),
             locals: &locals,
             secrets: &secrets,
+            ssh_agents: &SshAgents::new(),
             puller: None,
             progress: &crate::progress::NoProgress,
             step: None,
@@ -1173,6 +1284,109 @@ mod tests {
             "x"
         );
         assert!(!source.join("debug.log").exists());
+    }
+
+    fn ssh_exec(mounts: &[(&str, &str, bool)], env: &[&str]) -> ExecOp {
+        let mut exec = cache_exec(CacheSharing::Shared);
+        exec.env = env.iter().map(|e| e.to_string()).collect();
+        exec.mounts = mounts
+            .iter()
+            .map(|(id, target, required)| Mount {
+                target: target.to_string(),
+                input: None,
+                selector: None,
+                readonly: true,
+                output: None,
+                kind: MountKind::Ssh {
+                    id: id.to_string(),
+                    required: *required,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o600,
+                },
+            })
+            .collect();
+        exec
+    }
+
+    fn prepare_ssh(agents: &SshAgents, exec: &ExecOp) -> Result<PreparedMounts, OpError> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = kiln_store::Store::open(dir.path()).unwrap();
+        let (locals, secrets) = (BTreeMap::new(), Secrets::new());
+        let cx = OpContext {
+            store: &store,
+            snapshotter: &NativeSnapshotter,
+            layer_options: crate::layers::LayerOptions::default(),
+            locals: &locals,
+            secrets: &secrets,
+            ssh_agents: agents,
+            puller: None,
+            progress: &crate::progress::NoProgress,
+            step: None,
+            limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
+        };
+        let scratch = dir.keep().join("scratch");
+        prepare_mounts(&cx, exec, &[], &scratch)
+    }
+
+    #[test]
+    fn a_missing_ssh_agent_is_an_error_only_when_required() {
+        let exec = ssh_exec(&[("gh", "/run/buildkit/ssh_agent.0", true)], &[]);
+        let error = prepare_ssh(&SshAgents::new(), &exec).err().unwrap();
+        let text = error.to_string();
+        assert!(
+            text.contains("\"gh\"") && text.contains("--ssh gh"),
+            "{text}"
+        );
+
+        // Optional: skipped, but SSH_AUTH_SOCK names the first ssh target, as BuildKit sets it.
+        let exec = ssh_exec(
+            &[
+                ("a", "/run/buildkit/ssh_agent.0", false),
+                ("b", "/b.sock", false),
+            ],
+            &[],
+        );
+        let prepared = prepare_ssh(&SshAgents::new(), &exec).unwrap();
+        assert!(prepared.mounts.is_empty());
+        assert_eq!(
+            prepared.secret_env,
+            ["SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0"]
+        );
+    }
+
+    #[test]
+    fn an_ssh_mount_is_a_read_only_bind_of_a_proxy_in_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+        let agents = SshAgents::from([("default".to_string(), agent.clone())]);
+        let exec = ssh_exec(&[("default", "/agent", true)], &["SSH_AUTH_SOCK=/mine"]);
+        let prepared = prepare_ssh(&agents, &exec).unwrap();
+        match &prepared.mounts[..] {
+            [
+                ExtraMount::Bind {
+                    source,
+                    target,
+                    read_only: true,
+                },
+            ] => {
+                assert_eq!(target, Path::new("/agent"));
+                assert_ne!(
+                    source, &agent,
+                    "the step sees a proxy, never the host socket"
+                );
+                assert!(source.ends_with("ssh/0.sock"), "{source:?}");
+                let meta = std::fs::symlink_metadata(source).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+            }
+            other => panic!("expected one read-only bind, got {other:?}"),
+        }
+        assert!(
+            prepared.secret_env.is_empty(),
+            "the step's own SSH_AUTH_SOCK wins"
+        );
     }
 
     #[test]

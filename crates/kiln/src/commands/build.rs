@@ -13,6 +13,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -209,12 +211,15 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         args.progress
     }
     .display();
-    let input = BuildInput::read(&args, &store, snapshotter, progress.as_ref())?;
+    // One numbering for every solve of this build: remote contexts are fetched by solves of their own.
+    let step_numbers = Arc::new(AtomicUsize::new(0));
+    let input = BuildInput::read(&args, &store, snapshotter, progress.as_ref(), &step_numbers)?;
     let named_contexts = crate::build_inputs::prepare_named_contexts(
         &args.build_contexts,
         &store,
         snapshotter,
         progress.as_ref(),
+        &step_numbers,
         target_platform.as_ref().unwrap_or(&host_platform()),
     )?;
     let dockerfile = time_phase(progress.as_ref(), Phase::Parse, None, None, || {
@@ -283,7 +288,8 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         solve_options,
         progress.as_ref(),
         Some(&puller),
-    );
+    )
+    .with_step_numbers(Arc::clone(&step_numbers));
     if !imported.is_empty() {
         solver = solver.with_cache_import(&imported);
     }
@@ -579,6 +585,7 @@ impl BuildInput {
         store: &Store,
         snapshotter: SnapshotterKind,
         progress: &dyn kiln_solver::Progress,
+        step_numbers: &Arc<AtomicUsize>,
     ) -> anyhow::Result<BuildInput> {
         let dockerfile_from_stdin = args.file.as_deref() == Some(Path::new("-"));
         let mut stdin_dockerfile = None;
@@ -605,8 +612,14 @@ impl BuildInput {
         } else if let crate::build_inputs::ContextArg::Remote(remote) =
             crate::build_inputs::classify_context(&args.context)
         {
-            let fetched =
-                crate::build_inputs::fetch_remote(store, snapshotter, progress, &remote, true)?;
+            let fetched = crate::build_inputs::fetch_remote(
+                store,
+                snapshotter,
+                progress,
+                step_numbers,
+                &remote,
+                true,
+            )?;
             // A URL that is not an archive is the Dockerfile (of an empty context), as in Docker.
             if !dockerfile_from_stdin {
                 stdin_dockerfile = fetched.dockerfile.clone();

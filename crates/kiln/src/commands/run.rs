@@ -34,11 +34,12 @@ use std::process::ExitCode;
 
 use kiln_executor::cgroup::SizeError;
 use kiln_executor::plan::{self, PlanError};
+use kiln_executor::snapshot::default_snapshotter_cached;
 use kiln_executor::syscall::LinuxSyscall;
 use kiln_executor::{CapabilitySet, Confinement};
 use kiln_executor::{
     ExitStatus, ExtraMount, Input, NetworkMode, Output, ResourceLimits, RootMount, SandboxError,
-    SandboxIo, SandboxSpec, SnapshotError, default_snapshotter, mount_stubs,
+    SandboxIo, SandboxSpec, SnapshotError, mount_stubs,
 };
 use kiln_image::config::{ContainerConfig, ImageConfig};
 use kiln_image::{Platform, Reference};
@@ -431,7 +432,8 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
     )?;
 
     let scratch = ScratchDir::new(&store, "run").map_err(RunError::Scratch)?;
-    let snapshotter = default_snapshotter(scratch.path());
+    // Probes overlayfs only until it has worked once for this store on this host.
+    let snapshotter = default_snapshotter_cached(store.root(), scratch.path());
     let stubs = mount_stubs(&options.mounts);
     // The scratch dir itself: the snapshot's own entries (`upper`, `work`...) sit beside `ro-root`.
     let snapshot = snapshotter.prepare(&layers, scratch.path(), &stubs)?;
