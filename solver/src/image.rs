@@ -8,6 +8,7 @@
 //!   `docker build`; OCI for OCI archives), records the manifest, and returns the image id.
 //! - Exports: [`export_rootfs`] and [`write_rootfs_tar`] give the merged root filesystem.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -341,6 +342,30 @@ pub fn write_image(
     base_history_len: usize,
     options: &ImageOptions,
 ) -> Result<BuiltImage, ImageError> {
+    write_image_annotated(
+        store,
+        chain,
+        config,
+        base_history_len,
+        options,
+        &BTreeMap::new(),
+    )
+}
+
+/// [`write_image`] with `annotations` in the manifest's `annotations` field (`docker buildx build
+/// --annotation`): they change the manifest digest, never the image id. Only OCI manifests carry
+/// annotations; the caller picks [`MediaTypeSet::Oci`] when there are any.
+///
+/// # Errors
+/// Writing a blob or recording the manifest failed.
+pub fn write_image_annotated(
+    store: &Store,
+    chain: &[Layer],
+    config: &ImageConfig,
+    base_history_len: usize,
+    options: &ImageOptions,
+    annotations: &BTreeMap<String, String>,
+) -> Result<BuiltImage, ImageError> {
     let created = rfc3339(options.created);
     let mut config = config.clone();
     config.created = Some(created.clone());
@@ -380,8 +405,17 @@ pub fn write_image(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (_, manifest_bytes, manifest_descriptor) =
-        build_manifest(media_types, config_descriptor, layer_descriptors, None)?;
+    let (_, manifest_bytes, manifest_descriptor) = build_manifest(
+        media_types,
+        config_descriptor,
+        layer_descriptors,
+        (!annotations.is_empty()).then(|| {
+            annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
+    )?;
     let manifest_digest = store_blob(store, &manifest_bytes)?;
     let manifest_media_type = manifest_descriptor.media_type().to_string();
     store.record_manifest(&ManifestRecord {

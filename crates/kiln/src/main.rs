@@ -5,6 +5,7 @@
 mod build_inputs;
 mod cli;
 mod commands;
+mod metadata_file;
 mod oci_layout_context;
 mod output_spec;
 mod progress;

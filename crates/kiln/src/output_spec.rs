@@ -1,8 +1,10 @@
 //! `--output` values of `kiln build`, parsed the way `docker buildx build --output` reads them:
 //! `type=oci,dest=x.tar`, `type=docker,dest=x.tar`, `type=local,dest=dir`, `type=tar,dest=x.tar`,
 //! `type=image,name=ref[,push=true]`, or a bare path as shorthand for `type=local,dest=PATH`
-//! (`-` for a tar on stdout).
+//! (`-` for a tar on stdout). Also `--annotation` values, as buildx reads them:
+//! `[TYPE[,TYPE…][\[PLATFORM\]]:]KEY=VALUE`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Layer compression requested for an export.
@@ -45,6 +47,153 @@ pub struct OutputSpec {
 pub enum OutputSpecError {
     #[error("invalid --output {spec:?}: {reason}")]
     Invalid { spec: String, reason: String },
+    #[error("invalid --annotation {value:?}: {reason}")]
+    InvalidAnnotation { value: String, reason: String },
+}
+
+/// Where an `--annotation` goes: buildx's type prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationTarget {
+    /// The image manifest's `annotations` (also what a value without a prefix means).
+    Manifest,
+    /// An image index's `annotations`.
+    Index,
+    /// The `annotations` of the manifest's descriptor in an index.
+    ManifestDescriptor,
+    /// The `annotations` of the index's descriptor in an OCI layout's `index.json`.
+    IndexDescriptor,
+}
+
+impl AnnotationTarget {
+    fn parse(name: &str) -> Option<AnnotationTarget> {
+        match name {
+            "manifest" => Some(AnnotationTarget::Manifest),
+            "index" => Some(AnnotationTarget::Index),
+            "manifest-descriptor" => Some(AnnotationTarget::ManifestDescriptor),
+            "index-descriptor" => Some(AnnotationTarget::IndexDescriptor),
+            _ => None,
+        }
+    }
+}
+
+/// One `--annotation` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// The value as given, for error messages.
+    pub text: String,
+    pub targets: Vec<AnnotationTarget>,
+    /// The platform in `TYPE[PLATFORM]:`, as written: the annotation is for that platform's
+    /// manifest only.
+    pub platform: Option<String>,
+    pub key: String,
+    pub value: String,
+}
+
+impl Annotation {
+    /// Parses `[TYPES[PLATFORM]:]KEY=VALUE` (TYPES comma-separated). A prefix is only read as
+    /// types when it looks like one (lower-case letters, `-` and `,`), as buildx does, so a key
+    /// such as `com.example:x` stays a key.
+    ///
+    /// # Errors
+    /// [`OutputSpecError::InvalidAnnotation`]: no `=`, an empty key, an unknown type, an empty or
+    /// unclosed platform.
+    pub fn parse(text: &str) -> Result<Annotation, OutputSpecError> {
+        let invalid = |reason: String| OutputSpecError::InvalidAnnotation {
+            value: text.to_string(),
+            reason,
+        };
+        let (head, value) = text
+            .split_once('=')
+            .ok_or_else(|| invalid("expected KEY=VALUE".into()))?;
+        let mut targets = vec![AnnotationTarget::Manifest];
+        let mut platform = None;
+        let mut key = head;
+        if let Some((prefix, rest)) = head.split_once(':') {
+            let (types, platform_part) = match prefix.split_once('[') {
+                Some((types, bracketed)) => match bracketed.strip_suffix(']') {
+                    Some(inner) => (types, Some(inner)),
+                    None => return Err(invalid(format!("unclosed platform in {prefix:?}"))),
+                },
+                None => (prefix, None),
+            };
+            let looks_like_types = !types.is_empty()
+                && types
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-' || c == ',');
+            if looks_like_types {
+                targets = types
+                    .split(',')
+                    .map(|name| {
+                        AnnotationTarget::parse(name).ok_or_else(|| {
+                            invalid(format!(
+                                "unknown annotation type {name:?} (expected manifest, index, \
+                                 manifest-descriptor or index-descriptor)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                if let Some(inner) = platform_part {
+                    if inner.trim().is_empty() {
+                        return Err(invalid("empty platform in [...]".into()));
+                    }
+                    platform = Some(inner.trim().to_string());
+                }
+                key = rest;
+            }
+        }
+        if key.is_empty() {
+            return Err(invalid("the key is empty".into()));
+        }
+        Ok(Annotation {
+            text: text.to_string(),
+            targets,
+            platform,
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+/// The manifest annotations of `annotations` for a build of one platform: `applies(platform)`
+/// says whether a `[PLATFORM]` names the platform being built (others are skipped, as BuildKit
+/// skips them for platforms it does not build).
+///
+/// # Errors
+/// [`OutputSpecError::InvalidAnnotation`] for an `index` type (a one-platform build writes a single
+/// manifest and no image index; BuildKit refuses them for single-platform exports too) and for the
+/// descriptor types, which kiln does not write.
+pub fn manifest_annotations(
+    annotations: &[Annotation],
+    mut applies: impl FnMut(&str) -> bool,
+) -> Result<BTreeMap<String, String>, OutputSpecError> {
+    let mut manifest = BTreeMap::new();
+    for annotation in annotations {
+        let invalid = |reason: &str| OutputSpecError::InvalidAnnotation {
+            value: annotation.text.clone(),
+            reason: reason.to_string(),
+        };
+        for target in &annotation.targets {
+            match target {
+                AnnotationTarget::Manifest => {}
+                AnnotationTarget::Index => {
+                    return Err(invalid(
+                        "index annotations need an image index, and a single-platform build \
+                         writes none (as in BuildKit); use manifest annotations",
+                    ));
+                }
+                AnnotationTarget::ManifestDescriptor | AnnotationTarget::IndexDescriptor => {
+                    return Err(invalid(
+                        "kiln does not write manifest-descriptor or index-descriptor \
+                         annotations; use manifest annotations",
+                    ));
+                }
+            }
+        }
+        if annotation.platform.as_deref().is_none_or(&mut applies) {
+            manifest.insert(annotation.key.clone(), annotation.value.clone());
+        }
+    }
+    Ok(manifest)
 }
 
 impl OutputSpec {
@@ -294,6 +443,72 @@ mod tests {
             }
         );
         assert!(OutputSpec::parse("type=registry").is_err());
+    }
+
+    #[test]
+    fn annotations_parse_like_buildx() {
+        let plain = Annotation::parse("org.opencontainers.image.title=My app").unwrap();
+        assert_eq!(plain.targets, vec![AnnotationTarget::Manifest]);
+        assert_eq!(plain.key, "org.opencontainers.image.title");
+        assert_eq!(plain.value, "My app");
+        assert_eq!(plain.platform, None);
+
+        let typed = Annotation::parse("manifest,index[linux/amd64]:a.b=c=d").unwrap();
+        assert_eq!(
+            typed.targets,
+            vec![AnnotationTarget::Manifest, AnnotationTarget::Index]
+        );
+        assert_eq!(typed.platform.as_deref(), Some("linux/amd64"));
+        assert_eq!((typed.key.as_str(), typed.value.as_str()), ("a.b", "c=d"));
+
+        // A prefix that is not made of type-like characters is part of the key.
+        let colon_key = Annotation::parse("com.Example:x=1").unwrap();
+        assert_eq!(colon_key.key, "com.Example:x");
+        assert_eq!(colon_key.targets, vec![AnnotationTarget::Manifest]);
+
+        assert_eq!(
+            Annotation::parse("manifest-descriptor:k=v")
+                .unwrap()
+                .targets,
+            vec![AnnotationTarget::ManifestDescriptor]
+        );
+        let err = Annotation::parse("layer:k=v").unwrap_err().to_string();
+        assert!(err.contains("unknown annotation type \"layer\""), "{err}");
+        assert!(Annotation::parse("novalue").is_err());
+        assert!(Annotation::parse("=v").is_err());
+        assert!(Annotation::parse("manifest:=v").is_err());
+        assert!(Annotation::parse("manifest[linux/amd64:k=v").is_err());
+        assert!(Annotation::parse("manifest[]:k=v").is_err());
+    }
+
+    #[test]
+    fn manifest_annotations_keep_this_platforms_and_refuse_other_types() {
+        let parse = |values: &[&str]| -> Vec<Annotation> {
+            values
+                .iter()
+                .map(|v| Annotation::parse(v).unwrap())
+                .collect()
+        };
+        let wanted = parse(&[
+            "a=1",
+            "manifest:b=2",
+            "manifest[linux/amd64]:c=3",
+            "manifest[linux/arm64]:d=4",
+        ]);
+        let kept = manifest_annotations(&wanted, |p| p == "linux/amd64").unwrap();
+        let keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(kept["c"], "3");
+
+        let err = manifest_annotations(&parse(&["index:k=v"]), |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("single-platform"), "{err}");
+        assert!(err.contains("\"index:k=v\""), "the value as given: {err}");
+        let err = manifest_annotations(&parse(&["index-descriptor:k=v"]), |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("descriptor"), "{err}");
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //! `kiln-solver`, and exports the result: by default an image in kiln's store under every `-t` name
 //! (Docker schema 2 media types, as `docker build` makes), or what `--output` asks for (an OCI or
 //! docker archive, the root filesystem as a directory or a tar). The image id goes to stdout (and
-//! `--iidfile`); progress goes to stderr.
+//! `--iidfile`), unless an archive does (`dest=-`: then stdout carries nothing else, as with
+//! buildx); progress goes to stderr. `--metadata-file` and `--annotation` follow buildx.
 //!
 //! Flags follow `docker build` so scripts move over unchanged. `SOURCE_DATE_EPOCH` makes builds
 //! reproducible: it is the image's creation time and clamps file times in new layers.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use kiln_solver::cache::transfer::{
     export_to_registry, inline_cache_value, pack_cache_mounts, select_records,
 };
 use kiln_solver::image::{
-    ImageOptions, RegistryTransport, export_rootfs, write_image, write_rootfs_tar,
+    ImageOptions, RegistryTransport, export_rootfs, write_image_annotated, write_rootfs_tar,
 };
 use kiln_solver::layers::LayerOptions;
 use kiln_solver::progress::{Phase, emit, time_phase};
@@ -36,7 +37,8 @@ use kiln_store::Store;
 use crate::cli::Global;
 use crate::commands::debug::{parse_build_args, read_dockerfile};
 use crate::commands::{host_platform, normalize_image_name, open_store};
-use crate::output_spec::{Compression, Destination, OutputKind, OutputSpec};
+use crate::metadata_file::{BuildMetadata, ImageMetadata};
+use crate::output_spec::{Annotation, Compression, Destination, OutputKind, OutputSpec};
 use crate::progress::ProgressMode;
 use crate::resolver::{LazyPuller, StoreResolver};
 use crate::store_blobs::StoreBlobs;
@@ -62,9 +64,25 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// Where the result goes: `type=oci|docker,dest=F.tar`, `type=local,dest=DIR`,
-    /// `type=tar,dest=F.tar`, `type=image` (the default: kiln's store), or a bare path.
+    /// `type=tar,dest=F.tar`, `type=image` (the default: kiln's store), or a bare path. `dest=-`
+    /// writes the archive to stdout (not to a terminal), e.g. `-o type=docker,dest=- | docker load`.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Option<String>,
+    /// After a successful build, write what it made to FILE as JSON, with buildx's keys:
+    /// `containerimage.config.digest` (the image id), `containerimage.digest` and
+    /// `containerimage.descriptor` (the manifest stored, exported or pushed) and `image.name`
+    /// (the names, comma-joined). Left out: `buildx.build.ref` (kiln has no builder instance) and
+    /// `buildx.build.provenance` (kiln makes no attestations); `type=local` and `type=tar` outputs
+    /// make no image, so the object is empty.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// An annotation on the image manifest, `[TYPE[PLATFORM]:]KEY=VALUE` as buildx reads it
+    /// (repeatable): no type or `manifest:` puts it in the manifest (`manifest[linux/amd64]:` only
+    /// when building that platform). Such images use OCI media types. `index:` is refused: a
+    /// single-platform build writes no image index (as in BuildKit); so are
+    /// `manifest-descriptor:` and `index-descriptor:`.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Network for RUN steps: `default` (the host's, as Docker's builder), `host` or `none`.
     #[arg(long, value_name = "MODE", default_value = "default")]
     pub network: String,
@@ -152,6 +170,19 @@ pub struct BuildArgs {
 pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
     // Cheap checks first, so bad flags fail before any work.
     let output = args.output.as_deref().map(OutputSpec::parse).transpose()?;
+    let archive_on_stdout = output.as_ref().is_some_and(writes_to_stdout);
+    if archive_on_stdout && io::stdout().is_terminal() {
+        bail!(
+            "refusing to write the archive of --output {:?} to a terminal: redirect stdout to a \
+             file or a pipe (e.g. `| docker load`), or give dest=FILE",
+            args.output.as_deref().unwrap_or_default()
+        );
+    }
+    let annotations = args
+        .annotations
+        .iter()
+        .map(|value| Annotation::parse(value))
+        .collect::<Result<Vec<_>, _>>()?;
     let network = match args.network.as_str() {
         "default" | "sandbox" => kiln_llb::NetworkMode::Sandbox,
         "host" => kiln_llb::NetworkMode::Host,
@@ -198,6 +229,18 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(parse_target_platform)
         .transpose()?;
+    let manifest_annotations = manifest_annotations_for(
+        &annotations,
+        target_platform.as_ref().unwrap_or(&host_platform()),
+    )?;
+    if !manifest_annotations.is_empty()
+        && output.as_ref().and_then(|spec| spec.oci_media_types) == Some(false)
+    {
+        bail!(
+            "--annotation needs OCI media types (Docker's manifests have no annotations): \
+             drop oci-mediatypes=false"
+        );
+    }
 
     let store = open_store(global)?;
     let _lock = store
@@ -339,7 +382,13 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         lowered.target.config.clone(),
     )?;
     let image_with = |media_types: MediaTypeSet| {
-        write_image(
+        // Only OCI manifests carry annotations (BuildKit switches to OCI for them too).
+        let media_types = if manifest_annotations.is_empty() {
+            media_types
+        } else {
+            MediaTypeSet::Oci
+        };
+        write_image_annotated(
             &store,
             &chain,
             &image_config,
@@ -348,19 +397,21 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
                 media_types,
                 created,
             },
+            &manifest_annotations,
         )
         .context("writing the image")
     };
     let export_started = Instant::now();
     let kind = output.map(|spec| (spec.kind, spec.oci_media_types));
-    let image_id = match kind {
+    // The image written (for the id and the metadata file) and the names it went out under.
+    let built: Option<(kiln_solver::image::BuiltImage, Vec<String>)> = match kind {
         None => {
             let image = image_with(MediaTypeSet::Docker)?;
             store_image(&store, &image, &names)?;
             if args.push {
                 push_image(&store, &image, &names)?;
             }
-            Some(image.config_digest.to_string())
+            Some((image, names.clone()))
         }
         Some((OutputKind::Image { names: more, push }, oci)) => {
             let mut all = names.clone();
@@ -377,12 +428,12 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             if push || args.push {
                 push_image(&store, &image, &all)?;
             }
-            Some(image.config_digest.to_string())
+            Some((image, all))
         }
         Some((OutputKind::Oci { dest }, _)) => {
             let image = image_with(MediaTypeSet::Oci)?;
             write_archive(&store, &image, &names, ArchiveFormat::OciLayout, &dest)?;
-            Some(image.config_digest.to_string())
+            Some((image, names.clone()))
         }
         Some((OutputKind::Docker { dest }, oci)) => {
             let media_types = if oci == Some(true) {
@@ -392,7 +443,7 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
             };
             let image = image_with(media_types)?;
             write_archive(&store, &image, &names, ArchiveFormat::DockerArchive, &dest)?;
-            Some(image.config_digest.to_string())
+            Some((image, names.clone()))
         }
         Some((OutputKind::Local { dest }, _)) => {
             export_rootfs(&store, &chain, &dest)
@@ -419,21 +470,78 @@ pub fn run(args: BuildArgs, global: &Global) -> anyhow::Result<ExitCode> {
         },
     );
 
+    let image_id = built
+        .as_ref()
+        .map(|(image, _)| image.config_digest.to_string());
     if let Some(id) = &image_id {
         emit(
             progress.as_ref(),
             kiln_solver::ProgressEvent::Image { id: id.clone() },
         );
     }
+    if let Some(path) = &args.metadata_file {
+        let metadata = BuildMetadata {
+            image: built.as_ref().map(|(image, names)| ImageMetadata {
+                config_digest: image.config_digest.to_string(),
+                manifest_digest: image.manifest_digest.to_string(),
+                manifest_media_type: image.manifest_media_type.clone(),
+                manifest_size: image.manifest_size,
+                names: names.clone(),
+            }),
+        };
+        metadata.write(path)?;
+    }
     if let Some(id) = image_id {
         if let Some(path) = &args.iidfile {
             write_file_atomically(path, id.as_bytes())
                 .with_context(|| format!("writing the image id to {}", path.display()))?;
         }
-        // With `--output type=tar,dest=-` stdout carries the archive; elsewhere it carries the id.
-        println!("{id}");
+        // When stdout carries the archive (`dest=-`) nothing else may go there, as with buildx.
+        if !archive_on_stdout {
+            println!("{id}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `spec` writes its archive to stdout (`dest=-`, or the bare `-`).
+fn writes_to_stdout(spec: &OutputSpec) -> bool {
+    matches!(
+        &spec.kind,
+        OutputKind::Oci {
+            dest: Destination::Stdout
+        } | OutputKind::Docker {
+            dest: Destination::Stdout
+        } | OutputKind::Tar {
+            dest: Destination::Stdout
+        }
+    )
+}
+
+/// The manifest annotations of `--annotation` values for a build of `platform`; a value with
+/// `[PLATFORM]` counts only when PLATFORM is the one built.
+///
+/// # Errors
+/// A `[PLATFORM]` that does not parse, or an annotation type kiln cannot write.
+fn manifest_annotations_for(
+    annotations: &[Annotation],
+    platform: &kiln_llb::Platform,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let host = host_platform();
+    for annotation in annotations {
+        if let Some(named) = &annotation.platform {
+            kiln_frontend::lower::parse_platform(named, &host).map_err(|reason| {
+                anyhow::anyhow!(
+                    "invalid --annotation {:?}: platform {named:?}: {reason}",
+                    annotation.text
+                )
+            })?;
+        }
+    }
+    Ok(crate::output_spec::manifest_annotations(
+        annotations,
+        |named| kiln_frontend::lower::parse_platform(named, &host).is_ok_and(|p| p == *platform),
+    )?)
 }
 
 /// The records of every `--cache-from` (and with `with_cache_mounts` their cache mounts,
