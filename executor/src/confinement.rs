@@ -9,7 +9,7 @@
 //! command can write to `nodev` instead (see `docs/sandbox.md`, "Confinement").
 //!
 //! [`Confinement::privileged`] (`kiln run --privileged`, `RUN --security=insecure`) keeps every
-//! capability, masks nothing and leaves device nodes usable.
+//! capability, masks nothing, leaves device nodes usable and installs no seccomp filter.
 
 use std::sync::OnceLock;
 
@@ -192,6 +192,9 @@ pub struct Confinement {
     /// Docker's `--privileged`: every capability root has (`capabilities` is not applied), no masked
     /// or read-only paths, and device nodes usable (no `nodev`).
     pub privileged: bool,
+    /// Docker's default seccomp profile (`crate::seccomp`), lifted per capability; `false` is
+    /// `--security-opt seccomp=unconfined`. Never applied when `privileged`.
+    pub seccomp: bool,
 }
 
 impl Default for Confinement {
@@ -206,6 +209,7 @@ impl Confinement {
         Confinement {
             capabilities: CapabilitySet::docker_default(),
             privileged: false,
+            seccomp: true,
         }
     }
 
@@ -214,6 +218,7 @@ impl Confinement {
         Confinement {
             capabilities: CapabilitySet::all(),
             privileged: true,
+            seccomp: false,
         }
     }
 }

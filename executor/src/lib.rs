@@ -7,6 +7,8 @@
 //! - [`syscall`]: every syscall of the child's setup behind a trait, with a recording fake; [`plan`] is
 //!   that setup as data, built before `clone`.
 //! - [`confinement`]: Docker's default capabilities, masked and read-only paths, and `nodev`.
+//! - [`seccomp`]: Docker's default seccomp profile as a deny-list, compiled once per capability set.
+//! - [`enter`]: runs one more process inside a running sandbox (`kiln exec`): setns, fork, exec.
 //! - [`cgroup`]: optional memory/pids limits with cgroup v1 or v2, detected per controller and
 //!   skipped with a warning where neither is available.
 //!
@@ -14,10 +16,12 @@
 
 pub mod cgroup;
 pub mod confinement;
+pub mod enter;
 mod fsutil;
 pub mod init;
 pub mod plan;
 pub mod sandbox;
+pub mod seccomp;
 pub mod snapshot;
 pub mod syscall;
 

@@ -31,6 +31,8 @@ pub enum PlanError {
     DotDotInWorkdir(String),
     #[error("the overlay root's mount stubs have no layer yet (see RootMount::with_stub_layer)")]
     UnplacedStubs,
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Mount option strings longer than this do not fit mount(2)'s one-page copy; such overlays use the
@@ -198,6 +200,9 @@ pub enum Step {
     },
     /// Makes `path` (if the kernel has it) read-only: bound onto itself, then marked read-only.
     ReadOnlyPath(CString),
+    /// Installs the seccomp filter (`seccomp(SECCOMP_SET_MODE_FILTER)`), compiled in the parent.
+    /// Runs while the child still has CAP_SYS_ADMIN, so no `no_new_privs` is needed.
+    InstallSeccomp(std::sync::Arc<crate::seccomp::SeccompProgram>),
     SetGroups(Vec<libc::gid_t>),
     SetGid(u32),
     SetUid(u32),
@@ -418,6 +423,7 @@ fn execute_step(step: &Step, sys: &dyn Syscall, slots: &mut [RawFd]) -> Result<(
             }
             sys.mount_setattr(path, crate::syscall::MOUNT_ATTR_RDONLY)
         }
+        Step::InstallSeccomp(program) => sys.install_seccomp_filter(program.instructions()),
         Step::SetGroups(gids) => sys.setgroups(gids),
         Step::SetGid(gid) => sys.setresgid(*gid),
         Step::SetUid(uid) => sys.setresuid(*uid),
@@ -513,6 +519,7 @@ impl std::fmt::Display for Step {
             }
             Step::MaskPath { path, .. } => write!(f, "mask {}", s(path)),
             Step::ReadOnlyPath(path) => write!(f, "make {} read-only", s(path)),
+            Step::InstallSeccomp(_) => write!(f, "install the seccomp filter"),
             Step::SetGroups(gids) => write!(f, "set supplementary groups {gids:?}"),
             Step::SetGid(gid) => write!(f, "set gid {gid}"),
             Step::SetUid(uid) => write!(f, "set uid {uid}"),

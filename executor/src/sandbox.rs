@@ -229,6 +229,10 @@ pub struct SandboxIo<'a> {
     /// the command while it runs, and with `tty` copy the terminal size to the pty on SIGWINCH (for
     /// `kiln run`; installs process-wide handlers for the duration, so one run at a time).
     pub forward_signals: bool,
+    /// Called with the host pid of the sandbox's PID 1 once the command has been exec'd (with
+    /// `--init`, once the init's child has): `kiln run` records it so that `kiln exec`/`stop` can
+    /// find the container. It must not block.
+    pub on_started: Option<&'a (dyn Fn(i32) + Sync)>,
 }
 
 /// How the command ended.
@@ -896,6 +900,15 @@ fn build_plan_inner(
     // Capabilities as runc applies them for Docker: the bounding set first (needs CAP_SETPCAP, and
     // setuid needs CAP_SETUID, so both happen with root's full set), then the identity (the kernel
     // clears a non-root user's effective and permitted sets here), then the sets themselves.
+    // Seccomp after every step that needs what it denies (mounts, pivot_root, sethostname), and
+    // before the identity and capability steps: installing a filter without `no_new_privs` takes
+    // CAP_SYS_ADMIN, which a non-root user loses at setuid and root at capset (as runc does).
+    if spec.confinement.seccomp
+        && !spec.confinement.privileged
+        && let Some(program) = crate::seccomp::default_program(spec.confinement.capabilities)?
+    {
+        steps.push(Step::InstallSeccomp(program));
+    }
     let host = host_capabilities();
     let kept = spec.confinement.capabilities.bits() & host.permitted.bits();
     if !spec.confinement.privileged {
@@ -1330,6 +1343,7 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
         stderr,
         tty,
         forward_signals,
+        on_started,
     } = io;
     let prepared = prepare(spec, tty)?;
 
@@ -1453,6 +1467,9 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
                 errno: failure.errno,
             },
         });
+    }
+    if let Some(started) = on_started {
+        started(pid.as_raw());
     }
 
     let mut out_relay = out_relay;
@@ -1686,6 +1703,7 @@ mod tests {
             "mkdir /src/app 755".into(),
             "lchown /src/app 1000:1000".into(),
             "chdir /src/app".into(),
+            "seccomp_default".into(),
             "capbset_drop_all_but the default".into(),
             "setgroups [1000, 50]".into(),
             "setresgid 1000".into(),
@@ -1706,6 +1724,13 @@ mod tests {
                     (0..=host.last)
                         .filter(|n| kept & (1 << n) == 0)
                         .map(|n| format!("capbset_drop {n}"))
+                        .collect()
+                } else if line == "seccomp_default" {
+                    // Docker's default profile, where the architecture has one.
+                    crate::seccomp::default_program(CapabilitySet::docker_default())
+                        .unwrap()
+                        .map(|p| format!("seccomp {} instructions", p.instructions().len()))
+                        .into_iter()
                         .collect()
                 } else {
                     vec![line]
@@ -1859,6 +1884,43 @@ mod tests {
                 .iter()
                 .any(|c| c.starts_with("mount tmpfs /dev tmpfs MS_NOSUID|MS_STRICTATIME "))
         );
+    }
+
+    #[test]
+    fn seccomp_follows_the_last_mount_and_precedes_the_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec_in(tmp.path());
+        spec.user = "1000".into();
+        let calls = |spec: &SandboxSpec| {
+            let prepared = prepare(spec, false).unwrap();
+            let plan = build_plan(spec, &prepared, &ChildStdio::Fds([None; 3]), &[]).unwrap();
+            let sys = RecordingSyscall::new();
+            plan::execute(&plan.steps, &sys, &mut vec![-1; plan.slots]).unwrap();
+            sys.calls()
+        };
+        if crate::seccomp::default_program(spec.confinement.capabilities)
+            .unwrap()
+            .is_none()
+        {
+            return; // an architecture without a filter: nothing to order
+        }
+        let confined = calls(&spec);
+        let at = |prefix: &str| confined.iter().position(|c| c.starts_with(prefix));
+        let last = |prefix: &str| confined.iter().rposition(|c| c.starts_with(prefix));
+        let seccomp = at("seccomp ").expect("a seccomp step");
+        // Everything the filter denies happens before it...
+        for denied in ["mount", "pivot_root", "umount_detach", "sethostname"] {
+            assert!(last(denied).unwrap() < seccomp, "{denied} after seccomp");
+        }
+        // ...and it comes while CAP_SYS_ADMIN is still there: before setuid and capset.
+        for later in ["capbset_drop", "setresuid", "capset"] {
+            assert!(at(later).unwrap() > seccomp, "{later} before seccomp");
+        }
+
+        spec.confinement.seccomp = false;
+        assert!(!calls(&spec).iter().any(|c| c.starts_with("seccomp ")));
+        spec.confinement = Confinement::privileged();
+        assert!(!calls(&spec).iter().any(|c| c.starts_with("seccomp ")));
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub trait Syscall {
     /// `kiln run --init`: forks the command's process and returns in it; this process (PID 1)
     /// stays behind as the init and never returns (see [`crate::init::fork_init`]).
     fn fork_init(&self, tty: bool) -> Result<(), Errno>;
+    /// seccomp(SECCOMP_SET_MODE_FILTER) with `program` (needs CAP_SYS_ADMIN or `no_new_privs`).
+    fn install_seccomp_filter(&self, program: &[libc::sock_filter]) -> Result<(), Errno>;
 }
 
 fn check(result: libc::c_int) -> Result<(), Errno> {
@@ -541,6 +543,24 @@ impl Syscall for LinuxSyscall {
     fn fork_init(&self, tty: bool) -> Result<(), Errno> {
         crate::init::fork_init(tty)
     }
+
+    fn install_seccomp_filter(&self, program: &[libc::sock_filter]) -> Result<(), Errno> {
+        let len = u16::try_from(program.len()).map_err(|_| Errno::EINVAL)?;
+        // The kernel copies the program and does not write through the pointer.
+        let fprog = libc::sock_fprog {
+            len,
+            filter: program.as_ptr().cast_mut(),
+        };
+        // SAFETY: `fprog` points at `program`, alive for the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            )
+        } as libc::c_int)
+    }
 }
 
 /// A fake that records every call as one readable line and succeeds (or fails where told), handing out
@@ -779,5 +799,8 @@ impl Syscall for RecordingSyscall {
     }
     fn fork_init(&self, tty: bool) -> Result<(), Errno> {
         self.record(format!("fork_init tty={tty}"))
+    }
+    fn install_seccomp_filter(&self, program: &[libc::sock_filter]) -> Result<(), Errno> {
+        self.record(format!("seccomp {} instructions", program.len()))
     }
 }

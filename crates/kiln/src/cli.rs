@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{archive, build, debug, images, registry, run};
+use crate::commands::{archive, build, containers, debug, images, registry, run};
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "A daemonless container image builder")]
@@ -36,6 +36,14 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Run a command in a new container from an image.
     Run(run::RunArgs),
+    /// List running containers.
+    Ps(containers::PsArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Stop running containers (the stop signal, then SIGKILL after a timeout).
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers.
+    Kill(containers::KillArgs),
     /// List images.
     Images(images::ImagesArgs),
     /// Give an image another name.

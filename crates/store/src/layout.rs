@@ -6,6 +6,7 @@
 //!                             overlay's mount options small, the DB maps chain id → n
 //! <root>/tmp/                 per-process session dirs for work in flight (see `session`)
 //! <root>/cache-mounts/        persistent `RUN --mount=type=cache` directories
+//! <root>/containers/          the running containers' state (see `containers`)
 //! <root>/meta.db              the SQLite metadata database
 //! <root>/lock                 flock: shared for builds, exclusive for prune
 //! <root>/meta.lock            flock: held while a handle opens and configures meta.db
@@ -72,6 +73,11 @@ impl Layout {
     pub fn cache_mount_path(&self, id: &str) -> PathBuf {
         let hash = hex::encode(Sha256::digest(id.as_bytes()));
         self.cache_mounts_dir().join(&hash[..32])
+    }
+
+    /// `containers/`, the registry of running containers.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
     }
 
     /// `meta.db`.

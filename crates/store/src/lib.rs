@@ -16,6 +16,7 @@
 
 mod blob;
 mod cache;
+mod containers;
 mod db;
 mod error;
 mod gc;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 pub use blob::{BlobInfo, BlobReader, BlobWriter};
 pub use cache::{CacheRecord, CacheValue, CacheValueKind, EncodedCacheRecord};
+pub use containers::{ContainerError, ContainerState, Containers, ProcessId, Registration};
 pub use db::{SCHEMA_VERSION, unix_now_ns};
 pub use error::{Result, StoreError};
 pub use gc::{PruneOptions, PruneReport};
@@ -131,6 +133,11 @@ impl Store {
         let path = self.layout().cache_mount_path(id);
         std::fs::create_dir_all(&path).map_err(io_err("create cache mount directory", &path))?;
         Ok(path)
+    }
+
+    /// The registry of running containers (`<root>/containers/`).
+    pub fn containers(&self) -> Containers {
+        Containers::new(&self.layout().containers_dir())
     }
 
     pub(crate) fn db(&self) -> &MetaDb {

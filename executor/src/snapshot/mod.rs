@@ -21,6 +21,7 @@
 
 mod native;
 mod overlay;
+mod probe;
 
 use std::fs;
 use std::io;
@@ -30,6 +31,7 @@ use thiserror::Error;
 
 pub use native::NativeSnapshotter;
 pub use overlay::{OVERLAY_OPTIONS, OverlaySnapshotter, overlay_supported};
+pub use probe::{OVERLAY_PROBE_FILE, overlay_supported_cached};
 
 use crate::fsutil::{is_opaque, is_whiteout, join_inside};
 
@@ -243,6 +245,17 @@ pub trait Snapshotter: Send + Sync {
 /// copying one otherwise.
 pub fn default_snapshotter(scratch: &Path) -> Box<dyn Snapshotter> {
     if overlay_supported(scratch) {
+        Box::new(OverlaySnapshotter)
+    } else {
+        tracing::warn!("overlayfs unavailable: using the copying snapshotter");
+        Box::new(NativeSnapshotter)
+    }
+}
+
+/// [`default_snapshotter`] with the probe's answer remembered under `store_root` (see
+/// [`overlay_supported_cached`]): after the first success no trial overlay is mounted.
+pub fn default_snapshotter_cached(store_root: &Path, scratch: &Path) -> Box<dyn Snapshotter> {
+    if overlay_supported_cached(store_root, || overlay_supported(scratch)) {
         Box::new(OverlaySnapshotter)
     } else {
         tracing::warn!("overlayfs unavailable: using the copying snapshotter");

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod containers;
 pub mod debug;
 pub mod images;
 pub mod registry;
@@ -21,6 +22,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(args, &global),
         Command::Run(args) => run::run(args, &global),
+        Command::Ps(args) => containers::run_ps(args, &global),
+        Command::Exec(args) => containers::run_exec(args, &global),
+        Command::Stop(args) => containers::run_stop(args, &global),
+        Command::Kill(args) => containers::run_kill(args, &global),
         Command::Images(args) => images::run_images(args, &global),
         Command::Tag(args) => images::run_tag(args, &global),
         Command::Rmi(args) => images::run_rmi(args, &global),

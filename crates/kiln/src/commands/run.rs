@@ -3,8 +3,9 @@
 //!
 //! A container is an overlay snapshot over the image's extracted layers with a throwaway upper
 //! dir, run by `kiln-executor`'s sandbox in the foreground; the snapshot is removed when the
-//! command exits. kiln keeps no container list yet, so every container behaves as with
-//! `docker run --rm`: `--rm` is accepted and containers are never kept.
+//! command exits. While it runs, the container is registered in the store under its id and
+//! name for `kiln ps`, `exec`, `stop` and `kill` (`super::containers`). kiln keeps no stopped
+//! containers, so every container behaves as with `docker run --rm`: `--rm` is accepted.
 //!
 //! Differences from Docker, on purpose or not yet done:
 //! - The network is the host's by default (Docker's default is a bridge: kiln has no bridge
@@ -16,7 +17,8 @@
 //!   rejected with `--network none`.
 //! - `--init` runs kiln's own minimal init as PID 1 (Docker bind-mounts tini); see
 //!   `kiln_executor::init`.
-//! - `--name` is checked against Docker's naming rule but names nothing yet (no container list).
+//! - `--name` names the container while it runs (unique among running containers); the name is
+//!   free again once it exits, since no stopped containers are kept.
 //! - `-m/--memory` leaves no swap beyond the limit (Docker without `--memory-swap` allows as much
 //!   swap again); there is no `--memory-swap` or CPU limit yet. An OOM kill is reported on stderr
 //!   (Docker shows it only in `docker inspect`).
@@ -86,8 +88,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub rm: bool,
 
-    /// A name for the container (Docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+). Checked only: kiln
-    /// keeps no container list yet.
+    /// A name for the container (Docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+), unique among running
+    /// containers; a readable one is generated when none is given.
     #[arg(long)]
     pub name: Option<String>,
 
@@ -133,6 +135,10 @@ pub struct RunArgs {
     /// Drop a Linux capability from Docker's default set: CHOWN, CAP_CHOWN or ALL (repeatable).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+
+    /// Security options: only `seccomp=unconfined` (no seccomp filter) is supported (repeatable).
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
 
     /// Working directory inside the container (created if missing).
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
@@ -295,6 +301,9 @@ fn report(error: &RunError) {
 /// touched (ripgrep's low-args → high-args step).
 #[derive(Debug)]
 struct RunOptions {
+    /// 64 random hex digits, as Docker's container ids.
+    id: String,
+    name: Option<String>,
     image: String,
     command: Vec<String>,
     /// `KEY=VALUE` from `--env-file` then `-e`, in order.
@@ -365,28 +374,29 @@ impl RunOptions {
         // Names are checked even with --privileged, which then keeps every capability anyway.
         let capabilities = CapabilitySet::docker_default_with(&args.cap_add, &args.cap_drop)
             .map_err(|e| RunError::InvalidOption(e.to_string()))?;
+        let seccomp = seccomp_confined(&args.security_opt)?;
         let confinement = if args.privileged {
             Confinement::privileged()
         } else {
             Confinement {
                 capabilities,
                 privileged: false,
+                seccomp,
             }
         };
+        let id = random_container_id()
+            .map_err(|e| RunError::Other(anyhow::Error::new(e).context("making a container id")))?;
         let hostname = match args.hostname {
             Some(name) => {
                 check_hostname(&name)?;
                 name
             }
-            None => {
-                let id = random_container_id().map_err(|e| {
-                    RunError::Other(anyhow::Error::new(e).context("making a container id"))
-                })?;
-                // Docker's short id: the first 12 hex digits.
-                id.chars().take(12).collect()
-            }
+            // Docker's short id: the first 12 hex digits.
+            None => id.chars().take(12).collect(),
         };
         Ok(RunOptions {
+            id,
+            name: args.name,
             image,
             command: positional.collect(),
             env,
@@ -475,6 +485,18 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
     } else {
         None
     };
+    // Registered until the command ends: `kiln ps`/`exec`/`stop`/`kill` find it meanwhile.
+    let tracked = super::containers::track(
+        &store,
+        super::containers::NewContainer {
+            id: &options.id,
+            name: options.name.as_deref(),
+            image: &options.image,
+            spec: &spec,
+            stop_signal: &config.config.stop_signal,
+        },
+    )?;
+    let record_started = |pid: i32| tracked.record_started(pid);
     let io = SandboxIo {
         stdin: if options.interactive {
             Input::Inherit
@@ -485,8 +507,10 @@ fn run_container(args: RunArgs, global: &Global) -> Result<ExitStatus, RunError>
         stderr: Output::Inherit,
         tty: options.tty,
         forward_signals: true,
+        on_started: Some(&record_started),
     };
     let status = kiln_executor::run(&spec, io);
+    drop(tracked);
     // The read-only mount sits inside the scratch dir: unmount before the scratch dir goes.
     drop(read_only_root);
     drop(scratch);
@@ -728,6 +752,33 @@ fn parse_volume(spec: &str) -> Result<ExtraMount, RunError> {
 }
 
 /// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+/// Whether the default seccomp filter applies given `--security-opt` values: `seccomp=unconfined`
+/// (or Docker's `seccomp:unconfined`) lifts it; other options, custom profiles included, are not
+/// supported and are refused rather than silently ignored.
+fn seccomp_confined(options: &[String]) -> Result<bool, RunError> {
+    let mut confined = true;
+    for option in options {
+        let value = option
+            .strip_prefix("seccomp=")
+            .or_else(|| option.strip_prefix("seccomp:"));
+        match value {
+            Some("unconfined") => confined = false,
+            Some(profile) => {
+                return Err(RunError::InvalidOption(format!(
+                    "--security-opt seccomp={profile}: only seccomp=unconfined is supported \
+                     (custom profiles are not)"
+                )));
+            }
+            None => {
+                return Err(RunError::InvalidOption(format!(
+                    "--security-opt {option:?} is not supported (only seccomp=unconfined)"
+                )));
+            }
+        }
+    }
+    Ok(confined)
+}
+
 fn check_container_name(name: &str) -> Result<(), RunError> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
@@ -818,13 +869,13 @@ impl Drop for ReadOnlyRoot {
 
 /// The caller's terminal in raw mode while an interactive tty container runs (keys go to the
 /// container's terminal as typed, Ctrl-C included), restored on drop.
-struct RawTerminal {
+pub(crate) struct RawTerminal {
     saved: Termios,
 }
 
 impl RawTerminal {
     /// `None` when stdin is not a terminal or its mode cannot be changed.
-    fn enable() -> Option<RawTerminal> {
+    pub(crate) fn enable() -> Option<RawTerminal> {
         let stdin = io::stdin();
         if !stdin.is_terminal() {
             return None;
