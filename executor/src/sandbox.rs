@@ -269,6 +269,13 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitStatus::Exited(code) => write!(f, "exit code {code}"),
+            // The default seccomp filter kills a process that makes a 32-bit x86 system call (its
+            // architecture check cannot tell those apart from an attempt to slip past the filter).
+            ExitStatus::Signaled(libc::SIGSYS) => write!(
+                f,
+                "killed by signal SIGSYS: a system call the seccomp filter refuses (32-bit x86 \
+                 programs need `--security-opt seccomp=unconfined` or `RUN --security=insecure`)"
+            ),
             ExitStatus::Signaled(signal) => {
                 let name = Signal::try_from(*signal)
                     .map_or_else(|_| signal.to_string(), |s| s.to_string());
@@ -2010,5 +2017,7 @@ mod tests {
         );
         assert!(ExitStatus::Exited(0).success());
         assert!(!ExitStatus::Exited(2).success());
+        let seccomp = ExitStatus::Signaled(libc::SIGSYS).to_string();
+        assert!(seccomp.contains("seccomp=unconfined"), "{seccomp}");
     }
 }
