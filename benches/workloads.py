@@ -94,6 +94,17 @@ def many_files(work: Path, count: int = 20000) -> Path:
     return ctx
 
 
+def many_files_ignored(work: Path, count: int = 20000) -> Path:
+    """`many_files` with a `.dockerignore` whose patterns must be matched against every path (none of
+    the 20,000 files is excluded, so the work stays the same as without it)."""
+    target = work / f"files-{count}-ignored"
+    if target.exists():
+        shutil.rmtree(target)
+    ctx = many_files(work, count).rename(target)
+    _write(ctx / ".dockerignore", "**/*.tmp\nnode_modules\n!keep.tmp\n**/.cache\n")
+    return ctx
+
+
 def touch_one(ctx: Path, content: bool) -> None:
     """Changes one file of a many-files context: its content, or only its mtime."""
     target = ctx / "tree" / "d7" / "f7.txt"

@@ -17,10 +17,11 @@ use kiln_executor::{NativeSnapshotter, OverlaySnapshotter, Snapshotter};
 use kiln_llb::{Definition, Op, OpDigest, OpKind, OpMetadata, OpRef, SourceOp};
 use kiln_store::Store;
 
+use crate::cache::StepPlan;
+use crate::cache::explain::explain_miss_with_stored_lists;
 use crate::cache::key::{InputComponent, InputKind, KeyComponents, chain_identity, compute_key};
-use crate::cache::record::{CacheEntry, RecordError, StoreStatCache, position_keys};
+use crate::cache::record::{CacheEntry, PreviousBuild, RecordError, StoreStatCache, position_keys};
 use crate::cache::transfer::CacheImport;
-use crate::cache::{StepPlan, explain_miss};
 use crate::error::{OpError, SolveError};
 use crate::image::{ImagePuller, find_image};
 use crate::layers::LayerOptions;
@@ -91,11 +92,12 @@ impl<'a> Solver<'a> {
             SnapshotterKind::Auto => {
                 // The trial mount is a good share of a cached build's CPU: its answer is kept in
                 // the store (per kernel, filesystem and privileges) after the first success.
-                let usable = kiln_executor::snapshot::overlay_supported_cached(store.root(), || {
-                    ScratchDir::new(&store, "probe")
-                        .map(|dir| crate::mount::overlay_usable(dir.path()))
-                        .unwrap_or(false)
-                });
+                let usable =
+                    kiln_executor::snapshot::overlay_supported_cached(store.root(), || {
+                        ScratchDir::new(&store, "probe")
+                            .map(|dir| crate::mount::overlay_usable(dir.path()))
+                            .unwrap_or(false)
+                    });
                 if usable {
                     Box::new(OverlaySnapshotter)
                 } else {
@@ -323,6 +325,32 @@ struct Run<'s, 'd> {
     /// Local sources staged on first use.
     staged: Vec<Mutex<Option<OpOutput>>>,
     plans: Mutex<Vec<(usize, StepPlan)>>,
+}
+
+/// The previous build of a step at its position records, for explaining a miss.
+#[derive(Default)]
+struct PreviousStep {
+    build: Option<PreviousBuild>,
+    /// Its entry lists' JSON when read ahead (`Some(None)`: there are none to read).
+    entry_lists: Option<Option<Vec<u8>>>,
+}
+
+impl PreviousStep {
+    /// The previous build at `positions`, with its entry lists' JSON if `with_entry_lists`. A
+    /// store failure only costs the explanation its detail.
+    fn load(store: &Store, positions: &[String], with_entry_lists: bool) -> PreviousStep {
+        let build =
+            CacheEntry::load_previous_at_positions(store, positions).unwrap_or_else(|error| {
+                tracing::debug!(%error, "reading the previous build of the step");
+                None
+            });
+        let entry_lists = with_entry_lists.then(|| {
+            build
+                .as_ref()
+                .and_then(|build| build.entry_lists_json(store))
+        });
+        PreviousStep { build, entry_lists }
+    }
 }
 
 impl<'s, 'd> Run<'s, 'd> {
@@ -605,6 +633,39 @@ impl<'s, 'd> Run<'s, 'd> {
         node: usize,
         inputs: &[(usize, NodeResult)],
     ) -> Result<NodeResult, SolveError> {
+        let metadata = self.nodes[node].2;
+        let ignore_cache = metadata.is_some_and(|m| m.ignore_cache);
+        let file = metadata
+            .and_then(|m| m.location.as_ref())
+            .map(|location| location.file.as_str())
+            .unwrap_or_default();
+        let positions = metadata
+            .and_then(|m| m.description.as_deref())
+            .map(|text| position_keys(text, file, &self.local_dirs))
+            .unwrap_or_default();
+        // A step reading the context: its previous build (with the entry lists that explain a
+        // changed file) is read while the context is checksummed; on a hit it goes unused.
+        let prefetch = !ignore_cache
+            && !positions.is_empty()
+            && inputs
+                .iter()
+                .any(|(_, input)| input.kind == InputKind::Local);
+        std::thread::scope(|scope| {
+            let previous = prefetch
+                .then(|| scope.spawn(|| PreviousStep::load(&self.solver.store, &positions, true)));
+            self.cacheable_with(node, inputs, &positions, previous)
+        })
+    }
+
+    /// [`Run::cacheable`] with its position records and, for a step reading the context, the
+    /// thread reading its previous build.
+    fn cacheable_with(
+        &self,
+        node: usize,
+        inputs: &[(usize, NodeResult)],
+        positions: &[String],
+        prefetched: Option<std::thread::ScopedJoinHandle<'_, PreviousStep>>,
+    ) -> Result<NodeResult, SolveError> {
         let (_, op, metadata) = &self.nodes[node];
         let description = metadata.and_then(|m| m.description.clone());
         let ignore_cache = metadata.is_some_and(|m| m.ignore_cache);
@@ -651,15 +712,6 @@ impl<'s, 'd> Run<'s, 'd> {
             None => None,
         };
         let key = components.as_ref().map(KeyComponents::key);
-        let file = metadata
-            .and_then(|m| m.location.as_ref())
-            .map(|location| location.file.as_str())
-            .unwrap_or_default();
-        let positions = description
-            .as_deref()
-            .map(|text| position_keys(text, file, &self.local_dirs))
-            .unwrap_or_default();
-
         let mut reason = None;
         if let (Some(components), Some(key)) = (&components, &key) {
             if !ignore_cache {
@@ -693,15 +745,18 @@ impl<'s, 'd> Run<'s, 'd> {
                     return Ok(hit);
                 }
             }
-            let previous = CacheEntry::load_at_positions(&self.solver.store, &positions)
-                .unwrap_or_else(|error| {
-                    tracing::debug!(%error, "reading the previous build of the step");
-                    None
-                });
-            reason = Some(explain_miss(
-                previous.as_ref().map(|entry| &entry.components),
+            let store = &self.solver.store;
+            // Without a prefetch, the per-path entry lists are read only if a read changed.
+            let previous = match prefetched {
+                Some(thread) => thread.join().unwrap_or_default(),
+                None => PreviousStep::load(store, positions, false),
+            };
+            let PreviousStep { build, entry_lists } = previous;
+            reason = Some(explain_miss_with_stored_lists(
+                build.as_ref().map(|previous| &previous.entry.components),
                 components,
                 ignore_cache,
+                || entry_lists.unwrap_or_else(|| build.as_ref()?.entry_lists_json(store)),
             ));
         }
         if self.mode == Mode::Explain {
@@ -710,7 +765,29 @@ impl<'s, 'd> Run<'s, 'd> {
             return Ok(unknown(InputKind::Step));
         }
 
-        let output = self.run_op(node, inputs, reason)?;
+        // The per-path entry lists (megabytes for a large context) are written while the step
+        // runs: they depend on the key components only.
+        let (output, entry_lists) = std::thread::scope(|scope| {
+            let entry_lists = components
+                .as_ref()
+                .filter(|components| {
+                    (components.contents.iter()).any(|read| !read.checksum.entries.is_empty())
+                })
+                .map(|components| {
+                    scope.spawn(|| CacheEntry::save_entry_lists(&self.solver.store, components))
+                });
+            let output = self.run_op(node, inputs, reason);
+            let entry_lists = entry_lists.map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(RecordError::Compress {
+                        key: "entry lists".to_string(),
+                        source: std::io::Error::other("the writing thread panicked"),
+                    })
+                })
+            });
+            (output, entry_lists)
+        });
+        let output = output?;
         let OpOutput::Chain(chain) = output else {
             return Err(self.fail(
                 node,
@@ -721,7 +798,14 @@ impl<'s, 'd> Run<'s, 'd> {
         if let (Some(components), Some(key)) = (components, &key) {
             let store = &self.solver.store;
             let entry = CacheEntry::new(description, components, &chain);
-            match entry.save(store, key, &positions) {
+            let saved = match entry_lists {
+                Some(Ok(entry_lists)) => {
+                    entry.save_with_entry_lists(store, key, positions, entry_lists.as_ref())
+                }
+                // Written again, reporting its own error if it fails again.
+                Some(Err(_)) | None => entry.save(store, key, positions),
+            };
+            match saved {
                 // The record's creation time (an existing record keeps its own).
                 Ok(created_ns) => {
                     self.newest_record_ns

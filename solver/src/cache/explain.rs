@@ -2,11 +2,17 @@
 //! of the previous build of the same step (found through its position record). The reasons name
 //! what a user changed — a file (via kiln-context's `diff_entries`), an environment variable or
 //! build arg, the command, the base image — or say that an earlier step's result changed.
+//!
+//! A large context's previous entry lists are compared as they lie in their stored JSON (strings
+//! borrowed, fields compared directly) rather than as loaded records: for 20,000 files that skips
+//! 80,000 allocations and 20,000 digest computations on the way to naming one changed file.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use kiln_context::diff_entries;
+use kiln_context::{EntryChange, EntryRecord, FileKind, diff_entries};
+use serde::Deserialize;
 
 use crate::cache::key::{InputKind, KeyComponents};
 
@@ -30,6 +36,20 @@ pub fn explain_miss(
     previous: Option<&KeyComponents>,
     new: &KeyComponents,
     ignore_cache: bool,
+) -> String {
+    explain_miss_with_stored_lists(previous, new, ignore_cache, || None)
+}
+
+/// [`explain_miss`] for a previous build whose per-path entry lists were left in the store:
+/// `stored_lists` returns their JSON (see `PreviousBuild::entry_lists_json`) and is called only
+/// when a read's checksum changed and `previous` holds no entries of its own. The stored lists
+/// are compared field by field as they lie in the JSON buffer: no record is built and no digest
+/// recomputed for the thousands of entries that did not change.
+pub fn explain_miss_with_stored_lists(
+    previous: Option<&KeyComponents>,
+    new: &KeyComponents,
+    ignore_cache: bool,
+    stored_lists: impl FnOnce() -> Option<Vec<u8>>,
 ) -> String {
     if ignore_cache {
         return "cache disabled for this step (--no-cache)".to_string();
@@ -63,14 +83,32 @@ pub fn explain_miss(
             InputKind::Local => "a different build context".to_string(),
         });
     }
+    let mut stored_lists = Some(stored_lists);
+    let mut stored_json: Option<Vec<u8>> = None;
     for content in &new.contents {
-        let Some(before) = previous.contents.iter().find(|c| c.reads == content.reads) else {
+        let Some((index, before)) = previous
+            .contents
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.reads == content.reads)
+        else {
             continue;
         };
         if before.checksum.digest == content.checksum.digest {
             continue;
         }
-        let changes = diff_entries(&before.checksum.entries, &content.checksum.entries);
+        let changes = if before.checksum.entries.is_empty() {
+            if let Some(load) = stored_lists.take() {
+                stored_json = load();
+            }
+            stored_json
+                .as_deref()
+                .and_then(|json| stored_list(json, index, previous.contents.len()))
+                .map(|old| diff_stored_entries(&old, &content.checksum.entries))
+                .unwrap_or_default()
+        } else {
+            diff_entries(&before.checksum.entries, &content.checksum.entries)
+        };
         if changes.is_empty() {
             reasons.push(format!("{}: the selected paths changed", content.reads));
             continue;
@@ -91,6 +129,98 @@ pub fn explain_miss(
     } else {
         reasons.join("; ")
     }
+}
+
+/// An entry record as it lies in the stored JSON: the compact array (or the older object form),
+/// strings borrowed from the buffer where they need no unescaping.
+#[derive(Debug, Deserialize)]
+struct StoredEntry<'a> {
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    #[serde(default, borrow)]
+    xattrs: Cow<'a, str>,
+}
+
+/// List `index` of the stored entry lists `json`, if it decodes and holds `expected` lists.
+fn stored_list(json: &[u8], index: usize, expected: usize) -> Option<Vec<StoredEntry<'_>>> {
+    match serde_json::from_slice::<Vec<Vec<StoredEntry<'_>>>>(json) {
+        Ok(mut lists) if lists.len() == expected => Some(lists.swap_remove(index)),
+        Ok(_) => {
+            tracing::debug!("cache record entry lists do not match the record");
+            None
+        }
+        Err(error) => {
+            tracing::debug!(%error, "ignoring undecodable cache record entry lists");
+            None
+        }
+    }
+}
+
+/// [`diff_entries`] of a stored list against new records: the same changes in the same order
+/// (path order of the new records, removed paths last).
+fn diff_stored_entries(old: &[StoredEntry<'_>], new: &[EntryRecord]) -> Vec<EntryChange> {
+    let common = old
+        .iter()
+        .zip(new)
+        .take_while(|(before, after)| before.path == after.path)
+        .count();
+    let mut changes: Vec<EntryChange> = old[..common]
+        .iter()
+        .zip(&new[..common])
+        .filter_map(|(before, after)| stored_entry_change(before, after))
+        .collect();
+    let (old, new) = (&old[common..], &new[common..]);
+    let old_by_path: HashMap<&str, &StoredEntry<'_>> =
+        old.iter().map(|r| (r.path.as_ref(), r)).collect();
+    let new_paths: HashSet<&str> = new.iter().map(|r| r.path.as_str()).collect();
+    for record in new {
+        match old_by_path.get(record.path.as_str()) {
+            Some(before) => changes.extend(stored_entry_change(before, record)),
+            None => changes.push(EntryChange::Added(record.path.clone())),
+        }
+    }
+    for record in old {
+        if !new_paths.contains(record.path.as_ref()) {
+            changes.push(EntryChange::Removed(record.path.to_string()));
+        }
+    }
+    changes
+}
+
+/// What changed between the stored and the new record of one path, named as kiln-context's
+/// `diff_entries` names it (the digest covers exactly these fields, so comparing them is
+/// comparing digests).
+fn stored_entry_change(before: &StoredEntry<'_>, record: &EntryRecord) -> Option<EntryChange> {
+    let mut what = Vec::new();
+    if before.kind != record.kind {
+        what.push("type");
+    } else if before.content != record.content.as_str() || before.size != record.size {
+        what.push(if record.kind == FileKind::Symlink {
+            "link target"
+        } else {
+            "content"
+        });
+    }
+    if before.mode != record.mode {
+        what.push("mode");
+    }
+    if (before.uid, before.gid) != (record.uid, record.gid) {
+        what.push("owner");
+    }
+    if before.xattrs != record.xattrs.as_str() {
+        what.push("xattrs");
+    }
+    (!what.is_empty()).then(|| EntryChange::Changed {
+        path: record.path.clone(),
+        what,
+    })
 }
 
 fn explain_op_change(previous: &KeyComponents, new: &KeyComponents) -> String {
@@ -258,5 +388,117 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 step(s) cached, 1 to run"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod stored_list_tests {
+    use super::*;
+    use kiln_context::{ContentChecksum, EntryRecord, FileKind};
+
+    use crate::cache::key::{ContentComponent, OpSummary};
+
+    fn entry(path: &str, kind: FileKind, mode: u32, owner: u32, content: &str) -> EntryRecord {
+        EntryRecord::new(
+            path.into(),
+            kind,
+            mode,
+            owner,
+            owner,
+            content.len() as u64,
+            content.into(),
+            String::new(),
+        )
+    }
+
+    fn reading(entries: Vec<EntryRecord>) -> KeyComponents {
+        KeyComponents {
+            op_digest: "op".into(),
+            op: OpSummary::default(),
+            layer_settings: String::new(),
+            inputs: Vec::new(),
+            contents: vec![ContentComponent {
+                reads: "COPY . -> /".into(),
+                checksum: ContentChecksum {
+                    digest: format!("{entries:?}"),
+                    entries,
+                    stats: Default::default(),
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn stored_lists_explain_exactly_as_loaded_records_do() {
+        let old = vec![
+            entry("a", FileKind::File, 0o644, 0, "1"),
+            entry("b", FileKind::File, 0o644, 0, "1"),
+            entry("c", FileKind::Symlink, 0o777, 0, "x"),
+            entry("d", FileKind::File, 0o644, 0, "1"),
+            entry("gone", FileKind::File, 0o644, 0, "1"),
+            entry("quoted \"name\"\n", FileKind::File, 0o644, 0, "1"),
+            entry("z", FileKind::File, 0o644, 0, "1"),
+        ];
+        let new = vec![
+            entry("a", FileKind::File, 0o644, 0, "1"),
+            entry("b", FileKind::File, 0o600, 1, "22"),
+            entry("c", FileKind::Symlink, 0o777, 0, "y"),
+            entry("added", FileKind::File, 0o644, 0, "1"),
+            entry("d", FileKind::Dir, 0o755, 0, ""),
+            entry("quoted \"name\"\n", FileKind::File, 0o644, 0, "2"),
+            entry("z", FileKind::File, 0o644, 0, "1"),
+        ];
+        let expected = diff_entries(&old, &new);
+        assert_eq!(expected.len(), 6, "{expected:?}");
+
+        // The stored form: the entry lists' JSON as a cache record keeps it.
+        let json = serde_json::to_vec(&vec![&old]).unwrap();
+        let stored = stored_list(&json, 0, 1).unwrap();
+        assert_eq!(diff_stored_entries(&stored, &new), expected);
+
+        let (before, after) = (reading(old.clone()), reading(new));
+        let with_records = explain_miss(Some(&before), &after, false);
+        let without_entries = KeyComponents {
+            contents: vec![ContentComponent {
+                checksum: ContentChecksum {
+                    entries: Vec::new(),
+                    ..before.contents[0].checksum.clone()
+                },
+                ..before.contents[0].clone()
+            }],
+            ..before.clone()
+        };
+        let from_json =
+            explain_miss_with_stored_lists(Some(&without_entries), &after, false, || {
+                Some(json.clone())
+            });
+        assert_eq!(from_json, with_records);
+        assert!(
+            from_json.starts_with("b content, mode, owner changed, c link target changed"),
+            "{from_json}"
+        );
+        assert!(from_json.ends_with("and 3 more"), "{from_json}");
+    }
+
+    #[test]
+    fn stored_lists_are_read_only_when_a_read_changed_and_may_be_missing() {
+        let files = vec![entry("a", FileKind::File, 0o644, 0, "1")];
+        let mut before = reading(files.clone());
+        before.contents[0].checksum.entries.clear();
+        let mut other_op = reading(files);
+        other_op.op_digest = "other".into();
+        let explained = explain_miss_with_stored_lists(Some(&before), &other_op, false, || {
+            panic!("the reads did not change")
+        });
+        assert_eq!(explained, "the step's options changed");
+
+        let changed = reading(vec![entry("a", FileKind::File, 0o644, 0, "2")]);
+        let explained = explain_miss_with_stored_lists(Some(&before), &changed, false, || None);
+        assert_eq!(explained, "COPY . -> /: the selected paths changed");
+        // Lists that do not match the record (another number of reads) name no paths either.
+        let two_lists = serde_json::to_vec(&vec![Vec::<EntryRecord>::new(), Vec::new()]).unwrap();
+        let explained =
+            explain_miss_with_stored_lists(Some(&before), &changed, false, || Some(two_lists));
+        assert_eq!(explained, "COPY . -> /: the selected paths changed");
     }
 }

@@ -5,10 +5,13 @@
 //! store references are every layer and blob of the chain, so prune keeps what a hit needs.
 //!
 //! The per-path entry lists of the step's local reads (megabytes for a large context) serve only
-//! to explain a miss, so they are kept apart: zstd-compressed JSON in a record of their own
-//! (`kiln.v1.entries:<hex>` of the reads' checksums, so identical lists are stored once). A hit
-//! reads the small record alone ([`CacheEntry::load_result`]); a miss explanation and an export
-//! read both ([`CacheEntry::load`]). Records written before the split (lists inline) still load.
+//! to explain a miss, so they are kept apart: zstd-compressed JSON in a content blob of the store
+//! that the record references (identical lists are stored once; prune keeps the blob as long as
+//! the record; reading it writes nothing, unlike a database row, which SQLite rewrites whole when
+//! a read marks it as used). A hit reads the small record alone ([`CacheEntry::load_result`]); an
+//! export reads both ([`CacheEntry::load`]); a miss explanation reads the lists' JSON only
+//! ([`CacheEntry::load_previous_at_positions`]). Records written before (lists inline, or in a
+//! `kiln.v1.entries:<hex>` record of their own) still load.
 //!
 //! A second, small record per step *position* (`kiln.v1.pos:<hex>` of the step's description and
 //! the local directories it may read) points to the latest key computed there: on a miss it finds
@@ -78,6 +81,93 @@ pub struct CacheEntry {
 /// zstd level of the entry lists: fast, and hex digests do not compress much further anyway.
 const ENTRY_LISTS_ZSTD_LEVEL: i32 = 1;
 
+/// The previous build of a step (see [`CacheEntry::load_previous_at_positions`]): its record,
+/// with the per-path entry lists still in the store when they are kept apart.
+#[derive(Debug)]
+pub struct PreviousBuild {
+    /// The record; its entry lists are empty when they are kept apart.
+    pub entry: CacheEntry,
+    entry_lists: Option<EntryListsAt>,
+}
+
+/// Where a record's entry lists are kept apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EntryListsAt {
+    /// A content blob of the store (zstd-compressed JSON) that the record references, so prune
+    /// keeps it as long as the record, and reading it writes nothing.
+    Blob(Digest),
+    /// A cache record of its own (`kiln.v1.entries:<hex>`), as kiln wrote them before.
+    Record(String),
+}
+
+impl PreviousBuild {
+    /// The entry lists' JSON (one array of entry records per local read, in the order of the
+    /// record's contents), decompressed; `None` when they were stored inline (they are then in
+    /// [`PreviousBuild::entry`]), are gone (pruned) or cannot be read — an explanation then names
+    /// no paths.
+    pub fn entry_lists_json(&self, store: &Store) -> Option<Vec<u8>> {
+        match read_entry_lists_json(store, self.entry_lists.as_ref()?) {
+            Ok(json) => json,
+            Err(error) => {
+                tracing::debug!(%error, "reading cache record entry lists");
+                None
+            }
+        }
+    }
+}
+
+/// The decompressed JSON of the entry lists at `at` (`None`, logged, when they are gone or not
+/// zstd).
+fn read_entry_lists_json(store: &Store, at: &EntryListsAt) -> Result<Option<Vec<u8>>, RecordError> {
+    match at {
+        EntryListsAt::Record(entries_key) => {
+            let record = store
+                .get_encoded_cache_record(entries_key)
+                .map_err(|source| RecordError::Store {
+                    key: entries_key.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok(entry_lists_json(entries_key, record))
+        }
+        EntryListsAt::Blob(digest) => {
+            let reader = match store.open_blob(digest) {
+                Ok(reader) => reader,
+                Err(error) => {
+                    tracing::debug!(%digest, %error, "the entry lists of a cache record are gone");
+                    return Ok(None);
+                }
+            };
+            // The reader checks the digest at its end: a damaged blob fails here.
+            match zstd::stream::decode_all(reader) {
+                Ok(json) => Ok(Some(json)),
+                Err(error) => {
+                    tracing::debug!(%digest, %error, "ignoring unreadable cache record entry lists");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// The decompressed JSON of the entry lists record `entries_key` (`None`, logged, when it is
+/// gone or not zstd).
+fn entry_lists_json(
+    entries_key: &str,
+    record: Option<kiln_store::EncodedCacheRecord>,
+) -> Option<Vec<u8>> {
+    let Some(record) = record else {
+        tracing::debug!(entries_key, "the entry lists of a cache record are gone");
+        return None;
+    };
+    match zstd::stream::decode_all(record.bytes.as_slice()) {
+        Ok(json) => Some(json),
+        Err(error) => {
+            tracing::debug!(entries_key, %error, "ignoring undecodable cache record entry lists");
+            None
+        }
+    }
+}
+
 /// A record as stored: the entry, with the entry lists of its local reads emptied when they are
 /// kept in the record `entry_lists`.
 #[derive(Deserialize)]
@@ -86,8 +176,21 @@ struct StoredEntry {
     description: Option<String>,
     components: KeyComponents,
     layers: Vec<LayerRecord>,
+    /// Entry lists in a cache record of their own (how kiln stored them before blobs).
     #[serde(default)]
     entry_lists: Option<String>,
+    #[serde(default)]
+    entry_lists_blob: Option<Digest>,
+}
+
+impl StoredEntry {
+    fn entry_lists_at(&self) -> Option<EntryListsAt> {
+        match (&self.entry_lists_blob, &self.entry_lists) {
+            (Some(digest), _) => Some(EntryListsAt::Blob(digest.clone())),
+            (None, Some(key)) => Some(EntryListsAt::Record(key.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// [`StoredEntry`] borrowed, for writing.
@@ -98,7 +201,7 @@ struct StoredEntryRef<'a> {
     components: &'a KeyComponents,
     layers: &'a [LayerRecord],
     #[serde(skip_serializing_if = "Option::is_none")]
-    entry_lists: Option<&'a str>,
+    entry_lists_blob: Option<&'a Digest>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,8 +239,8 @@ impl CacheEntry {
         let Some((stored, mut entry)) = CacheEntry::load_stored(store, key)? else {
             return Ok(None);
         };
-        if let Some(entries_key) = &stored {
-            entry.load_entry_lists(store, entries_key)?;
+        if let Some(at) = &stored {
+            entry.load_entry_lists(store, at)?;
         }
         Ok(Some(entry))
     }
@@ -152,8 +255,9 @@ impl CacheEntry {
         let Some((entry_lists, entry)) = CacheEntry::load_stored(store, key)? else {
             return Ok(None);
         };
-        // Marked as used with the record, so "unused for N days" pruning keeps them together.
-        if let Some(entry_lists) = entry_lists
+        // Lists in a record of their own are marked as used with this one, so "unused for N
+        // days" pruning keeps them together (a blob is kept by this record's reference).
+        if let Some(EntryListsAt::Record(entry_lists)) = entry_lists
             && let Err(error) = store.touch_cache_record(&entry_lists)
         {
             tracing::debug!(%error, entry_lists, "could not mark cache record entry lists as used");
@@ -161,12 +265,12 @@ impl CacheEntry {
         Ok(Some(entry))
     }
 
-    /// The record under `key` as stored, and the key of its entry lists' record if they are kept
-    /// apart (records written before the split hold them inline).
+    /// The record under `key` as stored, and where its entry lists are if they are kept apart
+    /// (records written before the split hold them inline).
     fn load_stored(
         store: &Store,
         key: &str,
-    ) -> Result<Option<(Option<String>, CacheEntry)>, RecordError> {
+    ) -> Result<Option<(Option<EntryListsAt>, CacheEntry)>, RecordError> {
         let record = store
             .get_encoded_cache_record(key)
             .map_err(|source| RecordError::Store {
@@ -178,7 +282,7 @@ impl CacheEntry {
         };
         match serde_json::from_slice::<StoredEntry>(&record.bytes) {
             Ok(stored) => Ok(Some((
-                stored.entry_lists,
+                stored.entry_lists_at(),
                 CacheEntry {
                     description: stored.description,
                     components: stored.components,
@@ -193,35 +297,23 @@ impl CacheEntry {
         }
     }
 
-    /// Fills in the per-path entry lists of this entry's local reads from the record
-    /// `entries_key`. A missing or undecodable one (pruned, another kiln version) leaves them
-    /// empty: the explanation of a miss then names no paths, nothing else depends on them.
-    fn load_entry_lists(&mut self, store: &Store, entries_key: &str) -> Result<(), RecordError> {
-        let record = store
-            .get_encoded_cache_record(entries_key)
-            .map_err(|source| RecordError::Store {
-                key: entries_key.to_string(),
-                source: Box::new(source),
-            })?;
-        let Some(record) = record else {
-            tracing::debug!(entries_key, "the entry lists of a cache record are gone");
+    /// Fills in the per-path entry lists of this entry's local reads from `at`. Missing or
+    /// undecodable ones (pruned, another kiln version) leave them empty: the explanation of a
+    /// miss then names no paths, nothing else depends on them.
+    fn load_entry_lists(&mut self, store: &Store, at: &EntryListsAt) -> Result<(), RecordError> {
+        let Some(json) = read_entry_lists_json(store, at)? else {
             return Ok(());
         };
-        let decoded = zstd::stream::decode_all(record.bytes.as_slice())
-            .map_err(|error| error.to_string())
-            .and_then(|json| {
-                serde_json::from_slice::<Vec<Vec<EntryRecord>>>(&json)
-                    .map_err(|error| error.to_string())
-            });
+        let decoded = serde_json::from_slice::<Vec<Vec<EntryRecord>>>(&json);
         match decoded {
             Ok(lists) if lists.len() == self.components.contents.len() => {
                 for (content, entries) in self.components.contents.iter_mut().zip(lists) {
                     content.checksum.entries = entries;
                 }
             }
-            Ok(_) => tracing::debug!(entries_key, "cache record entry lists do not match"),
+            Ok(_) => tracing::debug!(?at, "cache record entry lists do not match"),
             Err(error) => {
-                tracing::debug!(entries_key, %error, "ignoring undecodable cache record entry lists");
+                tracing::debug!(?at, %error, "ignoring undecodable cache record entry lists");
             }
         }
         Ok(())
@@ -232,12 +324,29 @@ impl CacheEntry {
     /// time (an existing record keeps its own).
     ///
     /// The per-path entry lists of the local reads (megabytes for a large context, needed only to
-    /// explain a miss) go to a record of their own, zstd-compressed and keyed by the reads'
-    /// checksums, so identical lists are stored once and a hit never reads them.
+    /// explain a miss) go to a blob of their own ([`CacheEntry::save_entry_lists`]) that the
+    /// record references: identical lists are stored once and a hit never reads them.
     ///
     /// # Errors
     /// [`RecordError`] when encoding or the store fails.
     pub fn save(&self, store: &Store, key: &str, positions: &[String]) -> Result<i64, RecordError> {
+        let entry_lists = CacheEntry::save_entry_lists(store, &self.components)?;
+        self.save_with_entry_lists(store, key, positions, entry_lists.as_ref())
+    }
+
+    /// [`CacheEntry::save`] with the entry lists already written by
+    /// [`CacheEntry::save_entry_lists`] (as the blob `entry_lists`; `None` when there were
+    /// none): a solve writes them while the step runs, off the critical path.
+    ///
+    /// # Errors
+    /// [`RecordError`] when encoding or the store fails.
+    pub fn save_with_entry_lists(
+        &self,
+        store: &Store,
+        key: &str,
+        positions: &[String],
+        entry_lists: Option<&Digest>,
+    ) -> Result<i64, RecordError> {
         let store_error = |key: &str| {
             let key = key.to_string();
             move |source| RecordError::Store {
@@ -245,7 +354,6 @@ impl CacheEntry {
                 source: Box::new(source),
             }
         };
-        let entry_lists = self.save_entry_lists(store)?;
         // Built field by field: cloning the components would copy the very lists kept apart.
         let stripped;
         let components = match entry_lists {
@@ -259,17 +367,19 @@ impl CacheEntry {
             description: self.description.as_deref(),
             components,
             layers: &self.layers,
-            entry_lists: entry_lists.as_deref(),
+            entry_lists_blob: entry_lists,
         };
         let json = serde_json::to_vec(&stored).map_err(|source| RecordError::Encode {
             key: key.to_string(),
             source,
         })?;
-        let mut refs = Vec::with_capacity(self.layers.len() * 2);
+        let mut refs = Vec::with_capacity(self.layers.len() * 2 + 1);
         for layer in &self.layers {
             refs.push(Resource::Layer(layer.chain_id.clone()));
             refs.push(Resource::Blob(layer.blob_digest.clone()));
         }
+        // Keeps the lists' blob for as long as the record (prune removes unreferenced blobs).
+        refs.extend(entry_lists.cloned().map(Resource::Blob));
         let created_ns = store
             .put_encoded_cache_record(key, CacheValueKind::Json, &json, &refs)
             .map_err(store_error(key))?;
@@ -288,53 +398,53 @@ impl CacheEntry {
         Ok(created_ns)
     }
 
-    /// Writes the entry lists of the local reads to their own record unless one with the same
-    /// checksums exists; returns its key (`None` when there are no entries to keep apart).
-    fn save_entry_lists(&self, store: &Store) -> Result<Option<String>, RecordError> {
-        let contents = &self.components.contents;
+    /// Writes the entry lists of the local reads of `components` (one JSON array of entry
+    /// records per read, zstd-compressed, streamed) as a content blob of the store; returns its
+    /// digest (`None` when there are no entries to keep apart). Identical lists make the same
+    /// blob. Depends on the key components only, so it can run while the step does; until a
+    /// record references the blob, it is as unreferenced as any fresh blob of a running build.
+    ///
+    /// # Errors
+    /// [`RecordError`] when encoding, compressing or the store fails.
+    pub fn save_entry_lists(
+        store: &Store,
+        components: &KeyComponents,
+    ) -> Result<Option<Digest>, RecordError> {
+        const WHAT: &str = "the entry lists of a cache record";
+        let contents = &components.contents;
         if contents
             .iter()
             .all(|content| content.checksum.entries.is_empty())
         {
             return Ok(None);
         }
-        // A read's checksum digest covers every entry of its list, so the digests name the lists.
-        let mut hasher = Sha256::new();
-        hasher.update(b"kiln.cache.entries.v1\n");
-        for content in contents {
-            hasher.update(content.checksum.digest.as_bytes());
-            hasher.update(b"\0");
-            hasher.update(content.checksum.entries.len().to_string().as_bytes());
-            hasher.update(b"\n");
-        }
-        let entries_key = format!("kiln.v1.entries:{}", Digest::from_hasher(hasher).hex());
         let store_error = |source| RecordError::Store {
-            key: entries_key.clone(),
+            key: WHAT.to_string(),
             source: Box::new(source),
         };
-        if store
-            .touch_cache_record(&entries_key)
-            .map_err(store_error)?
-        {
-            return Ok(Some(entries_key));
-        }
+        let compress_error = |source| RecordError::Compress {
+            key: WHAT.to_string(),
+            source,
+        };
         let lists: Vec<&[EntryRecord]> = contents
             .iter()
             .map(|content| content.checksum.entries.as_slice())
             .collect();
-        let json = serde_json::to_vec(&lists).map_err(|source| RecordError::Encode {
-            key: entries_key.clone(),
+        let blob = store.ingest().map_err(store_error)?;
+        let encoder =
+            zstd::stream::Encoder::new(blob, ENTRY_LISTS_ZSTD_LEVEL).map_err(compress_error)?;
+        // serde_json writes piece by piece: buffered, and flushed explicitly to see its errors.
+        let mut writer = std::io::BufWriter::new(encoder);
+        serde_json::to_writer(&mut writer, &lists).map_err(|source| RecordError::Encode {
+            key: WHAT.to_string(),
             source,
         })?;
-        let compressed = zstd::stream::encode_all(json.as_slice(), ENTRY_LISTS_ZSTD_LEVEL)
-            .map_err(|source| RecordError::Compress {
-                key: entries_key.clone(),
-                source,
-            })?;
-        store
-            .put_encoded_cache_record(&entries_key, CacheValueKind::Bytes, &compressed, &[])
-            .map_err(store_error)?;
-        Ok(Some(entries_key))
+        let encoder = writer
+            .into_inner()
+            .map_err(|error| compress_error(error.into_error()))?;
+        let blob = encoder.finish().map_err(compress_error)?;
+        let written = blob.commit(None).map_err(store_error)?;
+        Ok(Some(written.digest))
     }
 
     /// The record last saved at the first of `positions` that has one, with its entry lists.
@@ -351,6 +461,44 @@ impl CacheEntry {
             }
         }
         Ok(None)
+    }
+
+    /// Like [`CacheEntry::load_at_positions`], but with the entry lists left in the store until
+    /// an explanation needs them ([`PreviousBuild::entry_lists_json`]): a miss whose reads did not
+    /// change never decodes them, and one that did can compare them without building records.
+    ///
+    /// # Errors
+    /// [`RecordError::Store`] on a store failure.
+    pub fn load_previous_at_positions(
+        store: &Store,
+        positions: &[String],
+    ) -> Result<Option<PreviousBuild>, RecordError> {
+        for position in positions {
+            let Some(key) = CacheEntry::key_at_position(store, position)? else {
+                continue;
+            };
+            if let Some((entry_lists, entry)) = CacheEntry::load_stored(store, &key)? {
+                return Ok(Some(PreviousBuild { entry, entry_lists }));
+            }
+            return Ok(None);
+        }
+        Ok(None)
+    }
+
+    /// The key the position record `position` points to.
+    fn key_at_position(store: &Store, position: &str) -> Result<Option<String>, RecordError> {
+        let record =
+            store
+                .get_encoded_cache_record(position)
+                .map_err(|source| RecordError::Store {
+                    key: position.to_string(),
+                    source: Box::new(source),
+                })?;
+        Ok(record.and_then(|record| {
+            serde_json::from_slice::<PositionEntry>(&record.bytes)
+                .ok()
+                .map(|pointer| pointer.key)
+        }))
     }
 
     fn load_at_position(store: &Store, position: &str) -> Result<Option<CacheEntry>, RecordError> {
@@ -860,7 +1008,7 @@ mod tests {
         assert_eq!(result.components.key(), entry.components.key());
         assert_eq!(result.layers, entry.layers);
 
-        // The record itself is small: the lists are in a compressed record of their own.
+        // The record itself is small: the lists are in a compressed blob of their own.
         let inline = serde_json::to_vec(&entry).unwrap().len();
         assert!(encoded_len(&store, "kiln.v1:a") * 10 < inline);
 
@@ -875,7 +1023,7 @@ mod tests {
                 .bytes,
         )
         .unwrap();
-        let lists_key = stored.entry_lists.unwrap();
+        let lists_blob = stored.entry_lists_blob.unwrap();
         let first: StoredEntry = serde_json::from_slice(
             &store
                 .get_encoded_cache_record("kiln.v1:a")
@@ -884,10 +1032,11 @@ mod tests {
                 .bytes,
         )
         .unwrap();
-        assert_eq!(first.entry_lists.as_deref(), Some(lists_key.as_str()));
+        assert_eq!(first.entry_lists_blob.as_ref(), Some(&lists_blob));
+        assert!(store.has_blob(&lists_blob));
 
         // Lists that are gone (pruned) leave them empty: only explanations lose detail.
-        assert!(store.delete_cache_record(&lists_key).unwrap());
+        std::fs::remove_file(store.blob_path(&lists_blob)).unwrap();
         let degraded = CacheEntry::load(&store, "kiln.v1:a").unwrap().unwrap();
         assert!(degraded.components.contents[0].checksum.entries.is_empty());
         assert_eq!(degraded.layers, entry.layers);
@@ -923,5 +1072,108 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(result.components, entry.components);
+    }
+
+    #[test]
+    fn the_previous_build_leaves_its_entry_lists_in_the_store_until_asked() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let entry = CacheEntry {
+            description: Some("[1/1] COPY tree/ /tree/".into()),
+            components: reading(&[("src/main.rs", "x"), ("src/lib.rs", "y")]),
+            layers: Vec::new(),
+            created_ns: 0,
+        };
+        let positions = position_keys("[1/1] COPY tree/ /tree/", "Dockerfile", &[]);
+        assert!(
+            CacheEntry::load_previous_at_positions(&store, &positions)
+                .unwrap()
+                .is_none()
+        );
+        // Written first (as while the step runs), then the record pointing at them.
+        let lists = CacheEntry::save_entry_lists(&store, &entry.components).unwrap();
+        assert!(lists.is_some());
+        entry
+            .save_with_entry_lists(&store, "kiln.v1:p", &positions, lists.as_ref())
+            .unwrap();
+        let previous = CacheEntry::load_previous_at_positions(&store, &positions)
+            .unwrap()
+            .unwrap();
+        assert!(
+            previous.entry.components.contents[0]
+                .checksum
+                .entries
+                .is_empty()
+        );
+        let json = previous.entry_lists_json(&store).unwrap();
+        let lists: Vec<Vec<EntryRecord>> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            lists,
+            vec![entry.components.contents[0].checksum.entries.clone()]
+        );
+        // The full load sees the same record.
+        let full = CacheEntry::load_at_positions(&store, &positions)
+            .unwrap()
+            .unwrap();
+        assert_eq!(full.components, entry.components);
+    }
+
+    #[test]
+    fn entry_lists_in_a_record_of_their_own_still_load() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let entry = CacheEntry {
+            description: None,
+            components: reading(&[("src/main.rs", "x")]),
+            layers: Vec::new(),
+            created_ns: 0,
+        };
+        // The format before blobs: the lists zstd-compressed in a `kiln.v1.entries:` record.
+        let lists = vec![entry.components.contents[0].checksum.entries.clone()];
+        let compressed =
+            zstd::stream::encode_all(serde_json::to_vec(&lists).unwrap().as_slice(), 1).unwrap();
+        store
+            .put_encoded_cache_record(
+                "kiln.v1.entries:old",
+                CacheValueKind::Bytes,
+                &compressed,
+                &[],
+            )
+            .unwrap();
+        let mut record = serde_json::to_value(StoredEntryRef {
+            description: None,
+            components: &without_entry_lists(&entry.components),
+            layers: &[],
+            entry_lists_blob: None,
+        })
+        .unwrap();
+        record["entry_lists"] = "kiln.v1.entries:old".into();
+        let positions = position_keys("[1/1] COPY x /", "Dockerfile", &[]);
+        store
+            .put_encoded_cache_record(
+                "kiln.v1:old",
+                CacheValueKind::Json,
+                &serde_json::to_vec(&record).unwrap(),
+                &[],
+            )
+            .unwrap();
+        store
+            .put_encoded_cache_record(
+                &positions[0],
+                CacheValueKind::Json,
+                br#"{"key":"kiln.v1:old"}"#,
+                &[],
+            )
+            .unwrap();
+        let loaded = CacheEntry::load(&store, "kiln.v1:old").unwrap().unwrap();
+        assert_eq!(loaded.components, entry.components);
+        let previous = CacheEntry::load_previous_at_positions(&store, &positions)
+            .unwrap()
+            .unwrap();
+        let json = previous.entry_lists_json(&store).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Vec<Vec<EntryRecord>>>(&json).unwrap(),
+            lists
+        );
     }
 }
