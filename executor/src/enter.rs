@@ -18,21 +18,19 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use kiln_image::user::{UserError, resolve_exec_user};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 use thiserror::Error;
 
 use crate::confinement::{Confinement, host_capabilities};
 use crate::plan::{ExecArgs, PlanError, Step, cstr};
-use crate::sandbox::{DEFAULT_PATH, ExitStatus};
+use crate::sandbox::{DEFAULT_PATH, ExitStatus, receive_fd};
 use crate::syscall::LinuxSyscall;
 
 /// The namespaces a process joins, in the order it joins them: the mount namespace last, since
@@ -255,7 +253,9 @@ pub fn enter(spec: &EnterSpec) -> Result<Entered, EnterError> {
         return Err(decode_report(report, &steps));
     }
     let terminal = match &pty_socket {
-        Some((parent, _)) => Some(fs::File::from(receive_fd(parent)?)),
+        Some((parent, _)) => Some(fs::File::from(
+            receive_fd(parent).map_err(|(action, source)| EnterError::Sys { action, source })?,
+        )),
         None => None,
     };
     Ok(Entered {
@@ -387,34 +387,6 @@ fn read_report(pipe: OwnedFd) -> Option<[u8; 8]> {
     let mut file = fs::File::from(pipe);
     let mut report = [0u8; 8];
     file.read_exact(&mut report).ok().map(|()| report)
-}
-
-fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, EnterError> {
-    let mut payload = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut payload)];
-    let mut control = nix::cmsg_space!(RawFd);
-    let message = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut control),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(sys_err("receive the terminal"))?;
-    for cmsg in message
-        .cmsgs()
-        .map_err(sys_err("read the terminal message"))?
-    {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the kernel just installed this fd for us.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    Err(EnterError::Sys {
-        action: "receive the terminal",
-        source: Errno::EBADMSG,
-    })
 }
 
 /// `cgroup.procs` of every cgroup the sandbox is in and this process is not (the sandbox's own

@@ -1230,7 +1230,10 @@ fn read_setup_failure(pipe: OwnedFd) -> Option<StepFailure> {
     })
 }
 
-fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, SandboxError> {
+/// Receives the fd the other end sent over `socket` with `SCM_RIGHTS` (the pty master). Shared
+/// with `kiln exec` ([`crate::enter`]); on failure, what was being done and the errno, for the
+/// caller's own error type.
+pub(crate) fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, (&'static str, Errno)> {
     let mut payload = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut payload)];
     let mut control = nix::cmsg_space!(RawFd);
@@ -1240,22 +1243,19 @@ fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, SandboxError> {
         Some(&mut control),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(sys_err("receive the terminal"))?;
+    .map_err(|errno| ("receive the terminal", errno))?;
     for cmsg in message
         .cmsgs()
-        .map_err(sys_err("read the terminal message"))?
+        .map_err(|errno| ("read the terminal message", errno))?
     {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just installed this fd for us.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
         }
     }
-    Err(SandboxError::Sys {
-        action: "receive the terminal",
-        source: Errno::EBADMSG,
-    })
+    Err(("receive the terminal", Errno::EBADMSG))
 }
 
 /// Copies the caller's terminal size to the pty, when the caller has a terminal.
@@ -1482,7 +1482,8 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
     let mut out_relay = out_relay;
     let mut resizing = None;
     if let Some(socket) = &pty_socket {
-        let master = receive_fd(socket)?;
+        let master =
+            receive_fd(socket).map_err(|(action, source)| SandboxError::Sys { action, source })?;
         copy_window_size(&master);
         if forward_signals {
             resizing = Some(WindowResizing::install(&master)?);

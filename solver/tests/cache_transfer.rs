@@ -6,11 +6,10 @@
 
 mod common;
 
-use common::{described, mkfile_op};
+use common::{Recorder, described, mkfile_op};
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 use kiln_llb::{
     CopyAction, Definition, DefinitionBuilder, FileAction, FileOp, Op, OpKind, OpMetadata, OpRef,
@@ -21,7 +20,7 @@ use kiln_solver::cache::transfer::{
     export_to_dir, pack_cache_mounts, select_records,
 };
 use kiln_solver::layers::LayerOptions;
-use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
+use kiln_solver::{OpOutput, SolveOptions, Solver};
 use kiln_store::Store;
 
 /// A two-stage build: `builder` writes /tool then /built; the final stage copies /built onto
@@ -68,39 +67,6 @@ fn export(records: Vec<ExportedRecord>) -> CacheExport {
     CacheExport {
         records,
         cache_mounts: Vec::new(),
-    }
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ProgressEvent>>);
-
-impl Progress for Recorder {
-    fn event(&self, event: ProgressEvent) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    /// Per step description: `DONE` or `CACHED`.
-    fn outcomes(&self) -> BTreeMap<String, &'static str> {
-        let events = std::mem::take(&mut *self.0.lock().unwrap());
-        let mut names = BTreeMap::new();
-        let mut outcomes = BTreeMap::new();
-        for event in events {
-            match event {
-                ProgressEvent::Started { id, description } => {
-                    names.insert(id, description);
-                }
-                ProgressEvent::Done { id, .. } => {
-                    outcomes.insert(names[&id].clone(), "DONE");
-                }
-                ProgressEvent::Cached { id } => {
-                    outcomes.insert(names[&id].clone(), "CACHED");
-                }
-                _ => {}
-            }
-        }
-        outcomes
     }
 }
 

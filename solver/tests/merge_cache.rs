@@ -4,13 +4,12 @@
 
 mod common;
 
-use common::{described, mkfile_op};
+use common::{Recorder, described, mkfile_op};
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use kiln_llb::{Definition, DefinitionBuilder, MergeOp, Op, OpKind, OpMetadata, OpRef, SourceOp};
-use kiln_solver::{OpOutput, Progress, ProgressEvent, SolveOptions, Solver};
+use kiln_solver::{OpOutput, SolveOptions, Solver};
 use kiln_store::Store;
 
 /// `FROM scratch` + a base layer with `base_data`, then `COPY --link` of a layer made on scratch,
@@ -50,15 +49,6 @@ fn linked(base_data: &str) -> (Definition, OpRef) {
     (builder.build(), after)
 }
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ProgressEvent>>);
-
-impl Progress for Recorder {
-    fn event(&self, event: ProgressEvent) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
 /// Solves `definition` on `store`; returns the outcome (`DONE`/`CACHED`) per step and the result.
 fn solve(
     store: &Store,
@@ -68,23 +58,7 @@ fn solve(
     let recorder = Recorder::default();
     let solver = Solver::new(store.clone(), SolveOptions::default(), &recorder, None);
     let output = solver.solve(definition, target).unwrap();
-    let mut names = BTreeMap::new();
-    let mut outcomes = BTreeMap::new();
-    for event in std::mem::take(&mut *recorder.0.lock().unwrap()) {
-        match event {
-            ProgressEvent::Started { id, description } => {
-                names.insert(id, description);
-            }
-            ProgressEvent::Done { id, .. } => {
-                outcomes.insert(names[&id].clone(), "DONE");
-            }
-            ProgressEvent::Cached { id } => {
-                outcomes.insert(names[&id].clone(), "CACHED");
-            }
-            _ => {}
-        }
-    }
-    (outcomes, output)
+    (recorder.outcomes(), output)
 }
 
 #[test]

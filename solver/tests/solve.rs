@@ -3,12 +3,11 @@
 //! Each case runs with both snapshotters where it matters.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use kiln_image::config::{History, ImageConfig};
 mod common;
 
-use common::{busybox_base, context_source, described_at, exec_op, scratch, temp_store};
+use common::{Recorder, busybox_base, context_source, described_at, exec_op, scratch, temp_store};
 use kiln_llb::{
     CopyAction, DefinitionBuilder, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Op,
     OpKind, OpRef, RmAction, SourceOp,
@@ -16,8 +15,8 @@ use kiln_llb::{
 use kiln_oci::manifest::MediaTypeSet;
 use kiln_solver::image::{ImageOptions, find_image, write_image};
 use kiln_solver::{
-    LocalSource, NoProgress, OpError, OpOutput, Progress, ProgressEvent, SnapshotterKind,
-    SolveOptions, Solver,
+    LocalSource, NoProgress, OpError, OpOutput, ProgressEvent, SnapshotterKind, SolveOptions,
+    Solver,
 };
 
 const BOTH: [SnapshotterKind; 2] = [SnapshotterKind::Overlay, SnapshotterKind::Native];
@@ -331,15 +330,6 @@ fn merge_stacks_chains_with_recomputed_chain_ids() {
         kiln_store::chain_id(Some(&layers[0].chain_id), &layers[1].diff_id)
     );
     assert!(layers[1].dir.join("b").is_file());
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ProgressEvent>>);
-
-impl Progress for Recorder {
-    fn event(&self, event: ProgressEvent) {
-        self.0.lock().unwrap().push(event);
-    }
 }
 
 #[test]

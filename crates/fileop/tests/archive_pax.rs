@@ -77,6 +77,24 @@ fn gnu_tar(tree: &Path, out: &Path, args: &[&str]) {
     assert!(status.success(), "tar {args:?} failed");
 }
 
+/// Makes the [`make_tree`] tree (no xattrs) outside `r.src` and archives it into `r.src/<name>`
+/// with GNU tar in `format`, owned by [`BIG_UID`] and group [`BIG_GID`], every mtime `mtime`
+/// (`@seconds[.fraction]`).
+fn big_owner_tar(r: &Roots, name: &str, format: &str, mtime: &str) {
+    let tree = r.outside.join("tree");
+    make_tree(&tree, false);
+    gnu_tar(
+        &tree,
+        &r.src.join(name),
+        &[
+            &format!("--format={format}"),
+            &format!("--owner=alice:{BIG_UID}"),
+            &format!("--group=staff:{BIG_GID}"),
+            &format!("--mtime={mtime}"),
+        ],
+    );
+}
+
 /// (seconds, nanoseconds) of the mtime of `rel`, not following a symlink.
 fn mtime(root: &Path, rel: &str) -> (i64, i64) {
     let meta = fs::symlink_metadata(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -143,18 +161,7 @@ fn add_pax_tar_keeps_large_owner_subsecond_mtime_long_names_links_and_xattrs() {
 #[test]
 fn add_gnu_tar_keeps_base256_owner_long_names_and_long_links() {
     let r = roots();
-    let tree = r.outside.join("tree");
-    make_tree(&tree, false);
-    gnu_tar(
-        &tree,
-        &r.src.join("g.tar"),
-        &[
-            "--format=gnu",
-            "--owner=alice:3000000",
-            "--group=staff:3000001",
-            "--mtime=@1234567890",
-        ],
-    );
+    big_owner_tar(&r, "g.tar", "gnu", "@1234567890");
     copy(&r.src, &r.dst, &add("g.tar", "/out")).unwrap();
     assert_tree(&r.dst, (BIG_UID, BIG_GID), (1_234_567_890, 0));
 }
@@ -162,19 +169,8 @@ fn add_gnu_tar_keeps_base256_owner_long_names_and_long_links() {
 #[test]
 fn add_pax_tar_after_2242_keeps_mtime() {
     let r = roots();
-    let tree = r.outside.join("tree");
-    make_tree(&tree, false);
     // 2^33 s (2242-03-16) no longer fits the 11 octal digits of the ustar mtime field.
-    gnu_tar(
-        &tree,
-        &r.src.join("p.tar"),
-        &[
-            "--format=pax",
-            "--owner=alice:3000000",
-            "--group=staff:3000001",
-            "--mtime=@8589934600.25",
-        ],
-    );
+    big_owner_tar(&r, "p.tar", "pax", "@8589934600.25");
     copy(&r.src, &r.dst, &add("p.tar", "/out")).unwrap();
     assert_tree(&r.dst, (BIG_UID, BIG_GID), (8_589_934_600, 250_000_000));
 }
@@ -182,18 +178,7 @@ fn add_pax_tar_after_2242_keeps_mtime() {
 #[test]
 fn add_pax_tar_before_1970_gets_the_epoch_like_docker() {
     let r = roots();
-    let tree = r.outside.join("tree");
-    make_tree(&tree, false);
-    gnu_tar(
-        &tree,
-        &r.src.join("p.tar"),
-        &[
-            "--format=pax",
-            "--owner=alice:3000000",
-            "--group=staff:3000001",
-            "--mtime=@-86400.25",
-        ],
-    );
+    big_owner_tar(&r, "p.tar", "pax", "@-86400.25");
     copy(&r.src, &r.dst, &add("p.tar", "/out")).unwrap();
     // moby bounds every time to [epoch, 2262]: an earlier one becomes the epoch.
     assert_tree(&r.dst, (BIG_UID, BIG_GID), (0, 0));
@@ -202,18 +187,7 @@ fn add_pax_tar_before_1970_gets_the_epoch_like_docker() {
 #[test]
 fn add_pax_tar_with_chown_overrides_large_archive_owner() {
     let r = roots();
-    let tree = r.outside.join("tree");
-    make_tree(&tree, false);
-    gnu_tar(
-        &tree,
-        &r.src.join("p.tar"),
-        &[
-            "--format=pax",
-            "--owner=alice:3000000",
-            "--group=staff:3000001",
-            "--mtime=@1234567890.5",
-        ],
-    );
+    big_owner_tar(&r, "p.tar", "pax", "@1234567890.5");
     let mut o = add("p.tar", "/out");
     o.chown = Some(Chown::Ids { uid: 5, gid: 6 });
     copy(&r.src, &r.dst, &o).unwrap();

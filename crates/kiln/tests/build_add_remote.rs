@@ -190,6 +190,21 @@ fn build(kiln: &Kiln, name: &str, dockerfile: &str) -> (std::process::Output, Pa
     (output, out)
 }
 
+/// Builds `context` (again), exporting the root filesystem to `<work dir>/<dest>`; fails the
+/// test if the build fails. Returns (the plain progress output, the rootfs dir).
+fn build_context_to(kiln: &Kiln, context: &Path, dest: &str) -> (String, PathBuf) {
+    let out = kiln.work.path().join(dest);
+    let output = kiln.ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        context.to_str().unwrap(),
+    ]);
+    (stderr(&output), out)
+}
+
 fn build_ok(kiln: &Kiln, name: &str, dockerfile: &str) -> PathBuf {
     let (output, out) = build(kiln, name, dockerfile);
     assert!(
@@ -452,19 +467,8 @@ fn add_url_is_cached_by_content_and_rebuilt_when_the_content_changes() {
     let dockerfile = format!("FROM scratch\nADD {} /data.txt\n", server.url("/data.txt"));
     let context = kiln.context("cached", &[("Dockerfile", &dockerfile)]);
     let build = |dest: &str| {
-        let out = kiln.work.path().join(dest);
-        let output = kiln.ok(&[
-            "build",
-            "--progress",
-            "plain",
-            "--output",
-            &format!("type=local,dest={}", out.display()),
-            context.to_str().unwrap(),
-        ]);
-        (
-            stderr(&output),
-            std::fs::read(out.join("data.txt")).unwrap(),
-        )
+        let (progress, out) = build_context_to(&kiln, &context, dest);
+        (progress, std::fs::read(out.join("data.txt")).unwrap())
     };
     let (first, content) = build("first");
     assert_eq!(content, b"version 1\n");
@@ -804,17 +808,9 @@ fn add_git_is_cached_by_commit_and_follows_a_moved_branch() {
         )],
     );
     let build = |dest: &str| {
-        let out = kiln.work.path().join(dest);
-        let output = kiln.ok(&[
-            "build",
-            "--progress",
-            "plain",
-            "--output",
-            &format!("type=local,dest={}", out.display()),
-            context.to_str().unwrap(),
-        ]);
+        let (progress, out) = build_context_to(&kiln, &context, dest);
         (
-            stderr(&output),
+            progress,
             std::fs::read_to_string(out.join("src/version")).unwrap(),
         )
     };
@@ -851,17 +847,9 @@ fn add_git_at_a_full_commit_id_hits_the_cache_without_fetching() {
         )],
     );
     let build = |dest: &str| {
-        let out = kiln.work.path().join(dest);
-        let output = kiln.ok(&[
-            "build",
-            "--progress",
-            "plain",
-            "--output",
-            &format!("type=local,dest={}", out.display()),
-            context.to_str().unwrap(),
-        ]);
+        let (progress, out) = build_context_to(&kiln, &context, dest);
         (
-            stderr(&output),
+            progress,
             std::fs::read_to_string(out.join("src/version")).unwrap(),
         )
     };

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::{Kiln, build_busybox_with_kiln, free_port, have_or_skip, read, stderr, stdout};
+use common::{
+    Kiln, arch_image, build_busybox_with_kiln, free_port, have_or_skip, read, stderr, stdout,
+};
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
@@ -603,27 +605,11 @@ fn an_http_file_as_a_named_context_is_not_unpacked() {
 // ---------------------------------------------------------------------------------------------
 // OCI layout contexts.
 
-/// A one-layer image tagged `name` in `kiln`'s store whose config is for `linux/<arch>`, with the
-/// file `/arch` saying which.
-fn image_for(kiln: &Kiln, name: &str, arch: &str) -> common::TestImage {
-    let dir = kiln.work.path().join(format!("layer-{arch}"));
-    common::write_files(&dir, &[("arch", format!("{arch}\n").as_str())]);
-    let config = serde_json::json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {},
-        "rootfs": {},
-        "history": [{"created_by": "test layer"}],
-    });
-    let store = kiln_store::Store::open(kiln.root.path()).expect("open store");
-    kiln_testsupport::write_image(&store, name, &[dir], config, common::MediaTypes::Docker)
-}
-
 #[test]
 fn an_oci_layout_is_a_named_image_for_the_target_platform() {
     let maker = Kiln::new();
-    let amd64 = image_for(&maker, "docker.io/library/multi:amd64", "amd64");
-    let arm64 = image_for(&maker, "docker.io/library/multi:arm64", "arm64");
+    let amd64 = arch_image(&maker, "docker.io/library/multi:amd64", "amd64");
+    let arm64 = arch_image(&maker, "docker.io/library/multi:arm64", "arm64");
     let (layout, index_digest) = common::multi_platform_layout(
         &maker,
         "layout",

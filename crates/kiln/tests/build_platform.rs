@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    Kiln, TestRegistry, build_busybox_with_kiln, have_or_skip, make_image, multi_platform_layout,
-    read, skopeo_ok, stderr, stdout,
+    Kiln, TestRegistry, arch_image, build_busybox_with_kiln, have_or_skip, make_image,
+    push_amd64_arm64_index, read, stderr, stdout,
 };
 
 fn path_str(path: &Path) -> &str {
@@ -24,22 +24,6 @@ fn inspect(kiln: &Kiln, name: &str) -> serde_json::Value {
         serde_json::Value::Array(mut items) => items.remove(0),
         other => other,
     }
-}
-
-/// A one-layer image tagged `name` whose config is for `linux/<arch>`, with the file `/arch`
-/// saying which.
-fn image_for(kiln: &Kiln, name: &str, arch: &str) -> common::TestImage {
-    let dir = kiln.work.path().join(format!("layer-{arch}"));
-    common::write_files(&dir, &[("arch", format!("{arch}\n").as_str())]);
-    let config = serde_json::json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {},
-        "rootfs": {},
-        "history": [{"created_by": "test layer"}],
-    });
-    let store = kiln_store::Store::open(kiln.root.path()).expect("open store");
-    kiln_testsupport::write_image(&store, name, &[dir], config, common::MediaTypes::Docker)
 }
 
 /// This machine's architecture, as OCI names it.
@@ -316,33 +300,10 @@ fn from_resolves_the_target_platforms_image() {
         return;
     };
     let kiln = Kiln::new();
-    let amd64 = image_for(&kiln, "docker.io/library/multi:amd64", "amd64");
-    let arm64 = image_for(&kiln, "docker.io/library/multi:arm64", "arm64");
-    let (layout, _) = multi_platform_layout(
-        &kiln,
-        "layout",
-        &[
-            (
-                "multi:amd64",
-                &amd64,
-                serde_json::json!({"os": "linux", "architecture": "amd64"}),
-            ),
-            (
-                "multi:arm64",
-                &arm64,
-                serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
-            ),
-        ],
-        serde_json::json!({"org.opencontainers.image.ref.name": "multi"}),
-    );
+    let amd64 = arch_image(&kiln, "docker.io/library/multi:amd64", "amd64");
+    let arm64 = arch_image(&kiln, "docker.io/library/multi:arm64", "arm64");
     let image = format!("{}/multi:v1", registry.host());
-    skopeo_ok(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:multi", layout.display()),
-        &format!("docker://{image}"),
-    ]);
+    push_amd64_arm64_index(&kiln, &amd64, &arm64, &image);
 
     let fresh = Kiln::new();
     let context = fresh.context(

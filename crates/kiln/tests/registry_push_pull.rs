@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use common::{
-    Kiln, TestRegistry, have, have_or_skip, make_image, multi_platform_layout, skopeo_ok, stderr,
+    Kiln, TestRegistry, have, have_or_skip, make_image, push_amd64_arm64_index, skopeo_ok, stderr,
     stdout,
 };
 
@@ -214,31 +214,8 @@ fn pull_picks_the_requested_platform_from_an_index() {
         &[&[("arch", "arm64\n")]],
     );
     // kiln's archive is an OCI layout: unpack it, add an index of both images, push that.
-    let (layout, index_digest) = multi_platform_layout(
-        &kiln,
-        "layout",
-        &[
-            (
-                "multi:amd64",
-                &amd64,
-                serde_json::json!({"os": "linux", "architecture": "amd64"}),
-            ),
-            (
-                "multi:arm64",
-                &arm64,
-                serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
-            ),
-        ],
-        serde_json::json!({"org.opencontainers.image.ref.name": "multi"}),
-    );
     let destination = format!("{}/multi:v1", registry.host());
-    skopeo_ok(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:multi", layout.display()),
-        &format!("docker://{destination}"),
-    ]);
+    let index_digest = push_amd64_arm64_index(&kiln, &amd64, &arm64, &destination);
 
     let fresh = Kiln::new();
     let pulled = ok_with(

@@ -8,15 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use common::{Kiln, make_busybox_image, make_busybox_image_with_config, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
+use common::{
+    BUSYBOX, Kiln, kiln_with_busybox, make_busybox_image, make_busybox_image_with_config, stderr,
+    stdout,
+};
 
 fn code(output: &Output) -> Option<i32> {
     output.status.code()

@@ -5,29 +5,15 @@
 
 mod common;
 
-use common::{Kiln, build_busybox_with_kiln, make_busybox_image, stderr, stdout};
+use common::{Kiln, build_busybox_with_kiln, kiln_with_busybox, run_busybox_sh, stderr, stdout};
 
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
 /// Docker's default bounding set as /proc/self/status shows it.
 const DOCKER_CAPS: &str = "00000000a80425fb";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
-
-fn run_sh(kiln: &Kiln, flags: &[&str], script: &str) -> std::process::Output {
-    let mut args = vec!["run", "--rm"];
-    args.extend_from_slice(flags);
-    args.extend(["busybox", "sh", "-c", script]);
-    kiln.run(&args)
-}
 
 #[test]
 fn kiln_run_is_confined_like_docker() {
     let kiln = kiln_with_busybox();
-    let output = run_sh(
+    let output = run_busybox_sh(
         &kiln,
         &[],
         "grep -e CapBnd -e CapEff /proc/self/status; \
@@ -45,7 +31,7 @@ fn kiln_run_is_confined_like_docker() {
 #[test]
 fn non_root_user_gets_no_effective_capabilities() {
     let kiln = kiln_with_busybox();
-    let output = run_sh(&kiln, &["--user", "1000"], "grep CapEff /proc/self/status");
+    let output = run_busybox_sh(&kiln, &["--user", "1000"], "grep CapEff /proc/self/status");
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "CapEff:\t0000000000000000\n");
 }
@@ -60,12 +46,12 @@ fn cap_add_and_privileged_let_mount_work() {
         &["--cap-add", "ALL"][..],
         &["--privileged"][..],
     ] {
-        let output = run_sh(&kiln, flags, script);
+        let output = run_busybox_sh(&kiln, flags, script);
         assert!(output.status.success(), "{flags:?}: {}", stderr(&output));
         assert_eq!(stdout(&output), "mounted\n", "{flags:?}");
     }
     // --privileged also unmasks /proc/sys and lets a node made inside be used.
-    let output = run_sh(
+    let output = run_busybox_sh(
         &kiln,
         &["--privileged"],
         "grep -c ' /proc/sys ' /proc/self/mountinfo; mknod /tmp/n c 1 3 && echo x > /tmp/n && echo node-ok",
@@ -76,7 +62,7 @@ fn cap_add_and_privileged_let_mount_work() {
 #[test]
 fn cap_drop_removes_from_the_default() {
     let kiln = kiln_with_busybox();
-    let output = run_sh(
+    let output = run_busybox_sh(
         &kiln,
         &["--cap-drop", "CHOWN", "--cap-drop", "CAP_KILL"],
         "grep CapBnd /proc/self/status",
@@ -84,7 +70,7 @@ fn cap_drop_removes_from_the_default() {
     assert!(output.status.success(), "{}", stderr(&output));
     // Docker's default without CHOWN (bit 0) and KILL (bit 5).
     assert_eq!(stdout(&output), "CapBnd:\t00000000a80425da\n");
-    let output = run_sh(
+    let output = run_busybox_sh(
         &kiln,
         &["--cap-drop", "ALL", "--cap-add", "NET_RAW"],
         "grep CapBnd /proc/self/status",
@@ -95,7 +81,7 @@ fn cap_drop_removes_from_the_default() {
 #[test]
 fn unknown_capability_is_refused_before_running() {
     let kiln = kiln_with_busybox();
-    let output = run_sh(&kiln, &["--cap-add", "SYS_WIZARD"], "true");
+    let output = run_busybox_sh(&kiln, &["--cap-add", "SYS_WIZARD"], "true");
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("SYS_WIZARD"),

@@ -3,15 +3,7 @@
 
 mod common;
 
-use common::{Kiln, make_busybox_image, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
+use common::{Kiln, kiln_with_busybox, stderr, stdout};
 
 /// `kiln run --rm <args>` that must succeed; returns its stdout.
 fn run_ok(kiln: &Kiln, args: &[&str]) -> String {

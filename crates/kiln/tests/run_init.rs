@@ -5,19 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kiln, make_busybox_image, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
+use common::{Kiln, kiln_with_busybox, stderr, stdout};
 
 /// Waits for `child`, failing the test (instead of hanging it) if it never ends.
 fn wait_bounded(child: &mut Child) -> ExitStatus {
@@ -179,27 +170,16 @@ fn the_command_owns_the_terminal() {
 #[test]
 fn ctrl_c_on_the_terminal_reaches_the_command() {
     let kiln = kiln_with_busybox();
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    let slave: OwnedFd = pty.slave;
-    let mut master = std::fs::File::from(pty.master);
-    let mut command = kiln.command();
-    command
-        .args([
-            "run",
-            "--rm",
-            "-it",
-            "--init",
-            "busybox",
-            "sh",
-            "-c",
-            "echo ready; exec sleep 100",
-        ])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    let mut child = command.spawn().expect("spawn kiln");
-    // Our copies of the slave must go, so that the reader sees EIO once kiln exits.
-    drop(command);
+    let (mut child, mut master) = kiln.spawn_on_pty(&[
+        "run",
+        "--rm",
+        "-it",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 100",
+    ]);
     let mut reader = master.try_clone().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let collected = std::thread::spawn(move || {

@@ -7,15 +7,7 @@ mod common;
 use std::process::{Child, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kiln, make_busybox_image, make_busybox_image_with_config, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
+use common::{Kiln, kiln_with_busybox, make_busybox_image_with_config, stderr, stdout};
 
 /// Guard against hanging a test when something never happens; not a timing assertion.
 const GIVE_UP: Duration = Duration::from_secs(120);

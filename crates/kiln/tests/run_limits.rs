@@ -8,10 +8,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Kiln, build_busybox_with_kiln, make_busybox_image, stderr, stdout};
+use common::{Kiln, build_busybox_with_kiln, kiln_with_busybox, stderr, stdout};
 use kiln_executor::cgroup::{CgroupLayout, CgroupVersion};
 
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
 /// Really allocates: busybox `tail` holds the last "line" of /dev/zero (100 MiB, no newline).
 const ALLOCATE_100M: &str = "head -c 100m /dev/zero | tail > /dev/null";
 
@@ -63,8 +62,7 @@ fn run_memory_limit_kills_the_hog_and_says_out_of_memory() {
     if layout.memory.is_none() {
         return;
     }
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
+    let kiln = kiln_with_busybox();
 
     let unlimited = kiln.run(&["run", "--rm", "busybox", "sh", "-c", ALLOCATE_100M]);
     assert_eq!(unlimited.status.code(), Some(0), "{}", stderr(&unlimited));
@@ -101,8 +99,7 @@ fn run_pids_limit_stops_a_fork_loop() {
     if layout.pids.is_none() {
         return;
     }
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
+    let kiln = kiln_with_busybox();
     // Every `sleep` lives on (until the container ends), so each round needs one more pid.
     let script = "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo forked-all";
 

@@ -4,9 +4,7 @@
 
 mod common;
 
-use common::{Kiln, build_busybox_with_kiln, make_busybox_image, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
+use common::{Kiln, build_busybox_with_kiln, kiln_with_busybox, run_busybox_sh, stderr, stdout};
 
 /// The filter state, then whether a user namespace (which needs no capability) can be made.
 const PROBE: &str = "grep Seccomp: /proc/self/status; \
@@ -18,21 +16,13 @@ fn filtered_here() -> bool {
         .is_some()
 }
 
-fn run_sh(kiln: &Kiln, flags: &[&str], script: &str) -> std::process::Output {
-    let mut args = vec!["run", "--rm"];
-    args.extend_from_slice(flags);
-    args.extend(["busybox", "sh", "-c", script]);
-    kiln.run(&args)
-}
-
 #[test]
 fn kiln_run_is_filtered_and_the_flags_lift_it() {
     if !filtered_here() {
         return;
     }
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    let output = run_sh(&kiln, &[], PROBE);
+    let kiln = kiln_with_busybox();
+    let output = run_busybox_sh(&kiln, &[], PROBE);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "Seccomp:\t2\nunshare-refused\n");
 
@@ -45,13 +35,13 @@ fn kiln_run_is_filtered_and_the_flags_lift_it() {
         // Still filtered, but the SYS_ADMIN rules are lifted.
         (&["--cap-add", "SYS_ADMIN"][..], "Seccomp:\t2\nunshare-ok\n"),
     ] {
-        let output = run_sh(&kiln, flags, PROBE);
+        let output = run_busybox_sh(&kiln, flags, PROBE);
         assert!(output.status.success(), "{flags:?}: {}", stderr(&output));
         assert_eq!(stdout(&output), expected, "{flags:?}");
     }
 
     // A normal workload: forks, files, signals, ps.
-    let output = run_sh(
+    let output = run_busybox_sh(
         &kiln,
         &[],
         "for i in 1 2 3; do (echo $i > /tmp/$i) & done; wait; cat /tmp/1 /tmp/3; \
@@ -63,10 +53,9 @@ fn kiln_run_is_filtered_and_the_flags_lift_it() {
 
 #[test]
 fn unsupported_security_options_are_refused() {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
+    let kiln = kiln_with_busybox();
     for option in ["seccomp=/tmp/profile.json", "apparmor=unconfined"] {
-        let output = run_sh(&kiln, &["--security-opt", option], "true");
+        let output = run_busybox_sh(&kiln, &["--security-opt", option], "true");
         assert!(!output.status.success(), "{option}");
         assert!(
             stderr(&output).contains("--security-opt"),

@@ -5,19 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kiln, make_busybox_image, stderr, stdout};
-
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-fn kiln_with_busybox() -> Kiln {
-    let kiln = Kiln::new();
-    make_busybox_image(kiln.root.path(), BUSYBOX);
-    kiln
-}
+use common::{kiln_with_busybox, stderr, stdout};
 
 /// Runs `command` with `input` on its stdin; returns its output.
 fn with_stdin(mut command: Command, input: &[u8]) -> std::process::Output {
@@ -75,19 +66,7 @@ fn tty_gives_the_command_a_terminal() {
 #[test]
 fn interactive_tty_through_a_pty() {
     let kiln = kiln_with_busybox();
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    let slave: OwnedFd = pty.slave;
-    let mut master = std::fs::File::from(pty.master);
-    let mut command = kiln.command();
-    command
-        .args(["run", "--rm", "-it", "busybox", "sh"])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    let mut child = command.spawn().expect("spawn kiln");
-    // The Command holds our copies of the slave: drop them, so that the reader sees EIO once
-    // kiln (the last holder) exits.
-    drop(command);
+    let (mut child, mut master) = kiln.spawn_on_pty(&["run", "--rm", "-it", "busybox", "sh"]);
     let mut reader = master.try_clone().unwrap();
     let collected = std::thread::spawn(move || {
         let mut all = Vec::new();

@@ -68,6 +68,19 @@ fn execs(lowered: &Lowered) -> Vec<&ExecOp> {
         .collect()
 }
 
+/// The Source ops of `lowered`, in definition order.
+fn sources(lowered: &Lowered) -> Vec<SourceOp> {
+    lowered
+        .definition
+        .ops()
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Source(source) => Some(source.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn history(lowered: &Lowered) -> Vec<String> {
     lowered
         .target
@@ -608,15 +621,7 @@ fn add_urls_git_and_local_archives() {
     let lowered = lower_ok(
         "FROM scratch\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://example.com/dl/tool.tar.gz /opt/\nADD https://github.com/moby/buildkit.git#v0.13.0:docs /docs\nADD app.tar.gz /app/\n",
     );
-    let sources: Vec<SourceOp> = lowered
-        .definition
-        .ops()
-        .iter()
-        .filter_map(|op| match &op.kind {
-            OpKind::Source(source) => Some(source.clone()),
-            _ => None,
-        })
-        .collect();
+    let sources = sources(&lowered);
     assert!(sources.iter().any(|s| matches!(s, SourceOp::Http { url, checksum: Some(_), filename: Some(f) } if url.ends_with("tool.tar.gz") && f == "tool.tar.gz")));
     assert!(sources.iter().any(|s| matches!(s, SourceOp::Git { url, reference: Some(r), subdir: Some(d), .. } if url == "https://github.com/moby/buildkit.git" && r == "v0.13.0" && d == "docs")));
     let copies: Vec<kiln_llb::CopyAction> = lowered
@@ -931,15 +936,7 @@ fn named_contexts_stand_in_for_images_and_stages() {
         execs(&lowered).is_empty(),
         "the replaced stage runs nothing"
     );
-    let sources: Vec<SourceOp> = lowered
-        .definition
-        .ops()
-        .iter()
-        .filter_map(|op| match &op.kind {
-            OpKind::Source(source) => Some(source.clone()),
-            _ => None,
-        })
-        .collect();
+    let sources = sources(&lowered);
     assert!(sources.iter().any(|s| matches!(s, SourceOp::Image { reference, .. } if reference == "docker.io/library/alpine:3.19")));
     assert!(
         sources
@@ -963,15 +960,7 @@ fn named_contexts_match_familiar_names() {
         &options,
     )
     .unwrap();
-    let sources: Vec<SourceOp> = lowered
-        .definition
-        .ops()
-        .iter()
-        .filter_map(|op| match &op.kind {
-            OpKind::Source(source) => Some(source.clone()),
-            _ => None,
-        })
-        .collect();
+    let sources = sources(&lowered);
     assert!(sources.iter().any(|s| matches!(s, SourceOp::Image { reference, .. } if reference == "docker.io/library/busybox:1.36")), "{sources:?}");
     assert!(
         sources

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -22,7 +22,7 @@ use kiln_image::Digest;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::transfer::{MAX_METADATA_BYTES, TransferError};
+use super::transfer::{TransferError, io_error, read_json};
 
 /// The lock file inside a cache directory.
 pub const LOCK_FILE: &str = ".kiln-lock";
@@ -40,15 +40,6 @@ const NESTING_MEDIA_TYPES: [&str; 4] = [
 
 /// The fields of a manifest or index that hold descriptors (one or a list).
 const DESCRIPTOR_FIELDS: [&str; 5] = ["config", "layers", "manifests", "blobs", "subject"];
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TransferError {
-    let path = path.to_path_buf();
-    move |source| TransferError::Io {
-        action,
-        path,
-        source,
-    }
-}
 
 /// An export's exclusive hold on a cache directory; released on drop.
 #[derive(Debug)]
@@ -139,7 +130,7 @@ fn flock(mut file: File, arg: FlockArg, path: &Path) -> Result<Flock<File>, Tran
 pub fn referenced_blobs(dir: &Path) -> Result<HashSet<String>, TransferError> {
     let blobs_dir = dir.join("blobs").join("sha256");
     let index_path = dir.join("index.json");
-    let index = read_json(&index_path, None)?;
+    let index: serde_json::Value = read_json(&index_path, None)?;
     let mut referenced = HashSet::new();
     let mut pending: Vec<serde_json::Value> = descriptors(&index);
     while let Some(descriptor) = pending.pop() {
@@ -163,7 +154,7 @@ pub fn referenced_blobs(dir: &Path) -> Result<HashSet<String>, TransferError> {
             .and_then(|m| m.as_str())
             .is_some_and(|media_type| NESTING_MEDIA_TYPES.contains(&media_type));
         if nests {
-            let nested = read_json(&blobs_dir.join(&hex), Some(&digest))?;
+            let nested: serde_json::Value = read_json(&blobs_dir.join(&hex), Some(&digest))?;
             pending.extend(descriptors(&nested));
         }
     }
@@ -181,34 +172,6 @@ fn descriptors(document: &serde_json::Value) -> Vec<serde_json::Value> {
         }
     }
     found
-}
-
-/// Reads a small JSON document, checking its digest when given.
-fn read_json(path: &Path, digest: Option<&Digest>) -> Result<serde_json::Value, TransferError> {
-    let file = File::open(path).map_err(io_error("open", path))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_METADATA_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error("read", path))?;
-    if bytes.len() as u64 > MAX_METADATA_BYTES {
-        return Err(TransferError::Format {
-            path: path.to_path_buf(),
-            reason: format!("larger than {MAX_METADATA_BYTES} bytes"),
-        });
-    }
-    if let Some(expected) = digest {
-        let actual = Digest::of(&bytes);
-        if actual != *expected {
-            return Err(TransferError::Format {
-                path: path.to_path_buf(),
-                reason: format!("its content is {actual}, not {expected}"),
-            });
-        }
-    }
-    serde_json::from_slice(&bytes).map_err(|source| TransferError::Json {
-        what: format!("decoding {}", path.display()),
-        source,
-    })
 }
 
 /// What a clean-up of a cache directory did.

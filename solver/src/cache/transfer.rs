@@ -86,7 +86,11 @@ pub enum TransferError {
     },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TransferError {
+/// Maps an I/O error to a [`TransferError`] naming what was being done to `path`.
+pub(crate) fn io_error(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> TransferError {
     let path = path.to_path_buf();
     move |source| TransferError::Io {
         action,
@@ -1348,8 +1352,9 @@ struct OciManifest {
     config: OciDescriptor,
 }
 
-/// Reads and decodes a small JSON file, checking its digest when one is expected.
-fn read_json<T: serde::de::DeserializeOwned>(
+/// Reads and decodes a small JSON file (at most [`MAX_METADATA_BYTES`]), checking its digest when
+/// one is expected. Shared with the local cache directory's clean-up.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     expected: Option<&Digest>,
 ) -> Result<T, TransferError> {

@@ -727,31 +727,12 @@ fn link_selection(
     entries: impl Iterator<Item = kiln_context::Entry>,
     dest: &Path,
 ) -> Result<(), String> {
-    use kiln_context::FileKind;
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    use std::os::unix::fs::lchown;
-
-    let set_times = |path: &Path, mtime_ns: i64| {
-        let time = TimeSpec::new(
-            mtime_ns.div_euclid(1_000_000_000),
-            mtime_ns.rem_euclid(1_000_000_000),
-        );
-        utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &time,
-            &time,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))
-    };
     let prefix = if dir.is_empty() {
         String::new()
     } else {
         format!("{dir}/")
     };
-    let mut dirs = Vec::new();
+    let mut placed = Vec::new();
     for entry in entries {
         // The first entry is `dir` itself (labelled `dir`, or `.` for the root).
         let relative = if entry.path == dir || entry.path == "." {
@@ -762,7 +743,24 @@ fn link_selection(
                 .strip_prefix(&prefix)
                 .ok_or_else(|| format!("{} is outside {dir}", entry.path))?
         };
-        let to = dest.join(relative);
+        placed.push((dest.join(relative), entry));
+    }
+    link_entries(root, placed)
+}
+
+/// Recreates each `(destination, entry)` of `root` (entry paths root-relative, parents before
+/// children, each destination's parent already there): directories and symlinks anew with the
+/// entry's owner, mode and times, regular files as hard links to `root`'s. Fails (and the callers
+/// copy instead) on any other kind of file.
+pub(super) fn link_entries(
+    root: &Path,
+    entries: impl IntoIterator<Item = (PathBuf, kiln_context::Entry)>,
+) -> Result<(), String> {
+    use kiln_context::FileKind;
+    use std::os::unix::fs::lchown;
+
+    let mut dirs = Vec::new();
+    for (to, entry) in entries {
         let fail = |e: std::io::Error| format!("{}: {e}", to.display());
         match entry.kind {
             FileKind::Dir => {
@@ -774,7 +772,7 @@ fn link_selection(
                 let target = entry.link_target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(target, &to).map_err(fail)?;
                 lchown(&to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
-                set_times(&to, entry.mtime_ns)?;
+                set_mtime_no_follow(&to, entry.mtime_ns)?;
             }
             other => return Err(format!("{} is a {}", entry.path, other.as_str())),
         }
@@ -784,9 +782,29 @@ fn link_selection(
         let fail = |e: std::io::Error| format!("{}: {e}", to.display());
         lchown(to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(entry.mode)).map_err(fail)?;
-        set_times(to, entry.mtime_ns)?;
+        set_mtime_no_follow(to, entry.mtime_ns)?;
     }
     Ok(())
+}
+
+/// Sets both times of `path` itself (never a symlink's target) to `mtime_ns` nanoseconds since
+/// the epoch.
+pub(super) fn set_mtime_no_follow(path: &Path, mtime_ns: i64) -> Result<(), String> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+
+    let time = TimeSpec::new(
+        mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns.rem_euclid(1_000_000_000),
+    );
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `selector` resolved inside `root` (symlinks followed as if `root` were `/`, so a link cannot
@@ -957,6 +975,29 @@ fn write_secret_file(
 mod tests {
     use super::*;
 
+    /// The context these tests prepare mounts in: the native snapshotter, no puller, no progress,
+    /// no limits.
+    fn test_context<'a>(
+        store: &'a kiln_store::Store,
+        locals: &'a BTreeMap<String, crate::ops::LocalSource>,
+        secrets: &'a Secrets,
+        ssh_agents: &'a SshAgents,
+    ) -> OpContext<'a> {
+        OpContext {
+            store,
+            snapshotter: &NativeSnapshotter,
+            layer_options: crate::layers::LayerOptions::default(),
+            locals,
+            secrets,
+            ssh_agents,
+            puller: None,
+            progress: &crate::progress::NoProgress,
+            step: None,
+            limits: kiln_executor::ResourceLimits::default(),
+            extra_hosts: &[],
+        }
+    }
+
     #[test]
     fn debug_never_shows_a_secret_value() {
         let shown = format!("{:?}", SecretSource::Value(b"hunter2".to_vec()));
@@ -1065,19 +1106,8 @@ mod tests {
         let store = kiln_store::Store::open(root.path()).unwrap();
         let locals = BTreeMap::new();
         let secrets = Secrets::new();
-        let cx = OpContext {
-            store: &store,
-            snapshotter: &NativeSnapshotter,
-            layer_options: crate::layers::LayerOptions::default(),
-            locals: &locals,
-            secrets: &secrets,
-            ssh_agents: &SshAgents::new(),
-            puller: None,
-            progress: &crate::progress::NoProgress,
-            step: None,
-            limits: kiln_executor::ResourceLimits::default(),
-            extra_hosts: &[],
-        };
+        let agents = SshAgents::new();
+        let cx = test_context(&store, &locals, &secrets, &agents);
         let scratch = tempfile::tempdir().unwrap();
         let prepare = |exec: &ExecOp, name: &str| {
             prepare_mounts(&cx, exec, &[], &scratch.path().join(name)).unwrap()
@@ -1125,19 +1155,8 @@ mod tests {
             },
         )]);
         let secrets = Secrets::new();
-        let cx = OpContext {
-            store: &store,
-            snapshotter: &NativeSnapshotter,
-            layer_options: crate::layers::LayerOptions::default(),
-            locals: &locals,
-            secrets: &secrets,
-            ssh_agents: &SshAgents::new(),
-            puller: None,
-            progress: &crate::progress::NoProgress,
-            step: None,
-            limits: kiln_executor::ResourceLimits::default(),
-            extra_hosts: &[],
-        };
+        let agents = SshAgents::new();
+        let cx = test_context(&store, &locals, &secrets, &agents);
         let source = kiln_llb::SourceOp::Local {
             name: "context".into(),
             include_patterns: Vec::new(),
@@ -1165,19 +1184,8 @@ mod tests {
     fn prepare_with(dir: &Path, context: &OpOutput, exec: &ExecOp) -> PreparedMounts {
         let store = kiln_store::Store::open(&dir.join("store")).unwrap();
         let (locals, secrets) = (BTreeMap::new(), Secrets::new());
-        let cx = OpContext {
-            store: &store,
-            snapshotter: &NativeSnapshotter,
-            layer_options: crate::layers::LayerOptions::default(),
-            locals: &locals,
-            secrets: &secrets,
-            ssh_agents: &SshAgents::new(),
-            puller: None,
-            progress: &crate::progress::NoProgress,
-            step: None,
-            limits: kiln_executor::ResourceLimits::default(),
-            extra_hosts: &[],
-        };
+        let agents = SshAgents::new();
+        let cx = test_context(&store, &locals, &secrets, &agents);
         let scratch = tempfile::Builder::new()
             .prefix("scratch")
             .tempdir_in(dir)
@@ -1247,19 +1255,8 @@ mod tests {
         assert_eq!(bind_source(&prepared), dir.path().join("context/sub/a.txt"));
         let store = kiln_store::Store::open(&dir.path().join("store")).unwrap();
         let (locals, secrets) = (BTreeMap::new(), Secrets::new());
-        let cx = OpContext {
-            store: &store,
-            snapshotter: &NativeSnapshotter,
-            layer_options: crate::layers::LayerOptions::default(),
-            locals: &locals,
-            secrets: &secrets,
-            ssh_agents: &SshAgents::new(),
-            puller: None,
-            progress: &crate::progress::NoProgress,
-            step: None,
-            limits: kiln_executor::ResourceLimits::default(),
-            extra_hosts: &[],
-        };
+        let agents = SshAgents::new();
+        let cx = test_context(&store, &locals, &secrets, &agents);
         let error = prepare_mounts(
             &cx,
             &bind_exec("sub/debug.log", true),
@@ -1313,19 +1310,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = kiln_store::Store::open(dir.path()).unwrap();
         let (locals, secrets) = (BTreeMap::new(), Secrets::new());
-        let cx = OpContext {
-            store: &store,
-            snapshotter: &NativeSnapshotter,
-            layer_options: crate::layers::LayerOptions::default(),
-            locals: &locals,
-            secrets: &secrets,
-            ssh_agents: agents,
-            puller: None,
-            progress: &crate::progress::NoProgress,
-            step: None,
-            limits: kiln_executor::ResourceLimits::default(),
-            extra_hosts: &[],
-        };
+        let cx = test_context(&store, &locals, &secrets, agents);
         let scratch = dir.keep().join("scratch");
         prepare_mounts(&cx, exec, &[], &scratch)
     }

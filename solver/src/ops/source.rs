@@ -14,6 +14,7 @@ use crate::error::OpError;
 use crate::image::resolve_image;
 use crate::layers::ensure_extracted;
 use crate::ops::OpContext;
+use crate::ops::mounts::{link_entries, set_mtime_no_follow};
 use crate::result::{LocalDir, OpOutput};
 use crate::scratch::ScratchDir;
 
@@ -228,64 +229,30 @@ fn stage_excluding(
 /// instead) on anything it cannot reproduce exactly.
 fn link_farm(src: &Path, dest: &Path, excludes: &[String]) -> Result<(), String> {
     use kiln_context::FileKind;
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+    use std::os::unix::fs::MetadataExt;
 
     let patterns = kiln_context::IgnorePatterns::compile(excludes).map_err(|e| e.to_string())?;
     let entries = kiln_context::walk_context(src, &patterns).map_err(|e| e.to_string())?;
     let root_meta = std::fs::metadata(src).map_err(|e| e.to_string())?;
     std::fs::create_dir(dest).map_err(|e| e.to_string())?;
-    let set_times = |path: &Path, mtime_ns: i64| {
-        let time = TimeSpec::new(
-            mtime_ns.div_euclid(1_000_000_000),
-            mtime_ns.rem_euclid(1_000_000_000),
-        );
-        utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &time,
-            &time,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let mut dirs = Vec::new();
+    // A file re-included under an excluded directory comes without its parent's entry.
     for entry in &entries {
-        let from = src.join(&entry.path);
         let to = dest.join(&entry.path);
-        let fail = |e: std::io::Error| format!("{}: {e}", to.display());
         if entry.kind != FileKind::Dir
             && let Some(parent) = to.parent()
         {
-            std::fs::create_dir_all(parent).map_err(fail)?;
-        }
-        match entry.kind {
-            FileKind::Dir => {
-                std::fs::create_dir_all(&to).map_err(fail)?;
-                dirs.push(entry);
-            }
-            FileKind::File => std::fs::hard_link(&from, &to).map_err(fail)?,
-            FileKind::Symlink => {
-                let target = entry.link_target.as_deref().unwrap_or_default();
-                symlink(target, &to).map_err(fail)?;
-                lchown(&to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
-                set_times(&to, entry.mtime_ns)?;
-            }
-            other => return Err(format!("{} is a {}", entry.path, other.as_str())),
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", to.display()))?;
         }
     }
-    // Directory metadata last, deepest first: creating children changes a directory's mtime.
-    for entry in dirs.iter().rev() {
-        let to = dest.join(&entry.path);
-        let fail = |e: std::io::Error| format!("{}: {e}", to.display());
-        lchown(&to, Some(entry.uid), Some(entry.gid)).map_err(fail)?;
-        std::fs::set_permissions(&to, PermissionsExt::from_mode(entry.mode)).map_err(fail)?;
-        set_times(&to, entry.mtime_ns)?;
-    }
+    link_entries(
+        src,
+        entries
+            .into_iter()
+            .map(|entry| (dest.join(&entry.path), entry)),
+    )?;
     let fail = |e: std::io::Error| format!("{}: {e}", dest.display());
     std::fs::set_permissions(dest, root_meta.permissions()).map_err(fail)?;
-    set_times(
+    set_mtime_no_follow(
         dest,
         root_meta.mtime() * 1_000_000_000 + root_meta.mtime_nsec(),
     )?;

@@ -1,6 +1,7 @@
 //! Helpers the solver's integration tests share: a store in a temp dir, step metadata as a
 //! Dockerfile gives it, the usual sources (scratch, the build context), COPY and file-writing ops,
-//! a busybox base built from the host's busybox-static, and a RUN-like exec op over it.
+//! a busybox base built from the host's busybox-static, a RUN-like exec op over it, and a progress
+//! recorder.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -8,9 +9,11 @@ use kiln_llb::{
     CopyAction, DefinitionBuilder, ExecOp, FileAction, FileOp, MkfileAction, Mount, MountKind,
     NetworkMode, Op, OpKind, OpMetadata, OpRef, SecurityMode, SourceLocation, SourceOp,
 };
-use kiln_solver::LocalSource;
+use kiln_solver::{LocalSource, Progress, ProgressEvent};
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use kiln_testsupport::temp_store;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// Metadata of a step shown as `text`, from line `line` of the Dockerfile.
 pub fn described_at(text: &str, line: usize) -> OpMetadata {
@@ -138,4 +141,38 @@ pub fn busybox_base(
             excludes: vec![],
         },
     )
+}
+
+/// Collects the solver's progress events for a test to read back.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<ProgressEvent>>);
+
+impl Progress for Recorder {
+    fn event(&self, event: ProgressEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    /// Per step description: `DONE` or `CACHED`; takes the events recorded so far.
+    pub fn outcomes(&self) -> BTreeMap<String, &'static str> {
+        let events = std::mem::take(&mut *self.0.lock().unwrap());
+        let mut names = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        for event in events {
+            match event {
+                ProgressEvent::Started { id, description } => {
+                    names.insert(id, description);
+                }
+                ProgressEvent::Done { id, .. } => {
+                    outcomes.insert(names[&id].clone(), "DONE");
+                }
+                ProgressEvent::Cached { id } => {
+                    outcomes.insert(names[&id].clone(), "CACHED");
+                }
+                _ => {}
+            }
+        }
+        outcomes
+    }
 }

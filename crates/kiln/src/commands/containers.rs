@@ -297,9 +297,20 @@ pub fn run_stop(args: StopArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let store = open_store(global)?;
     let containers = store.containers();
     let requested = args.signal.as_deref().map(parse_signal).transpose()?;
+    Ok(for_each_container(&args.containers, |key| {
+        stop_one(&containers, key, requested, Duration::from_secs(args.time))
+    }))
+}
+
+/// Runs `act` on each container named in `keys`, printing each name as given when it succeeds
+/// and each error on stderr otherwise, as Docker does; a failure does not stop the others.
+fn for_each_container(
+    keys: &[String],
+    mut act: impl FnMut(&str) -> anyhow::Result<()>,
+) -> ExitCode {
     let mut failed = false;
-    for key in &args.containers {
-        match stop_one(&containers, key, requested, Duration::from_secs(args.time)) {
+    for key in keys {
+        match act(key) {
             Ok(()) => println!("{key}"),
             Err(error) => {
                 eprintln!("error: {error:#}");
@@ -307,11 +318,11 @@ pub fn run_stop(args: StopArgs, global: &Global) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 fn stop_one(
@@ -363,25 +374,12 @@ pub fn run_kill(args: KillArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let signal = parse_signal(&args.signal)?;
     let store = open_store(global)?;
     let containers = store.containers();
-    let mut failed = false;
-    for key in &args.containers {
-        let sent = find_running(&containers, key).and_then(|(state, _)| match state.process {
+    Ok(for_each_container(&args.containers, |key| {
+        find_running(&containers, key).and_then(|(state, _)| match state.process {
             Some(process) => send(process, signal),
             None => bail!("container {key} is not running"),
-        });
-        match sent {
-            Ok(()) => println!("{key}"),
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+        })
+    }))
 }
 
 /// What `kiln run` knows about its container before the sandbox starts.

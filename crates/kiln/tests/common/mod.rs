@@ -35,6 +35,24 @@ impl Kiln {
         command
     }
 
+    /// Starts kiln with `args` on a new pty: its slave is kiln's stdin, stdout and stderr, as a
+    /// terminal would give them. Returns the child and the pty's master.
+    pub fn spawn_on_pty(&self, args: &[&str]) -> (std::process::Child, std::fs::File) {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave: std::os::fd::OwnedFd = pty.slave;
+        let mut command = self.command();
+        command
+            .args(args)
+            .stdin(Stdio::from(slave.try_clone().expect("dup the pty slave")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup the pty slave")))
+            .stderr(Stdio::from(slave));
+        let child = command.spawn().expect("spawn kiln");
+        // The Command holds our copies of the slave: drop them, so that a reader of the master
+        // sees EIO once kiln (the last holder) exits.
+        drop(command);
+        (child, std::fs::File::from(pty.master))
+    }
+
     /// Runs kiln with `args`; returns the output whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().expect("running kiln")
@@ -206,6 +224,58 @@ pub fn make_image_from_dirs(root: &Path, name: &str, dirs: &[PathBuf], env: &[&s
     kiln_testsupport::write_image(&store, name, dirs, config, MediaTypes::Docker)
 }
 
+/// A one-layer image tagged `name` in `kiln`'s store whose config is for `linux/<arch>`, with the
+/// file `/arch` saying which.
+pub fn arch_image(kiln: &Kiln, name: &str, arch: &str) -> TestImage {
+    let dir = kiln.work.path().join(format!("layer-{arch}"));
+    write_files(&dir, &[("arch", format!("{arch}\n").as_str())]);
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {},
+        "rootfs": {},
+        "history": [{"created_by": "test layer"}],
+    });
+    let store = kiln_store::Store::open(kiln.root.path()).expect("open store");
+    kiln_testsupport::write_image(&store, name, &[dir], config, MediaTypes::Docker)
+}
+
+/// Pushes an index of `amd64` (saved as `multi:amd64`, for linux/amd64) and `arm64` (`multi:arm64`,
+/// for linux/arm64/v8) from `kiln`'s store to `destination` on a plain-HTTP registry with
+/// `skopeo copy --all`. Returns the index's digest.
+pub fn push_amd64_arm64_index(
+    kiln: &Kiln,
+    amd64: &TestImage,
+    arm64: &TestImage,
+    destination: &str,
+) -> kiln_image::Digest {
+    let (layout, index_digest) = multi_platform_layout(
+        kiln,
+        "layout",
+        &[
+            (
+                "multi:amd64",
+                amd64,
+                serde_json::json!({"os": "linux", "architecture": "amd64"}),
+            ),
+            (
+                "multi:arm64",
+                arm64,
+                serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            ),
+        ],
+        serde_json::json!({"org.opencontainers.image.ref.name": "multi"}),
+    );
+    skopeo_ok(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", layout.display()),
+        &format!("docker://{destination}"),
+    ]);
+    index_digest
+}
+
 /// Saves `images` ((name for `kiln save`, the image, its platform as OCI JSON)) from `kiln`'s store,
 /// unpacks the archive into `<work dir>/<dir>` and makes that an OCI layout whose one entry is an
 /// image index of them, with `annotations` on the entry. Returns the layout and the index's digest.
@@ -256,6 +326,24 @@ pub fn multi_platform_layout(
     )
     .expect("write index.json");
     (layout, index_digest)
+}
+
+/// The name the busybox test image is tagged with in kiln's store.
+pub const BUSYBOX: &str = "docker.io/library/busybox:latest";
+
+/// A kiln whose store holds the busybox image as [`BUSYBOX`].
+pub fn kiln_with_busybox() -> Kiln {
+    let kiln = Kiln::new();
+    make_busybox_image(kiln.root.path(), BUSYBOX);
+    kiln
+}
+
+/// `kiln run --rm <flags> busybox sh -c <script>`; returns the output whatever the exit status.
+pub fn run_busybox_sh(kiln: &Kiln, flags: &[&str], script: &str) -> Output {
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(flags);
+    args.extend(["busybox", "sh", "-c", script]);
+    kiln.run(&args)
 }
 
 /// A runnable one-layer busybox image (from Debian's busybox-static) tagged `name` in the store at
