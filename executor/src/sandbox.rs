@@ -530,6 +530,24 @@ fn build_plan(
     build_plan_inner(spec, prepared, stdio, cgroup_procs).map_err(SandboxError::Plan)
 }
 
+/// Whether a masked or read-only `/proc` path can exist in the sandbox's fresh `/proc`: the same
+/// kernel serves both, so a path this process's `/proc` lacks is left out of the plan instead of
+/// costing a failing mount in every sandbox (e.g. `/proc/kcore`, `/proc/timer_stats` on many
+/// kernels). Read once per process. Paths outside `/proc` are always tried: the host's `/sys` may be
+/// absent or different where kiln runs, while the sandbox mounts a fresh sysfs.
+fn proc_path_may_exist(path: &str) -> bool {
+    static MISSING: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let missing = MISSING.get_or_init(|| {
+        MASKED_PATHS
+            .iter()
+            .map(|(path, _)| *path)
+            .chain(READ_ONLY_PATHS)
+            .filter(|path| path.starts_with("/proc/") && !Path::new(path).exists())
+            .collect()
+    });
+    !missing.contains(&path)
+}
+
 fn build_plan_inner(
     spec: &SandboxSpec,
     prepared: &Prepared,
@@ -823,12 +841,18 @@ fn build_plan_inner(
     // 6b. Docker's masked and read-only paths (after /dev, whose null hides masked files).
     if confined {
         for (path, kind) in MASKED_PATHS {
+            if !proc_path_may_exist(path) {
+                continue;
+            }
             steps.push(Step::MaskPath {
                 path: cstr(path)?,
                 dir: kind == MaskKind::Dir,
             });
         }
         for path in READ_ONLY_PATHS {
+            if !proc_path_may_exist(path) {
+                continue;
+            }
             steps.push(Step::ReadOnlyPath(cstr(path)?));
         }
     }
@@ -1745,6 +1769,14 @@ mod tests {
                 }
             })
             .collect();
+        // Masked and read-only /proc paths this kernel lacks are left out of the plan.
+        let skipped = |call: &String| {
+            (call.starts_with("mount ") || call.starts_with("mount_setattr "))
+                && call
+                    .split_whitespace()
+                    .any(|word| word.starts_with("/proc/") && !proc_path_may_exist(word))
+        };
+        let expected: Vec<String> = expected.into_iter().filter(|c| !skipped(c)).collect();
         assert_eq!(sys.calls(), expected);
         assert_eq!(
             fs::read_dir(&scratch).unwrap().count(),
@@ -2007,6 +2039,22 @@ mod tests {
         writer.flush().unwrap();
         drop(writer);
         assert_eq!(lines, ["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn masks_are_planned_only_for_proc_paths_this_kernel_has() {
+        assert!(proc_path_may_exist("/proc/sys"));
+        // Outside /proc the host's view says nothing about the sandbox's fresh sysfs.
+        assert!(proc_path_may_exist("/sys/devices/virtual/powercap"));
+        for (path, _) in MASKED_PATHS {
+            if path.starts_with("/proc/") {
+                assert_eq!(
+                    proc_path_may_exist(path),
+                    Path::new(path).exists(),
+                    "{path}"
+                );
+            }
+        }
     }
 
     #[test]
