@@ -275,32 +275,43 @@ impl fmt::Display for EntryChange {
 /// Lists what differs between the records of an earlier checksum and a new one, in path order
 /// of the new records (removed paths last).
 pub fn diff_entries(old: &[EntryRecord], new: &[EntryRecord]) -> Vec<EntryChange> {
+    diff_entries_by(old, new, |record| record.path.as_str(), entry_change)
+}
+
+/// [`diff_entries`] over earlier records of another shape (e.g. a stored form read without
+/// building [`EntryRecord`]s): `path` names an earlier record, `change` compares it with the new
+/// record of the same path. Same changes, same order.
+pub fn diff_entries_by<Old>(
+    old: &[Old],
+    new: &[EntryRecord],
+    path: impl Fn(&Old) -> &str,
+    change: impl Fn(&Old, &EntryRecord) -> Option<EntryChange>,
+) -> Vec<EntryChange> {
     use std::collections::{HashMap, HashSet};
     // Both lists are in walk order: usually the same paths, so compare them pairwise while they
     // agree and index only what is left (after the first added or removed path).
     let common = old
         .iter()
         .zip(new)
-        .take_while(|(before, after)| before.path == after.path)
+        .take_while(|(before, after)| path(before) == after.path)
         .count();
     let mut changes: Vec<EntryChange> = old[..common]
         .iter()
         .zip(&new[..common])
-        .filter_map(|(before, after)| entry_change(before, after))
+        .filter_map(|(before, after)| change(before, after))
         .collect();
     let (old, new) = (&old[common..], &new[common..]);
-    let old_by_path: HashMap<&str, &EntryRecord> =
-        old.iter().map(|r| (r.path.as_str(), r)).collect();
+    let old_by_path: HashMap<&str, &Old> = old.iter().map(|r| (path(r), r)).collect();
     let new_paths: HashSet<&str> = new.iter().map(|r| r.path.as_str()).collect();
     for record in new {
         match old_by_path.get(record.path.as_str()) {
-            Some(before) => changes.extend(entry_change(before, record)),
+            Some(before) => changes.extend(change(before, record)),
             None => changes.push(EntryChange::Added(record.path.clone())),
         }
     }
     for record in old {
-        if !new_paths.contains(record.path.as_str()) {
-            changes.push(EntryChange::Removed(record.path.clone()));
+        if !new_paths.contains(path(record)) {
+            changes.push(EntryChange::Removed(path(record).to_string()));
         }
     }
     changes

@@ -25,7 +25,7 @@ pub mod walk;
 
 pub use checksum::{
     ChecksumError, ChecksumOptions, ChecksumStats, ContentChecksum, EntryChange, EntryRecord,
-    checksum, checksum_with_options, diff_entries,
+    checksum, checksum_with_options, diff_entries, diff_entries_by,
 };
 pub use dockerignore::{DirMatch, IgnorePatterns, PatternError, read_ignore_lines};
 pub use ignore_file::{ContextIgnore, IgnoreFileError, load_context_ignore};

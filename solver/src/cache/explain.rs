@@ -8,10 +8,10 @@
 //! 80,000 allocations and 20,000 digest computations on the way to naming one changed file.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use kiln_context::{EntryChange, EntryRecord, FileKind, diff_entries};
+use kiln_context::{EntryChange, EntryRecord, FileKind, diff_entries, diff_entries_by};
 use serde::Deserialize;
 
 use crate::cache::key::{InputKind, KeyComponents};
@@ -166,32 +166,7 @@ fn stored_list(json: &[u8], index: usize, expected: usize) -> Option<Vec<StoredE
 /// [`diff_entries`] of a stored list against new records: the same changes in the same order
 /// (path order of the new records, removed paths last).
 fn diff_stored_entries(old: &[StoredEntry<'_>], new: &[EntryRecord]) -> Vec<EntryChange> {
-    let common = old
-        .iter()
-        .zip(new)
-        .take_while(|(before, after)| before.path == after.path)
-        .count();
-    let mut changes: Vec<EntryChange> = old[..common]
-        .iter()
-        .zip(&new[..common])
-        .filter_map(|(before, after)| stored_entry_change(before, after))
-        .collect();
-    let (old, new) = (&old[common..], &new[common..]);
-    let old_by_path: HashMap<&str, &StoredEntry<'_>> =
-        old.iter().map(|r| (r.path.as_ref(), r)).collect();
-    let new_paths: HashSet<&str> = new.iter().map(|r| r.path.as_str()).collect();
-    for record in new {
-        match old_by_path.get(record.path.as_str()) {
-            Some(before) => changes.extend(stored_entry_change(before, record)),
-            None => changes.push(EntryChange::Added(record.path.clone())),
-        }
-    }
-    for record in old {
-        if !new_paths.contains(record.path.as_ref()) {
-            changes.push(EntryChange::Removed(record.path.to_string()));
-        }
-    }
-    changes
+    diff_entries_by(old, new, |entry| entry.path.as_ref(), stored_entry_change)
 }
 
 /// What changed between the stored and the new record of one path, named as kiln-context's
