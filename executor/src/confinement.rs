@@ -292,6 +292,54 @@ pub fn host_last_capability() -> u32 {
     host_capabilities().last
 }
 
+/// The confinement and identity steps that end every sandbox setup (and `kiln exec`'s), as runc
+/// applies them for Docker: the seccomp filter after every step that needs what it denies and
+/// before the identity (installing it without `no_new_privs` takes CAP_SYS_ADMIN, which a non-root
+/// user loses at setuid and root at capset); the bounding set (needs CAP_SETPCAP) while root's full
+/// set is still in hand; the identity, with the primary gid leading the supplementary list as
+/// containerd and Docker do since CVE-2023-25173; then the capability sets: root keeps the kept set,
+/// anyone else gets none, inheritable stays empty (Docker since CVE-2022-24769).
+///
+/// # Errors
+/// [`crate::plan::PlanError`] when the seccomp filter cannot be compiled.
+pub(crate) fn identity_steps(
+    confinement: &Confinement,
+    uid: u32,
+    gid: u32,
+    extra_gids: &[u32],
+) -> Result<Vec<crate::plan::Step>, crate::plan::PlanError> {
+    use crate::plan::Step;
+    let host = host_capabilities();
+    let kept = confinement.capabilities.bits() & host.permitted.bits();
+    let mut groups = vec![gid];
+    groups.extend(extra_gids.iter().filter(|g| **g != gid));
+    let mut steps = Vec::new();
+    if confinement.seccomp
+        && !confinement.privileged
+        && let Some(program) = crate::seccomp::default_program(confinement.capabilities)?
+    {
+        steps.push(Step::InstallSeccomp(program));
+    }
+    if !confinement.privileged {
+        steps.push(Step::DropBoundingCapabilities {
+            keep: kept,
+            last: host.last,
+        });
+    }
+    steps.push(Step::SetGroups(groups));
+    steps.push(Step::SetGid(gid));
+    steps.push(Step::SetUid(uid));
+    if !confinement.privileged {
+        let effective = if uid == 0 { kept } else { 0 };
+        steps.push(Step::SetCapabilities {
+            effective,
+            permitted: effective,
+            inheritable: 0,
+        });
+    }
+    Ok(steps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

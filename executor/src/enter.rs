@@ -28,7 +28,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 use thiserror::Error;
 
-use crate::confinement::{Confinement, host_capabilities};
+use crate::confinement::{Confinement, identity_steps};
 use crate::plan::{ExecArgs, PlanError, Step, cstr};
 use crate::sandbox::{DEFAULT_PATH, ExitStatus, receive_fd};
 use crate::syscall::LinuxSyscall;
@@ -290,49 +290,6 @@ fn decode_report(report: [u8; 8], steps: &[Step]) -> EnterError {
             errno,
         },
     }
-}
-
-/// The confinement steps of the sandbox's own setup (see `sandbox::build_plan`): the bounding set
-/// (with root's full set still in hand), then the identity, then the capability sets.
-///
-/// # Errors
-/// [`PlanError`] when the seccomp filter cannot be compiled.
-fn identity_steps(
-    confinement: &Confinement,
-    uid: u32,
-    gid: u32,
-    extra_gids: &[u32],
-) -> Result<Vec<Step>, PlanError> {
-    let host = host_capabilities();
-    let kept = confinement.capabilities.bits() & host.permitted.bits();
-    let mut groups = vec![gid];
-    groups.extend(extra_gids.iter().filter(|g| **g != gid));
-    let mut steps = Vec::new();
-    // Seccomp before the identity: installing a filter without no_new_privs needs CAP_SYS_ADMIN.
-    if confinement.seccomp
-        && !confinement.privileged
-        && let Some(program) = crate::seccomp::default_program(confinement.capabilities)?
-    {
-        steps.push(Step::InstallSeccomp(program));
-    }
-    if !confinement.privileged {
-        steps.push(Step::DropBoundingCapabilities {
-            keep: kept,
-            last: host.last,
-        });
-    }
-    steps.push(Step::SetGroups(groups));
-    steps.push(Step::SetGid(gid));
-    steps.push(Step::SetUid(uid));
-    if !confinement.privileged {
-        let effective = if uid == 0 { kept } else { 0 };
-        steps.push(Step::SetCapabilities {
-            effective,
-            permitted: effective,
-            inheritable: 0,
-        });
-    }
-    Ok(steps)
 }
 
 /// The forked helper: joins the namespaces, forks the process that runs `steps`, reports its wait

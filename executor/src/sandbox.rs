@@ -51,7 +51,7 @@ use nix::unistd::{Pid, pipe2};
 use thiserror::Error;
 
 use crate::cgroup::{CgroupError, ResourceLimits, SandboxCgroup};
-use crate::confinement::{Confinement, MASKED_PATHS, MaskKind, READ_ONLY_PATHS, host_capabilities};
+use crate::confinement::{Confinement, MASKED_PATHS, MaskKind, READ_ONLY_PATHS};
 use crate::plan::{self, ExecArgs, PlanError, Step, StepFailure, cpath, cstr};
 use crate::snapshot::{MountStub, RootMount, StubKind};
 use crate::syscall::{LinuxSyscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
@@ -924,43 +924,13 @@ fn build_plan_inner(
         gid: user.gid,
     });
     steps.push(Step::Chdir(cstr(&spec.cwd)?));
-    // The primary gid leads the supplementary list, as containerd and Docker do since CVE-2023-25173
-    // (otherwise a process keeps no group that files shared via the primary group could rely on).
-    let mut groups = vec![user.gid];
-    groups.extend(user.additional_gids.iter().filter(|g| **g != user.gid));
-    // Capabilities as runc applies them for Docker: the bounding set first (needs CAP_SETPCAP, and
-    // setuid needs CAP_SETUID, so both happen with root's full set), then the identity (the kernel
-    // clears a non-root user's effective and permitted sets here), then the sets themselves.
-    // Seccomp after every step that needs what it denies (mounts, pivot_root, sethostname), and
-    // before the identity and capability steps: installing a filter without `no_new_privs` takes
-    // CAP_SYS_ADMIN, which a non-root user loses at setuid and root at capset (as runc does).
-    if spec.confinement.seccomp
-        && !spec.confinement.privileged
-        && let Some(program) = crate::seccomp::default_program(spec.confinement.capabilities)?
-    {
-        steps.push(Step::InstallSeccomp(program));
-    }
-    let host = host_capabilities();
-    let kept = spec.confinement.capabilities.bits() & host.permitted.bits();
-    if !spec.confinement.privileged {
-        steps.push(Step::DropBoundingCapabilities {
-            keep: kept,
-            last: host.last,
-        });
-    }
-    steps.push(Step::SetGroups(groups));
-    steps.push(Step::SetGid(user.gid));
-    steps.push(Step::SetUid(user.uid));
-    if !spec.confinement.privileged {
-        // Root keeps the set; anyone else gets none, as Docker gives a non-root USER. Inheritable
-        // stays empty, as in Docker since CVE-2022-24769.
-        let effective = if user.uid == 0 { kept } else { 0 };
-        steps.push(Step::SetCapabilities {
-            effective,
-            permitted: effective,
-            inheritable: 0,
-        });
-    }
+    // Seccomp, bounding set, identity and capability sets, in runc's order (see the function).
+    steps.extend(crate::confinement::identity_steps(
+        &spec.confinement,
+        user.uid,
+        user.gid,
+        &user.additional_gids,
+    )?);
     steps.push(Step::CloexecFrom(3));
     if spec.init {
         crate::init::record_inherited_areas();
@@ -1550,7 +1520,7 @@ pub fn run(spec: &SandboxSpec, io: SandboxIo<'_>) -> Result<ExitStatus, SandboxE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::confinement::CapabilitySet;
+    use crate::confinement::{CapabilitySet, host_capabilities};
     use crate::syscall::RecordingSyscall;
 
     /// A spec over plain dirs (no root needed to *build* and record the plan).
